@@ -1,0 +1,49 @@
+"""The `swapctl` command line: thin click commands that parse, call and render.
+
+Only this package calls `sys.exit`. Exit codes (documented in README.md):
+  0 ok; 1 check failed (loss, difference, failed swap); 2 usage or configuration error;
+  3 runtime error (a relay or socket could not be reached).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from swapctl.errors import SwapctlError, UsageError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+
+class SwapctlGroup(click.Group):
+    """Translates swapctl errors into one line for the operator and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            click.echo(f"swapctl: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except SwapctlError as exc:
+            click.echo(f"swapctl: {exc}", err=True)
+            sys.exit(EXIT_RUNTIME)
+
+
+@click.group(cls=SwapctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="swapctl")
+def main() -> None:
+    """swapctl: zero-downtime swaps of Protocol V2 message relays."""
+
+
+def _register() -> None:
+    from swapctl.cli import bench, demo, load, relay
+
+    for module in (relay, load, bench, demo):
+        module.register(main)
+
+
+_register()
