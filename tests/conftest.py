@@ -1,0 +1,91 @@
+"""Shared fixtures: short private socket dirs and real processes cleaned up by group."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A private directory with a short path (AF_UNIX paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="swt-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_connectable(path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait until a Unix socket accepts connections (the relays' only readiness signal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {path} was ready")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.005)
+    raise TimeoutError(f"{path} did not accept connections within {timeout}s")
+
+
+class Processes:
+    """Starts real processes in their own process groups; kills every group at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def relay(
+        self, sock: Path, *args: str, ready: bool = True, timeout: float = 10.0, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
+        """`python -m swapctl.relay --socket SOCK ARGS...`, waited for until it accepts."""
+        proc = self.start([sys.executable, "-m", "swapctl.relay", "--socket", str(sock), *args],
+                          **kwargs)
+        if ready:
+            wait_connectable(sock, proc, timeout)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.cleanup()
