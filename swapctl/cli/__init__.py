@@ -11,12 +11,9 @@ import sys
 
 import click
 
+from swapctl.cli import bench, demo, load, relay
+from swapctl.cli.exits import EXIT_RUNTIME, EXIT_USAGE
 from swapctl.errors import SwapctlError, UsageError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
 
 
 class SwapctlGroup(click.Group):
@@ -39,11 +36,5 @@ def main() -> None:
     """swapctl: zero-downtime swaps of Protocol V2 message relays."""
 
 
-def _register() -> None:
-    from swapctl.cli import bench, demo, load, relay
-
-    for module in (relay, load, bench, demo):
-        module.register(main)
-
-
-_register()
+for _module in (relay, load, bench, demo):
+    _module.register(main)

@@ -1,0 +1,62 @@
+"""Settings of the reference relay: forwarding mode, bounds and injected faults."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swapctl.protocol import MAX_MESSAGE
+from swapctl.protocol.profiles import Domain, Profile, domain_byte
+
+READ_SIZE = 65_536  # the real relays' read buffer per connection
+DEFAULT_MAX_BACKLOG = 16 * 1024 * 1024  # bytes queued for one slow consumer before shedding
+
+
+class Forwarding(enum.Enum):
+    """How a relay turns what it reads into what it forwards."""
+
+    FRAME = "frame"  # whole frames only, split/coalesced reads handled (the reference)
+    CHUNK = "chunk"  # each read forwarded as one unit if its start is valid (generic Rust relay)
+    RAW = "raw"  # each read forwarded as is, nothing checked (old market-data relay)
+    SINK = "sink"  # read and count, forward nothing (old signal/execution relays)
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Misbehaviour on purpose, for drills and tests. 0 / None = off."""
+
+    drop_every: int = 0  # drop every Nth unit received (frames, or reads outside FRAME)
+    corrupt_every: int = 0  # flip the last byte of every Nth unit
+    stall_after: int | None = None  # stop reading after N units
+    crash_after: int | None = None  # exit abruptly after N units
+    crash_after_seconds: float | None = None
+    slow_start: float = 0.0  # seconds to wait before listening
+    never_ready: bool = False  # never listen at all
+
+    @property
+    def per_frame(self) -> bool:
+        return bool(
+            self.drop_every
+            or self.corrupt_every
+            or self.stall_after is not None
+            or self.crash_after is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    socket: Path
+    domain: Domain = Domain.MARKET_DATA
+    profile: Profile = Profile.ALPHAPULSE
+    forwarding: Forwarding = Forwarding.FRAME
+    echo: bool = True
+    max_message: int = MAX_MESSAGE
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+    stats_socket: Path | None = None
+    listen_fd: int | None = None
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def domain_byte(self) -> int:
+        return domain_byte(self.domain, self.profile)
