@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swapctl.protocol import encode_message
+from swapctl.protocol import Tlv, checksum_ok, encode_message
 from swapctl.relay.stats import read_stats
 from tests.clients import Client, trade
 from tests.conftest import Processes, wait_connectable
@@ -208,8 +208,6 @@ def test_fault_drop_every(procs: Processes, sockdir: Path) -> None:
 
 
 def test_fault_corrupt_every(procs: Processes, sockdir: Path) -> None:
-    from swapctl.protocol import checksum_ok
-
     sock = sockdir / "r.sock"
     procs.relay(sock, "--corrupt-every", "2")
     pub, sub = clients(sock, 2)
@@ -293,8 +291,6 @@ def test_messages_across_many_sizes(procs: Processes, sockdir: Path) -> None:
     sock = sockdir / "r.sock"
     procs.relay(sock)
     pub, sub = clients(sock, 2)
-    from swapctl.protocol import Tlv
-
     msgs = [encode_message(1, 3, [Tlv(200, bytes([i % 256]) * n)], sequence=i)
             for i, n in enumerate((0, 1, 255, 256, 4000, 65_535, 200_000 // 4), 1)]
     big = encode_message(1, 3, [Tlv(200, b"x" * 60_000)] * 16)  # ~1 MB, under the limit
