@@ -22,7 +22,7 @@ _profiles = click.Choice([p.value for p in Profile])
 
 @click.command("relay")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), required=True,
-              help="Unix socket path to serve.")
+              envvar="SWAPCTL_SOCKET", help="Unix socket path to serve [env SWAPCTL_SOCKET].")
 @click.option("--domain", type=_domains, default="market_data", show_default=True)
 @click.option("--profile", type=_profiles, default="alphapulse", show_default=True,
               help="Numbering of header byte 4: alphapulse (1,2,3) or torq (0,1,2).")
@@ -41,6 +41,13 @@ _profiles = click.Choice([p.value for p in Profile])
 @click.option("--stats", "stats_path", type=click.Path(path_type=Path),
               help="Serve counters as one JSON line to whoever connects to this socket.")
 @click.option("--listen-fd", type=int, help="Serve an inherited listening socket instead.")
+@click.option("--handoff", "handoff_path", type=click.Path(path_type=Path),
+              envvar="SWAPCTL_HANDOFF", help="[env SWAPCTL_HANDOFF] ""Speak the handoff protocol: get the listener and clients from the "
+                   "orchestrator at this control socket, and hand them on when asked.")
+@click.option("--token", default="", envvar="SWAPCTL_TOKEN",
+              help="Name this relay gives the orchestrator [env SWAPCTL_TOKEN].")
+@click.option("--release-name", default="", envvar="SWAPCTL_RELEASE",
+              help="Release name reported to the orchestrator [env SWAPCTL_RELEASE].")
 @click.option("--drop-every", type=click.IntRange(min=0), default=0, help="Fault: drop every Nth.")
 @click.option("--corrupt-every", type=click.IntRange(min=0), default=0,
               help="Fault: flip the last byte of every Nth.")
@@ -50,7 +57,10 @@ _profiles = click.Choice([p.value for p in Profile])
               help="Fault: exit abruptly after T seconds.")
 @click.option("--slow-start", type=click.FloatRange(min=0), default=0.0,
               help="Fault: wait T seconds before listening.")
-@click.option("--never-ready", is_flag=True, help="Fault: never listen.")
+@click.option("--never-ready", is_flag=True,
+              help="Fault: never listen (with --handoff: never say ready).")
+@click.option("--crash-at", type=click.Choice(["ready", "probe", "adopt", "resume"]),
+              help="Fault (handoff): exit abruptly on reaching this phase.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def relay_command(**opts: Any) -> None:
@@ -86,6 +96,7 @@ def _config(o: dict[str, Any]) -> RelayConfig:
         crash_after_seconds=o["crash_after_seconds"],
         slow_start=o["slow_start"],
         never_ready=o["never_ready"],
+        crash_at=o["crash_at"],
     )
     return RelayConfig(
         o["socket_path"],
@@ -96,6 +107,9 @@ def _config(o: dict[str, Any]) -> RelayConfig:
         max_backlog=o["max_backlog"],
         stats_socket=o["stats_path"],
         listen_fd=o["listen_fd"],
+        handoff=o["handoff_path"],
+        token=o["token"],
+        release=o["release_name"],
         faults=faults,
     )
 

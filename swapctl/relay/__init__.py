@@ -21,7 +21,7 @@ __all__ = ["Faults", "Forwarding", "Relay", "RelayConfig", "run"]
 
 def run(config: RelayConfig) -> None:
     faults = config.faults
-    if faults.never_ready:
+    if faults.never_ready and config.handoff is None:
         event(log, logging.WARNING, "relay.never_ready", socket=str(config.socket))
         while True:
             signal.pause()
@@ -32,4 +32,8 @@ def run(config: RelayConfig) -> None:
     relay.listen()
     if faults.stall_after == 0:
         relay.stall()
+    if faults.never_ready:
+        event(log, logging.WARNING, "relay.never_ready", socket=str(config.socket))
+    else:
+        relay.ready()
     relay.serve()

@@ -32,7 +32,8 @@ class Faults:
     crash_after: int | None = None  # exit abruptly after N units
     crash_after_seconds: float | None = None
     slow_start: float = 0.0  # seconds to wait before listening
-    never_ready: bool = False  # never listen at all
+    never_ready: bool = False  # never listen at all (never say ready, with --handoff)
+    crash_at: str | None = None  # handoff phase to die in: ready, probe, adopt, resume
 
     @property
     def per_frame(self) -> bool:
@@ -55,6 +56,9 @@ class RelayConfig:
     max_backlog: int = DEFAULT_MAX_BACKLOG
     stats_socket: Path | None = None
     listen_fd: int | None = None
+    handoff: Path | None = None  # orchestrator's control socket: listener and clients come from it
+    token: str = ""  # how this relay introduces itself to the orchestrator
+    release: str = ""  # the release name it reports
     faults: Faults = field(default_factory=Faults)
 
     @property

@@ -29,6 +29,8 @@ class Counters:
     fault_dropped: int = 0
     fault_corrupted: int = 0
     stalled: bool = False
+    adopted: int = 0  # connections taken over from another relay
+    handed_over: int = 0  # connections given to another relay
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

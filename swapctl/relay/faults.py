@@ -43,6 +43,11 @@ class FaultInjector:
         after = self.faults.stall_after
         return after is not None and self.units >= after
 
+    def crash_at(self, phase: str) -> None:
+        """Die now if told to die in this handoff phase."""
+        if self.faults.crash_at == phase:
+            self.crash(f"crash_at {phase}")
+
     def crash(self, reason: str) -> None:
         event(log, logging.ERROR, "relay.crash_injected", reason=reason, units=self.units)
         for handler in logging.getLogger("swapctl").handlers:

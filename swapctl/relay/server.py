@@ -10,6 +10,8 @@ unit in that consumer's backlog and arms EPOLLOUT. A consumer whose backlog pass
 (the real relays also drop the oldest), so framing is never broken, publishers are
 never blocked and nobody is disconnected; each shed is counted and logged.
 Signals only wake the loop (set_wakeup_fd); the loop decides what to do.
+With `--handoff`, the listener and connections come from the orchestrator and can
+be handed on (see relay/handoff_host.py and docs/handoff-protocol.md).
 """
 
 from __future__ import annotations
@@ -23,41 +25,24 @@ import signal
 import socket
 import struct
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
+from swapctl.handoff.participant import Participant
 from swapctl.logs import RateLimit, event
 from swapctl.protocol import Framer, Frames, Rejected, Skipped, WrongDomain, split_frames
 from swapctl.protocol.header import MAGIC
 from swapctl.relay.config import READ_SIZE, Forwarding, RelayConfig
+from swapctl.relay.connection import Connection
 from swapctl.relay.counters import Counters
 from swapctl.relay.faults import FaultInjector
+from swapctl.relay.handoff_host import RelayHandoff
 from swapctl.relay.listener import adopt_listener, open_listener
 
 log = logging.getLogger("swapctl.relay")
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_HUP = select.EPOLLHUP | select.EPOLLERR
 _CHUNK_PEEK = struct.Struct("<IB")
-
-
-@dataclass(slots=True, eq=False)
-class Connection:
-    sock: socket.socket
-    id: int
-    framer: Framer | None
-    out: deque[tuple[bytes, int]] = field(default_factory=deque)  # (unit, frames)
-    head_sent: int = 0  # bytes of out[0] already written
-    backlog: int = 0  # bytes queued in out, head included
-    lagging: bool = False
-    closed: bool = False
-    bytes_in: int = 0
-    frames_in: int = 0
-    frames_out: int = 0
-    lag_drops: int = 0
-
-    @property
-    def fd(self) -> int:
-        return self.sock.fileno()
+RECONNECT_INTERVAL = 0.5
 
 
 class Relay:
@@ -69,45 +54,79 @@ class Relay:
         self.epoll = select.epoll()
         self.listener: socket.socket | None = None
         self.stats_listener: socket.socket | None = None
-        self.reading = True
+        self.participant: Participant | None = None
+        self.reading = True  # False once stalled by a fault
+        self.paused = False  # True while released in a handoff
         self.running = False
         self._next_id = 1
         self._warn = RateLimit(1.0)
         self._wake_r, self._wake_w = socket.socketpair()
         self._started = time.monotonic()
+        self._next_reconnect = 0.0
+        self.handoff = RelayHandoff(self)
 
     # ----- life cycle -------------------------------------------------------------
 
     def listen(self) -> None:
         cfg = self.config
-        if cfg.listen_fd is not None:
-            self.listener = adopt_listener(cfg.listen_fd)
+        if cfg.handoff is not None:
+            self.participant = Participant(cfg.handoff, self.handoff, cfg.token, cfg.release)
+            self.participant.connect()
+            self.epoll.register(self.participant.fileno(), _IN)
+        elif cfg.listen_fd is not None:
+            self.set_listener(adopt_listener(cfg.listen_fd))
         else:
-            self.listener = open_listener(cfg.socket)
-        self.epoll.register(self.listener.fileno(), _IN)
+            self.set_listener(open_listener(cfg.socket))
         if cfg.stats_socket is not None:
             self.stats_listener = open_listener(cfg.stats_socket)
             self.epoll.register(self.stats_listener.fileno(), _IN)
-        event(log, logging.INFO, "relay.listening", socket=str(cfg.socket),
+        event(log, logging.INFO, "relay.started", socket=str(cfg.socket),
               domain=cfg.domain.value, profile=cfg.profile.value, domain_byte=cfg.domain_byte,
-              forwarding=cfg.forwarding.value, echo=cfg.echo, pid=os.getpid())
+              forwarding=cfg.forwarding.value, echo=cfg.echo, pid=os.getpid(),
+              handoff=str(cfg.handoff) if cfg.handoff else None)
+
+    def ready(self) -> None:
+        """Tell the orchestrator this relay can take over (handoff mode only)."""
+        self.faults.crash_at("ready")
+        if self.participant is not None:
+            self.participant.send_ready()
+
+    def set_listener(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.listener = sock
+        if not self.paused:
+            self.epoll.register(sock.fileno(), _IN)
 
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT; the listening path is left in place."""
         self._install_signals()
         self.running = True
-        deadline = self.config.faults.crash_after_seconds
         try:
             while self.running:
-                timeout = -1.0
-                if deadline is not None:
-                    timeout = max(0.0, self._started + deadline - time.monotonic())
-                for fd, mask in self.epoll.poll(timeout):
+                for fd, mask in self.epoll.poll(self._timeout()):
                     self._dispatch(fd, mask)
-                if deadline is not None and time.monotonic() - self._started >= deadline:
-                    self.faults.crash("crash_after_seconds")
+                self._timers()
         finally:
             self.close()
+
+    def _timeout(self) -> float:
+        timeout = -1.0
+        deadline = self.config.faults.crash_after_seconds
+        if deadline is not None:
+            timeout = max(0.0, self._started + deadline - time.monotonic())
+        if self.participant is not None and self.participant.channel is None:
+            timeout = RECONNECT_INTERVAL if timeout < 0 else min(timeout, RECONNECT_INTERVAL)
+        return timeout
+
+    def _timers(self) -> None:
+        deadline = self.config.faults.crash_after_seconds
+        if deadline is not None and time.monotonic() - self._started >= deadline:
+            self.faults.crash("crash_after_seconds")
+        part = self.participant
+        if part is not None and part.channel is None and time.monotonic() >= self._next_reconnect:
+            self._next_reconnect = time.monotonic() + RECONNECT_INTERVAL
+            if part.reconnect():
+                self.epoll.register(part.fileno(), _IN)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
@@ -140,20 +159,27 @@ class Relay:
     def _dispatch(self, fd: int, mask: int) -> None:
         conn = self.conns.get(fd)
         if conn is not None:
-            if mask & _OUT:
-                self._flush(conn)
-            if conn.closed:
-                return
-            if self.reading and mask & (_IN | select.EPOLLHUP | select.EPOLLERR):
-                self._read(conn)
-            elif mask & (select.EPOLLHUP | select.EPOLLERR):
-                self._drop(conn, "hang-up while stalled")
+            self._on_connection(conn, mask)
         elif self.listener is not None and fd == self.listener.fileno():
             self._accept()
+        elif self.participant is not None and fd == self.participant.fileno():
+            if not self.participant.handle():
+                with contextlib.suppress(OSError, ValueError):
+                    self.epoll.unregister(fd)
         elif self.stats_listener is not None and fd == self.stats_listener.fileno():
             self._serve_stats()
         elif fd == self._wake_r.fileno():
             self._on_signals()
+
+    def _on_connection(self, conn: Connection, mask: int) -> None:
+        if mask & _OUT:
+            self._flush(conn)
+        if conn.closed or self.paused:
+            return
+        if self.reading and mask & (_IN | _HUP):
+            self._read(conn)
+        elif mask & _HUP:
+            self._drop(conn, "hang-up while stalled")
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -164,20 +190,38 @@ class Relay:
                 return
             self.add_connection(sock)
 
-    def add_connection(self, sock: socket.socket) -> Connection:
+    def new_connection(self, sock: socket.socket, conn_id: int | None = None) -> Connection:
+        """A Connection object for `sock`, not yet registered for events."""
         sock.setblocking(False)
         cfg = self.config
         framer = None
         if cfg.forwarding in (Forwarding.FRAME, Forwarding.SINK):
             framer = Framer(max_message=cfg.max_message, domain=cfg.domain_byte)
-        conn = Connection(sock, self._next_id, framer)
-        self._next_id += 1
+        if conn_id is None:
+            conn_id = self._next_id
+        self._next_id = max(self._next_id, conn_id) + 1
+        conn = Connection(sock, conn_id, framer)
         self.conns[conn.fd] = conn
-        self.epoll.register(conn.fd, _IN if self.reading else 0)
         self.counters.connections_open += 1
         self.counters.connections_total += 1
+        return conn
+
+    def add_connection(self, sock: socket.socket) -> Connection:
+        conn = self.new_connection(sock)
+        self._register(conn)
         event(log, logging.DEBUG, "connection.open", conn=conn.id)
         return conn
+
+    def _mask(self, conn: Connection) -> int:
+        return (_IN if self.reading else 0) | (_OUT if conn.out else 0)
+
+    def _register(self, conn: Connection) -> None:
+        self.epoll.register(conn.fd, self._mask(conn))
+        conn.registered = True
+
+    def _update(self, conn: Connection) -> None:
+        if conn.registered:
+            self.epoll.modify(conn.fd, self._mask(conn))
 
     def _serve_stats(self) -> None:
         assert self.stats_listener is not None
@@ -193,12 +237,8 @@ class Relay:
         data: dict[str, object] = dict(self.counters.to_dict())
         data["pid"] = os.getpid()
         data["uptime_s"] = round(time.monotonic() - self._started, 3)
-        data["connections"] = [
-            {"id": c.id, "bytes_in": c.bytes_in, "frames_in": c.frames_in,
-             "frames_out": c.frames_out, "backlog_bytes": c.backlog, "lagging": c.lagging,
-             "lag_drops": c.lag_drops}
-            for c in self.conns.values()
-        ]
+        data["state"] = self.handoff.handoff_state()
+        data["connections"] = [c.summary() for c in self.conns.values()]
         return data
 
     # ----- reading: bytes in, units out ------------------------------------------
@@ -214,10 +254,13 @@ class Relay:
         if not data:
             self._drop(conn, "eof")
             return
-        c = self.counters
-        c.reads += 1
-        c.bytes_in += len(data)
+        self.counters.reads += 1
+        self.counters.bytes_in += len(data)
         conn.bytes_in += len(data)
+        self.ingest(conn, data)
+
+    def ingest(self, conn: Connection, data: bytes) -> None:
+        """Process bytes that `conn` sent, as read or carried over in a handoff."""
         mode = self.config.forwarding
         if conn.framer is not None:
             self._framed(conn, conn.framer.feed(data), forward=mode is Forwarding.FRAME)
@@ -302,30 +345,32 @@ class Relay:
             conn.out.append((data, frames))
             conn.head_sent = sent
             conn.backlog = len(data) - sent
-            self.epoll.modify(conn.fd, (_IN if self.reading else 0) | _OUT)
+            self._update(conn)
 
-    def _flush(self, conn: Connection) -> None:
+    def _flush(self, conn: Connection) -> bool:
+        """Write what is queued for `conn`; True once its backlog is empty."""
         while conn.out:
             data, _ = conn.out[0]
             try:
                 sent = conn.sock.send(memoryview(data)[conn.head_sent :])
             except BlockingIOError:
-                return
+                return False
             except OSError as exc:
                 self._drop(conn, f"write error: {exc}")
-                return
+                return True
             self.counters.bytes_out += sent
             conn.backlog -= sent
             conn.head_sent += sent
             if conn.head_sent < len(data):
-                return
+                return False
             conn.out.popleft()
             conn.head_sent = 0
-        self.epoll.modify(conn.fd, _IN if self.reading else 0)
+        self._update(conn)
         if conn.lagging:
             conn.lagging = False
             self.counters.lagging_consumers -= 1
             event(log, logging.INFO, "consumer.caught_up", conn=conn.id)
+        return True
 
     def _shed(self, conn: Connection) -> None:
         """Drop the oldest whole units not yet started until under the bound."""
@@ -359,7 +404,7 @@ class Relay:
         self.reading = False
         self.counters.stalled = True
         for conn in self.conns.values():
-            self.epoll.modify(conn.fd, _OUT if conn.out else 0)
+            self._update(conn)
         event(log, logging.WARNING, "relay.stalled", frames_in=self.counters.frames_in)
 
     def _drop(self, conn: Connection, reason: str) -> None:
@@ -371,9 +416,7 @@ class Relay:
             self._malformed(conn, "truncated", RuntimeError("partial frame at disconnect"),
                             length=conn.framer.buffered)
         self.conns.pop(conn.fd, None)
-        with contextlib.suppress(OSError, ValueError):
-            self.epoll.unregister(conn.fd)
-        conn.sock.close()
+        self._forget(conn)
         c = self.counters
         c.connections_open -= 1
         c.disconnects += 1
@@ -381,3 +424,11 @@ class Relay:
             c.lagging_consumers -= 1
         event(log, logging.DEBUG, "connection.closed", conn=conn.id, reason=reason,
               unsent_bytes=conn.backlog)
+
+    def _forget(self, conn: Connection) -> None:
+        """Unregister, then close: another process may hold the same socket (handoff)."""
+        if conn.registered:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(conn.fd)
+            conn.registered = False
+        conn.sock.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 import swapctl
 
 PURE_PACKAGES = ["protocol"]
-PURE_MODULES = ["probes/audit.py"]
+PURE_MODULES = ["probes/audit.py", "swap/machine.py", "handoff/manifest.py",
+                "handoff/messages.py"]
 FORBIDDEN = {"socket", "subprocess", "asyncio", "selectors", "select", "threading", "os",
              "multiprocessing", "signal"}
 

@@ -1,0 +1,170 @@
+"""The orchestrator's side of the handoff protocol: the control socket and relay links.
+
+`ControlServer` listens on a Unix socket (owner-only), accepts relays, checks who they
+are (SO_PEERCRED pid against the pid it started, and the token it gave them) and
+answers HELLO. `RelayLink` sends one request at a time and waits for its reply within
+a deadline; a closed channel means the relay is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from swapctl.handoff.manifest import Assembler, Transfer, to_parts
+from swapctl.handoff.messages import PROTOCOL_VERSION, Envelope, HandoffError
+from swapctl.handoff.wire import Channel, close_fds
+from swapctl.relay.listener import open_listener
+
+_CRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    pid, uid, gid = _CRED.unpack(raw)
+    return pid, uid, gid
+
+
+class RelayLink:
+    def __init__(self, channel: Channel, hello: dict[str, Any], pid: int) -> None:
+        self.channel = channel
+        self.hello = hello
+        self.pid = pid
+        self.token = str(hello.get("token", ""))
+        self.ready = False
+        self._next_id = 1
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        while not self.ready:
+            env = self.channel.recv(timeout=timeout)
+            if env.type != "ready":
+                raise HandoffError(f"relay {self.token}: expected ready, got {env.type}")
+            self.ready = True
+
+    def request(self, msg: dict[str, Any], timeout: float, blob: bytes = b"",
+                fds: list[int] | None = None) -> Envelope:
+        rid = self._send(msg, blob, fds)
+        return self._reply(rid, timeout)
+
+    def _send(self, msg: dict[str, Any], blob: bytes = b"", fds: list[int] | None = None) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        self.channel.send({**msg, "id": rid}, blob, fds)
+        return rid
+
+    def _reply(self, rid: int, timeout: float) -> Envelope:
+        deadline = time.monotonic() + timeout
+        while True:
+            env = self.channel.recv(timeout=max(0.001, deadline - time.monotonic()))
+            if env.type == "ready":
+                self.ready = True
+                continue
+            if env.msg.get("re") != rid:
+                close_fds(env)
+                raise HandoffError(f"relay {self.token}: reply to {env.msg.get('re')}, "
+                                   f"expected {rid}")
+            if env.type == "error":
+                raise HandoffError(f"relay {self.token} refused: {env.msg.get('message')}")
+            return env
+
+    def release(self, flush_ms: float, timeout: float) -> Transfer:
+        """RELEASE: the relay stops reading and hands back its fds and their state."""
+        rid = self._send({"type": "release", "flush_ms": flush_ms})
+        assembler = Assembler("manifest")
+        while not assembler.done:
+            assembler.feed(self._reply(rid, timeout))
+        return assembler.transfer
+
+    def adopt(self, transfer: Transfer, timeout: float) -> dict[str, Any]:
+        """ADOPT: give the relay a listener and connections (it does not read yet)."""
+        rid = self._next_id
+        self._next_id += 1
+        for msg, blob, fds in to_parts(transfer, "adopt"):
+            self.channel.send({**msg, "id": rid}, blob, fds)
+        return self._reply(rid, timeout).msg
+
+    def resume(self, timeout: float) -> int:
+        return int(self.request({"type": "resume"}, timeout).msg["resumed_ns"])
+
+    def close_held(self, timeout: float) -> None:
+        self.request({"type": "close"}, timeout)
+
+    def probe(self, fds: list[int], timeout: float) -> None:
+        self.request({"type": "probe"}, timeout, fds=fds)
+
+    def stats(self, timeout: float) -> dict[str, Any]:
+        stats: dict[str, Any] = self.request({"type": "stats"}, timeout).msg["stats"]
+        return stats
+
+
+class ControlServer:
+    """Listens for relays; hands out `RelayLink`s by the token each relay was given."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = open_listener(path)
+        os.chmod(path, 0o600)
+        self.unclaimed: dict[str, RelayLink] = {}
+
+    def close(self) -> None:
+        for link in self.unclaimed.values():
+            link.close()
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def accept(self, token: str, timeout: float, pid: int | None = None) -> RelayLink:
+        """Wait for the relay introduced by `token` (and, if given, running as `pid`)."""
+        deadline = time.monotonic() + timeout
+        while token not in self.unclaimed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"relay {token} did not connect to {self.path} in time")
+            readable, _, _ = select.select([self.sock], [], [], remaining)
+            if readable:
+                self._accept_one(deadline)
+        link = self.unclaimed.pop(token)
+        if pid is not None and link.pid != pid:
+            link.close()
+            raise HandoffError(f"relay {token} connected from pid {link.pid}, expected {pid}")
+        return link
+
+    def _accept_one(self, deadline: float) -> None:
+        try:
+            sock, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        pid, uid, _ = peer_credentials(sock)
+        if uid != os.getuid():
+            sock.close()
+            return
+        channel = Channel(sock)
+        try:
+            hello = channel.recv(timeout=max(0.05, deadline - time.monotonic()))
+        except (HandoffError, TimeoutError, OSError):
+            channel.close()
+            return
+        try:
+            if hello.type != "hello" or PROTOCOL_VERSION not in hello.msg.get("versions", []):
+                channel.send({"type": "error", "message": "expected hello with version 1"})
+                channel.close()
+                return
+            channel.send({"type": "welcome", "version": PROTOCOL_VERSION})
+        except HandoffError:
+            channel.close()
+            return
+        link = RelayLink(channel, hello.msg, pid)
+        old = self.unclaimed.pop(link.token, None)
+        if old is not None:
+            old.close()
+        self.unclaimed[link.token] = link

@@ -1,0 +1,31 @@
+"""Handoff protocol values shared by both sides, with no I/O: limits, errors, envelopes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from swapctl.errors import SwapctlError
+
+PROTOCOL_VERSION = 1
+MAX_FDS = 253  # the kernel's SCM_MAX_FD: file descriptors in one message
+
+
+class HandoffError(SwapctlError):
+    """The handoff control channel failed or a peer broke the protocol."""
+
+
+class ChannelClosed(HandoffError):
+    """The peer closed the control channel (often: it exited)."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    msg: dict[str, Any]
+    blob: bytes = b""
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def type(self) -> str:
+        return str(self.msg.get("type", ""))
+

@@ -1,0 +1,48 @@
+"""One client connection of the reference relay: socket, framer, output backlog."""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+
+from swapctl.protocol import Framer
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    sock: socket.socket
+    id: int
+    framer: Framer | None
+    out: deque[tuple[bytes, int]] = field(default_factory=deque)  # (unit, frames)
+    head_sent: int = 0  # bytes of out[0] already written
+    backlog: int = 0  # bytes queued in out, head included
+    lagging: bool = False
+    closed: bool = False
+    registered: bool = False  # in the relay's epoll set
+    carried_in: bytes = b""  # a partial frame handed over, fed at resume
+    bytes_in: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    lag_drops: int = 0
+
+    @property
+    def fd(self) -> int:
+        return self.sock.fileno()
+
+    def unsent(self) -> bytes:
+        """Every byte still owed to this client, starting mid-unit if a write stopped there."""
+        if not self.out:
+            return b""
+        head, _ = self.out[0]
+        rest = [unit for unit, _ in list(self.out)[1:]]
+        return b"".join([head[self.head_sent :], *rest])
+
+    def summary(self) -> dict[str, object]:
+        return {"id": self.id, "bytes_in": self.bytes_in, "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "backlog_bytes": self.backlog,
+                "lagging": self.lagging, "lag_drops": self.lag_drops}
+
+    def counters(self) -> dict[str, int]:
+        return {"bytes_in": self.bytes_in, "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "lag_drops": self.lag_drops}

@@ -1,0 +1,130 @@
+"""Starting and stopping relay processes: the seam between the swap engine and the OS.
+
+A release's command runs with its handoff settings in the environment
+(SWAPCTL_HANDOFF control socket, SWAPCTL_TOKEN, SWAPCTL_SOCKET public path,
+SWAPCTL_RELEASE name), so a relay needs no swapctl-specific arguments. Processes are
+identified by (pid, create time) and stopped by process group: SIGTERM, wait, SIGKILL.
+supervisord-backed spawning plugs in behind the same `Spawner` interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import psutil
+
+from swapctl.errors import SwapctlError, UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    name: str
+    command: tuple[str, ...]
+    handoff: bool = True  # speaks the handoff protocol
+
+
+class ProcessHandle(Protocol):
+    pid: int
+    create_time: float
+
+    def alive(self) -> bool: ...
+    def stop(self, timeout: float = 5.0) -> int | None: ...
+    def kill(self) -> None: ...
+
+
+class Spawner(Protocol):
+    def spawn(self, release: Release, token: str, control: Path, socket: Path) -> ProcessHandle:
+        ...
+
+
+class SpawnError(SwapctlError):
+    """A release could not be started."""
+
+
+class SubprocessHandle:
+    def __init__(self, proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self._log = log
+        try:
+            self.create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:
+            self.create_time = 0.0
+
+    def alive(self) -> bool:
+        """Still running, and still the process we started (pid + create time)."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            return psutil.Process(self.pid).create_time() == self.create_time
+        except psutil.NoSuchProcess:
+            return False
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the process group, wait up to `timeout`, then SIGKILL."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._signal(signal.SIGKILL)  # anything the relay left in its group
+        self._close_log()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._close_log()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class SubprocessSpawner:
+    """Runs each release as a child process in its own session (process group)."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir
+        self.handles: list[SubprocessHandle] = []
+
+    def spawn(self, release: Release, token: str, control: Path, socket: Path) -> SubprocessHandle:
+        env = dict(os.environ, SWAPCTL_HANDOFF=str(control), SWAPCTL_TOKEN=token,
+                   SWAPCTL_SOCKET=str(socket), SWAPCTL_RELEASE=release.name)
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = (self.log_dir / f"{token}.log").open("ab")
+        try:
+            proc = subprocess.Popen(list(release.command), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True)
+        except OSError as exc:
+            if log is not None:
+                log.close()
+            raise UsageError(f"release {release.name}: cannot run {release.command[0]!r}: {exc}")
+        handle = SubprocessHandle(proc, log)
+        self.handles.append(handle)
+        return handle
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        for handle in self.handles:
+            handle.stop(max(0.1, deadline - time.monotonic()))
