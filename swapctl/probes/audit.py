@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from swapctl.probes.ident import MAX_PUBLISHERS, N_MASK, PUBLISHER_SHIFT, TAG_SHIFT, is_tag
-from swapctl.probes.latency import LINEAR, SUB_BITS, LatencyHistogram, LatencySummary
+from swapctl.probes.latency import LatencyHistogram, LatencySummary
 from swapctl.probes.tracker import PublisherAudit, PublisherTrack
 from swapctl.protocol import Framer, Frames, Skipped
 from swapctl.protocol.header import HEADER_SIZE
@@ -50,7 +51,7 @@ class AuditResult:
     unverifiable: int = 0  # this run's tag without a checksum
     garbage_runs: int = 0
     garbage_bytes: int = 0
-    truncated: int = 0  # partial message at the end of a connection
+    truncated: int = 0  # partial message at the end of a connection or of the audit
     foreign: int = 0  # other traffic on the relay (not judged)
     id_headers: int = 0  # publisher identification headers (not judged)
     streams: int = 1  # connections observed (1 + reconnects)
@@ -145,10 +146,14 @@ class StreamAuditor:
         self.streams += 1
 
     def _frames(self, data: bytes, recv_ns: int) -> None:
-        """The hot loop over a run of whole messages: checksum, identity, latency."""
-        tag, tracks, counts = self.run_tag, self.tracks, self.latency.counts
+        """The hot loop over a run of whole messages: checksum, identity, send time.
+        Latency is binned after the loop per distinct timestamp (a publisher stamps a
+        whole batch with one), which keeps the loop short."""
+        tag, tracks = self.run_tag, self.tracks
         unpack, crc32, view = _FIELDS.unpack_from, zlib.crc32, memoryview(data)
-        pos, end, ours, low, high = 0, len(data), 0, 1 << 63, -1
+        stamps: list[int] = []
+        stamp = stamps.append
+        pos, end = 0, len(data)
         while pos < end:
             seq, ts, size, crc = unpack(data, pos)
             start, pos = pos, pos + 32 + size
@@ -164,24 +169,16 @@ class StreamAuditor:
                 track.next = n + 1
             else:
                 track.arrive(n)
-            lat = recv_ns - ts
-            if lat < LINEAR:
-                counts[lat if lat > 0 else 0] += 1
-            else:
-                shift = lat.bit_length() - SUB_BITS
-                counts[(shift << 6) + (lat >> shift)] += 1
-            if lat < low:  # noqa: PLR1730 (hot loop: a compare is 3x cheaper than min())
-                low = lat
-            if lat > high:  # noqa: PLR1730
-                high = lat
-            ours += 1
+            stamp(ts)
         view.release()
-        if ours:
-            self._arrived(ours, recv_ns, low, high)
+        if stamps:
+            self._arrived(recv_ns, stamps)
 
-    def _arrived(self, count: int, recv_ns: int, low: int, high: int) -> None:
-        self.arrivals += count
-        self.latency.note_extremes(low, high)
+    def _arrived(self, recv_ns: int, stamps: list[int]) -> None:
+        self.arrivals += len(stamps)
+        latency = self.latency
+        for ts, count in Counter(stamps).items():
+            latency.add(recv_ns - ts, count)
         if self.last_ns:
             gap = recv_ns - self.last_ns
             if gap > self.max_gap_ns:
@@ -216,8 +213,8 @@ class StreamAuditor:
             for index, track in enumerate(self.tracks)
             if index in sent or track.seen
         )
-        corrupted = (self.checksum_mismatches + self.unverifiable + self.garbage_runs
-                     + self.truncated)
+        truncated = self.truncated + (1 if self._framer.buffered else 0)  # stuck partial
+        corrupted = self.checksum_mismatches + self.unverifiable + self.garbage_runs + truncated
         return AuditResult(
             expected=sum(sent.values()),
             received=sum(p.received for p in pubs),
@@ -230,7 +227,7 @@ class StreamAuditor:
             unverifiable=self.unverifiable,
             garbage_runs=self.garbage_runs,
             garbage_bytes=self.garbage_bytes,
-            truncated=self.truncated,
+            truncated=truncated,
             foreign=self.foreign,
             id_headers=self.id_headers,
             streams=self.streams,

@@ -124,8 +124,9 @@ class MessageFactory:
     def __init__(self, *, domain: int, source: int, publisher: int, run_tag: int,
                  mix: Mix) -> None:
         self.base = make_sequence(run_tag, publisher, 0)
+        live = {k for k, w in mix.weights if w > 0}
         self.templates = {k: encode_message(domain, source, payload(k, mix))
-                          for k in {k for k, w in mix.weights if w > 0}}
+                          for k in Kind if k in live}
         self.pattern = mix.pattern()
         self.next_n = 1
         self.built_bytes = 0
