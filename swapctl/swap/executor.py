@@ -1,0 +1,352 @@
+"""Runs one swap against real processes, driven by the pure state machine.
+
+Each phase is a method that either returns (and the run fires the next event) or
+raises `Failure`; every blocking call is bounded by the current state's deadline.
+Where the clients are decides how a rollback is done:
+  OLD          nothing moved yet: stop the candidate;
+  RELEASED     the old relay released but the candidate never confirmed: RESUME the
+               old relay (it kept every socket and byte), stop the candidate;
+  CANDIDATE    the candidate serves: hand everything back (RELEASE it, ADOPT+RESUME
+               the old relay, warm or started cold); if the candidate is dead, give
+               the old relay the orchestrator's own copies of the sockets instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swapctl.errors import SwapctlError
+from swapctl.handoff.manifest import ConnState, Transfer
+from swapctl.swap.canary import Canary, CanaryError, CanaryHealth
+from swapctl.swap.journal import Journal
+from swapctl.swap.machine import Deadlines, Event, State, SwapMachine
+from swapctl.swap.probe import ProbeFailed, ProbeSettings, probe
+from swapctl.swap.service import Service, Slot, SlotError
+from swapctl.swap.spawner import Release
+
+Requests = Callable[[], str | None]  # polled during soak: "rollback", "commit" or None
+
+
+class Failure(SwapctlError):
+    def __init__(self, reason: str, event: Event = Event.FAIL) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event = event
+
+
+class Where(enum.Enum):
+    OLD = "old"
+    RELEASED = "released"
+    CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True, slots=True)
+class SwapSettings:
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    flush_ms: float = 10.0
+    pause_budget_ms: float = 250.0  # server-side pause above this rolls back
+    verify_messages: int = 20  # canary messages that must arrive through the new relay
+    error_counters: tuple[str, ...] = ("lag_drops_frames", "truncated", "rejected_checksum",
+                                       "fault_dropped", "fault_corrupted")
+    probe_echo: bool = True
+
+
+@dataclass(slots=True)
+class Marks:
+    """Timestamps and figures collected along the way (ns on CLOCK_MONOTONIC)."""
+
+    stopped_ns: int = 0
+    resumed_ns: int = 0
+    handoff: dict[str, Any] = field(default_factory=dict)
+    probe_ms: float = 0.0
+    connections_before: int = 0
+    moved: int = 0
+    rollback_kind: str = ""
+    rollback_started: float = 0.0
+    rollback_ms: float | None = None
+    rollback_flowing_ms: float | None = None
+    soak_health: list[str] = field(default_factory=list)
+    canary_gap_ms: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class SwapRun:
+    def __init__(self, service: Service, candidate: Release, settings: SwapSettings,
+                 canary: Canary | None = None, requests: Requests = lambda: None,
+                 journal: Journal | None = None, clock: Callable[[], float] = time.monotonic,
+                 domain_byte: int = 1) -> None:
+        assert service.active is not None, "the service has no active relay"
+        self.service = service
+        self.old: Slot = service.active
+        self.release = candidate
+        self.settings = settings
+        self.canary = canary
+        self.requests = requests
+        self.journal = journal or Journal(None)
+        self.swap_id = f"swap-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.machine = SwapMachine(settings.deadlines, clock,
+                                   lambda t: self.journal.transition(self.swap_id, t))
+        self.domain_byte = domain_byte
+        self.cand: Slot | None = None
+        self.where = Where.OLD
+        self.transfer: Transfer | None = None
+        self.marks = Marks()
+        self.clock = clock
+
+    # ----- the run ---------------------------------------------------------------
+
+    def run(self) -> SwapRun:
+        m = self.machine
+        self.marks.connections_before = self.service.connections()
+        self.baseline: dict[str, Any] | None = None
+        if self.canary is not None:
+            self.canary.mark()
+            self.baseline = self.canary.snapshot()
+        m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command))
+        try:
+            self._start_candidate()
+            m.fire(Event.READY, pid=self.cand.handle.pid if self.cand else 0)
+            self._probe()
+            m.fire(Event.PROBE_PASSED, probe_ms=round(self.marks.probe_ms, 3))
+            self._release_old()
+            m.fire(Event.RELEASED, connections=self.marks.moved)
+            self._adopt()
+            m.fire(Event.ADOPTED, server_pause_ms=round(self.server_pause_ms or 0, 3))
+            self._verify()
+            m.fire(Event.VERIFIED)
+            self._soak()
+            self._commit()
+            m.fire(Event.COMMITTED)
+        except Failure as failure:
+            m.fire(failure.event, failure.reason, where=self.where.value)
+            self._rollback()
+        return self
+
+    @property
+    def server_pause_ms(self) -> float | None:
+        if not (self.marks.stopped_ns and self.marks.resumed_ns):
+            return None
+        return (self.marks.resumed_ns - self.marks.stopped_ns) / 1e6
+
+    def _timeout(self) -> float:
+        remaining = self.machine.remaining()
+        if remaining <= 0:
+            seconds = self.settings.deadlines.for_state(self.machine.state)
+            raise Failure(f"deadline: {self.machine.state.value} took longer than {seconds}s")
+        return remaining
+
+    def _blame(self, what: str, exc: BaseException) -> Failure:
+        """Turn an error talking to the candidate into a reason an operator can act on."""
+        if self.cand is not None and not self.cand.alive():
+            code = getattr(self.cand.handle, "returncode", None)
+            return Failure(f"candidate {self.release.name} crashed during {what} (exit {code})")
+        if isinstance(exc, TimeoutError):
+            return Failure(f"candidate {self.release.name} did not answer {what} in time")
+        return Failure(f"{what} failed: {exc}")
+
+    # ----- phases ----------------------------------------------------------------
+
+    def _start_candidate(self) -> None:
+        deadline = self.clock() + self._timeout()
+        try:
+            self.cand = self.service.start_slot(self.release, deadline)
+        except SlotError as exc:
+            raise Failure(f"candidate not ready: {exc}") from None
+
+    def _probe(self) -> None:
+        assert self.cand is not None
+        settings = ProbeSettings(self.domain_byte, self.settings.probe_echo,
+                                 min(self._timeout(), 2.0))
+        try:
+            self.marks.probe_ms = probe(self.cand.link, settings)
+        except ProbeFailed as exc:
+            raise Failure(f"probe failed: {exc}") from None
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise self._blame("the probe", exc) from None
+
+    def _release_old(self) -> None:
+        try:
+            transfer = self.old.link.release(self.settings.flush_ms, self._timeout())
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise Failure(f"old relay {self.old.release.name} did not release: {exc}") from None
+        self.where = Where.RELEASED
+        self.transfer = transfer
+        self.service.held.append(transfer)
+        self.marks.stopped_ns = int(transfer.meta.get("stopped_reading_ns", 0))
+        self.marks.handoff = {k: transfer.meta.get(k) for k in
+                              ("flushed_bytes", "unsent_bytes", "pending_bytes")}
+        self.marks.moved = len(transfer.conns)
+
+    def _adopt(self) -> None:
+        assert self.cand is not None and self.transfer is not None
+        try:
+            self.cand.link.adopt(self.transfer, self._timeout())
+            self.marks.resumed_ns = self.cand.link.resume(self._timeout())
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise self._blame("adopt", exc) from None
+        self.where = Where.CANDIDATE
+        try:
+            self.old.link.close_held(self._timeout())
+            self.service.warm = self.old
+        except (SwapctlError, TimeoutError, OSError):
+            self.service.warm = None  # the old release is gone: a rollback would be cold
+        self.service.active = self.cand
+
+    def _verify(self) -> None:
+        pause = self.server_pause_ms or 0.0
+        if pause > self.settings.pause_budget_ms:
+            raise Failure(f"pause budget exceeded: {pause:.1f} ms > "
+                          f"{self.settings.pause_budget_ms} ms")
+        self.marks.errors = self._error_counts()
+        if self.canary is None:
+            return
+        start = self._canary().arrivals
+        while True:
+            health = self._canary()
+            if health.arrivals >= start + self.settings.verify_messages:
+                return
+            self._timeout()
+            self._alive_or_fail("verification")
+            time.sleep(0.002)
+
+    def _canary(self) -> CanaryHealth:
+        assert self.canary is not None
+        try:
+            health = self.canary.health(self.baseline)
+        except CanaryError as exc:
+            raise Failure(f"canary failed: {exc}") from None
+        self.marks.canary_gap_ms = max(self.marks.canary_gap_ms or 0.0, health.max_gap_ms)
+        if not health.ok:
+            raise Failure("; ".join(health.problems))
+        return health
+
+    def _alive_or_fail(self, phase: str) -> None:
+        assert self.cand is not None
+        if not self.cand.alive():
+            code = getattr(self.cand.handle, "returncode", None)
+            raise Failure(f"candidate {self.release.name} crashed during {phase} (exit {code})")
+
+    def _error_counts(self) -> dict[str, int]:
+        assert self.cand is not None
+        try:
+            stats = self.cand.link.stats(min(self._timeout(), 2.0))
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise self._blame("stats", exc) from None
+        return {name: int(stats.get(name, 0)) for name in self.settings.error_counters}
+
+    def _soak(self) -> None:
+        """Watch the candidate until the soak window ends (tick fires soak_done) or the
+        operator commits early."""
+        m = self.machine
+        next_check = 0.0
+        while m.tick() is State.SOAKING:
+            request = self.requests()
+            if request == "rollback":
+                raise Failure("operator asked for a rollback", Event.ROLLBACK)
+            if request == "commit":
+                m.fire(Event.COMMIT, "operator committed early")
+                return
+            self._alive_or_fail("soak")
+            if self.clock() >= next_check:
+                next_check = self.clock() + 0.1
+                if self.canary is not None:
+                    self._canary()
+                self._check_errors()
+            time.sleep(min(0.01, m.remaining()))
+
+    def _check_errors(self) -> None:
+        now = self._error_counts()
+        grown = {k: v - self.marks.errors.get(k, 0) for k, v in now.items()
+                 if v > self.marks.errors.get(k, 0)}
+        if grown:
+            listed = ", ".join(f"{k} +{v}" for k, v in grown.items())
+            raise Failure(f"relay error counters grew on {self.release.name}: {listed}")
+
+    def _commit(self) -> None:
+        warm, self.service.warm = self.service.warm, None
+        if warm is not None:
+            warm.stop()
+        self.service.drop_held()
+
+    # ----- rollback --------------------------------------------------------------
+
+    def _rollback(self) -> None:
+        m = self.machine
+        self.marks.rollback_started = self.clock()
+        try:
+            if self.where is Where.OLD:
+                self.marks.rollback_kind = "not needed (no client moved)"
+            elif self.where is Where.RELEASED:
+                self.old.link.resume(self._timeout())
+                self.marks.rollback_kind = "resume (candidate never confirmed)"
+            else:
+                self._hand_back()
+            self.marks.rollback_ms = (self.clock() - self.marks.rollback_started) * 1000
+            self._confirm_flowing()
+            self._stop_candidate()
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            self._stop_candidate()
+            self.service.drop_held()
+            m.fire(Event.ROLLBACK_FAILED, f"rollback failed: {exc}")
+            return
+        self.service.drop_held()
+        self.service.active, self.service.warm = self.old, None
+        m.fire(Event.ROLLED_BACK, rollback_ms=round(self.marks.rollback_ms or 0, 3),
+               kind=self.marks.rollback_kind)
+
+    def _hand_back(self) -> None:
+        """Clients are on the candidate: move them back to the old release."""
+        target = self.service.warm
+        if target is not None and not target.alive():
+            target = None
+        transfer = self._release_candidate()
+        kind = "warm" if target is not None else "cold"
+        if target is None:
+            target = self.service.start_slot(self.old.release, self.clock() + self._timeout())
+        self.old = target
+        target.link.adopt(transfer, self._timeout())
+        target.link.resume(self._timeout())
+        self.marks.rollback_kind = f"{kind} handoff" + (
+            "" if transfer.meta.get("from_candidate") else " from held sockets (candidate dead)")
+
+    def _release_candidate(self) -> Transfer:
+        assert self.cand is not None
+        if self.cand.alive():
+            try:
+                transfer = self.cand.link.release(self.settings.flush_ms, min(self._timeout(), 2))
+                transfer.meta["from_candidate"] = True
+                self.service.held.append(transfer)
+                return transfer
+            except (SwapctlError, TimeoutError, OSError):
+                self.cand.handle.kill()
+        held = self.transfer
+        if held is None:
+            raise Failure("no sockets to hand back")
+        return Transfer(held.listener, [(ConnState(state.id), fd) for state, fd in held.conns])
+
+    def _stop_candidate(self) -> None:
+        if self.cand is not None:
+            self.cand.stop(2.0)
+            if self.service.active is self.cand:
+                self.service.active = None
+
+    def _confirm_flowing(self) -> None:
+        """Rollback time as a client sees it: until canary traffic arrives again."""
+        if self.canary is None or self.where is Where.OLD:
+            return
+        try:
+            start = self.canary.health().arrivals
+            deadline = self.clock() + 5
+            while self.clock() < deadline:
+                if self.canary.health().arrivals > start:
+                    self.marks.rollback_flowing_ms = (
+                        self.clock() - self.marks.rollback_started) * 1000
+                    return
+                time.sleep(0.001)
+        except CanaryError:
+            return  # the canary's own failure is reported with its final audit

@@ -1,0 +1,132 @@
+"""One relay service under swapctl: its listener, its relays, and the fds it holds.
+
+The public listening socket is created once here and never closed or unlinked while
+the service runs (swapctl is its fd store: even if every relay dies, connects queue
+in its backlog). Relays are started through a `Spawner` into *slots*; the active slot
+serves the clients, a warm slot is the previous release kept in standby during soak.
+`held` is the orchestrator's own copy of the last handed-over listener and client
+sockets, kept until a swap ends so that a candidate dying after adopt can still be
+rolled back without disconnecting anyone who was connected before the swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from swapctl.errors import SwapctlError
+from swapctl.handoff.controller import ControlServer, RelayLink
+from swapctl.handoff.manifest import Transfer
+from swapctl.handoff.messages import HandoffError
+from swapctl.relay.listener import open_listener
+from swapctl.swap.spawner import ProcessHandle, Release, Spawner
+
+
+class SlotError(SwapctlError):
+    """A relay could not be started or did not become ready."""
+
+
+@dataclass(slots=True)
+class Slot:
+    release: Release
+    token: str
+    handle: ProcessHandle
+    link: RelayLink
+
+    def alive(self) -> bool:
+        return self.handle.alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.link.close()
+        self.handle.stop(timeout)
+
+
+class Service:
+    def __init__(self, socket_path: Path, state_dir: Path, spawner: Spawner) -> None:
+        self.socket_path = socket_path
+        self.state_dir = state_dir
+        self.spawner = spawner
+        self.listener: socket.socket | None = None
+        self.control: ControlServer | None = None
+        self.active: Slot | None = None
+        self.warm: Slot | None = None
+        self.held: list[Transfer] = []
+        self._tokens = itertools.count(1)
+
+    def open(self, release: Release, timeout: float = 10.0) -> Slot:
+        """Create the listener and control socket, start `release` and give it the listener."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.control = ControlServer(self.state_dir / "control.sock")
+        self.listener = open_listener(self.socket_path)
+        slot = self.start_slot(release, time.monotonic() + timeout)
+        slot.link.adopt(Transfer(self.listener.fileno(), []), timeout)
+        slot.link.resume(timeout)
+        self.active = slot
+        return slot
+
+    def start_slot(self, release: Release, deadline: float) -> Slot:
+        """Spawn `release` and wait until it connected and said READY (or raise)."""
+        assert self.control is not None
+        token = f"{release.name}-{next(self._tokens)}"
+        handle = self.spawner.spawn(release, token, self.control.path, self.socket_path)
+        try:
+            link = self._accept(token, handle, deadline)
+            while not link.ready:
+                self._check_alive(handle, release, "before saying ready")
+                with contextlib.suppress(TimeoutError):
+                    link.wait_ready(min(0.05, max(0.001, deadline - time.monotonic())))
+                if time.monotonic() >= deadline and not link.ready:
+                    raise SlotError(f"{release.name} did not say ready in time")
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            handle.stop(1.0)
+            if isinstance(exc, HandoffError) and not handle.alive():
+                raise SlotError(f"{release.name} exited before saying ready") from None
+            raise SlotError(str(exc)) from None
+        return Slot(release, token, handle, link)
+
+    def _accept(self, token: str, handle: ProcessHandle, deadline: float) -> RelayLink:
+        assert self.control is not None
+        while True:
+            self._check_alive(handle, None, "before connecting to the control socket")
+            try:
+                return self.control.accept(token, min(0.05, max(0.001, deadline - time.monotonic())),
+                                           pid=handle.pid)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise SlotError(f"relay {token} did not connect to the control socket "
+                                    "in time") from None
+
+    @staticmethod
+    def _check_alive(handle: ProcessHandle, release: Release | None, when: str) -> None:
+        if not handle.alive():
+            name = release.name if release else f"pid {handle.pid}"
+            raise SlotError(f"{name} exited {when}")
+
+    def connections(self) -> int:
+        if self.active is None:
+            return 0
+        return int(self.active.link.stats(2.0)["connections_open"])
+
+    def drop_held(self) -> None:
+        """Close the orchestrator's copies of handed-over sockets (the listener stays)."""
+        for transfer in self.held:
+            for fd in transfer.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.held = []
+
+    def close(self) -> None:
+        for slot in (self.active, self.warm):
+            if slot is not None:
+                slot.stop()
+        self.active = self.warm = None
+        self.drop_held()
+        if self.control is not None:
+            self.control.close()
+        if self.listener is not None:
+            self.listener.close()
