@@ -76,7 +76,7 @@ class Marks:
 
 
 class SwapRun:
-    def __init__(self, service: Service, candidate: Release, settings: SwapSettings,
+    def __init__(self, service: Service, candidate: Release, settings: SwapSettings, *,
                  canary: Canary | None = None, requests: Requests = lambda: None,
                  journal: Journal | None = None, clock: Callable[[], float] = time.monotonic,
                  domain_byte: int = 1) -> None:

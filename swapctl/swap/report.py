@@ -18,7 +18,7 @@ def build(run: SwapRun, canary_final: dict[str, Any] | None = None) -> dict[str,
     report: dict[str, Any] = {
         "swap_id": run.swap_id,
         "socket": str(run.service.socket_path),
-        "from": run.old.release.name if decision != "rolled_back" else run.old.release.name,
+        "from": run.old.release.name,
         "to": run.release.name,
         "decision": decision,
         "reason": m.reason or ("soak window passed, all checks clean"

@@ -94,8 +94,8 @@ class Service:
         while True:
             self._check_alive(handle, None, "before connecting to the control socket")
             try:
-                return self.control.accept(token, min(0.05, max(0.001, deadline - time.monotonic())),
-                                           pid=handle.pid)
+                wait = min(0.05, max(0.001, deadline - time.monotonic()))
+                return self.control.accept(token, wait, pid=handle.pid)
             except TimeoutError:
                 if time.monotonic() >= deadline:
                     raise SlotError(f"relay {token} did not connect to the control socket "

@@ -119,7 +119,9 @@ class SubprocessSpawner:
         except OSError as exc:
             if log is not None:
                 log.close()
-            raise UsageError(f"release {release.name}: cannot run {release.command[0]!r}: {exc}")
+            raise UsageError(
+                f"release {release.name}: cannot run {release.command[0]!r}: {exc}"
+            ) from None
         handle = SubprocessHandle(proc, log)
         self.handles.append(handle)
         return handle
