@@ -35,24 +35,24 @@ _PEEK = struct.Struct("<I4xQQI")  # magic, sequence, timestamp, payload_size
 _U64 = struct.Struct("<Q")
 
 
-def build_stream(first: int, count: int, timestamp: int = 0) -> bytes:
+def build_stream(first: int, count: int, timestamp: int = 0) -> bytearray:
     """`count` data messages with sequences first..first+count-1, back to back."""
     head = TEMPLATE[:SEQ_OFFSET]
     tail = _U64.pack(timestamp) + TEMPLATE[TS_OFFSET + 8 :]
+    out = bytearray(count * MESSAGE_SIZE)
     args: list[bytes | int] = [head, 0, tail] * _PER_PACK
-    parts: list[bytes] = []
     full, rest = divmod(count, _PER_PACK)
+    step = _PER_PACK * MESSAGE_SIZE
     for batch in range(full):
         start = first + batch * _PER_PACK
         args[1::3] = range(start, start + _PER_PACK)
-        parts.append(_BATCH.pack(*args))
+        _BATCH.pack_into(out, batch * step, *args)
     if rest:
-        small = struct.Struct("<" + "8sQ58s" * rest)
         start = first + full * _PER_PACK
         args = args[: 3 * rest]
         args[1::3] = range(start, start + rest)
-        parts.append(small.pack(*args))
-    return b"".join(parts)
+        struct.Struct("<" + "8sQ58s" * rest).pack_into(out, full * step, *args)
+    return out
 
 
 def end_message(sent: int) -> bytes:
@@ -145,7 +145,7 @@ class Reassembler:
 class StreamCheck:
     """Compares received bytes with the expected stream; parses only after a difference."""
 
-    def __init__(self, expected: bytes, first: int) -> None:
+    def __init__(self, expected: bytes | bytearray, first: int) -> None:
         self.expected = expected
         self.classifier = Classifier(first)
         self._pos = 0  # bytes matched so far (fast path)
@@ -167,7 +167,8 @@ class StreamCheck:
         whole, partial = divmod(self._pos, MESSAGE_SIZE)
         self.classifier.assume_delivered(whole)
         start = whole * MESSAGE_SIZE
-        self._slow = Reassembler(self.classifier, self.expected[start : start + partial])
+        carry = bytes(self.expected[start : start + partial])
+        self._slow = Reassembler(self.classifier, carry)
 
     @property
     def done(self) -> bool:

@@ -1,0 +1,151 @@
+"""`python -m swapctl.bench.loadgen publish|consume`: one side of a relay benchmark.
+
+The parent (`swapctl.bench.relay`) talks to each process with JSON lines: the process
+prints {"event": "ready"} once its traffic is built and (consumer) its socket is
+connected or listening; the publisher then waits for a `go` line on stdin; each
+prints one {"event": "result", ...} (or {"event": "error", ...}) and exits. If the
+parent goes away, stdin closes and a waiting publisher exits; timeouts bound the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+from swapctl.bench.consumer import Consumer, Received, latency_summary
+from swapctl.bench.publisher import Echo, Publisher, Stalled, tighten_timer_slack
+from swapctl.bench.stream import Classifier, StreamCheck, build_stream, end_message
+
+FIRST_SEQUENCE = 1
+
+
+def emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def connect(path: str, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
+def publish(args: argparse.Namespace) -> None:
+    stream = build_stream(FIRST_SEQUENCE, args.count)
+    latency = args.mode == "latency"
+    slack = tighten_timer_slack() if latency else None
+    emit(event="ready")
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit(2)
+    sock = connect(args.socket, args.connect_timeout)
+    echo = Echo(sock, stream) if args.echo else None
+    pub = Publisher(sock, echo, args.stall_timeout)
+    cpu0 = time.process_time()
+    if latency:  # timestamps are written into `stream` as each message is sent
+        sent = pub.paced(stream, args.rate)
+    else:
+        sent = pub.throughput(stream, args.batch, args.duration)
+    cpu = time.process_time() - cpu0
+    pub.finish(sent, end_message(sent.messages), args.idle_timeout)
+    result: dict[str, Any] = {
+        "sent": sent.messages, "bytes": sent.bytes, "t_start": sent.t_start,
+        "t_end": sent.t_end, "ended_by": sent.ended_by, "cpu_s": round(cpu, 4),
+        "timer_slack_ns": slack,
+    }
+    if echo is not None:
+        result["echo"] = {"bytes": echo.received, "complete": echo.received >= sent.bytes,
+                          "exact": echo.exact and echo.tail == end_message(sent.messages)}
+    emit(event="result", **result)
+    sock.close()
+
+
+def consume(args: argparse.Namespace) -> None:
+    latency = args.mode == "latency"
+    check = None if latency else StreamCheck(build_stream(FIRST_SEQUENCE, args.count),
+                                             FIRST_SEQUENCE)
+    if args.listen:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(args.socket)
+            listener.listen(1)
+            emit(event="ready")
+            listener.settimeout(args.start_timeout)
+            sock, _ = listener.accept()
+    else:
+        sock = connect(args.socket, args.connect_timeout)
+        emit(event="ready")
+    consumer = Consumer(sock, args.start_timeout, args.idle_timeout)
+    if check is None:
+        classifier = Classifier(FIRST_SEQUENCE)
+        got = consumer.latency(classifier)
+        delivered = classifier.delivered
+    else:
+        classifier = check.classifier
+        got = consumer.throughput(check)
+        delivered = check.delivered
+    sock.close()
+    emit(event="result", **_consumed(got, classifier, delivered, args.warmup if latency else 0,
+                                     latency))
+
+
+def _consumed(got: Received, c: Classifier, delivered: int, warmup: int,
+              latency: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ended": got.ended, "bytes": got.bytes, "t_first": got.t_first, "t_last": got.t_last,
+        "cpu_s": round(got.cpu_s, 4), "delivered": delivered, "gaps": c.gaps,
+        "duplicated": c.duplicated, "corrupted": c.corrupted, "end_count": c.end,
+    }
+    if latency:
+        out["latency"] = latency_summary(got.latency_ns, warmup)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m swapctl.bench.loadgen")
+    sub = p.add_subparsers(dest="role", required=True)
+    for role in ("publish", "consume"):
+        s = sub.add_parser(role)
+        s.add_argument("--socket", required=True)
+        s.add_argument("--mode", choices=("throughput", "latency"), required=True)
+        s.add_argument("--count", type=int, required=True, help="messages to prebuild")
+        s.add_argument("--connect-timeout", type=float, default=10.0)
+    pub, con = sub.choices["publish"], sub.choices["consume"]
+    pub.add_argument("--duration", type=float, default=1.0)
+    pub.add_argument("--batch", type=int, default=65_536)
+    pub.add_argument("--rate", type=float, default=10_000.0)
+    pub.add_argument("--echo", action="store_true", help="the peer echoes: drain and check it")
+    pub.add_argument("--stall-timeout", type=float, default=10.0,
+                     help="give up when the socket accepts nothing for this long")
+    con.add_argument("--listen", action="store_true", help="own the socket (direct reference)")
+    con.add_argument("--warmup", type=int, default=0)
+    con.add_argument("--start-timeout", type=float, default=60.0)
+    for s in (pub, con):
+        s.add_argument("--idle-timeout", type=float, default=2.0,
+                       help="the stream (consumer) or echo (publisher) is over after this "
+                            "long without data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        publish(args) if args.role == "publish" else consume(args)
+    except (OSError, Stalled) as exc:
+        emit(event="error", role=args.role, error=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
