@@ -1,9 +1,90 @@
-"""`swapctl bench`."""
+"""`swapctl bench ...`: benchmarks that print their figures with the conditions of the run.
+
+Every subcommand parses its options into a settings object, runs a bench from
+`swapctl.bench`, and hands the report to `emit`: text for people, or `-o json` for
+one JSON document alone on stdout (progress goes to stderr). To add a benchmark
+(`bench handoff`, `bench diff`, ...), write it in swapctl/bench/, returning a report
+dict (see swapctl/bench/report.py), then add a command here with `@bench.command`,
+`@output_option` and a final `emit(...)`.
+
+Exit codes: 0 the benchmark ran (goals met or not: they are figures, not checks);
+1 a check failed (messages lost, corrupted or duplicated); 3 a benchmark process
+failed or stopped answering (the message quotes its stderr).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
 import click
+
+from swapctl.bench.codec import CodecSettings, run_codec
+from swapctl.bench.relay import RelayBenchSettings, run_relay_bench
+from swapctl.bench.relay_report import relay_report
+from swapctl.bench.report import render_text
+from swapctl.cli.exits import EXIT_FAILED
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option(func: F) -> F:
+    return click.option(
+        "-o", "--output", type=click.Choice(["text", "json"]), default="text",
+        show_default=True, help="text for people, or json (only JSON on stdout).",
+    )(func)
+
+
+def emit(title: str, report: Mapping[str, Any], output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_text(title, report))
+
+
+def progress(message: str) -> None:
+    click.echo(f"swapctl bench: {message}", err=True)
+
+
+@click.group("bench")
+def bench() -> None:
+    """Measure the codec and the relay; figures come with the conditions they ran under."""
+
+
+@bench.command("codec")
+@output_option
+@click.option("--messages", type=click.IntRange(min=1000), default=CodecSettings().messages,
+              show_default=True, help="Messages per repeat.")
+@click.option("--repeats", type=click.IntRange(min=1), default=CodecSettings().repeats,
+              show_default=True, help="Repeats per measurement; the best one is the figure.")
+def codec_command(output: str, messages: int, repeats: int) -> None:
+    """Frames/s parsed and messages/s built, against the relays' published codec baselines."""
+    progress(f"codec: {messages:,} messages x {repeats} repeats per measurement")
+    emit("swapctl bench codec", run_codec(CodecSettings(messages, repeats)), output)
+
+
+@bench.command("relay")
+@output_option
+@click.option("--duration", type=click.FloatRange(min=0.1), default=RelayBenchSettings().duration,
+              show_default=True, help="Seconds per measurement window (6 windows in all).")
+@click.option("--rate", type=click.IntRange(min=100, max=100_000),
+              default=RelayBenchSettings().rate, show_default=True,
+              help="Latency runs: messages per second, one per write.")
+@click.option("--relay-arg", "relay_args", multiple=True, metavar="ARG",
+              help="Extra option for the relay under test, repeatable "
+                   "(e.g. --relay-arg=--framing --relay-arg=chunk).")
+def relay_command(output: str, duration: float, rate: int, relay_args: tuple[str, ...]) -> None:
+    """Reference relay vs raw byte forwarder vs direct link: throughput and latency."""
+    settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args)
+    results = run_relay_bench(settings, progress)
+    report = relay_report(settings, results)
+    emit("swapctl bench relay", report, output)
+    if not report["verified"]:
+        progress("messages were lost, corrupted or duplicated (see verified/lost above)")
+        sys.exit(EXIT_FAILED)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the swapctl group (filled in by its owner)."""
+    group.add_command(bench)
