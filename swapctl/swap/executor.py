@@ -65,6 +65,7 @@ class Marks:
     handoff: dict[str, Any] = field(default_factory=dict)
     probe_ms: float = 0.0
     connections_before: int = 0
+    connections_after: int | None = None
     moved: int = 0
     rollback_kind: str = ""
     rollback_started: float = 0.0
@@ -125,6 +126,10 @@ class SwapRun:
         except Failure as failure:
             m.fire(failure.event, failure.reason, where=self.where.value)
             self._rollback()
+        try:
+            self.marks.connections_after = self.service.connections()
+        except (SwapctlError, TimeoutError, OSError):
+            self.marks.connections_after = None
         return self
 
     @property
@@ -143,8 +148,8 @@ class SwapRun:
     def _blame(self, what: str, exc: BaseException) -> Failure:
         """Turn an error talking to the candidate into a reason an operator can act on."""
         if self.cand is not None and not self.cand.alive():
-            code = getattr(self.cand.handle, "returncode", None)
-            return Failure(f"candidate {self.release.name} crashed during {what} (exit {code})")
+            return Failure(f"candidate {self.release.name} crashed during {what} "
+                           f"({self.cand.handle.describe_exit()})")
         if isinstance(exc, TimeoutError):
             return Failure(f"candidate {self.release.name} did not answer {what} in time")
         return Failure(f"{what} failed: {exc}")
@@ -228,8 +233,8 @@ class SwapRun:
     def _alive_or_fail(self, phase: str) -> None:
         assert self.cand is not None
         if not self.cand.alive():
-            code = getattr(self.cand.handle, "returncode", None)
-            raise Failure(f"candidate {self.release.name} crashed during {phase} (exit {code})")
+            raise Failure(f"candidate {self.release.name} crashed during {phase} "
+                          f"({self.cand.handle.describe_exit()})")
 
     def _error_counts(self) -> dict[str, int]:
         assert self.cand is not None

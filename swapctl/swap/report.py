@@ -27,7 +27,7 @@ def build(run: SwapRun, canary_final: dict[str, Any] | None = None) -> dict[str,
         "server_pause_ms": _round(run.server_pause_ms),
         "client_pause_ms": _round(marks.canary_gap_ms),
         "connections": {"before": marks.connections_before, "moved": marks.moved,
-                        "after": _safe_connections(run)},
+                        "after": marks.connections_after},
         "handoff": marks.handoff,
         "probe_ms": round(marks.probe_ms, 3),
         "rollback": None,
@@ -47,13 +47,6 @@ def build(run: SwapRun, canary_final: dict[str, Any] | None = None) -> dict[str,
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def _safe_connections(run: SwapRun) -> int | None:
-    try:
-        return run.service.connections()
-    except Exception:  # noqa: BLE001 (a report never fails for a stats read)
-        return None
 
 
 def render_text(report: dict[str, Any]) -> str:

@@ -85,7 +85,8 @@ class Service:
         except (SwapctlError, TimeoutError, OSError) as exc:
             handle.stop(1.0)
             if isinstance(exc, HandoffError) and not handle.alive():
-                raise SlotError(f"{release.name} exited before saying ready") from None
+                raise SlotError(f"{release.name} exited before saying ready "
+                                f"({handle.describe_exit()})") from None
             raise SlotError(str(exc)) from None
         return Slot(release, token, handle, link)
 
@@ -93,6 +94,7 @@ class Service:
         assert self.control is not None
         while True:
             self._check_alive(handle, None, "before connecting to the control socket")
+            # (a relay that does not speak the handoff protocol never connects)
             try:
                 wait = min(0.05, max(0.001, deadline - time.monotonic()))
                 return self.control.accept(token, wait, pid=handle.pid)
@@ -105,7 +107,7 @@ class Service:
     def _check_alive(handle: ProcessHandle, release: Release | None, when: str) -> None:
         if not handle.alive():
             name = release.name if release else f"pid {handle.pid}"
-            raise SlotError(f"{name} exited {when}")
+            raise SlotError(f"{name} exited {when} ({handle.describe_exit()})")
 
     def connections(self) -> int:
         if self.active is None:

@@ -35,6 +35,7 @@ class ProcessHandle(Protocol):
     create_time: float
 
     def alive(self) -> bool: ...
+    def describe_exit(self) -> str: ...
     def stop(self, timeout: float = 5.0) -> int | None: ...
     def kill(self) -> None: ...
 
@@ -49,10 +50,12 @@ class SpawnError(SwapctlError):
 
 
 class SubprocessHandle:
-    def __init__(self, proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log: IO[bytes] | None,
+                 log_path: Path | None = None) -> None:
         self.proc = proc
         self.pid = proc.pid
         self._log = log
+        self.log_path = log_path
         try:
             self.create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
@@ -70,6 +73,14 @@ class SubprocessHandle:
     @property
     def returncode(self) -> int | None:
         return self.proc.poll()
+
+    def describe_exit(self) -> str:
+        """Exit status and the end of the log, for an operator-facing error."""
+        text = f"exit code {self.proc.poll()}"
+        if self.log_path is not None and self.log_path.exists():
+            tail = self.log_path.read_bytes()[-600:].decode(errors="replace").strip()
+            text += f"; log {self.log_path}" + (f" ends with: {tail}" if tail else "")
+        return text
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the process group, wait up to `timeout`, then SIGKILL."""
@@ -109,10 +120,11 @@ class SubprocessSpawner:
     def spawn(self, release: Release, token: str, control: Path, socket: Path) -> SubprocessHandle:
         env = dict(os.environ, SWAPCTL_HANDOFF=str(control), SWAPCTL_TOKEN=token,
                    SWAPCTL_SOCKET=str(socket), SWAPCTL_RELEASE=release.name)
-        log = None
+        log = log_path = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log = (self.log_dir / f"{token}.log").open("ab")
+            log_path = self.log_dir / f"{token}.log"
+            log = log_path.open("ab")
         try:
             proc = subprocess.Popen(list(release.command), env=env, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True)
@@ -122,7 +134,7 @@ class SubprocessSpawner:
             raise UsageError(
                 f"release {release.name}: cannot run {release.command[0]!r}: {exc}"
             ) from None
-        handle = SubprocessHandle(proc, log)
+        handle = SubprocessHandle(proc, log, log_path)
         self.handles.append(handle)
         return handle
 
