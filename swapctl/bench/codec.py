@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from swapctl.bench.report import Goal, Report, conditions
-from swapctl.bench.stream import DOMAIN, SOURCE
+from swapctl.bench.stream import DOMAIN, MESSAGE_SIZE, SOURCE
+from swapctl.probes.traffic import Kind, MessageFactory, Mix
 from swapctl.protocol import Framer, Trade, encode_message
 
 REFERENCE_PARSE = 1_643_779  # msg/s, the relays' codec, published (protocol-v2.md section 6)
@@ -103,12 +104,7 @@ def _encode_prebuilt_tlv(count: int) -> Callable[[], int]:
     return build
 
 
-def _template(count: int) -> Callable[[], int] | None:
-    try:
-        from swapctl.probes.traffic import Kind, MessageFactory, Mix  # noqa: PLC0415
-    except ImportError:
-        return None
-
+def _template(count: int) -> Callable[[], int]:
     def build() -> int:
         factory = MessageFactory(domain=DOMAIN, source=SOURCE, publisher=0, run_tag=0x8001,
                                  mix=Mix(((Kind.TRADE, 1),)))
@@ -116,7 +112,7 @@ def _template(count: int) -> Callable[[], int] | None:
         while built < count:
             batch = factory.build(min(TEMPLATE_BATCH, count - built), time.time_ns())
             built += batch.count
-        return built if factory.built_bytes == count * 74 else -1
+        return built if factory.built_bytes == count * MESSAGE_SIZE else -1
 
     return build
 
@@ -129,17 +125,11 @@ def run_codec(settings: CodecSettings) -> Report:
         "crc_verified": _measure(_parser(_stream(n, True), chunk, True), n, reps,
                                  REFERENCE_PARSE),
     }
-    construction: dict[str, Any] = {
-        "encode_message_new_trade": _measure(_encode_new_tlv(n), n, reps, REFERENCE_CONSTRUCT),
-        "encode_message_prebuilt_tlv": _measure(_encode_prebuilt_tlv(n), n, reps,
-                                                REFERENCE_CONSTRUCT),
-    }
-    template = _template(n)
-    if template is None:
-        construction["template"] = {"available": False,
-                                    "why": "swapctl.probes.traffic.MessageFactory not found"}
-    else:
-        construction["template"] = _measure(template, n, reps, REFERENCE_CONSTRUCT)
+    builders = {"encode_message_new_trade": _encode_new_tlv(n),
+                "encode_message_prebuilt_tlv": _encode_prebuilt_tlv(n),
+                "template": _template(n)}
+    construction = {name: _measure(build, n, reps, REFERENCE_CONSTRUCT)
+                    for name, build in builders.items()}
     return {
         "conditions": _conditions(settings),
         "parsing": parsing,
@@ -175,7 +165,6 @@ def _conditions(s: CodecSettings) -> dict[str, Any]:
 def _goals(parsing: dict[str, Any], construction: dict[str, Any]) -> list[Goal]:
     goals = [Goal.at_least(f"parse {name} vs reference", p["vs_reference"], 1.0, "x")
              for name, p in parsing.items()]
-    for name, c in construction.items():
-        ratio = c.get("vs_reference")
-        goals.append(Goal.at_least(f"construct {name} vs reference", ratio, 1.0, "x"))
+    goals += [Goal.at_least(f"construct {name} vs reference", c["vs_reference"], 1.0, "x")
+              for name, c in construction.items()]
     return goals

@@ -98,15 +98,47 @@ def _loadgen(role: str, sock: Path, mode: str, count: int, *extra: str) -> list[
             "--mode", mode, "--count", str(count), *extra]
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    target: str
+    mode: str
+    server: Child | None
+    consumer: Child
+    publisher: Child
+    stats: Path
+
+
 def _run(scope: ProcessScope, workdir: Path, target: str, mode: str,
          s: RelayBenchSettings) -> dict[str, Any]:
+    run = _start(scope, workdir, target, mode, s)
+    cpu0, t0 = _cpu(run.server), time.monotonic()
+    run.publisher.send("go")
+    pub = run.publisher.read_event(s.duration * 2 + 60)
+    con = run.consumer.read_event(30)
+    server_cpu = (_cpu(run.server) - cpu0) / (time.monotonic() - t0)
+    counters = _relay_counters(run.stats) if target == "relay" else None
+    for child in (run.publisher, run.consumer, run.server):
+        if child is not None:
+            scope.stop(child)
+    result = _throughput(pub, con) if mode == "throughput" else _latency(pub, con)
+    result.update(_exactness(pub, con))
+    result["cpu_percent"] = _cpu_percent(pub, con, server_cpu if run.server else None)
+    if "echo" in pub:
+        result["echo"] = pub["echo"]
+    if counters is not None:
+        result["relay_counters"] = counters
+    return result
+
+
+def _start(scope: ProcessScope, workdir: Path, target: str, mode: str,
+           s: RelayBenchSettings) -> _Run:
+    """Server (if any), consumer and publisher, each ready: traffic built, consumer in place."""
     sock, stats = workdir / f"{target}-{mode}.sock", workdir / f"{target}-{mode}.stats"
     command = server_command(target, sock, stats, s.relay_args)
     server = scope.start(target, command) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)
-    count = s.count(mode)
-    idle = ("--idle-timeout", str(s.idle_timeout))
+    count, idle = s.count(mode), ("--idle-timeout", str(s.idle_timeout))
     consumer = scope.start("consumer", _loadgen(
         "consume", sock, mode, count, *idle, "--warmup", str(s.warmup_messages),
         *(["--listen"] if server is None else [])))
@@ -116,22 +148,7 @@ def _run(scope: ProcessScope, workdir: Path, target: str, mode: str,
         *(["--echo"] if server is not None else [])))
     consumer.read_event(120)
     publisher.read_event(120)
-    cpu0, t0 = _cpu(server), time.monotonic()
-    publisher.send("go")
-    pub = publisher.read_event(s.duration * 2 + 60)
-    con = consumer.read_event(30)
-    server_cpu = (_cpu(server) - cpu0) / (time.monotonic() - t0)
-    counters = _relay_counters(stats) if target == "relay" else None
-    for child in (publisher, consumer, *([server] if server else [])):
-        scope.stop(child)
-    result = _throughput(pub, con) if mode == "throughput" else _latency(pub, con)
-    result.update(_exactness(pub, con))
-    result["cpu_percent"] = _cpu_percent(pub, con, server_cpu if server else None)
-    if "echo" in pub:
-        result["echo"] = pub["echo"]
-    if counters is not None:
-        result["relay_counters"] = counters
-    return result
+    return _Run(target, mode, server, consumer, publisher, stats)
 
 
 def _cpu(server: Child | None) -> float:
