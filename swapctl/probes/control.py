@@ -1,0 +1,124 @@
+"""Messages between a load run and its child processes, and the children's common frame.
+
+The parent talks to each child over a `multiprocessing` pipe. A child ignores SIGINT
+(the parent decides how a run ends), treats the pipe's EOF as "the parent is gone,
+exit now" (so a killed parent leaves no orphans), and reports any crash as `Failed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from swapctl.errors import SwapctlError
+from swapctl.probes.report import ConsumerReport, PublisherReport
+
+
+class LoadError(SwapctlError):
+    """A load run could not be carried out (relay unreachable, a client crashed)."""
+
+
+class ParentGone(Exception):
+    """The control pipe closed: the run is over for this child."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    """Publishers: connect and publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Publishers: stop publishing now and report."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Auditors: this is what was sent; report once it has all arrived or gone quiet."""
+
+    sent: dict[int, int]
+    idle: float
+    limit: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Everyone: disconnect and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    report: PublisherReport
+
+
+@dataclass(frozen=True, slots=True)
+class Audited:
+    report: ConsumerReport | PublisherReport
+
+
+Command = Go | Stop | Settle | Close
+
+
+def receive(ctl: Connection) -> Command:
+    try:
+        msg = ctl.recv()
+    except (EOFError, OSError):
+        raise ParentGone() from None
+    if not isinstance(msg, Go | Stop | Settle | Close):
+        raise TypeError(f"unexpected control message {msg!r}")
+    return msg
+
+
+def child_main(body: Callable[[Connection], None], ctl: Connection) -> None:
+    """Run a child's body with the common rules (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        body(ctl)
+    except ParentGone:
+        return
+    except SwapctlError as exc:
+        _tell(ctl, Failed(str(exc)))
+    except Exception as exc:  # noqa: BLE001 (whatever broke, the parent must hear it)
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        _tell(ctl, Failed(f"{detail}\n{traceback.format_exc()}"))
+
+
+def _tell(ctl: Connection, msg: Failed) -> None:
+    with contextlib.suppress(OSError):
+        ctl.send(msg)
+
+
+def connect(path: str, timeout: float) -> socket.socket:
+    """A non-blocking connection to the relay, retried every 20 ms until `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise LoadError(
+                    f"cannot connect to {path}: {exc.strerror or exc}; is the relay running "
+                    f"and accepting there? (waited {timeout:.1f} s)"
+                ) from None
+            time.sleep(0.02)
+            continue
+        sock.setblocking(False)
+        return sock
