@@ -17,7 +17,8 @@ def trade(seq: int, domain: int = 1, source: int = 2) -> bytes:
 
 
 class Client:
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0, plain_only: bool = False) -> None:
+        self.plain_only = plain_only  # ignore generated traffic (canary/load: bit 63 set)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))
@@ -39,7 +40,8 @@ class Client:
         self.raw += data
         for ev in self.framer.feed(data):
             if isinstance(ev, Frames):
-                self.frames.extend(split_frames(ev.data))
+                self.frames.extend(f for f in split_frames(ev.data)
+                                   if not (self.plain_only and f[15] & 0x80))
         return True
 
     def recv_frames(self, count: int, timeout: float = 5.0) -> list[bytes]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from swapctl.errors import SwapctlError
 from swapctl.handoff.manifest import ConnState, Transfer
+from swapctl.handoff.messages import ChannelClosed
 from swapctl.swap.canary import Canary, CanaryError, CanaryHealth
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines, Event, State, SwapMachine
@@ -147,6 +148,8 @@ class SwapRun:
 
     def _blame(self, what: str, exc: BaseException) -> Failure:
         """Turn an error talking to the candidate into a reason an operator can act on."""
+        if isinstance(exc, ChannelClosed) and self.cand is not None:
+            _wait_exit(self.cand, 0.5)  # EOF on the channel comes just before the exit
         if self.cand is not None and not self.cand.alive():
             return Failure(f"candidate {self.release.name} crashed during {what} "
                            f"({self.cand.handle.describe_exit()})")
@@ -355,3 +358,9 @@ class SwapRun:
                 time.sleep(0.001)
         except CanaryError:
             return  # the canary's own failure is reported with its final audit
+
+
+def _wait_exit(slot: Slot, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while slot.alive() and time.monotonic() < deadline:
+        time.sleep(0.002)

@@ -1,0 +1,246 @@
+"""Hot swaps between real relay processes, judged by the canary's exact audit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swapctl.swap import report
+from swapctl.swap.canary import Canary
+from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.journal import Journal, read
+from swapctl.swap.machine import Deadlines
+from swapctl.swap.requests import state_dir_for
+from swapctl.swap.service import Service
+from swapctl.swap.spawner import Release, SubprocessSpawner
+from tests.clients import Client, trade
+
+RELAY = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
+V1, V2 = Release("v1", RELAY), Release("v2", RELAY)
+FAST = SwapSettings(deadlines=Deadlines(soaking=0.0))
+
+
+def release(name: str, *args: str) -> Release:
+    return Release(name, (*RELAY, *args))
+
+
+class Stack:
+    def __init__(self, root: Path, canary_rate: float = 2000.0) -> None:
+        self.root = root
+        self.public = root / "md.sock"
+        self.spawner = SubprocessSpawner(root / "logs")
+        self.service = Service(self.public, root / "state", self.spawner)
+        self.service.open(V1)
+        self.canary = Canary(self.public, canary_rate)
+        self.canary.start()
+        self.journal = Journal(root / "journal.jsonl")
+
+    def swap(self, to: Release, settings: SwapSettings = FAST, **kw: Any) -> dict[str, Any]:
+        run = SwapRun(self.service, to, settings, canary=self.canary, journal=self.journal,
+                      **kw).run()
+        return report.build(run)
+
+    def final(self) -> dict[str, Any]:
+        from swapctl.swap.canary import summarize
+
+        return summarize(self.canary.stop())
+
+    def close(self) -> None:
+        self.canary.close()
+        self.service.close()
+        self.spawner.stop_all()
+        self.journal.close()
+
+
+@pytest.fixture
+def stack(sockdir: Path) -> Iterator[Stack]:
+    s = Stack(sockdir)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def assert_clean(final: dict[str, int]) -> None:
+    bad = {k: final[k] for k in ("lost", "duplicated", "reordered", "corrupted", "unexpected",
+                                 "disconnects", "dead")}
+    assert not any(bad.values()), bad
+    assert final["received_min"] == final["sent"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
+    pub, strategy = Client(stack.public, plain_only=True), Client(stack.public, plain_only=True)
+    reports = []
+    for i in range(100):
+        pub.send(trade(i + 1))
+        reports.append(stack.swap(V2 if i % 2 == 0 else V1))
+    pub.send(trade(101))
+    assert [r["decision"] for r in reports] == ["committed"] * 100
+    assert all(r["connections"]["moved"] >= 5 for r in reports)
+    assert all(r["server_pause_ms"] < 250 for r in reports)
+    assert_clean(stack.final())
+    # a plain client that never reconnects saw every message, in order, once
+    assert strategy.recv_frames(101) == [trade(i) for i in range(1, 102)]
+    journal = read(stack.root / "journal.jsonl")
+    assert sum(1 for r in journal if r["to"] == "committed") == 100
+
+
+@pytest.mark.slow
+def test_a_thousand_clients_move_in_one_swap(stack: Stack) -> None:
+    clients = [Client(stack.public, plain_only=True) for _ in range(1000)]
+    deadline = time.monotonic() + 20
+    while stack.service.connections() < 1003:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    result = stack.swap(V2)
+    assert result["decision"] == "committed"
+    assert result["connections"]["moved"] == 1003
+    clients[0].send(trade(5))
+    for client in clients:
+        assert client.recv_frames(1, timeout=20) == [trade(5)]
+    assert_clean(stack.final())
+
+
+@pytest.mark.parametrize(("args", "where"), [
+    (("--crash-at", "ready"), "old"),
+    (("--crash-at", "probe"), "old"),
+    (("--crash-at", "adopt"), "released"),
+    (("--crash-at", "resume"), "released"),
+])
+def test_candidate_crash_before_it_serves_rolls_back_losing_nothing(
+        stack: Stack, args: tuple[str, ...], where: str) -> None:
+    client = Client(stack.public, plain_only=True)
+    result = stack.swap(release("v2", *args))
+    assert result["decision"] == "rolled_back"
+    assert "crashed" in result["reason"] or "exited" in result["reason"], result["reason"]
+    failed = [j for j in result["journal"] if j["to"] == "rolling_back"]
+    assert failed and failed[0]["where"] == where
+    assert result["rollback"]["ms"] is not None and result["rollback"]["ms"] < 30_000
+    client.send(trade(1))
+    assert client.recv_frames(1) == [trade(1)]  # served by v1 again
+    assert_clean(stack.final())
+
+
+def test_candidate_crash_during_soak_keeps_every_client(stack: Stack) -> None:
+    before = Client(stack.public, plain_only=True)
+    settings = SwapSettings(deadlines=Deadlines(soaking=5.0))
+    result = stack.swap(release("v2", "--crash-after-seconds", "1.0"), settings)
+    assert result["decision"] == "rolled_back"
+    assert "crashed during soak" in result["reason"]
+    assert "held sockets" in result["rollback"]["kind"]
+    assert result["rollback"]["ms"] < 30_000
+    before.send(trade(1))
+    assert before.recv_frames(1) == [trade(1)]  # still connected, served by v1
+    final = stack.final()
+    assert final["disconnects"] == 0 and final["dead"] == 0
+    assert final["duplicated"] == 0 and final["reordered"] == 0
+    # bytes the candidate had read but not forwarded die with it: reported, not hidden
+    assert final["lost"] == final["sent"] - final["received_min"]
+
+
+def test_candidate_that_never_reads_fails_its_probe(stack: Stack) -> None:
+    result = stack.swap(release("v2", "--stall-after", "0"))
+    assert result["decision"] == "rolled_back"
+    assert result["reason"].startswith("probe failed")
+    assert result["connections"]["moved"] == 0
+    assert_clean(stack.final())
+
+
+def test_candidate_that_stalls_after_cutover_is_rolled_back_without_loss(stack: Stack) -> None:
+    settings = SwapSettings(deadlines=Deadlines(soaking=5.0), error_counters=())
+    result = stack.swap(release("v2", "--stall-after", "600"), settings)
+    assert result["decision"] == "rolled_back"
+    assert "canary" in result["reason"]
+    assert result["rollback"]["kind"] == "warm handoff"
+    assert_clean(stack.final())  # the stalled relay never read it: nothing was lost
+
+
+@pytest.mark.parametrize("fault", ["--drop-every", "--corrupt-every"])
+def test_canary_catches_a_candidate_that_drops_or_corrupts(stack: Stack, fault: str) -> None:
+    settings = SwapSettings(deadlines=Deadlines(soaking=5.0), error_counters=())
+    result = stack.swap(release("v2", fault, "200"), settings)
+    assert result["decision"] == "rolled_back"
+    word = "missing" if fault == "--drop-every" else "corrupted"
+    assert "canary" in result["reason"] and word in result["reason"], result["reason"]
+    assert result["rollback"]["ms"] < 30_000
+    final = stack.final()
+    assert final["disconnects"] == 0 and final["dead"] == 0
+    assert (final["lost"] if word == "missing" else final["corrupted"]) > 0
+
+
+def test_candidate_that_never_says_ready_hits_its_deadline(stack: Stack) -> None:
+    settings = replace(FAST, deadlines=Deadlines(starting=1.0, soaking=0.0))
+    result = stack.swap(release("v2", "--never-ready"), settings)
+    assert result["decision"] == "rolled_back"
+    assert "ready" in result["reason"]
+    assert_clean(stack.final())
+
+
+def test_pause_budget_exceeded_rolls_back(stack: Stack) -> None:
+    settings = SwapSettings(deadlines=Deadlines(soaking=1.0), pause_budget_ms=0.0)
+    result = stack.swap(V2, settings)
+    assert result["decision"] == "rolled_back"
+    assert "pause budget exceeded" in result["reason"]
+    assert result["rollback"]["kind"] == "warm handoff"
+    assert_clean(stack.final())
+
+
+def test_cold_rollback_when_the_old_release_is_gone(stack: Stack) -> None:
+    settings = SwapSettings(deadlines=Deadlines(soaking=5.0))
+    requests = iter([None, None, "rollback"])
+    old = stack.service.active
+    assert old is not None
+
+    def ask() -> str | None:
+        if stack.service.warm is not None and stack.service.warm.alive():
+            stack.service.warm.handle.kill()  # the warm release dies during soak
+        return next(requests, "rollback")
+
+    result = stack.swap(V2, settings, requests=ask)
+    assert result["decision"] == "rolled_back"
+    assert result["rollback"]["kind"].startswith("cold")
+    assert result["rollback"]["ms"] < 30_000
+    assert_clean(stack.final())
+
+
+def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
+    public = sockdir / "md.sock"
+    cmd = " ".join(RELAY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swapctl.cli.main", "swap", "--socket", str(public),
+         "--from", cmd, "--to", cmd, "--soak", "20", "-o", "json"],
+        stdout=subprocess.PIPE, start_new_session=True)
+    requests = state_dir_for(public) / "requests.sock"
+    try:
+        deadline = time.monotonic() + 30
+        journal = state_dir_for(public) / "journal.jsonl"
+        while not (journal.exists() and any(r["to"] == "soaking" for r in read(journal))):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        done = subprocess.run(
+            [sys.executable, "-m", "swapctl.cli.main", "rollback", "--socket", str(public)],
+            capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = json.loads(out)
+    after = subprocess.run(
+        [sys.executable, "-m", "swapctl.cli.main", "rollback", "--socket", str(public)],
+        capture_output=True, check=False)
+    assert after.returncode == 3 and b"no swap in progress" in after.stderr
+    assert proc.returncode == 1
+    assert result["decision"] == "rolled_back" and result["reason"].startswith("operator")
+    assert result["canary"]["lost"] == 0 and result["canary"]["disconnects"] == 0
+    assert not requests.exists()
