@@ -42,8 +42,10 @@ _profiles = click.Choice([p.value for p in Profile])
               help="Serve counters as one JSON line to whoever connects to this socket.")
 @click.option("--listen-fd", type=int, help="Serve an inherited listening socket instead.")
 @click.option("--handoff", "handoff_path", type=click.Path(path_type=Path),
-              envvar="SWAPCTL_HANDOFF", help="[env SWAPCTL_HANDOFF] ""Speak the handoff protocol: get the listener and clients from the "
-                   "orchestrator at this control socket, and hand them on when asked.")
+              envvar="SWAPCTL_HANDOFF",
+              help="Speak the handoff protocol: get the listener and clients from the "
+                   "orchestrator at this control socket, and hand them on when asked "
+                   "[env SWAPCTL_HANDOFF].")
 @click.option("--token", default="", envvar="SWAPCTL_TOKEN",
               help="Name this relay gives the orchestrator [env SWAPCTL_TOKEN].")
 @click.option("--release-name", default="", envvar="SWAPCTL_RELEASE",

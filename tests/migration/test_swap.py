@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from swapctl.swap import report
-from swapctl.swap.canary import Canary
+from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.journal import Journal, read
 from swapctl.swap.machine import Deadlines
@@ -49,8 +49,6 @@ class Stack:
         return report.build(run)
 
     def final(self) -> dict[str, Any]:
-        from swapctl.swap.canary import summarize
-
         return summarize(self.canary.stop())
 
     def close(self) -> None:
@@ -217,7 +215,7 @@ def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
     public = sockdir / "md.sock"
     cmd = " ".join(RELAY)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "swapctl.cli.main", "swap", "--socket", str(public),
+        [sys.executable, "-m", "swapctl", "swap", "--socket", str(public),
          "--from", cmd, "--to", cmd, "--soak", "20", "-o", "json"],
         stdout=subprocess.PIPE, start_new_session=True)
     requests = state_dir_for(public) / "requests.sock"
@@ -228,7 +226,7 @@ def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         done = subprocess.run(
-            [sys.executable, "-m", "swapctl.cli.main", "rollback", "--socket", str(public)],
+            [sys.executable, "-m", "swapctl", "rollback", "--socket", str(public)],
             capture_output=True, check=False)
         assert done.returncode == 0, done.stderr
         out, _ = proc.communicate(timeout=60)
@@ -237,7 +235,7 @@ def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
             proc.kill()
     result = json.loads(out)
     after = subprocess.run(
-        [sys.executable, "-m", "swapctl.cli.main", "rollback", "--socket", str(public)],
+        [sys.executable, "-m", "swapctl", "rollback", "--socket", str(public)],
         capture_output=True, check=False)
     assert after.returncode == 3 and b"no swap in progress" in after.stderr
     assert proc.returncode == 1
