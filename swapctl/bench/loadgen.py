@@ -17,7 +17,15 @@ import time
 from typing import Any
 
 from swapctl.bench.consumer import Consumer, Received, latency_summary
-from swapctl.bench.publisher import Echo, Publisher, Stalled, tighten_timer_slack
+from swapctl.bench.publisher import (
+    Echo,
+    Lane,
+    Publisher,
+    Sent,
+    Stalled,
+    paced,
+    tighten_timer_slack,
+)
 from swapctl.bench.stream import Classifier, StreamCheck, build_stream, end_message
 
 FIRST_SEQUENCE = 1
@@ -43,32 +51,46 @@ def connect(path: str, timeout: float) -> socket.socket:
 
 
 def publish(args: argparse.Namespace) -> None:
-    stream = build_stream(FIRST_SEQUENCE, args.count)
+    targets = dict(t.split("=", 1) for t in args.target)
     latency = args.mode == "latency"
+    if not latency and len(targets) != 1:
+        raise SystemExit("throughput mode publishes to exactly one --target")
+    streams = {name: build_stream(FIRST_SEQUENCE, args.count) for name in targets}
     slack = tighten_timer_slack() if latency else None
     emit(event="ready")
     if sys.stdin.readline().strip() != "go":
         raise SystemExit(2)
-    sock = connect(args.socket, args.connect_timeout)
-    echo = Echo(sock, stream) if args.echo else None
-    pub = Publisher(sock, echo, args.stall_timeout)
+    pubs: dict[str, Publisher] = {}
+    for name, path in targets.items():
+        sock = connect(path, args.connect_timeout)
+        echo = Echo(sock, streams[name]) if name in args.echo else None
+        pubs[name] = Publisher(sock, echo, args.stall_timeout)
     cpu0 = time.process_time()
-    if latency:  # timestamps are written into `stream` as each message is sent
-        sent = pub.paced(stream, args.rate)
+    rate = None
+    if latency:  # timestamps are written into the streams as each message is sent
+        lanes = {name: Lane(pubs[name], streams[name]) for name in targets}
+        rate = paced(list(lanes.values()), args.rate, args.block)
+        sent = {name: lane.result() for name, lane in lanes.items()}
     else:
-        sent = pub.throughput(stream, args.batch, args.duration)
+        sent = {name: pubs[name].throughput(streams[name], args.batch, args.duration)
+                for name in targets}
     cpu = time.process_time() - cpu0
-    pub.finish(sent, end_message(sent.messages), args.idle_timeout)
-    result: dict[str, Any] = {
-        "sent": sent.messages, "bytes": sent.bytes, "t_start": sent.t_start,
-        "t_end": sent.t_end, "ended_by": sent.ended_by, "cpu_s": round(cpu, 4),
-        "timer_slack_ns": slack,
-    }
+    results = {name: _finish(pubs[name], sent[name], args.idle_timeout) for name in targets}
+    emit(event="result", targets=results, cpu_s=round(cpu, 4), achieved_rate=rate,
+         timer_slack_ns=slack, cpu_total_s=time.process_time())
+
+
+def _finish(pub: Publisher, sent: Sent, idle: float) -> dict[str, Any]:
+    end = end_message(sent.messages)
+    pub.finish(sent, end, idle)
+    out: dict[str, Any] = {"sent": sent.messages, "bytes": sent.bytes, "t_start": sent.t_start,
+                           "t_end": sent.t_end, "ended_by": sent.ended_by}
+    echo = pub.echo
     if echo is not None:
-        result["echo"] = {"bytes": echo.received, "complete": echo.received >= sent.bytes,
-                          "exact": echo.exact and echo.tail == end_message(sent.messages)}
-    emit(event="result", **result)
-    sock.close()
+        out["echo"] = {"bytes": echo.received, "complete": echo.received >= sent.bytes,
+                       "exact": echo.exact and echo.tail == end}
+    pub.sock.close()
+    return out
 
 
 def consume(args: argparse.Namespace) -> None:
@@ -95,8 +117,8 @@ def consume(args: argparse.Namespace) -> None:
         got = consumer.throughput(check)
         delivered = check.delivered
     sock.close()
-    emit(event="result", **_consumed(got, classifier, delivered, args.warmup if latency else 0,
-                                     latency))
+    emit(event="result", cpu_total_s=time.process_time(),
+         **_consumed(got, classifier, delivered, args.warmup if latency else 0, latency))
 
 
 def _consumed(got: Received, c: Classifier, delivered: int, warmup: int,
@@ -116,15 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="role", required=True)
     for role in ("publish", "consume"):
         s = sub.add_parser(role)
-        s.add_argument("--socket", required=True)
         s.add_argument("--mode", choices=("throughput", "latency"), required=True)
         s.add_argument("--count", type=int, required=True, help="messages to prebuild")
         s.add_argument("--connect-timeout", type=float, default=10.0)
     pub, con = sub.choices["publish"], sub.choices["consume"]
+    pub.add_argument("--target", action="append", required=True, metavar="NAME=PATH",
+                     help="a socket to publish to (latency mode: several, interleaved)")
+    pub.add_argument("--echo", action="append", default=[], metavar="NAME",
+                     help="this target echoes: drain and check it")
     pub.add_argument("--duration", type=float, default=1.0)
     pub.add_argument("--batch", type=int, default=65_536)
     pub.add_argument("--rate", type=float, default=10_000.0)
-    pub.add_argument("--echo", action="store_true", help="the peer echoes: drain and check it")
+    pub.add_argument("--block", type=int, default=500,
+                     help="latency mode: messages to one target before the next")
+    con.add_argument("--socket", required=True)
     pub.add_argument("--stall-timeout", type=float, default=10.0,
                      help="give up when the socket accepts nothing for this long")
     con.add_argument("--listen", action="store_true", help="own the socket (direct reference)")

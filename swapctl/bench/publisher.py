@@ -124,24 +124,6 @@ class Publisher:
         ended_by = "pool" if written == len(stream) else "deadline"
         return Sent(written // MESSAGE_SIZE, written, t_start, t_end, ended_by)
 
-    def paced(self, stream: bytearray, rate: float) -> Sent:
-        view = memoryview(stream)
-        count = len(stream) // MESSAGE_SIZE
-        interval = 1.0 / rate
-        pack, clock, wall, sleep = _TS.pack_into, time.perf_counter, time.time_ns, time.sleep
-        t_start = time.monotonic()
-        t0 = clock()
-        for i in range(count):
-            delay = t0 + i * interval - clock()
-            if delay > 0:
-                sleep(delay)
-            off = i * MESSAGE_SIZE
-            pack(stream, off + TS_OFFSET, wall())
-            self.send_now(view[off : off + MESSAGE_SIZE])
-            if self.echo is not None:
-                self.echo.drain()
-        return Sent(count, len(stream), t_start, time.monotonic(), "pool")
-
     def finish(self, sent: Sent, end: bytes, echo_idle: float) -> None:
         """Send END; with echo, wait until every byte written has come back, or until
         none has come for `echo_idle` seconds (the relay lost some)."""
@@ -157,6 +139,53 @@ class Publisher:
             if not self.poller.poll(echo_ms):
                 return
             self.echo.drain()
+
+
+@dataclass(slots=True)
+class Lane:
+    """One target of an interleaved latency run: its publisher and its own stream."""
+
+    pub: Publisher
+    stream: bytearray
+    sent: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+
+    @property
+    def left(self) -> int:
+        return len(self.stream) // MESSAGE_SIZE - self.sent
+
+    def result(self) -> Sent:
+        return Sent(self.sent, self.sent * MESSAGE_SIZE, self.t_start, self.t_end, "pool")
+
+
+def paced(lanes: list[Lane], rate: float, block: int) -> float:
+    """One message per send on one schedule of `rate` msg/s, `block` messages to each
+    lane in turn, so every target sees the same moments of the run. Each message is
+    stamped with `time.time_ns()` just before its send; a late message goes at once.
+    Returns the rate achieved."""
+    interval = 1.0 / rate
+    pack, clock, wall, sleep = _TS.pack_into, time.perf_counter, time.time_ns, time.sleep
+    k, t0 = 0, clock()
+    while any(lane.left for lane in lanes):
+        for lane in lanes:
+            view, echo, send = memoryview(lane.stream), lane.pub.echo, lane.pub.send_now
+            if lane.left and not lane.sent:
+                lane.t_start = time.monotonic()
+            for _ in range(min(block, lane.left)):
+                delay = t0 + k * interval - clock()
+                if delay > 0:
+                    sleep(delay)
+                off = lane.sent * MESSAGE_SIZE
+                pack(lane.stream, off + TS_OFFSET, wall())
+                send(view[off : off + MESSAGE_SIZE])
+                if echo is not None:
+                    echo.drain()
+                lane.sent += 1
+                k += 1
+            lane.t_end = time.monotonic()
+            view.release()
+    return k / max(1e-9, clock() - t0)
 
 
 def tighten_timer_slack(ns: int = 1000) -> int | None:

@@ -1,16 +1,22 @@
 """`swapctl bench relay`: the reference relay against a raw forwarder and a direct link.
 
-How it works: for each mode (throughput, then latency) and each target (direct,
-raw, relay) it starts, in a private temporary directory, the server if any (`python
--m swapctl.relay`, or `python -m swapctl.bench.rawfwd`), a consumer and a publisher
-(`python -m swapctl.bench.loadgen`), each in its own session. Both sides build their
-traffic first; once the consumer is connected (or, for the direct link, listening)
-the publisher is told to go. Throughput: 74-byte messages written 885 at a time
-(64 KiB) for `duration` seconds; the figure is messages delivered intact divided by
-the time from the first write to the last read. Latency: one message per write at a
-fixed rate, one-way time from the header timestamp to the consumer's read. The
-servers echo to the publisher, which drains and checks its echo; the direct link has
-no echo. Every run checks exactness (lost, corrupted, duplicated must all be 0).
+How it works: every process (`python -m swapctl.relay`, `python -m
+swapctl.bench.rawfwd`, and the publisher and consumers of `python -m
+swapctl.bench.loadgen`) runs in its own session inside one ProcessScope and a private
+temporary directory. Both sides build their traffic before the clock starts; once
+each consumer is connected (or, for the direct link, listening) the publisher is
+told to go.
+- Throughput, one target at a time: 74-byte messages written 885 at a time (64 KiB)
+  for `duration` seconds; the figure is messages delivered intact divided by the
+  time from the first write to the last read.
+- Latency, all targets in one run: a single publisher sends one message per write
+  on one schedule of `rate` msg/s, switching target every `block` seconds, so that
+  whatever else the machine is doing falls on every target alike. Each target has
+  its own consumer and its own stream; latency is the consumer's read time minus
+  the header timestamp.
+The servers echo to the publisher, which drains and checks its echo; the direct
+link has no echo. Every run checks exactness (lost, corrupted, duplicated all 0) and
+reports the CPU each process used and what the rest of the machine used meanwhile.
 """
 
 from __future__ import annotations
@@ -18,20 +24,17 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.procs import Child, ProcessScope, wait_connectable
 from swapctl.bench.stream import MESSAGE_SIZE
 from swapctl.relay.stats import read_stats
 
 TARGETS = ("direct", "raw", "relay")
-MODES = ("throughput", "latency")
 RELAY_COUNTERS = ("reads", "frames_in", "frames_out", "bytes_out", "lag_drops_frames",
                   "lag_episodes", "skipped_bytes", "rejected_domain")
 
@@ -47,6 +50,11 @@ class RelayBenchSettings:
     targets: tuple[str, ...] = TARGETS
     relay_args: tuple[str, ...] = ()  # extra options for `python -m swapctl.relay`
     idle_timeout: float = 2.0  # a stream or echo silent this long is over (some was lost)
+    block: float = 0.05  # latency: seconds of traffic to one target before the next
+
+    @property
+    def block_messages(self) -> int:
+        return max(1, round(self.rate * self.block))
 
     @property
     def batch_bytes(self) -> int:
@@ -73,89 +81,93 @@ def server_command(target: str, sock: Path, stats: Path,
 
 
 Results = dict[str, dict[str, dict[str, Any]]]
+Event = dict[str, Any]
 
 
 def run_relay_bench(settings: RelayBenchSettings,
                     progress: Callable[[str], None] | None = None) -> Results:
-    """Every mode x target; returns {mode: {target: figures}}."""
+    """Throughput per target, then latency with all targets interleaved.
+
+    Returns {mode: {target: figures}}."""
+    say = progress or (lambda _: None)
     workdir = Path(tempfile.mkdtemp(prefix="swb-"))
-    results: Results = {}
+    results: Results = {"throughput": {}}
     try:
         with ProcessScope(workdir) as scope:
-            for mode in MODES:
-                for target in settings.targets:
-                    if progress is not None:
-                        progress(f"relay: {mode} via {target}")
-                    run = _run(scope, workdir, target, mode, settings)
-                    results.setdefault(mode, {})[target] = run
+            for target in settings.targets:
+                say(f"relay: throughput via {target}")
+                run = _run(scope, workdir, "throughput", (target,), settings)
+                results["throughput"][target] = run[target]
+            say(f"relay: latency via {', '.join(settings.targets)}, interleaved")
+            results["latency"] = _run(scope, workdir, "latency", settings.targets, settings)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 
-def _loadgen(role: str, sock: Path, mode: str, count: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "swapctl.bench.loadgen", role, "--socket", str(sock),
-            "--mode", mode, "--count", str(count), *extra]
-
-
 @dataclass(frozen=True, slots=True)
-class _Run:
-    target: str
-    mode: str
+class _Target:
+    name: str
+    sock: Path
+    stats: Path
     server: Child | None
     consumer: Child
-    publisher: Child
-    stats: Path
 
 
-def _run(scope: ProcessScope, workdir: Path, target: str, mode: str,
-         s: RelayBenchSettings) -> dict[str, Any]:
-    run = _start(scope, workdir, target, mode, s)
-    cpu0, t0 = _cpu(run.server), time.monotonic()
-    run.publisher.send("go")
-    pub = run.publisher.read_event(s.duration * 2 + 60)
-    con = run.consumer.read_event(30)
-    server_cpu = (_cpu(run.server) - cpu0) / (time.monotonic() - t0)
-    counters = _relay_counters(run.stats) if target == "relay" else None
-    for child in (run.publisher, run.consumer, run.server):
+def _run(scope: ProcessScope, workdir: Path, mode: str, names: tuple[str, ...],
+         s: RelayBenchSettings) -> dict[str, dict[str, Any]]:
+    targets = [_start_target(scope, workdir, mode, name, s) for name in names]
+    publisher = scope.start("publisher", _publisher_args(mode, targets, s))
+    publisher.read_event(120)
+    pids = {"publisher": publisher.pid}
+    for t in targets:
+        pids[f"consumer-{t.name}"] = t.consumer.pid
+        if t.server is not None:
+            pids[t.name] = t.server.pid
+    window = CpuWindow(pids)
+    publisher.send("go")
+    pub = publisher.read_event(s.duration * len(targets) * 2 + 60)
+    cons = {t.name: t.consumer.read_event(30) for t in targets}
+    reported = {f"consumer-{n}": c["cpu_total_s"] for n, c in cons.items()}
+    cpu = window.close({"publisher": pub["cpu_total_s"], **reported})
+    counters = {t.name: _relay_counters(t.stats) for t in targets if t.name == "relay"}
+    for child in (publisher, *(c for t in targets for c in (t.consumer, t.server))):
         if child is not None:
             scope.stop(child)
-    result = _throughput(pub, con) if mode == "throughput" else _latency(pub, con)
-    result.update(_exactness(pub, con))
-    result["cpu_percent"] = _cpu_percent(pub, con, server_cpu if run.server else None)
-    if "echo" in pub:
-        result["echo"] = pub["echo"]
-    if counters is not None:
-        result["relay_counters"] = counters
-    return result
+    return {t.name: _figures(mode, t.name, pub, cons[t.name], cpu=cpu,
+                             counters=counters.get(t.name))
+            for t in targets}
 
 
-def _start(scope: ProcessScope, workdir: Path, target: str, mode: str,
-           s: RelayBenchSettings) -> _Run:
-    """Server (if any), consumer and publisher, each ready: traffic built, consumer in place."""
-    sock, stats = workdir / f"{target}-{mode}.sock", workdir / f"{target}-{mode}.stats"
-    command = server_command(target, sock, stats, s.relay_args)
-    server = scope.start(target, command) if command else None
+def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
+                  s: RelayBenchSettings) -> _Target:
+    """The server (if any) accepting, and a consumer connected (or listening) and ready."""
+    sock, stats = workdir / f"{name}-{mode}.sock", workdir / f"{name}-{mode}.stats"
+    command = server_command(name, sock, stats, s.relay_args)
+    server = scope.start(name, command) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)
-    count, idle = s.count(mode), ("--idle-timeout", str(s.idle_timeout))
-    consumer = scope.start("consumer", _loadgen(
-        "consume", sock, mode, count, *idle, "--warmup", str(s.warmup_messages),
-        *(["--listen"] if server is None else [])))
-    publisher = scope.start("publisher", _loadgen(
-        "publish", sock, mode, count, *idle, "--duration", str(s.duration),
-        "--batch", str(s.batch_bytes), "--rate", str(s.rate),
-        *(["--echo"] if server is not None else [])))
+    consumer = scope.start(f"consumer-{name}", [
+        *_LOADGEN, "consume", "--socket", str(sock), "--mode", mode,
+        "--count", str(s.count(mode)), "--idle-timeout", str(s.idle_timeout),
+        "--warmup", str(s.warmup_messages), *(["--listen"] if server is None else [])])
     consumer.read_event(120)
-    publisher.read_event(120)
-    return _Run(target, mode, server, consumer, publisher, stats)
+    return _Target(name, sock, stats, server, consumer)
 
 
-def _cpu(server: Child | None) -> float:
-    if server is None:
-        return 0.0
-    times = psutil.Process(server.pid).cpu_times()
-    return float(times.user + times.system)
+_LOADGEN = (sys.executable, "-m", "swapctl.bench.loadgen")
+
+
+def _publisher_args(mode: str, targets: list[_Target], s: RelayBenchSettings) -> list[str]:
+    args = [*_LOADGEN, "publish", "--mode", mode, "--count", str(s.count(mode)),
+            "--idle-timeout", str(s.idle_timeout), "--duration", str(s.duration),
+            "--batch", str(s.batch_bytes), "--rate", str(s.rate),
+            "--block", str(s.block_messages)]
+    for t in targets:
+        args += ["--target", f"{t.name}={t.sock}"]
+        if t.server is not None:
+            args += ["--echo", t.name]
+    return args
 
 
 def _relay_counters(stats: Path) -> dict[str, Any]:
@@ -163,34 +175,54 @@ def _relay_counters(stats: Path) -> dict[str, Any]:
     return {k: data[k] for k in RELAY_COUNTERS if k in data}
 
 
-def _throughput(pub: dict[str, Any], con: dict[str, Any]) -> dict[str, Any]:
-    window = max(1e-9, con["t_last"] - pub["t_start"])
+def _figures(mode: str, name: str, pub: Event, con: Event, *, cpu: dict[str, Any],
+             counters: dict[str, Any] | None) -> dict[str, Any]:
+    sent = pub["targets"][name]
+    out = _throughput(sent, con) if mode == "throughput" else _latency(pub, sent, con)
+    out.update(_exactness(sent, con))
+    out.update(_cpu_figures(mode, name, sent, con, cpu))
+    if "echo" in sent:
+        out["echo"] = sent["echo"]
+    if counters is not None:
+        out["relay_counters"] = counters
+    return out
+
+
+def _throughput(sent: Event, con: Event) -> dict[str, Any]:
+    window = max(1e-9, con["t_last"] - sent["t_start"])
     return {"messages_per_s": round(con["delivered"] / window),
             "megabytes_per_s": round(con["delivered"] * MESSAGE_SIZE / window / 1e6, 1),
-            "window_s": round(window, 3), "publisher_stopped_by": pub["ended_by"]}
+            "window_s": round(window, 3), "publisher_stopped_by": sent["ended_by"]}
 
 
-def _latency(pub: dict[str, Any], con: dict[str, Any]) -> dict[str, Any]:
-    sending = max(1e-9, pub["t_end"] - pub["t_start"])
-    return {**con["latency"], "achieved_rate_msgs_per_s": round(pub["sent"] / sending),
-            "window_s": round(sending, 3), "timer_slack_ns": pub["timer_slack_ns"]}
+def _latency(pub: Event, sent: Event, con: Event) -> dict[str, Any]:
+    return {**con["latency"], "achieved_rate_msgs_per_s": round(pub["achieved_rate"]),
+            "span_s": round(sent["t_end"] - sent["t_start"], 3),
+            "timer_slack_ns": pub["timer_slack_ns"]}
 
 
-def _exactness(pub: dict[str, Any], con: dict[str, Any]) -> dict[str, Any]:
-    sent, delivered = pub["sent"], con["delivered"]
-    missing = max(0, sent - delivered)
-    lost = max(0, missing - con["corrupted"])
-    verified = (delivered == sent and con["end_count"] == sent and not con["corrupted"]
+def _exactness(sent: Event, con: Event) -> dict[str, Any]:
+    count, delivered = sent["sent"], con["delivered"]
+    lost = max(0, count - delivered - con["corrupted"])
+    verified = (delivered == count and con["end_count"] == count and not con["corrupted"]
                 and not con["duplicated"])
-    return {"verified": verified, "sent": sent, "delivered": delivered, "lost": lost,
+    return {"verified": verified, "sent": count, "delivered": delivered, "lost": lost,
             "corrupted": con["corrupted"], "duplicated": con["duplicated"],
             "consumer_ended_by": con["ended"]}
 
 
-def _cpu_percent(pub: dict[str, Any], con: dict[str, Any],
-                 server: float | None) -> dict[str, float]:
-    out = {"publisher": pub["cpu_s"] / max(1e-9, pub["t_end"] - pub["t_start"]),
-           "consumer": con["cpu_s"] / max(1e-9, con["t_last"] - pub["t_start"])}
-    if server is not None:
-        out["server"] = server
-    return {k: round(v * 100, 1) for k, v in out.items()}
+def _cpu_figures(mode: str, name: str, sent: Event, con: Event,
+                 cpu: dict[str, Any]) -> dict[str, Any]:
+    seconds = cpu["seconds"]
+    out: dict[str, Any] = {}
+    if name in seconds and con["delivered"]:
+        out["server_cpu_us_per_message"] = round(seconds[name] / con["delivered"] * 1e6, 3)
+    if mode == "throughput":
+        window = max(1e-9, con["t_last"] - sent["t_start"])
+        share = {"publisher": seconds["publisher"], "consumer": seconds[f"consumer-{name}"]}
+        if name in seconds:
+            share["server"] = seconds[name]
+        out["cpu_percent_of_window"] = {k: round(v / window * 100, 1) for k, v in share.items()}
+    out["background_cpu_percent"] = cpu["background_percent"]
+    out["steal_percent"] = cpu["steal_percent"]
+    return out

@@ -108,11 +108,17 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
         },
         latency={
             "rate_msgs_per_s": s.rate,
-            "duration_s": s.duration,
+            "duration_s_per_target": s.duration,
             "messages_per_write": 1,
+            "interleaving": f"one publisher, one schedule: {s.block_messages} messages "
+                            f"({s.block:g} s) to each target in turn "
+                            f"({', '.join(s.targets)}), each target its own consumer",
             "warmup_messages_left_out": s.warmup_messages,
             "measure": "time.time_ns() at the consumer's read minus the header timestamp "
                        "written just before the send (one host clock)",
         },
+        cpu="cpu_percent_of_window: % of one core during the throughput window; "
+            "background_cpu_percent: what other processes on the machine used meanwhile; "
+            "steal_percent: time the hypervisor took",
         relay_source=source_revision("swapctl/relay", "swapctl/protocol"),
     )

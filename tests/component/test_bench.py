@@ -97,9 +97,10 @@ def _assert_run(run: dict[str, Any], target: str) -> None:
     assert run["verified"] is True, run
     assert run["lost"] == run["corrupted"] == run["duplicated"] == 0
     assert run["delivered"] == run["sent"] > 0
+    assert run["background_cpu_percent"] >= 0
     if target != "direct":
         assert run["echo"] == {"bytes": run["echo"]["bytes"], "complete": True, "exact": True}
-        assert run["cpu_percent"]["server"] >= 0
+        assert run["server_cpu_us_per_message"] >= 0
 
 
 def test_bench_relay_json_verified() -> None:
@@ -114,6 +115,7 @@ def test_bench_relay_json_verified() -> None:
         _assert_run(tp, target)
         _assert_run(lat, target)
         assert tp["messages_per_s"] > 0 and tp["window_s"] > 0
+        assert set(tp["cpu_percent_of_window"]) >= {"publisher", "consumer"}
         assert lat["samples"] > 0
         assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p99.9_us"]
     assert report["comparison"]["throughput_relay_vs_raw"] > 0
