@@ -53,7 +53,8 @@ class Child:
 
     def read_event(self, timeout: float) -> dict[str, Any]:
         """The next JSON line the child prints; raises ChildFailed on error, exit or silence."""
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            raise ChildFailed(f"{self.name} was started without a stdout pipe")
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
@@ -78,7 +79,7 @@ class Child:
             text = self.log.read_text(errors="replace")[-limit:].strip()
         except OSError:
             return ""
-        return f"; its stderr ends with:\n{text}" if text else ""
+        return f"; its output ends with:\n{text}" if text else ""
 
 
 class ProcessScope:
@@ -111,12 +112,16 @@ class ProcessScope:
             if self._old_handler is not None:
                 signal.signal(signal.SIGTERM, self._old_handler)
 
-    def start(self, name: str, args: list[str]) -> Child:
-        log = self.workdir / f"{len(self.children):02d}-{name}.stderr"
+    def start(self, name: str, args: list[str], *, talks: bool = True) -> Child:
+        """Start `args` in a new session; stdout is a pipe to us if it `talks` (JSON
+        lines), else it joins stderr in the child's log file. stdin is always a pipe:
+        it closes when we exit, however we exit."""
+        log = self.workdir / f"{len(self.children):02d}-{name}.log"
         self._starting = True
         try:
             with log.open("wb") as err:
-                proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                out = subprocess.PIPE if talks else err
+                proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out,
                                         stderr=err, start_new_session=True, bufsize=0)
             child = Child(name, proc, log)
             self.children.append(child)

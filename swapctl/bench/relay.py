@@ -144,7 +144,7 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
     """The server (if any) accepting, and a consumer connected (or listening) and ready."""
     sock, stats = workdir / f"{name}-{mode}.sock", workdir / f"{name}-{mode}.stats"
     command = server_command(name, sock, stats, s.relay_args)
-    server = scope.start(name, command) if command else None
+    server = scope.start(name, command, talks=False) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)
     consumer = scope.start(f"consumer-{name}", [

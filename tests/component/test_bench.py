@@ -138,6 +138,14 @@ def test_bench_relay_reports_loss_and_exits_1() -> None:
         assert report[mode]["raw"]["verified"] is True
 
 
+def test_bench_relay_names_a_relay_that_fails_to_start() -> None:
+    result = CliRunner().invoke(main, ["bench", "relay", "--duration", "0.2",
+                                       "--relay-arg=--no-such-option"])
+    assert result.exit_code == 3
+    assert "relay exited with code 2" in result.stderr
+    assert "no-such-option" in result.stderr  # the relay's own complaint is quoted
+
+
 def test_sigterm_stops_the_bench_and_its_processes() -> None:
     bench = subprocess.Popen(
         [sys.executable, "-c", "from swapctl.cli import main; main()", "bench", "relay",
