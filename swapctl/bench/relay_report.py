@@ -88,9 +88,9 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
         processes="server, publisher and consumer are busy processes sharing the usable "
                   "cores (the direct link has no server): they contend for CPU",
         servers={
-            "relay": "python -m swapctl.relay --socket P --stats S --log-level warning "
-                     + " ".join(s.relay_args) + " (64 KiB reads; frame mode and echo unless "
-                     "the options say otherwise)",
+            "relay": " ".join(["python -m swapctl.relay --socket P --stats S --log-level "
+                               "warning", *s.relay_args])
+                     + " (64 KiB reads; frame mode and echo unless the options say otherwise)",
             "raw": "python -m swapctl.bench.rawfwd --socket P (64 KiB reads, echo, parses "
                    "nothing)",
             "direct": "no server: the consumer owns the listener, the publisher connects",
