@@ -24,6 +24,7 @@ from swapctl.probes.control import (
     Audited,
     Close,
     Command,
+    CpuMeter,
     LoadError,
     Ready,
     Settle,
@@ -84,10 +85,13 @@ class Consumer:
         self.last_error = ""
         self.retry_at = 0.0
         self.settler: Settler | None = None
+        self.cpu = CpuMeter()
+        self.busy = self.starved = 0.0
 
     def run(self) -> None:
         self._attach(connect(self.spec.socket, self.spec.connect_timeout))
         self.ctl.send(Ready(os.getpid()))
+        self.cpu = CpuMeter()
         while not self.closing:
             now = time.monotonic()
             if self.settler is not None and self.settler.done(now):
@@ -105,7 +109,7 @@ class Consumer:
                 index=self.spec.index, mode=self.spec.mode.value, audit=audit,
                 disconnects=self.disconnects, reconnects=self.reconnects,
                 connect_failures=self.connect_failures, dead=self.dead,
-                last_error=self.last_error,
+                last_error=self.last_error, busy=self.busy, starved=self.starved,
             )))
 
     def _timeout(self, now: float) -> float:
@@ -118,6 +122,7 @@ class Consumer:
 
     def _command(self, cmd: Command) -> None:
         if isinstance(cmd, Settle):
+            self.busy, self.starved = self.cpu.shares()
             self.settler = Settler(self.auditor, cmd, time.monotonic(), self.dead)
         elif isinstance(cmd, Close):
             self.closing = True

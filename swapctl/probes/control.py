@@ -104,6 +104,33 @@ def _tell(ctl: Connection, msg: Failed) -> None:
         ctl.send(msg)
 
 
+class CpuMeter:
+    """How much of the wall time since `start()` this process ran, and waited for a CPU
+    (Linux /proc/self/schedstat; elsewhere waiting reads 0)."""
+
+    def __init__(self) -> None:
+        self.begin = _cpu_sample()
+
+    def shares(self) -> tuple[float, float]:
+        """(busy, starved) as fractions of the wall time since construction."""
+        now = _cpu_sample()
+        wall = now[0] - self.begin[0]
+        if wall <= 0:
+            return 0.0, 0.0
+        return (now[1] - self.begin[1]) / wall, (now[2] - self.begin[2]) / wall
+
+
+def _cpu_sample() -> tuple[float, float, float]:
+    """(wall, on-CPU, waiting-for-CPU) seconds."""
+    wall = time.monotonic()
+    try:
+        with open("/proc/self/schedstat") as f:
+            run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        return wall, time.process_time(), 0.0
+    return wall, run_ns / 1e9, wait_ns / 1e9
+
+
 def connect(path: str, timeout: float) -> socket.socket:
     """A non-blocking connection to the relay, retried every 20 ms until `timeout` passes."""
     deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ from swapctl.probes.control import (
     Audited,
     Close,
     Command,
+    CpuMeter,
     Go,
     LoadError,
     Published,
@@ -88,7 +89,7 @@ class Publisher:
         self.dead = self.stopping = self.closing = self.publishing = False
         self.settle: Settle | None = None
         self.last_error = ""
-        self.started = self.last_write = 0.0
+        self.started = self.last_write = self.busy = self.starved = 0.0
         self.rbuf = bytearray(READ_BUFFER)
         self.rview = memoryview(self.rbuf)
         self.auditor = StreamAuditor(spec.run_tag) if spec.audit_echo else None
@@ -99,10 +100,12 @@ class Publisher:
             return
         self._attach(connect(self.spec.socket, self.spec.connect_timeout))
         self.started = self.last_write = time.monotonic()
+        cpu = CpuMeter()
         self.publishing = True
         self._publish()
         self._flush()
         self.publishing = False
+        self.busy, self.starved = cpu.shares()
         self.ctl.send(Published(self._report()))
         self._linger()
 
@@ -294,5 +297,5 @@ class Publisher:
             index=self.spec.index, sent=self.sent, bytes_sent=self.bytes_sent,
             writes=self.writes, elapsed_s=self.last_write - self.started,
             disconnects=self.disconnects, reconnects=self.reconnects, dead=self.dead,
-            last_error=self.last_error, echo=echo,
+            last_error=self.last_error, echo=echo, busy=self.busy, starved=self.starved,
         )

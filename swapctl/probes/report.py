@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from swapctl.probes.audit import AuditResult, combine
 
+CPU_WARNING = 0.8  # share of wall time a consumer ran or waited to run
+
 
 @dataclass(frozen=True, slots=True)
 class Conditions:
@@ -38,6 +40,8 @@ class PublisherReport:
     dead: bool  # gave up reconnecting
     last_error: str = ""
     echo: AuditResult | None = None  # with audit_echo
+    busy: float = 0.0  # share of the publishing time it ran on a CPU
+    starved: float = 0.0  # share of it spent waiting for a CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class ConsumerReport:
     connect_failures: int
     dead: bool  # a strategy consumer stopped for good on EOF
     last_error: str = ""
+    busy: float = 0.0  # share of the time until told to settle it ran on a CPU
+    starved: float = 0.0  # share of it spent waiting for a CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,20 @@ class LoadReport:
             out.append("no message was sent")
         return out
 
+    def warnings(self) -> list[str]:
+        """Doubts about the instrument itself (not failures of the relay)."""
+        out = [f"consumer {c.index} wanted a CPU {c.busy + c.starved:.0%} of the time "
+               f"(ran {c.busy:.0%}, waited for one {c.starved:.0%}): the checker itself may "
+               "be the slow consumer a relay sheds; lower --rate or give it more cores"
+               for c in self.consumers if c.busy + c.starved >= CPU_WARNING]
+        asked = self.conditions.rate_asked
+        if asked and self.rate_achieved < 0.95 * asked:
+            busiest = max((p.busy for p in self.publishers), default=0.0)
+            out.append(f"achieved {self.rate_achieved:,.0f} msg/s of {asked:,.0f} asked "
+                       f"(publishers busy up to {busiest:.0%}): the relay read slowly or "
+                       "the publishers ran out of CPU")
+        return out
+
     @property
     def ok(self) -> bool:
         return not self.problems()
@@ -106,6 +126,7 @@ class LoadReport:
         return {
             "ok": self.ok,
             "problems": self.problems(),
+            "warnings": self.warnings(),
             "conditions": {
                 "socket": c.socket, "publishers": c.publishers, "consumers": c.consumers,
                 "consumer_modes": list(c.consumer_modes), "rate_asked": c.rate_asked,
@@ -127,13 +148,16 @@ def _publisher_dict(p: PublisherReport) -> dict[str, object]:
     return {"index": p.index, "sent": p.sent, "bytes_sent": p.bytes_sent, "writes": p.writes,
             "elapsed_s": round(p.elapsed_s, 3), "disconnects": p.disconnects,
             "reconnects": p.reconnects, "dead": p.dead, "last_error": p.last_error,
+            "busy": round(p.busy, 3), "starved": round(p.starved, 3),
             "echo": p.echo.to_dict() if p.echo else None}
 
 
 def _consumer_dict(c: ConsumerReport) -> dict[str, object]:
     return {"index": c.index, "mode": c.mode, "disconnects": c.disconnects,
             "reconnects": c.reconnects, "connect_failures": c.connect_failures,
-            "dead": c.dead, "last_error": c.last_error, "audit": c.audit.to_dict()}
+            "dead": c.dead, "last_error": c.last_error, "busy": round(c.busy, 3),
+            "starved": round(c.starved, 3),
+            "audit": c.audit.to_dict()}
 
 
 def _ms(ns: int) -> str:
@@ -169,11 +193,13 @@ def render_text(report: LoadReport) -> str:
         lines.append(
             f"  consumer {x.index} ({x.mode}): {state} received {a.received:,}/{a.expected:,} "
             f"lost {a.lost} dup {a.duplicated} reord {a.reordered} corrupt {a.corrupted} "
-            f"disconnects {x.disconnects} reconnects {x.reconnects} gap {_ms(a.max_gap_ns)}"
+            f"disconnects {x.disconnects} reconnects {x.reconnects} gap {_ms(a.max_gap_ns)} "
+            f"cpu {x.busy:.0%} (+{x.starved:.0%} waiting)"
         )
     for p in report.publishers:
         state = "DEAD" if p.dead else "ok"
         lines.append(f"  publisher {p.index}: {state} sent {p.sent:,} disconnects "
                      f"{p.disconnects} reconnects {p.reconnects}")
     lines += [f"  problem: {line}" for line in report.problems()]
+    lines += [f"  warning: {line}" for line in report.warnings()]
     return "\n".join(lines)

@@ -88,7 +88,7 @@ def test_cli_json_clean_on_a_torq_signal_relay(procs: Processes, sockdir: Path) 
 
 def test_drop_every_is_reported_exactly_and_fails(procs: Processes, sockdir: Path) -> None:
     sock, stats = sockdir / "r.sock", sockdir / "st.sock"
-    procs.relay(sock, "--drop-every", "100", "--stats", str(stats))
+    relay_with_stats(procs, sock, stats, "--drop-every", "100")
     code, out = run_cli("--socket", str(sock), "--publishers", "2", "--consumers", "2",
                         "--rate", "4000", "--duration", "1", "--settle", "0.3")
     dropped = read_stats(stats)["fault_dropped"]
@@ -104,7 +104,7 @@ def test_drop_every_is_reported_exactly_and_fails(procs: Processes, sockdir: Pat
 
 def test_corrupt_every_is_counted_as_corrupted(procs: Processes, sockdir: Path) -> None:
     sock, stats = sockdir / "r.sock", sockdir / "st.sock"
-    procs.relay(sock, "--corrupt-every", "50", "--stats", str(stats))
+    relay_with_stats(procs, sock, stats, "--corrupt-every", "50")
     report = run_load(quick(sock, publishers=1))
     corrupted = read_stats(stats)["fault_corrupted"]
     assert corrupted >= 50
@@ -122,15 +122,22 @@ def traffic_through(stats: Path, frames: int) -> Callable[[], bool]:
     return lambda: read_stats(stats)["frames_in"] >= frames
 
 
+def relay_with_stats(procs: Processes, sock: Path, stats: Path,
+                     *args: str) -> subprocess.Popen[bytes]:
+    relay = procs.relay(sock, "--stats", str(stats), *args)
+    wait_connectable(stats, relay, 5.0)  # the stats socket listens just after the main one
+    return relay
+
+
 def test_relay_killed_mid_run(procs: Processes, sockdir: Path) -> None:
     sock, stats, stats2 = sockdir / "r.sock", sockdir / "a.sock", sockdir / "b.sock"
-    relay = procs.relay(sock, "--stats", str(stats))
+    relay = relay_with_stats(procs, sock, stats)
     config = quick(sock, publishers=1, consumers=2, strategy_consumers=1, duration=None)
     with LoadSession(config) as session:
         wait_for("traffic through the first relay", traffic_through(stats, 500))
         os.killpg(relay.pid, signal.SIGKILL)
         relay.wait()
-        procs.relay(sock, "--stats", str(stats2))
+        relay_with_stats(procs, sock, stats2)
         wait_for("publisher and dashboard back",
                  lambda: read_stats(stats2)["connections_open"] == 2)
         base = read_stats(stats2)["frames_in"]
@@ -140,22 +147,24 @@ def test_relay_killed_mid_run(procs: Processes, sockdir: Path) -> None:
     assert (dashboard.mode, strategy.mode) == ("dashboard", "strategy")
     assert strategy.dead and "stops for good" in strategy.last_error
     assert (strategy.disconnects, strategy.reconnects) == (1, 0)
-    assert (dashboard.disconnects, dashboard.reconnects, dashboard.dead) == (1, 1, False)
+    # a reconnect can land in the dying relay's backlog and be reset once more: real too
+    assert dashboard.disconnects == dashboard.reconnects >= 1 and not dashboard.dead
     assert dashboard.audit.received > strategy.audit.received + 300  # it saw the new relay
     (publisher,) = report.publishers
-    assert (publisher.disconnects, publisher.reconnects, publisher.dead) == (1, 1, False)
+    assert publisher.disconnects == publisher.reconnects >= 1 and not publisher.dead
     for consumer in report.consumers:
         audit = consumer.audit
         assert audit.received + audit.lost == audit.expected == report.sent
         assert audit.duplicated == audit.reordered == 0  # the failed message is sent once
     assert not report.ok
-    assert "3 unexpected disconnects" in report.problems()
+    assert f"{report.disconnects} unexpected disconnects" in report.problems()
+    assert report.disconnects >= 3
     assert any("consumer 1 (strategy) dead" in p for p in report.problems())
 
 
 def test_publisher_gives_up_after_its_attempts(procs: Processes, sockdir: Path) -> None:
     sock, stats = sockdir / "r.sock", sockdir / "a.sock"
-    relay = procs.relay(sock, "--stats", str(stats))
+    relay = relay_with_stats(procs, sock, stats)
     config = quick(sock, publishers=1, consumers=1, duration=None, reconnect_attempts=3,
                    reconnect_backoff=0.01)
     with LoadSession(config) as session:
@@ -174,7 +183,7 @@ def test_publisher_gives_up_after_its_attempts(procs: Processes, sockdir: Path) 
 
 def test_publisher_without_reconnect_dies_on_eof(procs: Processes, sockdir: Path) -> None:
     sock, stats = sockdir / "r.sock", sockdir / "a.sock"
-    relay = procs.relay(sock, "--stats", str(stats))
+    relay = relay_with_stats(procs, sock, stats)
     config = quick(sock, publishers=1, consumers=1, duration=None, publisher_reconnect=False,
                    consumer_mode=ConsumerMode.STRATEGY)
     with LoadSession(config) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -11,6 +12,13 @@ from hypothesis import strategies as st
 from swapctl.probes.audit import AuditResult, StreamAuditor, combine
 from swapctl.probes.ident import make_sequence, make_tag, split_sequence
 from swapctl.probes.latency import LatencyHistogram, LatencySummary, bucket_high, bucket_of
+from swapctl.probes.report import (
+    Conditions,
+    ConsumerReport,
+    LoadReport,
+    PublisherReport,
+    render_text,
+)
 from swapctl.probes.tracker import PublisherTrack
 from swapctl.probes.traffic import MessageFactory, Mix
 from swapctl.protocol import encode_message
@@ -274,3 +282,32 @@ def test_histogram_merge_matches_one_histogram() -> None:
     assert LatencySummary.merge([left.summary(), right.summary()]) == whole.summary()
     assert whole.summary().max == 64_000_000
     assert whole.summary().min == 3
+
+
+# ----- the load report's verdict ----------------------------------------------------
+
+def _report(audit: AuditResult, *, disconnects: int = 0, dead: bool = False,
+            busy: float = 0.3) -> LoadReport:
+    conditions = Conditions("/run/r.sock", 1, 1, ("strategy",), 1000.0, 1.0, "market_data",
+                            "alphapulse", 1, 250, "trade=1", (("trade", 74),), False, True, TAG)
+    pub = PublisherReport(0, audit.expected, 74 * audit.expected, 10, 1.0, 0, 0, False)
+    con = ConsumerReport(0, "strategy", audit, disconnects, 0, 0, dead,
+                         "EOF; a strategy consumer stops for good" if dead else "", busy=busy)
+    return LoadReport(conditions, (pub,), (con,), 0.1)
+
+
+def test_report_verdicts_and_renderings() -> None:
+    clean = _report(audit(build(0, 1000), {0: 1000}))
+    assert clean.ok and clean.problems() == [] and clean.warnings() == []
+    assert clean.rate_achieved == 1000
+    text = render_text(clean)
+    assert text.startswith("swapctl load: PASS") and "received   1,000 of 1,000" in text
+    assert json.loads(json.dumps(clean.to_dict()))["total"]["received"] == 1000
+
+    lossy = _report(audit(build(0, 1000)[:990], {0: 1000}), disconnects=1, dead=True, busy=0.95)
+    assert lossy.problems() == ["10 lost", "1 unexpected disconnects",
+                                "consumer 0 (strategy) dead: EOF; a strategy consumer stops "
+                                "for good"]
+    assert "wanted a CPU 95% of the time" in lossy.warnings()[0]
+    assert render_text(lossy).startswith("swapctl load: FAIL")
+    assert lossy.to_dict()["ok"] is False
