@@ -15,11 +15,13 @@ Each measurement is repeated; the best repeat is the figure, all repeats are sho
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.report import Goal, Report, conditions
 from swapctl.bench.stream import DOMAIN, MESSAGE_SIZE, SOURCE
 from swapctl.probes.traffic import Kind, MessageFactory, Mix
@@ -119,6 +121,7 @@ def _template(count: int) -> Callable[[], int]:
 
 def run_codec(settings: CodecSettings) -> Report:
     n, reps, chunk = settings.messages, settings.repeats, settings.chunk
+    window = CpuWindow({"bench": os.getpid()})
     parsing = {
         "checksum_0": _measure(_parser(_stream(n, False), chunk, False), n, reps,
                                REFERENCE_PARSE),
@@ -130,8 +133,14 @@ def run_codec(settings: CodecSettings) -> Report:
                 "template": _template(n)}
     construction = {name: _measure(build, n, reps, REFERENCE_CONSTRUCT)
                     for name, build in builders.items()}
+    cpu = window.close({})
     return {
         "conditions": _conditions(settings),
+        "machine_during_run": {"background_cpu_percent": cpu["background_percent"],
+                               "steal_percent": cpu["steal_percent"],
+                               "note": "% of one core used by other processes / the "
+                                       "hypervisor while this ran; high values depress "
+                                       "the figures"},
         "parsing": parsing,
         "construction": construction,
         "reference": {"parse_msgs_per_s": REFERENCE_PARSE,

@@ -77,6 +77,7 @@ def test_bench_codec_json() -> None:
     cond = report["conditions"]
     assert cond["message_bytes"] == 74 and cond["messages_per_repeat"] == 20000
     assert cond["cores_usable"] >= 1 and cond["python"]
+    assert report["machine_during_run"]["background_cpu_percent"] >= 0
     assert report["reference"]["parse_msgs_per_s"] == REFERENCE_PARSE
     assert report["reference"]["construct_msgs_per_s"] == REFERENCE_CONSTRUCT
     figures = [*report["parsing"].values(), *report["construction"].values()]
