@@ -25,10 +25,10 @@ class Connection:
     frames_in: int = 0
     frames_out: int = 0
     lag_drops: int = 0
+    fd: int = -1  # the descriptor number, kept after close (it keys the relay's table)
 
-    @property
-    def fd(self) -> int:
-        return self.sock.fileno()
+    def __post_init__(self) -> None:
+        self.fd = self.sock.fileno()
 
     def unsent(self) -> bytes:
         """Every byte still owed to this client, starting mid-unit if a write stopped there."""
@@ -42,7 +42,3 @@ class Connection:
         return {"id": self.id, "bytes_in": self.bytes_in, "frames_in": self.frames_in,
                 "frames_out": self.frames_out, "backlog_bytes": self.backlog,
                 "lagging": self.lagging, "lag_drops": self.lag_drops}
-
-    def counters(self) -> dict[str, int]:
-        return {"bytes_in": self.bytes_in, "frames_in": self.frames_in,
-                "frames_out": self.frames_out, "lag_drops": self.lag_drops}

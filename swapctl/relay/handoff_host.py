@@ -11,7 +11,6 @@ carried backlog before anything new, so per-client byte streams continue exactly
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import socket
@@ -51,17 +50,11 @@ class RelayHandoff:
             raise HandoffError("already released")
         stopped_ns = time.monotonic_ns()
         relay.paused = True
-        if relay.listener is not None:
-            with contextlib.suppress(OSError, ValueError):
-                relay.epoll.unregister(relay.listener.fileno())
-        for conn in relay.conns.values():
-            if conn.registered:
-                relay.epoll.unregister(conn.fd)
-                conn.registered = False
+        relay.fresh_epoll()  # nothing is read or accepted from here on
         flushed = _flush_until(relay, time.monotonic() + flush_ms / 1000)
         conns = [
             (ConnState(c.id, c.carried_in + (c.framer.pending if c.framer else b""),
-                       c.unsent(), c.counters()), c.fd)
+                       c.unsent(), c.bytes_in, c.frames_in, c.frames_out, c.lag_drops), c.fd)
             for c in relay.conns.values()
         ]
         listener = None if relay.listener is None else relay.listener.fileno()
@@ -82,15 +75,14 @@ class RelayHandoff:
         if transfer.listener is not None:
             relay.set_listener(socket.socket(fileno=transfer.listener))
         for state, fd in transfer.conns:
-            conn = relay.new_connection(socket.socket(fileno=fd), state.id)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+            conn = relay.new_connection(sock, state.id)
             conn.carried_in = state.pending_in
             if state.unsent_out:
                 conn.out.append((state.unsent_out, 0))
                 conn.backlog = len(state.unsent_out)
-            conn.bytes_in = state.counters.get("bytes_in", 0)
-            conn.frames_in = state.counters.get("frames_in", 0)
-            conn.frames_out = state.counters.get("frames_out", 0)
-            conn.lag_drops = state.counters.get("lag_drops", 0)
+            conn.bytes_in, conn.frames_in = state.bytes_in, state.frames_in
+            conn.frames_out, conn.lag_drops = state.frames_out, state.lag_drops
         relay.counters.adopted += len(transfer.conns)
         event(log, logging.INFO, "handoff.adopted", connections=len(transfer.conns),
               listener=transfer.listener is not None)
@@ -125,7 +117,7 @@ class RelayHandoff:
             relay.counters.connections_open -= 1
             relay.counters.handed_over += 1
         if relay.listener is not None:
-            relay.listener.close()
+            relay.listener.close()  # not in the epoll set since the release
             relay.listener = None
         relay.paused = False
         event(log, logging.INFO, "handoff.closed", state=self.handoff_state())

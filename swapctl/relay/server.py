@@ -64,6 +64,8 @@ class Relay:
         self._started = time.monotonic()
         self._next_reconnect = 0.0
         self.handoff = RelayHandoff(self)
+        self._domain = config.domain_byte
+        self._framed_mode = config.forwarding in (Forwarding.FRAME, Forwarding.SINK)
 
     # ----- life cycle -------------------------------------------------------------
 
@@ -90,6 +92,19 @@ class Relay:
         self.faults.crash_at("ready")
         if self.participant is not None:
             self.participant.send_ready()
+
+    def fresh_epoll(self) -> None:
+        """Replace the epoll set with one holding only the relay's own sockets: drops
+        every client and listener registration at once (a handoff's stop-reading)."""
+        old, self.epoll = self.epoll, select.epoll()
+        for own in (self.participant, self.stats_listener):
+            if own is not None and own.fileno() >= 0:
+                self.epoll.register(own.fileno(), _IN)
+        if self.running:
+            self.epoll.register(self._wake_r.fileno(), _IN)
+        old.close()
+        for conn in self.conns.values():
+            conn.registered = False
 
     def set_listener(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -195,8 +210,8 @@ class Relay:
         sock.setblocking(False)
         cfg = self.config
         framer = None
-        if cfg.forwarding in (Forwarding.FRAME, Forwarding.SINK):
-            framer = Framer(max_message=cfg.max_message, domain=cfg.domain_byte)
+        if self._framed_mode:
+            framer = Framer(max_message=cfg.max_message, domain=self._domain)
         if conn_id is None:
             conn_id = self._next_id
         self._next_id = max(self._next_id, conn_id) + 1
@@ -296,7 +311,7 @@ class Relay:
         """The generic Rust relay: check only the start of the read, forward it whole."""
         if len(data) >= 32:
             magic, dom = _CHUNK_PEEK.unpack_from(data)
-            if magic == MAGIC and dom == self.config.domain_byte:
+            if magic == MAGIC and dom == self._domain:
                 self._unit(conn, data, 1)
                 return
         self.counters.chunks_dropped += 1

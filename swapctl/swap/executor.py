@@ -55,6 +55,7 @@ class SwapSettings:
     error_counters: tuple[str, ...] = ("lag_drops_frames", "truncated", "rejected_checksum",
                                        "fault_dropped", "fault_corrupted")
     probe_echo: bool = True
+    keep_old: bool = False  # after commit, keep the old release warm (next swap reuses it)
 
 
 @dataclass(slots=True)
@@ -74,6 +75,8 @@ class Marks:
     rollback_flowing_ms: float | None = None
     soak_health: list[str] = field(default_factory=list)
     canary_gap_ms: float | None = None
+    reused: bool = False  # the candidate was the warm standby, not a new process
+    cand_released: bool = False  # a rollback took everything back from a live candidate
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -160,6 +163,11 @@ class SwapRun:
     # ----- phases ----------------------------------------------------------------
 
     def _start_candidate(self) -> None:
+        warm = self.service.warm
+        if warm is not None and warm.release == self.release and warm.alive():
+            self.cand, self.service.warm = warm, None  # already running, in standby
+            self.marks.reused = True
+            return
         deadline = self.clock() + self._timeout()
         try:
             self.cand = self.service.start_slot(self.release, deadline)
@@ -276,9 +284,10 @@ class SwapRun:
             raise Failure(f"relay error counters grew on {self.release.name}: {listed}")
 
     def _commit(self) -> None:
-        warm, self.service.warm = self.service.warm, None
-        if warm is not None:
-            warm.stop()
+        if not self.settings.keep_old:
+            warm, self.service.warm = self.service.warm, None
+            if warm is not None:
+                warm.stop()
         self.service.drop_held()
 
     # ----- rollback --------------------------------------------------------------
@@ -303,7 +312,9 @@ class SwapRun:
             m.fire(Event.ROLLBACK_FAILED, f"rollback failed: {exc}")
             return
         self.service.drop_held()
-        self.service.active, self.service.warm = self.old, None
+        self.service.active = self.old
+        if self.service.warm is self.old:
+            self.service.warm = None
         m.fire(Event.ROLLED_BACK, rollback_ms=round(self.marks.rollback_ms or 0, 3),
                kind=self.marks.rollback_kind)
 
@@ -328,6 +339,7 @@ class SwapRun:
             try:
                 transfer = self.cand.link.release(self.settings.flush_ms, min(self._timeout(), 2))
                 transfer.meta["from_candidate"] = True
+                self.marks.cand_released = True
                 self.service.held.append(transfer)
                 return transfer
             except (SwapctlError, TimeoutError, OSError):
@@ -338,6 +350,13 @@ class SwapRun:
         return Transfer(held.listener, [(ConnState(state.id), fd) for state, fd in held.conns])
 
     def _stop_candidate(self) -> None:
+        if self.cand is not None and self.settings.keep_old and self.marks.cand_released:
+            try:
+                self.cand.link.close_held(2.0)
+                self.service.warm = self.cand  # handed back cleanly: keep it warm
+                return
+            except (SwapctlError, TimeoutError, OSError):
+                pass
         if self.cand is not None:
             self.cand.stop(2.0)
             if self.service.active is self.cand:
