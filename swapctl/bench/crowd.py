@@ -35,17 +35,17 @@ def main() -> None:
             if key.fileobj is sys.stdin:
                 print(json.dumps({"lost": lost, "received_bytes": received}), flush=True)
                 return
-            sock = key.fileobj
-            if not isinstance(sock, socket.socket):
+            conn = key.fileobj
+            if not isinstance(conn, socket.socket):
                 continue
             try:
-                n = sock.recv_into(buf)
+                n = conn.recv_into(buf)
             except BlockingIOError:
                 continue
             if n == 0:
                 lost += 1
-                sel.unregister(sock)
-                sock.close()
+                sel.unregister(conn)
+                conn.close()
             received += n
 
 
