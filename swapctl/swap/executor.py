@@ -112,6 +112,7 @@ class SwapRun:
         if self.canary is not None:
             self.canary.mark()
             self.baseline = self.canary.snapshot()
+            self.marks.canary_gap_ms = None
         m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command))
         try:
             self._start_candidate()
@@ -186,6 +187,8 @@ class SwapRun:
             raise self._blame("the probe", exc) from None
 
     def _release_old(self) -> None:
+        if self.canary is not None:
+            self._mark_cutover()
         try:
             transfer = self.old.link.release(self.settings.flush_ms, self._timeout())
         except (SwapctlError, TimeoutError, OSError) as exc:
@@ -221,22 +224,32 @@ class SwapRun:
         self.marks.errors = self._error_counts()
         if self.canary is None:
             return
-        start = self._canary().arrivals
+        start = self._canary(record_gap=True).arrivals
         while True:
-            health = self._canary()
+            health = self._canary(record_gap=True)
             if health.arrivals >= start + self.settings.verify_messages:
                 return
             self._timeout()
             self._alive_or_fail("verification")
             time.sleep(0.002)
 
-    def _canary(self) -> CanaryHealth:
+    def _mark_cutover(self) -> None:
+        """Restart the canary's gap window just before clients stop being served, so
+        the client-side pause is measured around the cutover, not the whole swap."""
+        assert self.canary is not None
+        try:
+            self.canary.mark()
+        except CanaryError as exc:
+            raise Failure(f"canary failed: {exc}") from None
+
+    def _canary(self, record_gap: bool = False) -> CanaryHealth:
         assert self.canary is not None
         try:
             health = self.canary.health(self.baseline)
         except CanaryError as exc:
             raise Failure(f"canary failed: {exc}") from None
-        self.marks.canary_gap_ms = max(self.marks.canary_gap_ms or 0.0, health.max_gap_ms)
+        if record_gap:  # the cutover window: from just before release to verified
+            self.marks.canary_gap_ms = max(self.marks.canary_gap_ms or 0.0, health.max_gap_ms)
         if not health.ok:
             raise Failure("; ".join(health.problems))
         return health

@@ -22,6 +22,7 @@ from swapctl.protocol import encode_message
 from swapctl.protocol.tlv import Trade
 
 PROBE_TAG = make_tag(0x7EED)
+ECHO_GRACE = 0.1  # a relay echoes in the same pass as it broadcasts: no need to wait long
 
 
 class ProbeFailed(SwapctlError):
@@ -52,24 +53,32 @@ def probe(link: RelayLink, settings: ProbeSettings) -> float:
         dom = settings.domain_byte
         first, second, third = _message(1, dom), _message(2, dom), _message(3, dom)
         foreign = _message(99, (dom + 1) % 256)
+        deadline = start + settings.timeout
+        # a split message, a foreign one (must not pass), a whole one: from left
         left.sendall(first[:20])
         left.sendall(first[20:] + foreign + second)
-        right.sendall(third)
-        expect = first + second + third
-        deadline = start + settings.timeout
-        got_right = _read(right, len(expect), deadline)
-        if got_right != expect:
-            raise ProbeFailed(_mismatch("broadcast", expect, got_right))
+        _expect(right, first + second, deadline, "broadcast to the other client")
+        echo_deadline = min(deadline, time.monotonic() + ECHO_GRACE)
         if settings.echo:
-            got_left = _read(left, len(expect), deadline)
-            if got_left != expect:
-                raise ProbeFailed(_mismatch("echo", expect, got_left))
+            _expect(left, first + second, echo_deadline, "echo to the sender")
+        # and back the other way
+        right.sendall(third)
+        _expect(left, third, deadline, "broadcast to the other client")
+        if settings.echo:
+            _expect(right, third, min(deadline, time.monotonic() + ECHO_GRACE),
+                    "echo to the sender")
     finally:
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
     _wait_standby(link, start + settings.timeout)
     return (time.monotonic() - start) * 1000
+
+
+def _expect(sock: socket.socket, expect: bytes, deadline: float, what: str) -> None:
+    got = _read(sock, len(expect), deadline)
+    if got != expect:
+        raise ProbeFailed(_mismatch(what, expect, got))
 
 
 def _read(sock: socket.socket, n: int, deadline: float) -> bytes:

@@ -68,7 +68,9 @@ def render_text(report: dict[str, Any]) -> str:
             f"corrupted {canary['corrupted']}, disconnects {canary['disconnects']}, "
             f"dead consumers {canary['dead']}")
     rollback = report.get("rollback")
-    if rollback:
+    if rollback and rollback["kind"].startswith("not needed"):
+        lines.append("  rollback: not needed: no client had moved; the old release kept serving")
+    elif rollback:
         lines.append(f"  rollback: {rollback['kind']} in {_ms(rollback['ms'])} "
                      f"(traffic flowing again after {_ms(rollback['traffic_flowing_ms'])})")
     return "\n".join(lines)
