@@ -167,8 +167,8 @@ class StreamAuditor:
             n = seq & N_MASK
             if n == track.next:
                 track.next = n + 1
-            else:
-                track.arrive(n)
+            elif track.arrive(n):
+                continue  # a start-barrier sync message
             stamp(ts)
         view.release()
         if stamps:
@@ -201,6 +201,10 @@ class StreamAuditor:
             seq = _FIELDS.unpack_from(frame)[0]
             if seq >> TAG_SHIFT == self.run_tag:
                 self.tracks[(seq >> PUBLISHER_SHIFT) & 0xFF].arrive_damaged(seq & N_MASK)
+
+    def synced(self, publishers: int) -> bool:
+        """A sync message from each of publishers 0..publishers-1 has arrived."""
+        return all(self.tracks[p].syncs for p in range(publishers))
 
     def complete(self, sent: Mapping[int, int]) -> bool:
         """Every message of every publisher has arrived (intact or damaged)."""

@@ -28,6 +28,7 @@ from swapctl.probes.control import (
     LoadError,
     Ready,
     Settle,
+    Synced,
     child_main,
     connect,
     receive,
@@ -41,6 +42,7 @@ READS_PER_WAKE = 8
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     index: int
+    publishers: int  # how many in the run (for the start barrier)
     socket: str
     run_tag: int
     mode: ConsumerMode
@@ -92,8 +94,12 @@ class Consumer:
         self._attach(connect(self.spec.socket, self.spec.connect_timeout))
         self.ctl.send(Ready(os.getpid()))
         self.cpu = CpuMeter()
+        synced = False
         while not self.closing:
             now = time.monotonic()
+            if not synced and self.auditor.synced(self.spec.publishers):
+                self.ctl.send(Synced())  # the relay has registered this connection
+                synced = True
             if self.settler is not None and self.settler.done(now):
                 break
             if self.sock is None and not self.dead and now >= self.retry_at:

@@ -34,8 +34,19 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class Connect:
+    """Publishers: connect, then repeat sync messages until Go."""
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """A child's connection is registered: it has seen every publisher's sync message
+    (a publisher that audits nothing says so once connected)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Go:
-    """Publishers: connect and publish."""
+    """Publishers: publish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +83,7 @@ class Audited:
     report: ConsumerReport | PublisherReport
 
 
-Command = Go | Stop | Settle | Close
+Command = Connect | Go | Stop | Settle | Close
 
 
 def receive(ctl: Connection) -> Command:
@@ -80,7 +91,7 @@ def receive(ctl: Connection) -> Command:
         msg = ctl.recv()
     except (EOFError, OSError):
         raise ParentGone() from None
-    if not isinstance(msg, Go | Stop | Settle | Close):
+    if not isinstance(msg, Connect | Go | Stop | Settle | Close):
         raise TypeError(f"unexpected control message {msg!r}")
     return msg
 

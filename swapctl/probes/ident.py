@@ -6,6 +6,9 @@ Every load or canary message carries its identity in the 64-bit header sequence:
     bits 47-40  publisher index (0-255)
     bits 39-0   message number n, counted from 1 per publisher
 
+Number 0 is never data: it marks a *sync* message, which publishers repeat before a
+run starts until every auditor has seen one from each publisher (the start
+barrier: proof that the relay has registered every connection).
 Real producers put 0 or a process-wide counter from 1 in the sequence, which never
 reaches bit 63, so real traffic on the same relay can never pass for a run's
 messages, and two runs on one relay tell each other apart by their tags.
@@ -19,6 +22,7 @@ TAG_BIT = 0x8000
 MAX_PUBLISHERS = 256
 N_MASK = (1 << PUBLISHER_SHIFT) - 1
 MAX_N = N_MASK
+SYNC = 0  # the message number of a start-barrier message
 
 
 def make_tag(value: int) -> int:

@@ -34,6 +34,7 @@ from swapctl.probes.consumer import ConsumerSpec, consumer_main
 from swapctl.probes.control import (
     Audited,
     Close,
+    Connect,
     Failed,
     Go,
     LoadError,
@@ -41,6 +42,7 @@ from swapctl.probes.control import (
     Ready,
     Settle,
     Stop,
+    Synced,
 )
 from swapctl.probes.ident import make_tag
 from swapctl.probes.publisher import PublisherSpec, publisher_main
@@ -62,6 +64,7 @@ class _Child:
     index: int
     process: BaseProcess
     ctl: Connection
+    synced: bool = False
 
     @property
     def name(self) -> str:
@@ -80,6 +83,7 @@ class LoadSession:
         self._consumers: list[_Child] = []
         self._published: dict[int, PublisherReport] = {}
         self._report: LoadReport | None = None
+        self._unsynced: tuple[str, ...] = ()
 
     def __enter__(self) -> LoadSession:
         self.start()
@@ -98,18 +102,29 @@ class LoadSession:
         try:
             cfg = self.config
             for i, mode in enumerate(cfg.consumer_modes()):
-                spec = ConsumerSpec(i, str(cfg.socket), self.run_tag, mode, cfg.connect_timeout,
-                                    cfg.dashboard_retry)
+                spec = ConsumerSpec(i, cfg.publishers, str(cfg.socket), self.run_tag, mode,
+                                    cfg.connect_timeout, cfg.dashboard_retry)
                 self._consumers.append(self._spawn("consumer", i, consumer_main, spec))
             for i in range(cfg.publishers):
                 self._publishers.append(self._spawn("publisher", i, publisher_main,
                                                     self._publisher_spec(i)))
             self._expect(self._children, Ready, cfg.connect_timeout + SPAWN_GRACE)
             for child in self._publishers:
+                child.ctl.send(Connect())
+            self._barrier()
+            for child in self._publishers:
                 child.ctl.send(Go())
         except BaseException:
             self.close()
             raise
+
+    def _barrier(self) -> None:
+        """Wait until every auditor has seen every publisher's sync message through the
+        relay (so none misses the first messages); past the timeout, go on and say so."""
+        try:
+            self._expect(self._children, Synced, self.config.connect_timeout)
+        except TimeoutError:
+            self._unsynced = tuple(c.name for c in self._children if not c.synced)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every publisher has finished its duration; False on timeout."""
@@ -172,8 +187,9 @@ class LoadSession:
     def _publisher_spec(self, index: int) -> PublisherSpec:
         cfg = self.config
         return PublisherSpec(
-            index=index, socket=str(cfg.socket), domain_byte=cfg.domain_byte,
-            source=cfg.source, run_tag=self.run_tag, mix=cfg.message_mix(),
+            index=index, publishers=cfg.publishers, socket=str(cfg.socket),
+            domain_byte=cfg.domain_byte, source=cfg.source, run_tag=self.run_tag,
+            mix=cfg.message_mix(),
             rate=cfg.rate / cfg.publishers, duration=cfg.duration, batch=cfg.batch,
             id_header=cfg.id_header, reconnect=cfg.publisher_reconnect,
             reconnect_attempts=cfg.reconnect_attempts, reconnect_backoff=cfg.reconnect_backoff,
@@ -213,11 +229,13 @@ class LoadSession:
                 raise TimeoutError(f"{names}: no {kind.__name__} within {timeout} s")
             for obj in ready:
                 child = sentinels[obj] if isinstance(obj, int) else waiting[id(obj)]
-                if (child.role, child.index) not in got:
-                    got[(child.role, child.index)] = self._message(child, kind)
+                msg = self._message(child, kind)
+                if msg is not None:
+                    got[(child.role, child.index)] = msg
         return got
 
     def _message(self, child: _Child, kind: type[Any]) -> Any:
+        """The child's next message if of `kind`; None for a late Synced."""
         if not child.ctl.poll():
             child.process.join(0.5)
             raise LoadError(f"{child.name} exited with code {child.process.exitcode} "
@@ -228,6 +246,10 @@ class LoadSession:
             raise LoadError(f"{child.name} closed its control pipe unexpectedly") from None
         if isinstance(msg, Failed):
             raise LoadError(f"{child.name}: {msg.error}")
+        if isinstance(msg, Synced):
+            child.synced = True
+            if kind is not Synced:
+                return None
         if not isinstance(msg, kind):
             raise LoadError(f"{child.name} sent {msg!r} while {kind.__name__} was expected")
         return msg
@@ -252,7 +274,8 @@ class LoadSession:
             id_header=cfg.id_header, publisher_reconnect=cfg.publisher_reconnect,
             run_tag=self.run_tag,
         )
-        return LoadReport(conditions, tuple(publishers), tuple(consumers), settle_s)
+        return LoadReport(conditions, tuple(publishers), tuple(consumers), settle_s,
+                          self._unsynced)
 
 
 def run_load(config: LoadConfig, *, start_method: str = "spawn") -> LoadReport:

@@ -29,6 +29,7 @@ from swapctl.probes.control import (
     Audited,
     Close,
     Command,
+    Connect,
     CpuMeter,
     Go,
     LoadError,
@@ -36,6 +37,7 @@ from swapctl.probes.control import (
     Ready,
     Settle,
     Stop,
+    Synced,
     child_main,
     connect,
     receive,
@@ -46,12 +48,14 @@ from swapctl.protocol import encode_message
 
 ID_HEADER = encode_message(1, 2, b"")  # protocol-v2.md vector V6
 READ_BUFFER = 1 << 20
+SYNC_INTERVAL = 0.02  # seconds between sync messages before the run starts
 _RW = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 
 @dataclass(frozen=True, slots=True)
 class PublisherSpec:
     index: int
+    publishers: int  # how many in the run (for the start barrier)
     socket: str
     domain_byte: int
     source: int
@@ -86,7 +90,7 @@ class Publisher:
         self.written = self.counted = 0  # bytes / whole messages of `batch` done
         self.blocked = False
         self.sent = self.bytes_sent = self.writes = self.disconnects = self.reconnects = 0
-        self.dead = self.stopping = self.closing = self.publishing = False
+        self.dead = self.stopping = self.closing = self.publishing = self.going = False
         self.settle: Settle | None = None
         self.last_error = ""
         self.started = self.last_write = self.busy = self.starved = 0.0
@@ -96,9 +100,11 @@ class Publisher:
 
     def run(self) -> None:
         self.ctl.send(Ready(os.getpid()))
-        if not isinstance(receive(self.ctl), Go):
+        if not isinstance(receive(self.ctl), Connect):
             return
         self._attach(connect(self.spec.socket, self.spec.connect_timeout))
+        if not self._sync_until_go():
+            return
         self.started = self.last_write = time.monotonic()
         cpu = CpuMeter()
         self.publishing = True
@@ -108,6 +114,33 @@ class Publisher:
         self.busy, self.starved = cpu.shares()
         self.ctl.send(Published(self._report()))
         self._linger()
+
+    def _sync_until_go(self) -> bool:
+        """The start barrier: repeat a sync message until told to go (False: to close).
+        Says Synced once connected, or with `audit_echo` once every publisher's sync
+        came back, so the parent knows the relay has registered this connection."""
+        synced, next_sync = self.auditor is None, 0.0
+        if synced:
+            self.ctl.send(Synced())
+        while not (self.going or self.closing):
+            now = time.monotonic()
+            if now >= next_sync and self.sock is not None:
+                try:
+                    self.sock.send(self.factory.sync(time.time_ns()))
+                except BlockingIOError:
+                    pass  # the echo backs up: the next one will do
+                except OSError as exc:
+                    self._broken(f"write failed: {exc}")
+                next_sync = now + SYNC_INTERVAL
+            if not synced and self.auditor is not None and self.auditor.synced(
+                    self.spec.publishers):
+                self.ctl.send(Synced())
+                synced = True
+            if self.sock is None:
+                raise LoadError(f"publisher {self.spec.index} lost its connection to "
+                                f"{self.spec.socket} before the run started: {self.last_error}")
+            self._poll(max(0.0, next_sync - now))
+        return self.going and not self.closing
 
     # ----- publishing ------------------------------------------------------------
 
@@ -272,7 +305,9 @@ class Publisher:
                 self.auditor.feed(bytes(self.rview[:n]), time.time_ns())
 
     def _command(self, cmd: Command) -> None:
-        if isinstance(cmd, Stop):
+        if isinstance(cmd, Go):
+            self.going = True
+        elif isinstance(cmd, Stop):
             self.stopping = True
         elif isinstance(cmd, Close):
             self.closing = True

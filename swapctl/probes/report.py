@@ -64,6 +64,7 @@ class LoadReport:
     publishers: tuple[PublisherReport, ...]
     consumers: tuple[ConsumerReport, ...]
     settle_s: float
+    unsynced: tuple[str, ...] = ()  # clients that never confirmed the start barrier
 
     @property
     def total(self) -> AuditResult:
@@ -109,6 +110,10 @@ class LoadReport:
                f"(ran {c.busy:.0%}, waited for one {c.starved:.0%}): the checker itself may "
                "be the slow consumer a relay sheds; lower --rate or give it more cores"
                for c in self.consumers if c.busy + c.starved >= CPU_WARNING]
+        if self.unsynced:
+            out.append(f"start not confirmed through the relay for {', '.join(self.unsynced)}: "
+                       "they may have missed the first messages (does the relay forward "
+                       "and echo?)")
         asked = self.conditions.rate_asked
         if asked and self.rate_achieved < 0.95 * asked:
             busiest = max((p.busy for p in self.publishers), default=0.0)

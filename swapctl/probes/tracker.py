@@ -44,8 +44,8 @@ class PublisherAudit:
 
 
 class PublisherTrack:
-    __slots__ = ("damaged", "duplicated", "ends", "invalid", "missing", "next", "reordered",
-                 "starts")
+    __slots__ = ("damaged", "duplicated", "ends", "missing", "next", "reordered", "starts",
+                 "syncs")
 
     def __init__(self) -> None:
         self.next = 1
@@ -55,26 +55,29 @@ class PublisherTrack:
         self.damaged: set[int] = set()
         self.duplicated = 0
         self.reordered = 0
-        self.invalid = 0  # number 0 (never sent)
+        self.syncs = 0  # start-barrier messages (number 0): not judged
 
     @property
     def seen(self) -> bool:
-        return self.next > 1 or self.invalid > 0 or self.duplicated > 0
+        return self.next > 1 or self.duplicated > 0
 
-    def arrive(self, n: int) -> None:
-        """Any intact arrival (the hot loop inlines the `n == next` case)."""
+    def arrive(self, n: int) -> bool:
+        """Any intact arrival (the hot loop inlines the `n == next` case); returns True
+        for a sync message (number 0, see `ident.SYNC`), which is not data."""
         if n == self.next:
             self.next = n + 1
         elif n > self.next:
             self._jump(n)
         elif n < 1:
-            self.invalid += 1
+            self.syncs += 1
+            return True
         elif self._take_missing(n):
             self.reordered += 1
         elif n in self.damaged:
             self.damaged.discard(n)
         else:
             self.duplicated += 1
+        return False
 
     def arrive_damaged(self, n: int) -> bool:
         """A bad-checksum frame claiming number n: attributed only where it is plausible
@@ -149,6 +152,6 @@ class PublisherTrack:
             duplicated=self.duplicated,
             reordered=self.reordered,
             damaged=damaged,
-            unexpected=unexpected + self.invalid,
+            unexpected=unexpected,
             lost_samples=self.lost_samples(sent),
         )

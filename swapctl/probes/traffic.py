@@ -19,7 +19,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from swapctl.errors import UsageError
-from swapctl.probes.ident import MAX_N, make_sequence
+from swapctl.probes.ident import MAX_N, SYNC, make_sequence
 from swapctl.protocol import ArbitrageSignal, Quote, Tlv, Trade, encode_message
 from swapctl.protocol.tlv import MAX_TLV_VALUE
 
@@ -123,13 +123,19 @@ class MessageFactory:
 
     def __init__(self, *, domain: int, source: int, publisher: int, run_tag: int,
                  mix: Mix) -> None:
-        self.base = make_sequence(run_tag, publisher, 0)
+        self.base = make_sequence(run_tag, publisher, SYNC)
+        self.domain, self.source = domain, source
         live = {k for k, w in mix.weights if w > 0}
         self.templates = {k: encode_message(domain, source, payload(k, mix))
                           for k in Kind if k in live}
         self.pattern = mix.pattern()
         self.next_n = 1
         self.built_bytes = 0
+
+    def sync(self, timestamp: int) -> bytes:
+        """A start-barrier message (number 0, empty payload; see `ident`)."""
+        return encode_message(self.domain, self.source, b"", sequence=self.base,
+                              timestamp=timestamp, checksum=True)
 
     def sizes(self) -> dict[Kind, int]:
         return {k: len(t) for k, t in self.templates.items()}

@@ -122,6 +122,20 @@ def test_unexpected_foreign_and_identification_headers() -> None:
     assert not result.clean
 
 
+def test_sync_messages_are_the_start_barrier_not_data() -> None:
+    factories = [MessageFactory(domain=1, source=250, publisher=p, run_tag=TAG, mix=Mix())
+                 for p in range(2)]
+    auditor = StreamAuditor(TAG)
+    auditor.feed(factories[0].sync(T0) * 3, T0)
+    assert not auditor.synced(2)
+    auditor.feed(factories[1].sync(T0), T0)
+    assert auditor.synced(2)
+    auditor.feed(bytes(factories[0].build(5, T0).data) + factories[1].sync(T0), T0 + 1)
+    result = auditor.finish({0: 5, 1: 0})
+    assert result.clean and result.received == 5
+    assert (result.latency.count, result.unexpected, result.foreign) == (5, 0, 0)
+
+
 def test_reset_stream_reports_a_truncated_message() -> None:
     m = build(0, 3)
     auditor = StreamAuditor(TAG)
