@@ -42,8 +42,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
-def _added(latency: dict[str, dict[str, Any]], target: str) -> dict[str, float | None]:
-    run, base = latency.get(target), latency.get("direct")
+def _added(latency: dict[str, dict[str, Any]], target: str,
+           base_target: str = "direct") -> dict[str, float | None]:
+    run, base = latency.get(target), latency.get(base_target)
     out: dict[str, float | None] = {}
     for p in POINTS:
         key = f"{p}_us"
@@ -63,7 +64,9 @@ def _comparison(throughput: dict[str, dict[str, Any]],
         "throughput_raw_vs_direct": _ratio(raw, direct),
         "latency_added_by_relay_us": _added(latency, "relay"),
         "latency_added_by_raw_us": _added(latency, "raw"),
-        "note": "added latency = the server's percentile minus the direct link's, same run",
+        "latency_relay_minus_raw_us": _added(latency, "relay", "raw"),
+        "note": "added latency = the server's percentile minus the direct link's, same run; "
+                "relay minus raw = what the relay's own work adds to a hop",
     }
 
 
