@@ -7,7 +7,7 @@ from pathlib import Path
 
 import swapctl
 
-PURE_PACKAGES = ["protocol"]
+PURE_PACKAGES = ["protocol", "diff"]
 PURE_MODULES = ["probes/audit.py", "swap/machine.py", "handoff/manifest.py",
                 "handoff/messages.py"]
 FORBIDDEN = {"socket", "subprocess", "asyncio", "selectors", "select", "threading", "os",

@@ -1,0 +1,214 @@
+"""What one client received, cut the way a consumer cuts it: frames and gaps.
+
+How it works: a client's byte stream is framed by `32 + payload_size` with the
+protocol's streaming framer, with no domain or checksum check (a consumer keeps what
+the relay gave it). Bytes that cannot start a message become a *gap*: garbage before
+the next magic, an oversize header, or a partial message left at the end. The
+comparison works on these tokens (frames as `bytes`, gaps as `Gap`), never on sockets.
+
+Two streams that differ usually share a long prefix and suffix. `windows()` finds the
+first differing byte at C speed, frames the shared prefix once (only counting it),
+and cuts tokens only from there until both streams are back at a frame boundary the
+same distance from their ends, where the rest is byte-identical and only counted.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from swapctl.protocol import HEADER_SIZE, Framer, Frames, Oversize, Skipped, TruncatedMessage
+
+GARBAGE = "garbage"
+OVERSIZE = "oversize"
+PARTIAL = "partial"
+_CHUNK = 1 << 16
+_SIZE = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Everything one client received from one relay, and whether the relay hung up on it."""
+
+    raw: bytes
+    closed_by_relay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Bytes a consumer had to skip: not the start of a Protocol V2 message."""
+
+    kind: str  # GARBAGE, OVERSIZE or PARTIAL
+    data: bytes
+
+    def key(self, strict: bool) -> tuple[str, int] | tuple[str, bytes]:
+        """What the comparison sees: kind and length, or the bytes too in strict mode."""
+        return (self.kind, self.data) if strict else (self.kind, len(self.data))
+
+
+Token = bytes | Gap
+
+
+@dataclass(slots=True)
+class Framed:
+    """The tokens of a stream's differing window, with offsets; totals for the stream."""
+
+    tokens: list[Token]  # the window
+    offsets: list[int]  # stream offset of each window token
+    frames: int  # frames in the whole stream
+    gap_bytes: int  # gap bytes in the window
+    before: int = 0  # frames before the window
+    _gaps: list[int] | None = None  # window positions of gaps, computed when first needed
+
+    def frame_index(self, pos: int) -> int:
+        """Frames before window token `pos` in the whole stream (the operator's "frame N")."""
+        if self._gaps is None:
+            self._gaps = [k for k, t in enumerate(self.tokens) if isinstance(t, Gap)]
+        return self.before + pos - bisect_left(self._gaps, pos)
+
+
+def _gap_kind(event: Skipped) -> str:
+    if isinstance(event.error, TruncatedMessage):
+        return PARTIAL
+    if isinstance(event.error, Oversize):
+        return OVERSIZE
+    return GARBAGE
+
+
+def iter_tokens(raw: bytes, start: int = 0) -> Iterator[tuple[int, Token]]:
+    """(offset, token) from `start` (a frame boundary) to the end, fed in 64 KiB pieces;
+    adjacent skipped runs are joined, so the cut does not depend on the pieces."""
+    framer = Framer()
+    pending: tuple[int, Gap] | None = None
+    for pos in range(start, len(raw), _CHUNK):
+        for ev in framer.feed(raw[pos : pos + _CHUNK]):
+            at = start + ev.offset
+            if isinstance(ev, Skipped):
+                data = raw[at : at + ev.length]
+                if pending is not None and pending[0] + len(pending[1].data) == at:
+                    pending = (pending[0], Gap(pending[1].kind, pending[1].data + data))
+                else:
+                    if pending is not None:
+                        yield pending
+                    pending = (at, Gap(_gap_kind(ev), data))
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            if isinstance(ev, Frames):
+                data, k, n = ev.data, 0, len(ev.data)
+                while k < n:
+                    end = k + HEADER_SIZE + _SIZE.unpack_from(data, k + 24)[0]
+                    yield at + k, data[k:end]
+                    k = end
+    if pending is not None:
+        yield pending
+    for ev in framer.feed_eof():
+        if isinstance(ev, Skipped):
+            at = start + ev.offset
+            yield at, Gap(PARTIAL, raw[at : at + ev.length])
+
+
+def frame_stream(raw: bytes) -> Framed:
+    """The whole stream as tokens."""
+    tokens: list[Token] = []
+    offsets: list[int] = []
+    for at, tok in iter_tokens(raw):
+        offsets.append(at)
+        tokens.append(tok)
+    gaps = [t for t in tokens if isinstance(t, Gap)]
+    return Framed(tokens, offsets, len(tokens) - len(gaps), sum(len(g.data) for g in gaps))
+
+
+def count_frames(raw: bytes) -> int:
+    """The number of whole frames in `raw` (the fast path when two streams are identical)."""
+    framer = Framer()
+    framer.feed(raw)
+    return framer.frames
+
+
+def first_difference(a: bytes, b: bytes) -> int:
+    """The first offset where `a` and `b` differ (the shorter length if one is a prefix)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # invariant: a[:lo] == b[:lo]
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    lo, hi = 0, limit
+    la, lb = len(a), len(b)
+    while lo < hi:  # invariant: the last lo bytes are equal
+        mid = (lo + hi + 1) // 2
+        if a[la - mid : la - lo] == b[lb - mid : lb - lo]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _prefix(raw: bytes, end: int) -> tuple[int, int]:
+    """(boundary, frames before it): the last token end at or before `end` that a framer
+    fed the whole stream would also produce (a trailing skip could still grow)."""
+    framer = Framer()
+    boundary = frames = 0
+    for ev in framer.feed(raw[:end]):
+        if isinstance(ev, Frames):
+            boundary, frames = ev.offset + len(ev.data), frames + ev.count
+    return boundary, frames
+
+
+def windows(a: bytes, b: bytes) -> tuple[Framed, Framed]:
+    """Tokens of the window where `a` and `b` differ; see the module docstring."""
+    start, before = _prefix(a, first_difference(a, b))
+    suffix = _common_suffix(a, b, min(len(a), len(b)) - start)
+    ia, ib = iter_tokens(a, start), iter_tokens(b, start)
+    wa, wb = _Window(a, ia, before), _Window(b, ib, before)
+    wa.take_until(len(a) - suffix)
+    wb.take_until(len(b) - suffix)
+    while True:  # both at a boundary the same distance from the end: the rest is equal
+        da, db = len(a) - wa.next_at, len(b) - wb.next_at
+        if da == db:
+            break
+        (wa if da > db else wb).take_one()
+    rest = count_frames(a[wa.next_at :])
+    return wa.framed(rest), wb.framed(rest)
+
+
+class _Window:
+    def __init__(self, raw: bytes, tokens: Iterator[tuple[int, Token]], before: int) -> None:
+        self.raw, self.it, self.before = raw, tokens, before
+        self.tokens: list[Token] = []
+        self.offsets: list[int] = []
+        self.head = next(self.it, None)
+
+    @property
+    def next_at(self) -> int:
+        return len(self.raw) if self.head is None else self.head[0]
+
+    def take_one(self) -> None:
+        assert self.head is not None
+        self.offsets.append(self.head[0])
+        self.tokens.append(self.head[1])
+        self.head = next(self.it, None)
+
+    def take_until(self, offset: int) -> None:
+        head, it = self.head, self.it
+        tokens, offsets = self.tokens, self.offsets
+        while head is not None and head[0] < offset:
+            offsets.append(head[0])
+            tokens.append(head[1])
+            head = next(it, None)
+        self.head = head
+
+    def framed(self, rest: int) -> Framed:
+        gaps = [t for t in self.tokens if isinstance(t, Gap)]
+        frames = self.before + len(self.tokens) - len(gaps) + rest
+        return Framed(self.tokens, self.offsets, frames, sum(len(g.data) for g in gaps),
+                      self.before)
