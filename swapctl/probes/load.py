@@ -14,6 +14,9 @@ dies sees its control pipe close and exits.
     with LoadSession(LoadConfig(socket=path, rate=1000, duration=None)) as canary:
         ...  # swap the relay
         report = canary.stop()
+
+Children are started with multiprocessing's "spawn" method by default (safe from a
+threaded daemon); a script that uses it needs the `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
