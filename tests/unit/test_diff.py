@@ -85,8 +85,8 @@ def test_garbage_and_truncation_are_framing() -> None:
 
 
 def test_a_frame_that_does_not_decode_is_framing() -> None:
-    broken = MSGS[3][:32] + b"\x01\x50" + MSGS[3][34:]  # TLV claims 80 bytes, has 40
-    _, client = one(STREAM, b"".join(MSGS[:3]) + broken + b"".join(MSGS[5:]))
+    broken = msg(50)[:32] + b"\x01\x50" + msg(50)[34:]  # TLV claims 80 bytes, has 40
+    _, client = one(STREAM, b"".join(MSGS[:3]) + broken + b"".join(MSGS[3:]))
     cats = Counter(d.category for d in client.differences)
     assert cats[Category.FRAMING] == 1 and Category.EXTRA not in cats
 
