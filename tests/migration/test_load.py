@@ -84,7 +84,26 @@ def test_cli_json_clean_on_a_torq_signal_relay(procs: Processes, sockdir: Path) 
     assert out["total"]["received"] == out["sent"] > 0
 
 
+def test_cli_usage_error_exits_2_with_nothing_on_stdout(sockdir: Path) -> None:
+    proc = subprocess.run([*CLI, "--socket", str(sockdir / "r.sock"), "--publishers", "0",
+                           "-o", "json"], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert b"--publishers 0: use 1-255" in proc.stderr
+
+
 # ----- faults injected by the relay ----------------------------------------------------
+
+def test_sink_relay_loses_everything_and_the_start_is_unconfirmed(
+        procs: Processes, sockdir: Path) -> None:
+    sock = sockdir / "r.sock"
+    procs.relay(sock, "--sink")
+    report = run_load(quick(sock, publishers=1, consumers=1, duration=0.3, connect_timeout=0.5))
+    assert report.sent > 0
+    assert report.total.lost == report.total.expected == report.sent
+    assert len(report.unsynced) == 1 and report.unsynced[0].startswith("consumer 0 ")
+    assert any("start not confirmed" in w for w in report.warnings())
+    assert not report.ok
 
 def test_drop_every_is_reported_exactly_and_fails(procs: Processes, sockdir: Path) -> None:
     sock, stats = sockdir / "r.sock", sockdir / "st.sock"
