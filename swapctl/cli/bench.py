@@ -75,9 +75,15 @@ def codec_command(output: str, messages: int, repeats: int) -> None:
 @click.option("--relay-arg", "relay_args", multiple=True, metavar="ARG",
               help="Extra option for the relay under test, repeatable "
                    "(e.g. --relay-arg=--framing --relay-arg=chunk).")
-def relay_command(output: str, duration: float, rate: int, relay_args: tuple[str, ...]) -> None:
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1),
+              default=RelayBenchSettings().idle_timeout, show_default=True,
+              help="Seconds of silence after which a stream (or an echo) is taken as over, "
+                   "what did not arrive counting as lost.")
+def relay_command(output: str, duration: float, rate: int, relay_args: tuple[str, ...],
+                  idle_timeout: float) -> None:
     """Reference relay vs raw byte forwarder vs direct link: throughput and latency."""
-    settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args)
+    settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args,
+                                  idle_timeout=idle_timeout)
     results = run_relay_bench(settings, progress)
     report = relay_report(settings, results)
     emit("swapctl bench relay", report, output)
