@@ -19,7 +19,15 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from swapctl.protocol import HEADER_SIZE, Framer, Frames, Oversize, Skipped, TruncatedMessage
+from swapctl.protocol import (
+    HEADER_SIZE,
+    Framer,
+    Frames,
+    Oversize,
+    Skipped,
+    TruncatedMessage,
+    split_frames,
+)
 
 GARBAGE = "garbage"
 OVERSIZE = "oversize"
@@ -109,6 +117,32 @@ def iter_tokens(raw: bytes, start: int = 0) -> Iterator[tuple[int, Token]]:
         if isinstance(ev, Skipped):
             at = start + ev.offset
             yield at, Gap(PARTIAL, raw[at : at + ev.length])
+
+
+class Cutter:
+    """Incremental cutting for live streams: each feed returns pieces of whole frames (a
+    run, as one bytes object) or gaps, each with its tokens. A message split across
+    feeds comes out whole once complete."""
+
+    def __init__(self) -> None:
+        self.framer = Framer()
+        self._buf = b""  # the stream from offset _base on: what the framer may still cite
+        self._base = 0
+
+    def feed(self, data: bytes) -> list[tuple[bytes, list[Token]]]:
+        self._buf += data
+        out: list[tuple[bytes, list[Token]]] = []
+        for ev in self.framer.feed(data):
+            if isinstance(ev, Frames):
+                out.append((ev.data, list(split_frames(ev.data))))
+            elif isinstance(ev, Skipped):
+                start = ev.offset - self._base
+                gap = self._buf[start : start + ev.length]
+                out.append((gap, [Gap(_gap_kind(ev), gap)]))
+        consumed = self.framer.bytes_in - self.framer.buffered
+        self._buf = self._buf[consumed - self._base :]
+        self._base = consumed
+        return out
 
 
 def frame_stream(raw: bytes) -> Framed:
