@@ -21,15 +21,17 @@ import socket
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from swapctl.capture.tap import connect_tap, read_some
 from swapctl.diff.live import LiveMatcher
 from swapctl.diff.report import DiffReport, RunInfo
-from swapctl.diff.tokens import Cutter, Gap
+from swapctl.diff.tokens import Cutter, Gap, Token
 from swapctl.scenarios.relays import RelayProcess, RelaySpec
+
+MIRROR_PIECE = 64 * 1024  # the most the mirror drops at once when its queue is full
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,10 @@ class _Mirror:
     dropped_frames: int = 0
     dropped_bytes: int = 0
     mirrored_bytes: int = 0
+
+
+def _join(tokens: list[Token]) -> bytes:
+    return b"".join(t.data if isinstance(t, Gap) else t for t in tokens)
 
 
 class Shadow:
@@ -133,7 +139,7 @@ class Shadow:
             tap.close()
             return
         self.live_bytes += len(data)
-        for piece, tokens in cutter.feed(data):
+        for piece, tokens in self._bounded(cutter.feed(data)):
             if self.mirror.queued + len(piece) > self.s.queue_bytes:
                 self.mirror.dropped_frames += sum(not isinstance(t, Gap) for t in tokens)
                 self.mirror.dropped_bytes += len(piece)
@@ -142,6 +148,27 @@ class Shadow:
             self.mirror.queue.append(piece)
             self.mirror.queued += len(piece)
             self.matcher.expect(tokens, now)
+
+    def _bounded(self, pieces: list[tuple[bytes, list[Token]]]
+                 ) -> Iterator[tuple[bytes, list[Token]]]:
+        """Runs of frames cut into pieces of at most MIRROR_PIECE bytes (whole frames), so
+        a full queue drops a little, not a whole read."""
+        limit = min(MIRROR_PIECE, max(1, self.s.queue_bytes // 4))
+        for piece, tokens in pieces:
+            if len(piece) <= limit:
+                yield piece, tokens
+                continue
+            group: list[Token] = []
+            size = 0
+            for tok in tokens:
+                n = len(tok.data) if isinstance(tok, Gap) else len(tok)
+                if group and size + n > limit:
+                    yield _join(group), group
+                    group, size = [], 0
+                group.append(tok)
+                size += n
+            if group:
+                yield _join(group), group
 
     def _mirror_io(self, mirror: socket.socket, mask: int) -> None:
         if mask & selectors.EVENT_READ:

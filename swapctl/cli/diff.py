@@ -9,6 +9,7 @@ option, a relay that would not start, an unreadable capture). See docs/diff.md.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,11 @@ EXIT_ERROR = 2  # diff's documented error code (also for runtime failures)
 _domains = click.Choice([d.value for d in Domain])
 _profiles = click.Choice([p.value for p in Profile])
 _modes = click.Choice([m.value for m in Mode])
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like an exception, so every relay this command started is stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_ERROR))
 
 
 def progress(message: str) -> None:
@@ -135,6 +141,7 @@ def diff_command(**o: Any) -> None:
     Exit codes: 0 equivalent, 1 different, 2 error.
     """
     junit: Path | None = o["junit"]
+    stop_on_sigterm()
     try:
         reports = _run_diff(o)
     except SwapctlError as exc:
@@ -276,6 +283,7 @@ def shadow_command(**o: Any) -> None:
     Exit codes: 0 no difference, 1 different, 2 error.
     """
     domain, profile = Domain(o["domain"]), Profile(o["profile"])
+    stop_on_sigterm()
     try:
         spec = resolve(o["candidate"], domain, profile, o["candidate_path"])
         settings = ShadowSettings(o["socket_path"], spec, o["duration"], o["queue_bytes"],

@@ -10,12 +10,14 @@ A relay is named by a command or a built-in release:
   no arguments at all.
 Each relay runs in its own process group, its output goes to a log file in the run's
 work directory, readiness is "the socket accepts", and stop is SIGTERM to the group,
-then SIGKILL after a grace period.
+then SIGKILL after a grace period. If swapctl itself dies, the kernel sends the relay
+SIGTERM (PR_SET_PDEATHSIG), so no relay under test outlives its run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -32,6 +34,7 @@ from swapctl.errors import SwapctlError, UsageError
 from swapctl.protocol.profiles import Domain, Profile
 
 PLACEHOLDER = "{socket}"
+PR_SET_PDEATHSIG = 1
 REFERENCE_MODES = {"": (), "frame": (), "chunk": ("--framing", "chunk"),
                    "no-validate": ("--no-validate",), "sink": ("--sink",),
                    "no-echo": ("--no-echo",)}
@@ -79,6 +82,12 @@ def resolve(text: str, domain: Domain, profile: Profile, path: Path | None = Non
     return RelaySpec(text, argv, path or default_path(domain, profile))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if swapctl dies without stopping it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class RelayProcess:
     """One relay under test; a context manager that always stops its process group."""
 
@@ -107,10 +116,11 @@ class RelayProcess:
     def spawn(self) -> None:
         self.private.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            try:
+            try:  # the side-by-side runner is single-threaded: preexec_fn is safe here
                 self.proc = subprocess.Popen(
                     self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, close_fds=True)
+                    start_new_session=True, close_fds=True,
+                    preexec_fn=_die_with_parent)  # noqa: PLW1509
             except OSError as exc:
                 raise UsageError(f"{self.name} relay: cannot run {self.spec.label!r}: "
                                  f"{exc}") from None

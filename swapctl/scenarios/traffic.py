@@ -9,9 +9,19 @@ identification header is byte for byte what the real adapters send (vector V6).
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable
 
-from swapctl.protocol import ArbitrageSignal, Quote, Tlv, Trade, encode_message
+from swapctl.protocol import (
+    MAGIC,
+    ArbitrageSignal,
+    Quote,
+    Tlv,
+    Trade,
+    compute_checksum,
+    encode_message,
+)
+from swapctl.protocol.header import VERSION
 
 EPOCH_NS = 1_700_000_000_000_000_000
 TICK_NS = 1_000
@@ -19,6 +29,7 @@ ORDER_BOOK = 3
 GAS_PRICE = 18
 POOL_SIZES = {11: 208, 12: 208, 13: 208, 14: 64, 15: 192, 16: 160}
 IDENTIFICATION = encode_message(1, 2, b"")  # domain 1 whatever the relay, source 2
+_TRADE_MESSAGE = struct.Struct("<IBBBBQQII" + "BB" + "QqqQHBBB3x")  # header, TLV head, Trade
 
 
 class Traffic:
@@ -38,11 +49,17 @@ class Traffic:
         )
 
     def trade(self, source: int) -> bytes:
-        r = self.rng
-        return self.message(source, [Trade(
-            r.randrange(1, 1 << 40), r.randrange(1, 10**13), r.randrange(1, 10**11),
-            EPOCH_NS + self.sequence * TICK_NS, r.randrange(1, 8), r.randrange(0, 4),
-            0, r.randrange(2)).to_tlv()])
+        """A 74-byte Trade message, packed in one go (soaks build hundreds of thousands)."""
+        bits = self.rng.getrandbits
+        self.sequence += 1
+        ts = EPOCH_NS + self.sequence * TICK_NS
+        msg = _TRADE_MESSAGE.pack(
+            MAGIC, self.domain, VERSION, source, 0, self.sequence, ts, 42, 0,
+            Trade.TLV_TYPE, Trade.LAYOUT.size, bits(40) + 1, bits(43) + 1, bits(36) + 1, ts,
+            bits(3) or 1, bits(2), 0, bits(1))
+        if bits(1):
+            msg = msg[:28] + compute_checksum(msg).to_bytes(4, "little") + msg[32:]
+        return msg
 
     def quote(self, source: int) -> bytes:
         r = self.rng
