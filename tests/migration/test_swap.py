@@ -98,6 +98,7 @@ def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
         for i in range(100):
             pub.send(trade(i + 1))
             reports.append(stack.swap(V2 if i % 2 == 0 else V1))
+            strategy.recv_frames(i + 1)  # keep reading, as a live consumer does
         pub.send(trade(101))
         verdict = load.stop()
     finally:
