@@ -184,3 +184,18 @@ def test_cli_errors_give_2_and_say_why(procs: Processes, tmp_path: Path, args: l
     assert ET.parse(junit).getroot().get("errors") == "1"
     if "exited" in message:
         assert "broken" in err  # the relay's own log is quoted
+
+
+def test_bench_diff_reports_speed_and_the_ci_wall_time(procs: Processes) -> None:
+    code, out, err = _swapctl(procs, "bench", "diff", "--frames", "20000", "--repeats", "1",
+                              "--scenario", "mix", "-o", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    speed = doc["compare"]
+    assert set(speed) == {"identical", "one_missing_in_the_middle", "one_altered_near_the_end",
+                          "all_missing"}
+    assert all(case["frames_compared"] == 20_000 and case["best_frames_per_s"] > 0
+               for case in speed.values())
+    ci = doc["ci_scenario"]
+    assert ci["equivalent"] is True and ci["wall_s"] >= ci["scenario_s"] > 0
+    assert [g["target"] for g in doc["goals"]] == [">= 1,000,000 frames/s"] * 2
