@@ -92,9 +92,11 @@ def replay(path: Path, socket: Path, domain_byte: int, *, timing: Timing | None 
     if check and want is None:
         raise UsageError(f"{path}: the capture does not say what a relay delivered "
                          "(no tap or old view): nothing to check against")
-    result = Driver([socket], timing).run(scenario)[0]
+    driver = Driver([socket], timing)
+    result = driver.run(scenario)[0]
     comparison = None
     if want is not None:
         got = {name: result.streams.get(name, Stream(b"")) for name in want}
         comparison = compare(want, got, mode)
-    return ReplayResult(scenario, result.streams, comparison, result.notes)
+    return ReplayResult(scenario, result.streams, comparison,
+                        (*driver.shared, *result.notes))

@@ -89,6 +89,7 @@ class Driver:
         self.conns: dict[tuple[int, str], _Conn] = {}
         self.done: dict[tuple[int, str], Stream] = {}
         self.notes: list[list[str]] = [[] for _ in self.paths]
+        self.shared: list[str] = []  # notes about the run, not about one relay
         self.stalled = [False] * len(self.paths)
         self.inodes = [sockdiag.socket_inode(p) for p in self.paths]
         self.use_diag = True
@@ -189,8 +190,8 @@ class Driver:
                 queues = sockdiag.accept_queues()
             except OSError as exc:
                 self.use_diag = False
-                self.notes[0].append(f"cannot read accept queues ({exc}): connects are "
-                                     "followed by a settle only")
+                self.shared.append(f"cannot read accept queues ({exc}): connects are "
+                                   "followed by a settle only")
                 self._settle()
                 return
             if all(queues.get(ino, 0) == 0 for ino in self.inodes):
@@ -226,7 +227,7 @@ class Driver:
             if now - self.last_rx >= quiet:
                 return
             if limit is not None and now - start > limit:
-                self.notes[0].append(f"clients were still receiving after {limit}s of settle")
+                self.shared.append(f"clients were still receiving after {limit}s of settle")
                 return
             self._pump(quiet - (now - self.last_rx))
 

@@ -89,6 +89,7 @@ class SideBySide:
                         self._observe if record else None)
         results = driver.run(scenario)
         seconds = time.monotonic() - start
+        notes += driver.shared
         for side, result in zip(SIDES, results, strict=True):
             notes += [f"{side}: {n}" for n in result.notes]
         for relay in self.relays:
