@@ -68,7 +68,9 @@ def codec_command(output: str, messages: int, repeats: int) -> None:
 @bench.command("relay")
 @output_option
 @click.option("--duration", type=click.FloatRange(min=0.1), default=RelayBenchSettings().duration,
-              show_default=True, help="Seconds per measurement window (6 windows in all).")
+              show_default=True,
+              help="Seconds per throughput window (one per target), and seconds of latency "
+                   "traffic per target (the targets interleaved: 3x this in all).")
 @click.option("--rate", type=click.IntRange(min=100, max=100_000),
               default=RelayBenchSettings().rate, show_default=True,
               help="Latency runs: messages per second, one per write.")
