@@ -133,7 +133,7 @@ class RelayProcess:
                 raise SwapctlError(
                     f"{self.name} relay ({self.spec.label}) exited with code "
                     f"{self.proc.returncode} before its socket accepted connections; "
-                    f"its log {self.log} ends with:\n{self.log_tail()}")
+                    f"its log ends with:\n{self.log_tail()}")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
                     probe.connect(str(self.socket))

@@ -66,13 +66,13 @@ class SideBySide:
             for relay in self.relays:
                 relay.wait_ready(self.setup.start_timeout)
         except BaseException:
-            self.close()
+            self.close(keep=self.setup.keep)
             raise
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close(keep=self.setup.keep or et is not None)
+        self.close(keep=self.setup.keep)
 
     def close(self, keep: bool = False) -> None:
         for relay in self.relays:
