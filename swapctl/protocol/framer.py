@@ -138,6 +138,8 @@ class Framer:
         peek = _PEEK.unpack_from
         domain = self.domain
         limit = self.max_message
+        verify = self.verify_checksum
+        last_total = 0
         while n - pos >= HEADER_SIZE:
             magic, dom, size, crc = peek(buf, pos)
             total = HEADER_SIZE + size
@@ -145,11 +147,18 @@ class Framer:
                 if n - pos < total:
                     break
                 ok = dom == domain or domain is None
-                if ok and crc and self.verify_checksum:
+                if ok and crc and verify:
                     ok = _crc_matches(buf, pos, total, crc)
                 if ok:
                     if run_start < 0:
                         run_start = pos
+                    if total == last_total and not verify:
+                        same = _uniform_run(buf, pos, total, n)
+                        if same:
+                            run_count += same
+                            pos += same * total
+                            continue
+                    last_total = total
                     run_count += 1
                     pos += total
                     continue
@@ -212,9 +221,29 @@ class Framer:
         return nxt
 
 
+_FAST_MIN = 8
+
+
+def _uniform_run(buf: bytes, pos: int, total: int, n: int) -> int:
+    """How many messages from `pos` on are `total` bytes long with the same magic, domain
+    byte and declared size as the one at `pos` (which is valid): checked a whole run at a
+    time with strided slices, i.e. at C speed. 0 if fewer than 8 are."""
+    k = (n - pos) // total
+    head = buf[pos : pos + HEADER_SIZE]
+    while k >= _FAST_MIN:
+        end = pos + k * total
+        if all(buf[pos + i : end : total] == head[i : i + 1] * k for i in _UNIFORM_OFFSETS):
+            return k
+        k //= 2
+    return 0
+
+
+_UNIFORM_OFFSETS = (0, 1, 2, 3, 4, 24, 25, 26, 27)  # magic, domain byte, payload_size
+
+
 def _crc(buf: bytes, pos: int, total: int) -> int:
-    view = memoryview(buf)
-    return zlib.crc32(view[pos + HEADER_SIZE : pos + total], zlib.crc32(view[pos : pos + 28]))
+    crc32 = zlib.crc32
+    return crc32(buf[pos + HEADER_SIZE : pos + total], crc32(buf[pos : pos + 28]))
 
 
 def _crc_matches(buf: bytes, pos: int, total: int, crc: int) -> bool:

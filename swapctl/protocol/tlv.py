@@ -6,9 +6,12 @@ Extended TLV: `[0xFF][0x00][type u8][length u16 LE][value]` (value up to 65,535 
 
 from __future__ import annotations
 
+import operator
 import struct
-from dataclasses import astuple, dataclass
-from typing import ClassVar, Self
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, ClassVar, Self
 
 from swapctl.protocol.errors import BadExtendedTLV, EncodeError, TruncatedTLV
 
@@ -84,6 +87,14 @@ def decode_tlvs(payload: bytes, base_offset: int = 0) -> tuple[Tlv, ...]:
     return tuple(out)
 
 
+@cache
+def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A getter for a value class's fields in layout order (astuple deep-copies: slow)."""
+    names = [f.name for f in fields(cls)]
+    getter = operator.attrgetter(*names)
+    return lambda obj: tuple(getter(obj))
+
+
 class _Value:
     """A fixed-layout TLV value: a frozen dataclass whose fields follow `LAYOUT` in order."""
 
@@ -91,7 +102,7 @@ class _Value:
     LAYOUT: ClassVar[struct.Struct]
 
     def to_value(self) -> bytes:
-        return self.LAYOUT.pack(*astuple(self))  # type: ignore[call-overload]
+        return self.LAYOUT.pack(*_fields_of(type(self))(self))
 
     def to_tlv(self) -> Tlv:
         return Tlv(self.TLV_TYPE, self.to_value())

@@ -122,6 +122,30 @@ def test_valid_stream_yields_every_message_in_order(msgs: list[bytes], cuts: lis
     assert all(isinstance(e, Frames) for e in events)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(8, 400),
+    st.integers(0, 60),
+    st.integers(0, 10_000),
+    st.sampled_from([0, 1, 2, 3, 4, 24, 25, 26, 27, None]),
+    st.integers(1, 255),
+)
+def test_runs_of_equal_size_messages_take_the_fast_path_exactly(
+        count: int, size: int, where: int, offset: int | None, flip: int) -> None:
+    """Long runs of same-size messages are checked a run at a time; one bad byte anywhere
+    (magic, domain, declared size) must be found exactly as the slow path finds it."""
+    msgs = [encode_message(1, 2, bytes([i % 256]) * size, sequence=i) for i in range(count)]
+    stream = bytearray(b"".join(msgs))
+    if offset is not None:
+        stream[(where % count) * (32 + size) + offset] ^= flip
+    data = bytes(stream)
+    fast = flatten(run(Framer(domain=1), [data]))
+    slow = flatten(run(Framer(domain=1), [bytes([b]) for b in data]))
+    assert fast == slow
+    if offset is None:
+        assert [b for _, _, b in fast] == msgs
+
+
 def test_coalesced_messages_form_one_run() -> None:
     f = Framer()
     (ev,) = f.feed(V["V1"] + V["V2"] + V["V3"])
