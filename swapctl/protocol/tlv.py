@@ -10,7 +10,6 @@ import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any, ClassVar, Self
 
 from swapctl.protocol.errors import BadExtendedTLV, EncodeError, TruncatedTLV
@@ -87,12 +86,16 @@ def decode_tlvs(payload: bytes, base_offset: int = 0) -> tuple[Tlv, ...]:
     return tuple(out)
 
 
-@cache
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
 def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     """A getter for a value class's fields in layout order (astuple deep-copies: slow)."""
-    names = [f.name for f in fields(cls)]
-    getter = operator.attrgetter(*names)
-    return lambda obj: tuple(getter(obj))
+    getter = _GETTERS.get(cls)
+    if getter is None:
+        attrs = operator.attrgetter(*[f.name for f in fields(cls)])
+        getter = _GETTERS[cls] = lambda obj: tuple(attrs(obj))
+    return getter
 
 
 class _Value:
