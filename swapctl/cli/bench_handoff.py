@@ -26,7 +26,8 @@ def handoff_command(output: str, **o: Any) -> None:
     try:
         counts = tuple(int(c) for c in o["clients"].split(",") if c.strip())
     except ValueError:
-        raise click.BadParameter("give client counts like 10,100,1000", param_hint="--clients")
+        raise click.BadParameter("give client counts like 10,100,1000",
+                                 param_hint="--clients") from None
     settings = HandoffBenchSettings(counts, o["swaps"], o["load_rate"], o["rollbacks"],
                                     loaded=not o["no_load"])
     emit("swapctl bench handoff", run_handoff_bench(settings, progress), output)

@@ -1,5 +1,5 @@
 """`python -m swapctl.relay`: the same as `swapctl relay`."""
 
-from swapctl.cli.relay import relay_command
+from swapctl.relay.command import relay_command
 
 relay_command(prog_name="python -m swapctl.relay")
