@@ -1,0 +1,179 @@
+"""Finding, reading and checking the configuration directory.
+
+    DIR/swapctld.yaml       the daemon (DaemonConfig)
+    DIR/SERVICE.yaml        one per relay service (ServiceConfig), named by the file
+
+DIR is --config-dir, else $SWAPCTL_CONFIG_DIR, else ./configs when it holds a
+swapctld.yaml (a checkout of the repository), else /etc/swapctl. `check_config`
+collects every problem in every file (syntax, duplicate keys, each field, then the
+checks across files) instead of stopping at the first; `load_config` raises them all
+as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from swapctl.config.errors import ConfigError, Problem, did_you_mean, translate
+from swapctl.config.model import DaemonConfig, ServiceConfig, unknown_release
+from swapctl.config.yamlfile import read_yaml
+from swapctl.errors import UsageError
+
+DAEMON_FILE = "swapctld.yaml"
+ENV_DIR = "SWAPCTL_CONFIG_DIR"
+REPO_DIR = Path("configs")
+SYSTEM_DIR = Path("/etc/swapctl")
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def default_config_dir() -> Path:
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env)
+    if (REPO_DIR / DAEMON_FILE).is_file():
+        return REPO_DIR
+    return SYSTEM_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    directory: Path
+    daemon: DaemonConfig
+    services: dict[str, ServiceConfig]
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            names = sorted(self.services)
+            raise UsageError(f"unknown service {name!r}{did_you_mean(name, names)}: "
+                             f"{self.directory} has {', '.join(names) or 'none'}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    directory: Path
+    files: tuple[Path, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    config: Config | None = None  # set only when there is no problem
+    services: dict[str, ServiceConfig] = field(default_factory=dict)  # those that validated
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def load_config(directory: Path | None = None, services: Sequence[str] = ()) -> Config:
+    """The whole configuration (or the named services), or ConfigError listing every problem."""
+    result = check_config(directory, services)
+    if result.config is None:
+        raise ConfigError(result.problems)
+    return result.config
+
+
+def check_config(directory: Path | None = None, services: Sequence[str] = ()) -> CheckResult:
+    directory = directory if directory is not None else default_config_dir()
+    if not directory.is_dir():
+        return CheckResult(directory, problems=(Problem(
+            directory, "", f"no such directory: give --config-dir DIR or set {ENV_DIR} "
+                           f"(configs/ in the repository, {SYSTEM_DIR} in production)"),))
+    problems: list[Problem] = []
+    paths = _service_files(directory, services, problems)
+    daemon_path = directory / DAEMON_FILE
+    daemon = None
+    if daemon_path.is_file():
+        daemon = _validate(daemon_path, DaemonConfig, {}, problems)
+    else:
+        problems.append(Problem(daemon_path, "", "missing: the daemon's settings (state_dir, "
+                                                 "log_dir, control, supervisord) go here; "
+                                                 "see docs/config.md"))
+    loaded: dict[str, ServiceConfig] = {}
+    for name, path in paths.items():
+        model = _validate(path, ServiceConfig, {"service": name}, problems)
+        if model is not None:
+            loaded[name] = model
+    problems += _across_files(directory, daemon, loaded)
+    files = ((daemon_path,) if daemon_path.is_file() else ()) + tuple(paths.values())
+    config = Config(directory, daemon, loaded) if daemon is not None and not problems else None
+    return CheckResult(directory, files, tuple(problems), config, loaded)
+
+
+def _service_files(directory: Path, wanted: Sequence[str],
+                   problems: list[Problem]) -> dict[str, Path]:
+    for stray in sorted(directory.glob("*.yml")):
+        problems.append(Problem(stray, "", "ignored: configuration files end in .yaml; "
+                                           f"rename it to {stray.stem}.yaml"))
+    found = {p.stem: p for p in sorted(directory.glob("*.yaml")) if p.name != DAEMON_FILE}
+    for name, path in found.items():
+        if not _SERVICE_NAME.fullmatch(name):
+            problems.append(Problem(path, "", f"{name!r} is not a usable service name: name "
+                                              "the file with lower-case letters, digits, '_' "
+                                              "and '-' (e.g. market_data.yaml)"))
+    if not found:
+        problems.append(Problem(directory, "", "no service files: add one SERVICE.yaml per "
+                                               "relay service, e.g. market_data.yaml"))
+    for name in wanted:
+        if name not in found:
+            problems.append(Problem(directory / f"{name}.yaml", "", f"no such service"
+                                    f"{did_you_mean(name, list(found))}: {directory} has "
+                                    f"{', '.join(found) or 'none'}"))
+    return {n: p for n, p in found.items()
+            if (not wanted or n in wanted) and _SERVICE_NAME.fullmatch(n)}
+
+
+def _validate(path: Path, model: type[M], names: dict[str, str],
+              problems: list[Problem]) -> M | None:
+    document, found = read_yaml(path)
+    problems += found
+    if document is None:
+        return None
+    data = {} if document.data is None else document.data
+    try:
+        return model.model_validate(data, context={**names, "source": path})
+    except ValidationError as exc:
+        problems += translate(exc, model, path, document.lines, names)
+        if model is ServiceConfig:
+            problems += _active_despite(exc, data, path, document.lines)
+        return None
+
+
+def _active_despite(exc: ValidationError, data: object, path: Path,
+                    lines: dict[tuple[str, ...], int]) -> list[Problem]:
+    """`active` checked against the release names even though a release was invalid."""
+    if any(e["loc"][:1] == ("active",) for e in exc.errors()) or not isinstance(data, dict):
+        return []
+    active, releases = data.get("active"), data.get("releases")
+    if not isinstance(active, str) or not isinstance(releases, dict):
+        return []
+    problem = unknown_release(active, [str(name) for name in releases])
+    return [Problem(path, "active", problem, lines.get(("active",)))] if problem else []
+
+
+def _across_files(directory: Path, daemon: DaemonConfig | None,
+                  services: dict[str, ServiceConfig]) -> list[Problem]:
+    """Two services on one socket, or a service on the daemon's own sockets."""
+    problems = []
+    taken: dict[Path, str] = {}
+    if daemon is not None:
+        taken[daemon.control.socket] = f"{DAEMON_FILE}: control.socket"
+        taken.setdefault(daemon.supervisord.socket, f"{DAEMON_FILE}: supervisord.socket")
+        if daemon.supervisord.socket == daemon.control.socket:
+            problems.append(Problem(directory / DAEMON_FILE, "supervisord.socket",
+                                    "is the same path as control.socket: give each its own"))
+    for name, service in services.items():
+        other = taken.get(service.socket)
+        if other is not None:
+            problems.append(Problem(directory / f"{name}.yaml", "socket",
+                                    f"{service.socket} is already used by {other}: every "
+                                    "service needs its own socket path"))
+        taken.setdefault(service.socket, f"{name}.yaml: socket")
+    return problems

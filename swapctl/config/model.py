@@ -1,0 +1,261 @@
+"""The configuration model: every setting declared once, with its type, default and help.
+
+One directory (`configs/` in the repository, `/etc/swapctl` in production) holds
+`swapctld.yaml` for the daemon and one `SERVICE.yaml` per relay service, the file name
+being the service name. pydantic checks them (strict types: `handoff: "no"` is an
+error, not a truthy string); `errors.py` turns its findings into operator lines.
+Defaults are read from the swap engine's own dataclasses, never repeated here. An
+example may name {service} and {release}: error messages fill them in. Checks that
+involve two keys run as field validators on the later key, so that one load reports
+every mistake at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from swapctl.config.types import (
+    AbsPath,
+    Command,
+    Duration,
+    FileMode,
+    Listen,
+    Name,
+    SocketPath,
+)
+from swapctl.protocol.profiles import Domain, Profile
+from swapctl.swap.canary import Canary
+from swapctl.swap.executor import SwapSettings
+from swapctl.swap.machine import Deadlines
+
+_DEADLINES = Deadlines()
+_SETTINGS = SwapSettings()
+_CANARY = inspect.signature(Canary).parameters
+
+
+class Trigger(enum.Enum):
+    """What makes a swap roll back on its own (docs/swap.md, "Rollback")."""
+
+    NOT_READY = "not_ready"  # the candidate did not say ready in time
+    PROBE_FAILED = "probe_failed"  # the pre-cutover probe failed
+    CRASH = "crash"  # the candidate exited in any phase
+    DEADLINE = "deadline"  # a phase took longer than its deadline
+    CANARY = "canary"  # canary traffic lost, duplicated, reordered, corrupted, disconnected
+    PAUSE_BUDGET = "pause_budget"  # the server-side pause exceeded pause_budget
+    ERROR_COUNTERS = "error_counters"  # the candidate's error counters grew
+
+
+# The engine cannot go on after these: there is nothing to do but roll back.
+ALWAYS_AUTOMATIC = (Trigger.NOT_READY, Trigger.PROBE_FAILED, Trigger.CRASH, Trigger.DEADLINE,
+                    Trigger.CANARY)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ReleaseConfig(_Model):
+    command: Command = Field(
+        description="The release's argument list, run by its supervisord slot (no shell).",
+        examples=["[/opt/relay/{release}/{service}_relay]"])
+    handoff: bool = Field(
+        description="Whether the release speaks the handoff protocol (docs/handoff-protocol.md)"
+                    "; only such releases can be swapped with no client disconnected.",
+        examples=["true"])
+    legacy: bool = Field(
+        default=False,
+        description="The release binds a socket path compiled into it and cannot be told "
+                    "another (it is run in a private mount namespace).",
+        examples=["true"])
+    compiled_socket: SocketPath | None = Field(
+        default=None, validate_default=True,
+        description="The path compiled into a legacy release; required when legacy is true.",
+        examples=["/tmp/torq/{service}.sock"])
+
+    @field_validator("legacy")
+    @classmethod
+    def _legacy_is_not_handoff(cls, legacy: bool, info: ValidationInfo) -> bool:
+        if legacy and info.data.get("handoff") is True:
+            raise PydanticCustomError(
+                "swapctl_legacy", "a legacy release binds its compiled-in path itself, so it "
+                "cannot also speak the handoff protocol: set handoff: false or legacy: false")
+        return legacy
+
+    @field_validator("compiled_socket")
+    @classmethod
+    def _compiled_socket_iff_legacy(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        legacy = info.data.get("legacy")
+        if legacy and path is None:
+            raise PydanticCustomError(
+                "swapctl_required", "required when legacy is true: the socket path compiled "
+                "into the release")
+        if legacy is False and path is not None:
+            raise PydanticCustomError(
+                "swapctl_legacy", "only a legacy release has a compiled-in path: set "
+                "legacy: true, or remove compiled_socket")
+        return path
+
+
+class ProbeConfig(_Model):
+    timeout: Duration = Field(
+        default=_DEADLINES.probing,
+        description="Deadline of the pre-cutover probe through the candidate.",
+        examples=["2s"])
+    echo: bool = Field(
+        default=_SETTINGS.probe_echo,
+        description="The probe expects the sender to get its own messages back (false for "
+                    "a release that does not echo).",
+        examples=["true"])
+
+
+class RollbackConfig(_Model):
+    auto_on: list[Annotated[Trigger, Field(strict=False)]] = Field(
+        default_factory=lambda: list(Trigger),
+        description="Triggers that roll a swap back on their own: "
+                    + ", ".join(t.value for t in Trigger) + ". "
+                    + ", ".join(t.value for t in ALWAYS_AUTOMATIC)
+                    + " cannot be left out (the engine cannot go on after them).",
+        examples=["[" + ", ".join(t.value for t in Trigger) + "]"])
+    deadline: Duration = Field(
+        default=_DEADLINES.rolling_back,
+        description="Longest a rollback may take before the swap is marked failed.",
+        examples=["30s"])
+
+    @field_validator("auto_on")
+    @classmethod
+    def _keeps_the_unavoidable(cls, triggers: list[Trigger]) -> list[Trigger]:
+        left_out = [t.value for t in ALWAYS_AUTOMATIC if t not in triggers]
+        if left_out:
+            raise PydanticCustomError(
+                "swapctl_trigger", "leaves out {left_out}: a swap always rolls back on these "
+                "(there is nothing else to do after them); list them too",
+                {"left_out": ", ".join(left_out)})
+        return triggers
+
+
+class CanaryConfig(_Model):
+    rate: float = Field(
+        default=_CANARY["rate"].default, ge=0,
+        description="Canary messages per second during a swap (0: no canary).",
+        examples=["2000"])
+    consumers: list[Literal["strategy", "dashboard"]] = Field(
+        default_factory=lambda: list(_CANARY["consumers"].default), min_length=1,
+        description="Canary consumers: strategy stops for good on EOF (like the arbitrage "
+                    "strategy), dashboard reconnects.",
+        examples=["[strategy, dashboard]"])
+
+
+class ServiceConfig(_Model):
+    socket: SocketPath = Field(
+        description="The public socket the service's clients connect to.",
+        examples=["/tmp/torq/{service}.sock"])
+    domain: Annotated[Domain, Field(strict=False)] = Field(
+        description="Protocol V2 relay domain: " + ", ".join(d.value for d in Domain) + ".",
+        examples=["market_data"])
+    profile: Annotated[Profile, Field(strict=False)] = Field(
+        description="Numbering of header byte 4: " + ", ".join(p.value for p in Profile) + ".",
+        examples=["alphapulse"])
+    releases: dict[Name, ReleaseConfig] = Field(
+        min_length=1, description="Release name -> how to run it.",
+        examples=["{v2: {command: [/opt/relay/v2/{service}_relay], handoff: true}}"])
+    active: str = Field(
+        description="The release serving now (one of releases).", examples=["v2"])
+    start_timeout: Duration = Field(
+        default=_DEADLINES.starting,
+        description="Time a candidate has to start and say ready.", examples=["10s"])
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="Pre-cutover probe.")
+    soak: Duration = Field(
+        default=_DEADLINES.soaking,
+        description="Soak window: the candidate is watched while the old release stays warm.",
+        examples=["60s"])
+    pause_budget: Duration = Field(
+        default=_SETTINGS.pause_budget_ms / 1000,
+        description="Server-side pause (old relay stops reading -> candidate resumes) allowed.",
+        examples=["250ms"])
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig, description="Rollback.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary traffic.")
+
+    _name: str = PrivateAttr(default="")
+    _source: Path | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        if isinstance(context, dict):
+            self._name = str(context.get("service", ""))
+            self._source = context.get("source")
+
+    @property
+    def name(self) -> str:
+        """The service name (its file name without .yaml)."""
+        return self._name
+
+    @property
+    def source(self) -> Path | None:
+        """The file this service was read from."""
+        return self._source
+
+    @field_validator("active")
+    @classmethod
+    def _active_is_a_release(cls, active: str, info: ValidationInfo) -> str:
+        releases = info.data.get("releases")
+        problem = None if releases is None else unknown_release(active, list(releases))
+        if problem:
+            raise PydanticCustomError("swapctl_active", problem)
+        return active
+
+
+def unknown_release(active: str, names: list[str]) -> str | None:
+    """Why `active` is not one of the release `names`, or None if it is."""
+    if active in names:
+        return None
+    if not names:
+        return f"{active!r} is not one of the releases: there are none; add it under releases"
+    names = sorted(names)
+    close = difflib.get_close_matches(active, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{active!r} is not one of the releases{hint}: use one of {', '.join(names)}"
+
+
+class ControlConfig(_Model):
+    socket: SocketPath = Field(
+        description="swapctld's control socket (the CLI and handoff relays connect to it).",
+        examples=["/run/swapctld/control.sock"])
+    mode: FileMode = Field(
+        default=0o600, description='Permissions of the control socket: owner-only, e.g. "0600".',
+        examples=['"0600"'])
+
+
+class SupervisordConfig(_Model):
+    start: Literal["systemd", "swapctl"] = Field(
+        description="Who starts supervisord: systemd (the swapctl-supervisord unit, in "
+                    "production) or swapctl (`swapctl up`, on a development box).",
+        examples=["systemd"])
+    config: AbsPath = Field(
+        description="supervisord's configuration file (a blue and a green program per service).",
+        examples=["/etc/swapctl/supervisord.conf"])
+    socket: SocketPath = Field(
+        description="supervisord's XML-RPC Unix socket.",
+        examples=["/run/swapctl-supervisord/supervisord.sock"])
+
+
+class MetricsConfig(_Model):
+    listen: Listen | None = Field(
+        default="127.0.0.1:9464",
+        description="Prometheus metrics endpoint, HOST:PORT (null: none).",
+        examples=["127.0.0.1:9464"])
+
+
+class DaemonConfig(_Model):
+    state_dir: AbsPath = Field(
+        description="Journal, swap reports and relay state.", examples=["/var/lib/swapctl"])
+    log_dir: AbsPath = Field(
+        description="swapctld's and the relays' logs.", examples=["/var/log/swapctl"])
+    control: ControlConfig = Field(description="Control API socket.")
+    supervisord: SupervisordConfig = Field(description="The relays' owner.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics.")
