@@ -1,5 +1,7 @@
 """`swapctl config check`: validate the configuration directory, list every problem.
 
+`swapctl config reference` prints the key reference that docs/config.md embeds.
+
 Exit 0 when every file is valid, 2 (usage/configuration error) otherwise. The
 configuration package (pydantic) is imported only when a config command runs, so
 the other commands, and every relay start, do not pay for it.
@@ -47,6 +49,14 @@ def check_command(config_dir: Path | None, services: tuple[str, ...], output: st
     else:
         _render_text(result)
     sys.exit(EXIT_OK if result.ok else EXIT_USAGE)
+
+
+@config_group.command("reference")
+def reference_command() -> None:
+    """Print every key of swapctld.yaml and SERVICE.yaml: type, default, meaning (Markdown)."""
+    from swapctl.config.reference import reference_markdown  # noqa: PLC0415
+
+    click.echo(reference_markdown(), nl=False)
 
 
 def _document(result: CheckResult) -> dict[str, Any]:

@@ -118,8 +118,7 @@ class ProbeConfig(_Model):
 class RollbackConfig(_Model):
     auto_on: list[Annotated[Trigger, Field(strict=False)]] = Field(
         default_factory=lambda: list(Trigger),
-        description="Triggers that roll a swap back on their own: "
-                    + ", ".join(t.value for t in Trigger) + ". "
+        description="Triggers that roll a swap back on their own; "
                     + ", ".join(t.value for t in ALWAYS_AUTOMATIC)
                     + " cannot be left out (the engine cannot go on after them).",
         examples=["[" + ", ".join(t.value for t in Trigger) + "]"])
@@ -157,10 +156,11 @@ class ServiceConfig(_Model):
         description="The public socket the service's clients connect to.",
         examples=["/tmp/torq/{service}.sock"])
     domain: Annotated[Domain, Field(strict=False)] = Field(
-        description="Protocol V2 relay domain: " + ", ".join(d.value for d in Domain) + ".",
+        description="Protocol V2 relay domain of the service's messages.",
         examples=["market_data"])
     profile: Annotated[Profile, Field(strict=False)] = Field(
-        description="Numbering of header byte 4: " + ", ".join(p.value for p in Profile) + ".",
+        description="Numbering of header byte 4 (market_data is 1 under alphapulse, 0 under "
+                    "torq).",
         examples=["alphapulse"])
     releases: dict[Name, ReleaseConfig] = Field(
         min_length=1, description="Release name -> how to run it.",
@@ -227,7 +227,7 @@ class ControlConfig(_Model):
         description="swapctld's control socket (the CLI and handoff relays connect to it).",
         examples=["/run/swapctld/control.sock"])
     mode: FileMode = Field(
-        default=0o600, description='Permissions of the control socket: owner-only, e.g. "0600".',
+        default=0o600, description="Permissions of the control socket (owner-only).",
         examples=['"0600"'])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -121,10 +122,18 @@ def _listen(value: object) -> str:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-AbsPath = Annotated[Path, BeforeValidator(_absolute_path)]
-SocketPath = Annotated[Path, BeforeValidator(_absolute_path), AfterValidator(_socket_path)]
-Command = Annotated[list[str], BeforeValidator(_command)]
-Name = Annotated[str, AfterValidator(_name)]
-FileMode = Annotated[int, BeforeValidator(_file_mode)]
-Listen = Annotated[str, BeforeValidator(_listen)]
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a value type is called in docs/config.md (pydantic ignores this metadata)."""
+
+    name: str
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Kind("duration: 30s, 250ms, 2m")]
+AbsPath = Annotated[Path, BeforeValidator(_absolute_path), Kind("absolute path")]
+SocketPath = Annotated[Path, BeforeValidator(_absolute_path), AfterValidator(_socket_path),
+                       Kind(f"socket path (absolute, <= {SOCKET_PATH_MAX} bytes)")]
+Command = Annotated[list[str], BeforeValidator(_command), Kind("argument list")]
+Name = Annotated[str, AfterValidator(_name), Kind("name")]
+FileMode = Annotated[int, BeforeValidator(_file_mode), Kind('quoted octal mode ("0600")')]
+Listen = Annotated[str, BeforeValidator(_listen), Kind("HOST:PORT")]

@@ -26,6 +26,7 @@ from swapctl.config import (
     to_swap_settings,
 )
 from swapctl.config.convert import service_domain_byte
+from swapctl.config.reference import reference_markdown
 from swapctl.errors import UsageError
 from swapctl.swap.executor import SwapSettings
 from swapctl.swap.machine import Deadlines
@@ -368,3 +369,12 @@ def test_check_uses_the_environment(confdir: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SWAPCTL_CONFIG_DIR", str(confdir))
     code, output = run_check()
     assert code == 2 and f"{confdir}/signal.yaml: soak:" in output
+
+
+def test_docs_hold_the_generated_reference() -> None:
+    """docs/config.md embeds `swapctl config reference` verbatim: the model is the source."""
+    docs = (CONFIGS.parent / "docs" / "config.md").read_text()
+    result = CliRunner().invoke(main, ["config", "reference"])
+    assert result.exit_code == 0 and result.output == reference_markdown()
+    assert result.output in docs, "docs/config.md is stale: replace its reference with the " \
+                                  "output of `swapctl config reference`"
