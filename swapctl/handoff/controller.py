@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,13 @@ class RelayLink:
         rid = self._send(msg, blob, fds)
         return self._reply(rid, timeout)
 
-    def _send(self, msg: dict[str, Any], blob: bytes = b"", fds: list[int] | None = None) -> int:
+    def _take_id(self) -> int:
         rid = self._next_id
         self._next_id += 1
+        return rid
+
+    def _send(self, msg: dict[str, Any], blob: bytes = b"", fds: list[int] | None = None) -> int:
+        rid = self._take_id()
         self.channel.send({**msg, "id": rid}, blob, fds)
         return rid
 
@@ -105,6 +110,49 @@ class RelayLink:
     def stats(self, timeout: float) -> dict[str, Any]:
         stats: dict[str, Any] = self.request({"type": "stats"}, timeout).msg["stats"]
         return stats
+
+
+class HandOverFailed(HandoffError):
+    """A pipelined handover failed; `side` says whose fault ("old" or "new")."""
+
+    def __init__(self, side: str, cause: BaseException, transfer: Transfer) -> None:
+        super().__init__(f"{side} relay: {cause}")
+        self.side = side
+        self.cause = cause
+        self.transfer = transfer  # what arrived from the old relay (the orchestrator's copy)
+
+
+def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
+              remaining: Callable[[], float],
+              on_released: Callable[[Transfer], None]) -> Transfer:
+    """RELEASE the old relay and forward each manifest part to the new relay as an ADOPT
+    part the moment it arrives (old relay, orchestrator and new relay work in a
+    pipeline); returns the orchestrator's copy of everything once the new relay adopted.
+    The new relay is not resumed here."""
+    rid_old = old._send({"type": "release", "flush_ms": flush_ms})
+    rid_new = new._take_id()
+    assembler = Assembler("manifest")
+    forward_error: BaseException | None = None
+    while not assembler.done:
+        try:
+            env = old._reply(rid_old, remaining())
+        except (HandoffError, TimeoutError, OSError) as exc:
+            raise HandOverFailed("old", exc, assembler.transfer) from None
+        assembler.feed(env)
+        if forward_error is None:
+            msg = {k: v for k, v in env.msg.items() if k != "re"}
+            try:
+                new.channel.send({**msg, "type": "adopt", "id": rid_new}, env.blob, env.fds)
+            except HandoffError as exc:
+                forward_error = exc  # keep draining: the old relay's parts must all arrive
+    on_released(assembler.transfer)
+    if forward_error is not None:
+        raise HandOverFailed("new", forward_error, assembler.transfer)
+    try:
+        new._reply(rid_new, remaining())
+    except (HandoffError, TimeoutError, OSError) as exc:
+        raise HandOverFailed("new", exc, assembler.transfer) from None
+    return assembler.transfer
 
 
 class ControlServer:

@@ -98,21 +98,33 @@ class Assembler:
     def done(self) -> bool:
         return self.parts is not None and self.received == self.parts
 
-    def feed(self, env: Envelope) -> None:
+    def feed(self, env: Envelope) -> Transfer:
+        """Add the next part; returns that part alone as a Transfer (for pipelining)."""
         msg = env.msg
         if env.type != self.kind or msg.get("part") != self.received:
             raise HandoffError(
                 f"expected {self.kind} part {self.received}, got {env.type} part {msg.get('part')}"
             )
-        if msg.get("table") != TABLE_FORMAT:
-            raise HandoffError(f"unknown connection table format {msg.get('table')!r}")
+        part = decode_part(env)
         if self.parts is None:
             self.parts = int(msg["parts"])
-            self.transfer.meta = {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}
-            if msg.get("listener") is not None:
-                self.transfer.listener = env.fds[int(msg["listener"])]
-        self.transfer.conns.extend(_decode(int(msg["connections"]), env))
+            self.transfer.meta = part.meta
+            self.transfer.listener = part.listener
+        self.transfer.conns.extend(part.conns)
         self.received += 1
+        return part
+
+
+def decode_part(env: Envelope) -> Transfer:
+    """One part of a transfer: its listener (part 0 only), connections and metadata."""
+    msg = env.msg
+    if msg.get("table") != TABLE_FORMAT:
+        raise HandoffError(f"unknown connection table format {msg.get('table')!r}")
+    listener = None
+    if msg.get("listener") is not None:
+        listener = env.fds[int(msg["listener"])]
+    meta = {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}
+    return Transfer(listener, _decode(int(msg["connections"]), env), meta)
 
 
 def _decode(count: int, env: Envelope) -> list[tuple[ConnState, int]]:

@@ -29,7 +29,7 @@ PART_TIMEOUT = 5.0
 class HandoffHost(Protocol):
     def handoff_state(self) -> str: ...
     def handoff_release(self, flush_ms: float) -> Transfer: ...
-    def handoff_adopt(self, transfer: Transfer) -> None: ...
+    def handoff_adopt(self, transfer: Transfer, first: bool) -> None: ...
     def handoff_resume(self) -> int: ...
     def handoff_close(self) -> None: ...
     def handoff_probe(self, fds: list[int]) -> None: ...
@@ -146,13 +146,15 @@ class Participant:
         raise HandoffError(f"unknown request type {kind!r}")
 
     def _adopt(self, first: Envelope) -> dict[str, Any]:
+        """Adopt each part as it arrives: the orchestrator forwards parts while the old
+        relay is still sending them, so the three processes work in a pipeline."""
         assert self.channel is not None
         assembler = Assembler("adopt")
-        assembler.feed(first)
+        self.host.handoff_adopt(assembler.feed(first), first=True)
         while not assembler.done:
-            assembler.feed(self.channel.recv(timeout=PART_TIMEOUT))
+            self.host.handoff_adopt(assembler.feed(self.channel.recv(timeout=PART_TIMEOUT)),
+                                    first=False)
         transfer = assembler.transfer
-        self.host.handoff_adopt(transfer)
         return {"type": "adopted", "connections": len(transfer.conns),
                 "listener": transfer.listener is not None}
 

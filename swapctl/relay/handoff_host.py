@@ -64,16 +64,22 @@ class RelayHandoff:
         event(log, logging.INFO, "handoff.released", connections=len(conns), **meta)
         return Transfer(listener, conns, meta)
 
-    def handoff_adopt(self, transfer: Transfer) -> None:
+    def handoff_adopt(self, transfer: Transfer, first: bool = True) -> None:
+        """Take one part of a transfer. Sockets are registered for reading at once (so
+        resume is O(1)) but nothing is read or written before resume: the loop skips
+        connections while paused, and EPOLLOUT is only armed at resume."""
         relay = self.relay
         relay.faults.crash_at("adopt")
-        if relay.listener is not None or relay.conns or relay.paused:
+        standby = relay.listener is None and not relay.conns and not relay.paused
+        if standby != first:
             for fd in transfer.fds:
                 socket.socket(fileno=fd).close()
-            raise HandoffError(f"cannot adopt in state {self.handoff_state()}: not standby")
+            raise HandoffError(f"cannot adopt in state {self.handoff_state()}: not standby"
+                               if first else "adopt part without its first part")
         relay.paused = True
         if transfer.listener is not None:
             relay.set_listener(socket.socket(fileno=transfer.listener))
+        reading = select.EPOLLIN if relay.reading else 0
         for state, fd in transfer.conns:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
             conn = relay.new_connection(sock, state.id)
@@ -83,6 +89,8 @@ class RelayHandoff:
                 conn.backlog = len(state.unsent_out)
             conn.bytes_in, conn.frames_in = state.bytes_in, state.frames_in
             conn.frames_out, conn.lag_drops = state.frames_out, state.lag_drops
+            relay.epoll.register(fd, reading)
+            conn.registered = True
         relay.counters.adopted += len(transfer.conns)
         event(log, logging.INFO, "handoff.adopted", connections=len(transfer.conns),
               listener=transfer.listener is not None)
@@ -96,7 +104,10 @@ class RelayHandoff:
         if relay.listener is not None:
             relay.epoll.register(relay.listener.fileno(), select.EPOLLIN)
         for conn in list(relay.conns.values()):
-            relay._register(conn)
+            if not conn.registered:  # resuming after a release: the epoll set was emptied
+                relay._register(conn)
+            elif conn.out:
+                relay._update(conn)  # arm EPOLLOUT for carried bytes
         resumed_ns = time.monotonic_ns()
         for conn in list(relay.conns.values()):
             if conn.out:

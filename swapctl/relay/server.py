@@ -181,6 +181,8 @@ class Relay:
             if not self.participant.handle():
                 with contextlib.suppress(OSError, ValueError):
                     self.epoll.unregister(fd)
+                if self.paused:  # adopted but never resumed: stop watching those sockets
+                    self.fresh_epoll()
         elif self.stats_listener is not None and fd == self.stats_listener.fileno():
             self._serve_stats()
         elif fd == self._wake_r.fileno():

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swapctl.errors import SwapctlError
+from swapctl.handoff.controller import HandOverFailed, hand_over
 from swapctl.handoff.manifest import ConnState, Transfer
 from swapctl.handoff.messages import ChannelClosed
 from swapctl.swap.canary import Canary, CanaryError, CanaryHealth
@@ -119,9 +120,8 @@ class SwapRun:
             m.fire(Event.READY, pid=self.cand.handle.pid if self.cand else 0)
             self._probe()
             m.fire(Event.PROBE_PASSED, probe_ms=round(self.marks.probe_ms, 3))
-            self._release_old()
-            m.fire(Event.RELEASED, connections=self.marks.moved)
-            self._adopt()
+            self._hand_over()  # fires RELEASED once the old relay handed everything over
+            self._resume()
             m.fire(Event.ADOPTED, server_pause_ms=round(self.server_pause_ms or 0, 3))
             self._verify()
             m.fire(Event.VERIFIED)
@@ -186,28 +186,37 @@ class SwapRun:
         except (SwapctlError, TimeoutError, OSError) as exc:
             raise self._blame("the probe", exc) from None
 
-    def _release_old(self) -> None:
+    def _hand_over(self) -> None:
+        """RELEASE the old relay; each manifest part goes on to the candidate as it
+        arrives (pipelined); the candidate registers it without reading."""
+        assert self.cand is not None
         if self.canary is not None:
             self._mark_cutover()
+        self.where = Where.RELEASED  # from the release request on, the old relay may be paused
         try:
-            transfer = self.old.link.release(self.settings.flush_ms, self._timeout())
-        except (SwapctlError, TimeoutError, OSError) as exc:
-            raise Failure(f"old relay {self.old.release.name} did not release: {exc}") from None
-        self.where = Where.RELEASED
+            hand_over(self.old.link, self.cand.link, self.settings.flush_ms, self._timeout,
+                      self._released)
+        except HandOverFailed as exc:
+            if exc.side == "old":
+                raise Failure(f"old relay {self.old.release.name} did not release: "
+                              f"{exc.cause}") from None
+            raise self._blame("adopt", exc.cause) from None
+
+    def _released(self, transfer: Transfer) -> None:
         self.transfer = transfer
         self.service.held.append(transfer)
         self.marks.stopped_ns = int(transfer.meta.get("stopped_reading_ns", 0))
         self.marks.handoff = {k: transfer.meta.get(k) for k in
                               ("flushed_bytes", "unsent_bytes", "pending_bytes")}
         self.marks.moved = len(transfer.conns)
+        self.machine.fire(Event.RELEASED, connections=self.marks.moved)
 
-    def _adopt(self) -> None:
-        assert self.cand is not None and self.transfer is not None
+    def _resume(self) -> None:
+        assert self.cand is not None
         try:
-            self.cand.link.adopt(self.transfer, self._timeout())
             self.marks.resumed_ns = self.cand.link.resume(self._timeout())
         except (SwapctlError, TimeoutError, OSError) as exc:
-            raise self._blame("adopt", exc) from None
+            raise self._blame("resume", exc) from None
         self.where = Where.CANDIDATE
         try:
             self.old.link.close_held(self._timeout())

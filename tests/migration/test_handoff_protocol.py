@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from swapctl.handoff.controller import ControlServer, RelayLink
+from swapctl.handoff.controller import ControlServer, HandOverFailed, RelayLink, hand_over
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import ChannelClosed, HandoffError
 from swapctl.relay.listener import open_listener
@@ -191,3 +191,26 @@ def test_relay_outlives_its_orchestrator_and_reconnects(rig: Rig) -> None:
     assert sub.recv_frames(1) == [trade(1)]
     again = rig.control.accept("a", timeout=5)
     assert again.hello["state"] == "active" and again.hello["connections"] == 2
+
+
+def test_pipelined_hand_over_survives_a_candidate_dying_on_the_first_part(rig: Rig) -> None:
+    _, a = rig.start("a")
+    rig.activate(a)
+    clients = [Client(rig.public) for _ in range(600)]  # three parts
+    deadline = time.monotonic() + 10
+    while a.stats(5)["connections_open"] < 600:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    handle, b = rig.start("b", "--crash-at", "adopt")
+    b.wait_ready(5)
+    released: list[Transfer] = []
+    with pytest.raises(HandOverFailed) as failed:
+        hand_over(a, b, 5, lambda: 5.0, released.append)
+    assert failed.value.side == "new"
+    assert len(released) == 1 and len(released[0].conns) == 600  # every part was drained
+    assert handle.proc.wait(5) == 70
+    a.resume(5)  # the old relay kept everything
+    close_fds(released[0])
+    clients[0].send(trade(3))
+    for client in clients:
+        assert client.recv_frames(1) == [trade(3)]
