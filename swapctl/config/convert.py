@@ -21,7 +21,10 @@ from swapctl.swap.spawner import Release
 
 
 def to_release(service: ServiceConfig, name: str | None = None) -> Release:
-    """The release `name` of the service (its active release when None)."""
+    """The release `name` of the service (its active release when None).
+
+    Its `env` is for the supervisord slot that runs it; the engine's Release has none.
+    """
     name = service.active if name is None else name
     release = service.releases.get(name)
     if release is None:

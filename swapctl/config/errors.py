@@ -79,6 +79,11 @@ _EXPECTED = {
 }
 
 
+# the message already says what would be right
+_NO_EXAMPLE = ("extra_forbidden", "enum", "literal_error", "swapctl_legacy", "swapctl_active",
+               "swapctl_name", "swapctl_mode", "swapctl_env")
+
+
 def translate(exc: ValidationError, model: type[BaseModel], file: Path,
               lines: Mapping[tuple[str, ...], int], names: Mapping[str, str]) -> list[Problem]:
     """One `Problem` per pydantic error; `names` fills {service}/{release} in examples."""
@@ -96,11 +101,6 @@ def translate(exc: ValidationError, model: type[BaseModel], file: Path,
             loc, message = loc[:-1], f"as a name, {message}"
         problems.append(Problem(file, key_path(loc), message, _line(lines, loc)))
     return problems
-
-
-# the message already says what would be right
-_NO_EXAMPLE = ("extra_forbidden", "enum", "literal_error", "swapctl_legacy", "swapctl_active",
-               "swapctl_name", "swapctl_mode")
 
 
 def _has_example(message: str) -> bool:
@@ -123,6 +123,8 @@ def _message(error: Any, loc: Loc, model: type[BaseModel], annotation: Any) -> s
         message = f"must be {_EXPECTED[kind]}, not {_describe(value)}"
         keys = _keys_at(model, loc) if not loc else []
         return message + (f": the keys are {', '.join(keys)}" if keys else "")
+    if kind == "finite_number":
+        return f"must be a finite number, not {value}"
     if kind == "too_short":
         return f"must not be empty (at least {error['ctx']['min_length']})"
     if kind in ("greater_than_equal", "greater_than"):

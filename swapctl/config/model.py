@@ -69,6 +69,11 @@ class ReleaseConfig(_Model):
         description="Whether the release speaks the handoff protocol (docs/handoff-protocol.md)"
                     "; only such releases can be swapped with no client disconnected.",
         examples=["true"])
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of the release (the Rust relays log only with "
+                    "RUST_LOG=info); SWAPCTL_* variables are set by swapctl.",
+        examples=["{RUST_LOG: info}"])
     legacy: bool = Field(
         default=False,
         description="The release binds a socket path compiled into it and cannot be told "
@@ -78,6 +83,16 @@ class ReleaseConfig(_Model):
         default=None, validate_default=True,
         description="The path compiled into a legacy release; required when legacy is true.",
         examples=["/tmp/torq/{service}.sock"])
+
+    @field_validator("env")
+    @classmethod
+    def _env_leaves_swapctl_alone(cls, env: dict[str, str]) -> dict[str, str]:
+        ours = sorted(name for name in env if name.startswith("SWAPCTL_"))
+        if ours:
+            raise PydanticCustomError(
+                "swapctl_env", "{names}: swapctl sets SWAPCTL_* for each start of a release "
+                "(docs/handoff-protocol.md); remove them", {"names": ", ".join(ours)})
+        return env
 
     @field_validator("legacy")
     @classmethod
@@ -141,7 +156,7 @@ class RollbackConfig(_Model):
 
 class CanaryConfig(_Model):
     rate: float = Field(
-        default=_CANARY["rate"].default, ge=0,
+        default=_CANARY["rate"].default, ge=0, allow_inf_nan=False,
         description="Canary messages per second during a swap (0: no canary).",
         examples=["2000"])
     consumers: list[Literal["strategy", "dashboard"]] = Field(

@@ -101,6 +101,7 @@ def test_converters_give_the_engine_types() -> None:
                "alphapulse"), handoff=True)
     legacy = service.releases["generic"]
     assert legacy.legacy and str(legacy.compiled_socket) == "/tmp/torq/market_data.sock"
+    assert legacy.env == {"RUST_LOG": "info"}
     assert not to_release(service, "generic").handoff
     settings = to_swap_settings(service)
     assert settings.deadlines.soaking == 60 and settings.deadlines.rolling_back == 30
@@ -261,9 +262,21 @@ def test_legacy_release_needs_its_compiled_path(confdir: Path) -> None:
 
 
 def test_legacy_release_cannot_speak_handoff(confdir: Path) -> None:
-    text = only(problems_after(confdir, "signal.yaml", "    handoff: false\n    legacy: true",
-                               "    handoff: true\n    legacy: true"))
+    text = only(problems_after(confdir, "signal.yaml", "    handoff: false\n",
+                               "    handoff: true\n"))
     assert "releases.generic.legacy: a legacy release binds its compiled-in path itself" in text
+
+
+@pytest.mark.parametrize(("env", "key", "expected"), [
+    ("{RUST_LOG: info, THREADS: 4}", "releases.generic.env.THREADS",
+     "must be a string, not the number 4, e.g. {RUST_LOG: info}"),
+    ("{RUST_LOG: info, SWAPCTL_SOCKET: /x}", "releases.generic.env",
+     "SWAPCTL_SOCKET: swapctl sets SWAPCTL_* for each start of a release"),
+])
+def test_release_env(confdir: Path, env: str, key: str, expected: str) -> None:
+    text = only(problems_after(confdir, "market_data.yaml", "env: {RUST_LOG: info}",
+                               f"env: {env}"))
+    assert f"market_data.yaml: {key}: {expected}" in text
 
 
 def test_rollback_cannot_leave_out_a_crash(confdir: Path) -> None:
