@@ -24,9 +24,14 @@ from typing import Any
 
 from swapctl.probes.audit import StreamAuditor
 from swapctl.probes.ident import make_tag
-from swapctl.probes.traffic import MessageFactory, Mix
+from swapctl.probes.traffic import Kind, MessageFactory, Mix
 
 LOSS_GRACE_S = 0.5  # a message not seen this long after it was sent counts as missing
+# Real consumers see the canary too (it is broadcast like everything else), so it must
+# not look like market data: one vendor-range TLV (type 254, 16 bytes) from source 99,
+# no Trade or Quote a strategy could act on. Identity is in the sequence (bit 63 set).
+CANARY_MIX = Mix(((Kind.VENDOR, 1),), vendor_size=16, vendor_type=254)
+CANARY_SOURCE = 99
 
 
 @dataclass
@@ -49,7 +54,7 @@ class CanaryChild:
         self.tag = make_tag(args.tag)
         self.sel = selectors.DefaultSelector()
         self.factory = MessageFactory(domain=args.domain_byte, source=args.source, publisher=0,
-                                      run_tag=self.tag, mix=Mix.parse("trade=1"))
+                                      run_tag=self.tag, mix=CANARY_MIX)
         self.streams = [Stream("publisher", "publisher", StreamAuditor(self.tag))]
         self.streams += [Stream(f"{mode}-{i}", mode, StreamAuditor(self.tag))
                          for i, mode in enumerate(args.consumers.split(","))]
@@ -214,7 +219,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--consumers", default="strategy,dashboard")
     parser.add_argument("--domain-byte", type=int, default=1)
-    parser.add_argument("--source", type=int, default=2)
+    parser.add_argument("--source", type=int, default=CANARY_SOURCE)
     parser.add_argument("--tag", type=int, default=os.getpid())
     CanaryChild(parser.parse_args()).run()
 

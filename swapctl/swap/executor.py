@@ -177,8 +177,7 @@ class SwapRun:
 
     def _probe(self) -> None:
         assert self.cand is not None
-        settings = ProbeSettings(self.domain_byte, self.settings.probe_echo,
-                                 min(self._timeout(), 2.0))
+        settings = ProbeSettings(self.domain_byte, self.settings.probe_echo, self._timeout())
         try:
             self.marks.probe_ms = probe(self.cand.link, settings)
         except ProbeFailed as exc:
