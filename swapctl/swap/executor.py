@@ -103,19 +103,15 @@ class SwapRun:
         self.transfer: Transfer | None = None
         self.marks = Marks()
         self.clock = clock
+        self.baseline: dict[str, Any] | None = None  # canary snapshot when the swap began
 
     # ----- the run ---------------------------------------------------------------
 
     def run(self) -> SwapRun:
         m = self.machine
-        self.marks.connections_before = self.service.connections()
-        self.baseline: dict[str, Any] | None = None
-        if self.canary is not None:
-            self.canary.mark()
-            self.baseline = self.canary.snapshot()
-            self.marks.canary_gap_ms = None
         m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command))
         try:
+            self._begin()
             self._start_candidate()
             m.fire(Event.READY, pid=self.cand.handle.pid if self.cand else 0)
             self._probe()
@@ -130,6 +126,9 @@ class SwapRun:
             m.fire(Event.COMMITTED)
         except Failure as failure:
             m.fire(failure.event, failure.reason, where=self.where.value)
+            self._rollback()
+        except (SwapctlError, TimeoutError, OSError) as exc:  # anything else: still roll back
+            m.fire(Event.FAIL, f"unexpected error: {exc}", where=self.where.value)
             self._rollback()
         try:
             self.marks.connections_after = self.service.connections()
@@ -162,6 +161,15 @@ class SwapRun:
         return Failure(f"{what} failed: {exc}")
 
     # ----- phases ----------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self.marks.connections_before = self.service.connections()
+        if self.canary is not None:
+            try:
+                self.canary.mark()
+                self.baseline = self.canary.snapshot()
+            except CanaryError as exc:
+                raise Failure(f"canary failed before the swap: {exc}") from None
 
     def _start_candidate(self) -> None:
         warm = self.service.warm
