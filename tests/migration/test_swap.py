@@ -93,6 +93,7 @@ def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     load = LoadSession(LoadConfig(stack.public, publishers=2, consumers=2, rate=5000,
                                   duration=None, strategy_consumers=1))
     load.start()
+    listener_inode = stack.public.stat().st_ino
     reports = []
     try:
         for i in range(100):
@@ -104,6 +105,7 @@ def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     finally:
         load.close()
     assert verdict.ok, verdict.problems()
+    assert stack.public.stat().st_ino == listener_inode  # created once, never unlinked
     assert verdict.sent > 0 and verdict.disconnects == 0
     reasons = [r["reason"] for r in reports if r["decision"] != "committed"]
     assert not reasons, reasons
