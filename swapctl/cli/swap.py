@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def swap_command(**o: Any) -> None:
         if canary is not None:
             canary.start()
             time.sleep(0.2)  # steady state before the swap
-        requests = _requests(inbox, o["rollback_after"], settings.deadlines)
+        requests = _requests(inbox, o["rollback_after"])
         run = SwapRun(service, _release("to", o["to_cmd"]), settings, canary=canary,
                       requests=requests, journal=Journal(state_dir / "journal.jsonl"),
                       domain_byte=dom).run()
@@ -92,8 +93,9 @@ def swap_command(**o: Any) -> None:
     sys.exit(EXIT_OK if clean else EXIT_FAILED)
 
 
-def _requests(inbox: RequestInbox, rollback_after: float | None,
-              deadlines: Deadlines) -> Any:
+def _requests(inbox: RequestInbox, rollback_after: float | None) -> Callable[[], str | None]:
+    """Operator requests from the inbox, plus a scripted rollback `rollback_after` seconds
+    after the first poll (the first poll happens when the soak starts)."""
     started: list[float] = []
 
     def poll() -> str | None:
@@ -104,7 +106,6 @@ def _requests(inbox: RequestInbox, rollback_after: float | None,
             started.append(time.monotonic())
         return "rollback" if time.monotonic() - started[0] >= rollback_after else None
 
-    del deadlines
     return poll
 
 
@@ -131,7 +132,8 @@ def _request_command(name: str) -> click.Command:
         send_request(target, name)
         click.echo(f"{name} requested for the swap on {socket_path}")
 
-    command.help = f"Ask the swap running on SOCKET to {name} now (during verify or soak)."
+    verb = {"rollback": "roll back", "commit": "commit"}[name]
+    command.help = f"Ask the swap running on SOCKET to {verb} now (during verify or soak)."
     return command
 
 
