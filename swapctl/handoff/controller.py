@@ -107,6 +107,14 @@ class RelayLink:
     def probe(self, fds: list[int], timeout: float) -> None:
         self.request({"type": "probe"}, timeout, fds=fds)
 
+    def listener(self, timeout: float) -> int:
+        """A copy of the relay's listening socket (the orchestrator's own to keep)."""
+        env = self.request({"type": "listener"}, timeout)
+        if len(env.fds) != 1:
+            close_fds(env)
+            raise HandoffError(f"relay {self.token}: listener reply carried {len(env.fds)} fds")
+        return env.fds[0]
+
     def stats(self, timeout: float) -> dict[str, Any]:
         stats: dict[str, Any] = self.request({"type": "stats"}, timeout).msg["stats"]
         return stats

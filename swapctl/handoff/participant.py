@@ -33,6 +33,7 @@ class HandoffHost(Protocol):
     def handoff_resume(self) -> int: ...
     def handoff_close(self) -> None: ...
     def handoff_probe(self, fds: list[int]) -> None: ...
+    def handoff_listener(self) -> int | None: ...
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -143,6 +144,9 @@ class Participant:
             return {"type": "probing", "fds": len(env.fds)}
         if kind == "stats":
             return {"type": "stats", "stats": self.host.stats()}
+        if kind == "listener":
+            self._send_listener(env)
+            return None
         raise HandoffError(f"unknown request type {kind!r}")
 
     def _adopt(self, first: Envelope) -> dict[str, Any]:
@@ -157,6 +161,14 @@ class Participant:
         transfer = assembler.transfer
         return {"type": "adopted", "connections": len(transfer.conns),
                 "listener": transfer.listener is not None}
+
+    def _send_listener(self, env: Envelope) -> None:
+        """A copy of the listening socket, for an orchestrator rebuilding its fd store."""
+        assert self.channel is not None
+        fd = self.host.handoff_listener()
+        if fd is None:
+            raise HandoffError("no listener here (standby)")
+        self.channel.send({"type": "listener", "re": env.msg.get("id")}, fds=[fd])
 
     def _release(self, env: Envelope) -> None:
         assert self.channel is not None

@@ -133,6 +133,11 @@ class RelayHandoff:
         relay.paused = False
         event(log, logging.INFO, "handoff.closed", state=self.handoff_state())
 
+    def handoff_listener(self) -> int | None:
+        """The listening socket's fd (sent as a copy; this relay keeps serving)."""
+        listener = self.relay.listener
+        return None if listener is None else listener.fileno()
+
     def handoff_probe(self, fds: list[int]) -> None:
         relay = self.relay
         relay.faults.crash_at("probe")

@@ -214,3 +214,39 @@ def test_pipelined_hand_over_survives_a_candidate_dying_on_the_first_part(rig: R
     clients[0].send(trade(3))
     for client in clients:
         assert client.recv_frames(1) == [trade(3)]
+
+
+def test_a_new_orchestrator_recovers_the_listener_and_swaps(rig: Rig, sockdir: Path) -> None:
+    """The orchestrator dies (its control socket and fd store gone); the relay keeps
+    serving, reconnects to a new control socket at the same path, hands the new
+    orchestrator a copy of its listener, and a swap goes through the recovered state."""
+    _, a = rig.start("a")
+    rig.activate(a)
+    pub, sub = Client(rig.public), Client(rig.public)
+    rig.control.close()  # the orchestrator is gone: control socket and listener copy
+    rig.listener.close()
+    a.close()
+    pub.send(trade(1))
+    assert sub.recv_frames(1) == [trade(1)]  # clients never noticed
+    rig.control = ControlServer(sockdir / "ctl.sock")  # a restarted orchestrator
+    a2 = rig.control.accept("a", timeout=10)
+    assert a2.hello["state"] == "active" and a2.hello["connections"] == 2
+    listener_fd = a2.listener(5)
+    recovered = socket.socket(fileno=listener_fd)
+    assert recovered.getsockname() == str(rig.public)
+    rig.listener = recovered
+    _, b = rig.start("b")
+    transfer = rig.handoff(a2, b)
+    close_fds(transfer)
+    pub.send(trade(2))
+    assert sub.recv_frames(2) == [trade(1), trade(2)]
+    late = Client(rig.public)  # the listener moved too
+    late.send(trade(3))
+    assert sub.recv_frames(3)[-1] == trade(3)
+
+
+def test_listener_request_is_refused_in_standby(rig: Rig) -> None:
+    _, b = rig.start("b")
+    b.wait_ready(5)
+    with pytest.raises(HandoffError, match="no listener"):
+        b.listener(5)
