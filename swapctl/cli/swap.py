@@ -78,9 +78,9 @@ def swap_command(**o: Any) -> None:
             canary.start()
             time.sleep(0.2)  # steady state before the swap
         requests = _requests(inbox, o["rollback_after"])
+        journal = Journal(state_dir / "journal.jsonl", _progress(o["output"]))
         run = SwapRun(service, _release("to", o["to_cmd"]), settings, canary=canary,
-                      requests=requests, journal=Journal(state_dir / "journal.jsonl"),
-                      domain_byte=dom).run()
+                      requests=requests, journal=journal, domain_byte=dom).run()
         result = report.build(run, canary.stop() if canary else None)
     finally:
         if canary is not None:
@@ -107,6 +107,21 @@ def _requests(inbox: RequestInbox, rollback_after: float | None) -> Callable[[],
         return "rollback" if time.monotonic() - started[0] >= rollback_after else None
 
     return poll
+
+
+def _progress(output: str) -> list[Callable[[dict[str, Any]], None]]:
+    """Live phase lines on stderr: always for text output; for JSON only on a terminal
+    (stdout stays one JSON document either way)."""
+    if output == "json" and not sys.stderr.isatty():
+        return []
+    started: list[float] = []
+
+    def show(record: dict[str, Any]) -> None:
+        if not started:
+            started.append(float(record["at"]))
+        click.echo(report.progress_line(record, started[0]), err=True)
+
+    return [show]
 
 
 def _losses(result: dict[str, Any]) -> int:

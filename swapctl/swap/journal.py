@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ from swapctl.swap.machine import Transition
 
 
 class Journal:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None,
+                 watchers: list[Callable[[dict[str, Any]], None]] | None = None) -> None:
         self.path = path
+        self.watchers = watchers or []  # told of every record once it is on disk
         self.records: list[dict[str, Any]] = []
         self._fd: int | None = None
         if path is not None:
@@ -24,6 +27,8 @@ class Journal:
         if self._fd is not None:
             os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())
             os.fsync(self._fd)
+        for watch in self.watchers:
+            watch(record)
 
     def transition(self, swap_id: str, step: Transition) -> None:
         self.write({"swap": swap_id, "at": round(step.at, 6), "from": step.source.value,

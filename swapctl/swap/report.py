@@ -78,3 +78,13 @@ def render_text(report: dict[str, Any]) -> str:
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def progress_line(record: dict[str, Any], started: float) -> str:
+    """One journal transition as a line of live progress."""
+    details = {k: v for k, v in record.items()
+               if k not in ("swap", "at", "from", "event", "to", "reason", "command")}
+    extra = ", ".join(f"{k} {v}" for k, v in details.items())
+    reason = f": {record['reason']}" if record.get("reason") else ""
+    return (f"  +{(record['at'] - started) * 1000:8.1f} ms  {record['from']} -> {record['to']}"
+            f" ({record['event']}{reason}{', ' + extra if extra else ''})")

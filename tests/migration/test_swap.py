@@ -267,3 +267,19 @@ def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
     assert result["decision"] == "rolled_back" and result["reason"].startswith("operator")
     assert result["canary"]["lost"] == 0 and result["canary"]["disconnects"] == 0
     assert not requests.exists()
+
+
+def test_cli_swap_prints_live_phases_and_the_report(sockdir: Path) -> None:
+    cmd = " ".join(RELAY)
+    done = subprocess.run(
+        [sys.executable, "-m", "swapctl", "swap", "--socket", str(sockdir / "md.sock"),
+         "--from", cmd, "--to", cmd, "--soak", "0.2"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    phases = [line.split("ms", 1)[1].split("(")[0].strip()
+              for line in done.stderr.splitlines() if "->" in line]
+    assert phases == ["idle -> starting", "starting -> probing", "probing -> releasing",
+                      "releasing -> adopting", "adopting -> verifying",
+                      "verifying -> soaking", "soaking -> committing",
+                      "committing -> committed"]
+    assert "decision: COMMITTED" in done.stdout and "lost 0" in done.stdout
