@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from swapctl.handoff.messages import MAX_FDS, Envelope, HandoffError
 
@@ -30,8 +30,9 @@ _ENVELOPE_KEYS = frozenset({"type", "part", "parts", "listener", "connections", 
                             "id", "re"})
 
 
-@dataclass(frozen=True, slots=True)
-class ConnState:
+class ConnState(NamedTuple):
+    """One connection's handed-over state (a tuple: thousands are built per handoff)."""
+
     id: int
     pending_in: bytes = b""
     unsent_out: bytes = b""

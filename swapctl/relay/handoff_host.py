@@ -82,7 +82,8 @@ class RelayHandoff:
         reading = select.EPOLLIN if relay.reading else 0
         for state, fd in transfer.conns:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
-            conn = relay.new_connection(sock, state.id)
+            # O_NONBLOCK lives on the shared open file: the old relay already set it
+            conn = relay.new_connection(sock, state.id, nonblocking=True)
             conn.carried_in = state.pending_in
             if state.unsent_out:
                 conn.out.append((state.unsent_out, 0))

@@ -207,17 +207,16 @@ class Relay:
                 return
             self.add_connection(sock)
 
-    def new_connection(self, sock: socket.socket, conn_id: int | None = None) -> Connection:
-        """A Connection object for `sock`, not yet registered for events."""
-        sock.setblocking(False)
-        cfg = self.config
-        framer = None
-        if self._framed_mode:
-            framer = Framer(max_message=cfg.max_message, domain=self._domain)
+    def new_connection(self, sock: socket.socket, conn_id: int | None = None,
+                       nonblocking: bool = False) -> Connection:
+        """A Connection object for `sock`, not yet registered for events. Its framer is
+        made on first use (a handoff creates thousands of connections at once)."""
+        if not nonblocking:
+            sock.setblocking(False)
         if conn_id is None:
             conn_id = self._next_id
         self._next_id = max(self._next_id, conn_id) + 1
-        conn = Connection(sock, conn_id, framer)
+        conn = Connection(sock, conn_id, None)
         self.conns[conn.fd] = conn
         self.counters.connections_open += 1
         self.counters.connections_total += 1
@@ -279,7 +278,9 @@ class Relay:
     def ingest(self, conn: Connection, data: bytes) -> None:
         """Process bytes that `conn` sent, as read or carried over in a handoff."""
         mode = self.config.forwarding
-        if conn.framer is not None:
+        if self._framed_mode:
+            if conn.framer is None:
+                conn.framer = Framer(max_message=self.config.max_message, domain=self._domain)
             self._framed(conn, conn.framer.feed(data), forward=mode is Forwarding.FRAME)
         elif mode is Forwarding.CHUNK:
             self._chunk(conn, data)
