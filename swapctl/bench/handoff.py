@@ -142,6 +142,7 @@ def measure_swaps(clients: int, load_rate: int, swaps: int) -> dict[str, Any]:
         "not_committed_reasons": sorted({r["reason"] for r in results
                                          if r["decision"] != "committed"}),
         "server_pause_ms": _stats(server), "client_pause_ms": _stats(client),
+        "pause_stages_p50_ms": _stage_medians(committed),
         "canary": final["canary"], "crowd_disconnects": final["crowd"].get("lost"),
         "load": _load_summary(final.get("load")),
     }
@@ -177,6 +178,14 @@ def _rollback_now(bench: Bench, cold: bool) -> Any:
             warm.handle.kill()
         return "rollback"
     return ask
+
+
+def _stage_medians(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Median of each stage of the server-side pause (see SwapRun.pause_stages_ms)."""
+    stages = [r["pause_stages_ms"] for r in results if r.get("pause_stages_ms")]
+    if not stages:
+        return {}
+    return {name: percentiles([s[name] for s in stages], (50,))["p50"] for name in stages[0]}
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:

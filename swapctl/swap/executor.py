@@ -63,8 +63,11 @@ class SwapSettings:
 class Marks:
     """Timestamps and figures collected along the way (ns on CLOCK_MONOTONIC)."""
 
-    stopped_ns: int = 0
-    resumed_ns: int = 0
+    stopped_ns: int = 0  # old relay stopped reading (its clock: CLOCK_MONOTONIC, system-wide)
+    released_ns: int = 0  # old relay finished describing its connections
+    manifest_ns: int = 0  # the orchestrator had every manifest part
+    adopted_ns: int = 0  # the candidate confirmed it holds everything
+    resumed_ns: int = 0  # the candidate started reading
     handoff: dict[str, Any] = field(default_factory=dict)
     probe_ms: float = 0.0
     connections_before: int = 0
@@ -137,6 +140,19 @@ class SwapRun:
         return self
 
     @property
+    def pause_stages_ms(self) -> dict[str, float] | None:
+        """Where the server-side pause went: export (old relay describes its connections),
+        transfer (to the orchestrator, forwarded part by part), adopt (the candidate
+        finishes registering), resume (the candidate starts reading)."""
+        m = self.marks
+        stamps = (m.stopped_ns, m.released_ns, m.manifest_ns, m.adopted_ns, m.resumed_ns)
+        if not all(stamps):
+            return None
+        names = ("export", "transfer", "adopt", "resume")
+        return {name: round((b - a) / 1e6, 3)
+                for name, a, b in zip(names, stamps, stamps[1:], strict=False)}
+
+    @property
     def server_pause_ms(self) -> float | None:
         if not (self.marks.stopped_ns and self.marks.resumed_ns):
             return None
@@ -203,6 +219,7 @@ class SwapRun:
         try:
             hand_over(self.old.link, self.cand.link, self.settings.flush_ms, self._timeout,
                       self._released)
+            self.marks.adopted_ns = time.monotonic_ns()
         except HandOverFailed as exc:
             if exc.side == "old":
                 raise Failure(f"old relay {self.old.release.name} did not release: "
@@ -210,6 +227,8 @@ class SwapRun:
             raise self._blame("adopt", exc.cause) from None
 
     def _released(self, transfer: Transfer) -> None:
+        self.marks.manifest_ns = time.monotonic_ns()
+        self.marks.released_ns = int(transfer.meta.get("released_ns", 0))
         self.transfer = transfer
         self.service.held.append(transfer)
         self.marks.stopped_ns = int(transfer.meta.get("stopped_reading_ns", 0))

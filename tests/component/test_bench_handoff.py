@@ -23,6 +23,7 @@ def test_bench_handoff_small_run_reports_every_figure() -> None:
         assert row["committed"] == 3, row["not_committed_reasons"]
         assert row["connections_moved"] >= row["clients"]
         assert row["server_pause_ms"]["n"] == 3 and row["server_pause_ms"]["p50"] > 0
+        assert set(row["pause_stages_p50_ms"]) == {"export", "transfer", "adopt", "resume"}
         assert row["canary"]["lost"] == 0 and row["canary"]["disconnects"] == 0
         assert row["crowd_disconnects"] == 0
     for row in report["under_load"]:

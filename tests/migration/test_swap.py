@@ -128,6 +128,10 @@ def test_a_thousand_clients_move_in_one_swap(stack: Stack) -> None:
     result = stack.swap(V2)
     assert result["decision"] == "committed"
     assert result["connections"]["moved"] == 1003
+    stages = result["pause_stages_ms"]  # where the pause went, from four processes' clocks
+    assert list(stages) == ["export", "transfer", "adopt", "resume"]
+    assert all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) == pytest.approx(result["server_pause_ms"], abs=0.01)
     clients[0].send(trade(5))
     for client in clients:
         assert client.recv_frames(1, timeout=20) == [trade(5)]
