@@ -146,13 +146,13 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
             env = old._reply(rid_old, remaining())
         except (HandoffError, TimeoutError, OSError) as exc:
             raise HandOverFailed("old", exc, assembler.transfer) from None
-        assembler.feed(env)
-        if forward_error is None:
+        if forward_error is None:  # forward first: our own copy is decoded while it works
             msg = {k: v for k, v in env.msg.items() if k != "re"}
             try:
                 new.channel.send({**msg, "type": "adopt", "id": rid_new}, env.blob, env.fds)
             except HandoffError as exc:
                 forward_error = exc  # keep draining: the old relay's parts must all arrive
+        assembler.feed(env)
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)
