@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -15,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from swapctl.process import signal_group, stop_group
 
 
 @pytest.fixture
@@ -64,19 +64,12 @@ class Processes:
         return proc
 
     def cleanup(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs:  # all at once, then each within one shared deadline
             if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+                signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.01, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            stop_group(proc, max(0.01, deadline - time.monotonic()))
 
 
 @pytest.fixture

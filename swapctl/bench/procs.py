@@ -25,6 +25,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from swapctl.errors import SwapctlError
+from swapctl.process import signal_group
 
 
 class ChildFailed(SwapctlError):
@@ -135,11 +136,11 @@ class ProcessScope:
         """SIGTERM the child's process group, then SIGKILL it after the grace period."""
         proc = child.proc
         if proc.poll() is None:  # not reaped yet, so its pid (= group id) is still ours
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(self.grace)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
         code = proc.wait()
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
@@ -150,14 +151,9 @@ class ProcessScope:
     def close(self) -> None:
         for child in self.children:
             if child.proc.poll() is None:
-                _signal_group(child.pid, signal.SIGTERM)
+                signal_group(child.pid, signal.SIGTERM)
         for child in reversed(self.children):
             self.stop(child)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def wait_connectable(path: Path, child: Child, timeout: float) -> None:

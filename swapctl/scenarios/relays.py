@@ -16,9 +16,7 @@ SIGTERM (PR_SET_PDEATHSIG), so no relay under test outlives its run.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
 import shlex
 import signal
 import socket
@@ -31,6 +29,7 @@ from types import TracebackType
 
 from swapctl import isolation
 from swapctl.errors import SwapctlError, UsageError
+from swapctl.process import stop_group
 from swapctl.protocol.profiles import Domain, Profile
 
 PLACEHOLDER = "{socket}"
@@ -162,14 +161,7 @@ class RelayProcess:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the relay left in its group
-        proc.wait()
+        stop_group(proc, grace)
 
     def __enter__(self) -> RelayProcess:
         return self

@@ -9,9 +9,7 @@ supervisord-backed spawning plugs in behind the same `Spawner` interface.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import IO, Protocol
 import psutil
 
 from swapctl.errors import SwapctlError, UsageError
+from swapctl.process import stop_group
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,26 +82,14 @@ class SubprocessHandle:
         return text
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM the process group, wait up to `timeout`, then SIGKILL."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._signal(signal.SIGKILL)  # anything the relay left in its group
+        """SIGTERM the process group, wait up to `timeout`, then SIGKILL the group."""
+        code = stop_group(self.proc, timeout)
         self._close_log()
-        return self.proc.returncode
+        return code
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        stop_group(self.proc, 0)
         self._close_log()
-
-    def _signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
 
     def _close_log(self) -> None:
         if self._log is not None:
