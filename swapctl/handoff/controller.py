@@ -24,6 +24,7 @@ from swapctl.handoff.wire import Channel, close_fds
 from swapctl.relay.listener import open_listener
 
 _CRED = struct.Struct("3i")
+HELLO_TIMEOUT = 5.0
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -206,7 +207,9 @@ class ControlServer:
             return
         channel = Channel(sock)
         try:
-            hello = channel.recv(timeout=max(0.05, deadline - time.monotonic()))
+            # a relay that connected gets its own deadline to say HELLO: the caller may be
+            # polling in short slices, and a loaded relay can take a while to speak
+            hello = channel.recv(timeout=max(HELLO_TIMEOUT, deadline - time.monotonic()))
         except (HandoffError, TimeoutError, OSError):
             channel.close()
             return

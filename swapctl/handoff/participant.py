@@ -53,12 +53,22 @@ class Participant:
     def connect(self, timeout: float = 10.0) -> None:
         """At start-up: connect, say HELLO and wait for WELCOME (retrying until `timeout`)."""
         deadline = time.monotonic() + timeout
-        while not self._hello():
+        while not self._try_hello():
             if time.monotonic() >= deadline:
                 raise HandoffError(f"cannot reach control socket {self.path}")
             time.sleep(0.02)
         assert self.channel is not None
         self._welcome(self.channel.recv(timeout=max(0.1, deadline - time.monotonic())))
+
+    def _try_hello(self) -> bool:
+        """One connect + HELLO; a refused or dropped attempt is retried by the caller."""
+        try:
+            return self._hello()
+        except HandoffError:
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
+            return False
 
     def _hello(self) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,8 +103,8 @@ class Participant:
         """After the orchestrator went away: say HELLO again without waiting for the
         answer (WELCOME is handled by `handle`), so the data path never blocks on it."""
         try:
-            return self._hello()
-        except (HandoffError, OSError):
+            return self._try_hello()
+        except OSError:
             self.channel = None
             return False
 
