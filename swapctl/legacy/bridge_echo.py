@@ -158,10 +158,16 @@ class EchoFilter:
         self._advance(self._head + n)
 
     def _expire_to(self, end_abs: int) -> None:
-        end = min(end_abs - self._base, len(self._pend))
-        if end <= self._head:
+        """Give up on everything before `end_abs`, rounded up to a frame boundary."""
+        limit = min(end_abs - self._base, len(self._pend))
+        if limit <= self._head:
             return
-        self.counts.missing += len(frame_ends(self._pend, self._head, end))
+        frames, end = 0, self._head
+        for end in frame_ends(self._pend, self._head):
+            frames += 1
+            if end >= limit:
+                break
+        self.counts.missing += frames
         self.counts.missing_bytes += end - self._head
         self._advance(end)
 

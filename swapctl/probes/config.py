@@ -90,6 +90,11 @@ class LoadConfig:
         default=5.0, metadata=meta("Seconds to wait for the relay to accept."))
     batch: int = field(default=256, metadata=meta("Most messages per write."))
     run_tag: int | None = None  # API only: random unless given
+    # API only: spread clients over several relays (client i uses entry i % len);
+    # empty = every client on `socket` (e.g. a bridge test: publishers on one relay,
+    # consumers on both)
+    consumer_sockets: tuple[Path, ...] = ()
+    publisher_sockets: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -123,6 +128,14 @@ class LoadConfig:
     @property
     def domain_byte(self) -> int:
         return domain_byte(self.domain, self.profile)
+
+    def consumer_socket(self, index: int) -> Path:
+        spread = self.consumer_sockets
+        return spread[index % len(spread)] if spread else self.socket
+
+    def publisher_socket(self, index: int) -> Path:
+        spread = self.publisher_sockets
+        return spread[index % len(spread)] if spread else self.socket
 
     def consumer_modes(self) -> tuple[ConsumerMode, ...]:
         """Each consumer's mode: the last `strategy_consumers` are strategies."""

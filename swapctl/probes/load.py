@@ -105,7 +105,8 @@ class LoadSession:
         try:
             cfg = self.config
             for i, mode in enumerate(cfg.consumer_modes()):
-                spec = ConsumerSpec(i, cfg.publishers, str(cfg.socket), self.run_tag, mode,
+                spec = ConsumerSpec(i, cfg.publishers, str(cfg.consumer_socket(i)), self.run_tag,
+                                    mode,
                                     cfg.connect_timeout, cfg.dashboard_retry)
                 self._consumers.append(self._spawn("consumer", i, consumer_main, spec))
             for i in range(cfg.publishers):
@@ -190,7 +191,7 @@ class LoadSession:
     def _publisher_spec(self, index: int) -> PublisherSpec:
         cfg = self.config
         return PublisherSpec(
-            index=index, publishers=cfg.publishers, socket=str(cfg.socket),
+            index=index, publishers=cfg.publishers, socket=str(cfg.publisher_socket(index)),
             domain_byte=cfg.domain_byte, source=cfg.source, run_tag=self.run_tag,
             mix=cfg.message_mix(),
             rate=cfg.rate / cfg.publishers, duration=cfg.duration, batch=cfg.batch,
