@@ -3,8 +3,9 @@
 A strategy fills what it measured itself (pause, connections moved, disconnects it
 caused, bytes it could not move) and then each independent checker that watched the
 swap (the swap canary, a `swapctl load` session) is added with `add_checker`: the
-report keeps, figure by figure, the largest count any source gave, so a report is
-never more optimistic than its checkers. `None` means "not measured", never zero.
+report keeps, figure by figure, the larger of the strategy's own count and the sum
+over checkers (they watch disjoint clients), so it is never more optimistic than any.
+`None` means "not measured", never zero.
 
     report = StrategyReport("takeover", could_not_guarantee="...")
     report.pause_ms = 1.8
@@ -39,13 +40,20 @@ class StrategyReport:
     could_not_guarantee: str = ""
     checkers: dict[str, dict[str, int]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # strategy-specific figures
+    estimated: dict[str, int | None] | None = None  # the strategy's own, before checkers
 
     def add_checker(self, name: str, figures: dict[str, int]) -> None:
-        """Record a checker's counts; each figure becomes the largest seen so far."""
+        """Record a checker's counts. Checkers watch disjoint clients (the canary its own,
+        a load run its own), so each figure becomes the larger of the strategy's own
+        count and the sum over checkers."""
+        if self.estimated is None:
+            self.estimated = {k: getattr(self, k) for k in FIGURES}
         self.checkers[name] = {k: int(figures[k]) for k in FIGURES if k in figures}
-        for key, value in self.checkers[name].items():
-            mine = getattr(self, key)
-            setattr(self, key, value if mine is None else max(mine, value))
+        for key in FIGURES:
+            counts = [c[key] for c in self.checkers.values() if key in c]
+            own = self.estimated.get(key)
+            if counts or own is not None:
+                setattr(self, key, max(own or 0, sum(counts)))
 
     @property
     def clean(self) -> bool:
@@ -60,7 +68,7 @@ class StrategyReport:
             **{k: getattr(self, k) for k in FIGURES},
             "moved": self.moved, "unmovable_bytes": self.unmovable_bytes,
             "could_not_guarantee": self.could_not_guarantee,
-            "checkers": self.checkers, "details": self.details,
+            "estimated": self.estimated, "checkers": self.checkers, "details": self.details,
         }
 
     def render_text(self) -> str:

@@ -1,0 +1,188 @@
+"""Strategy `restart`: today's practice (stop the old relay, clients reconnect), made safe.
+
+1. The candidate starts in a free slot, side by side with the old relay (a legacy build
+   in its own mount namespace; a handoff-capable one is given a fresh listener bound
+   at the slot's socket) and is validated there: two probe clients, a message through
+   it byte for byte, echo included. The old relay serves throughout.
+2. The old relay's connections are counted (they are about to be cut: the report's
+   own disconnect figure).
+3. The public link is flipped to the candidate's socket (only once it accepts), so
+   every reconnect lands on the candidate; then the old relay is stopped (SIGTERM to
+   its group, SIGKILL after a grace period). Readiness is always a probe, never a sleep.
+Clients see EOF: publishers reconnect with backoff and lose what was in flight, a
+dashboard reconnects at once, a strategy consumer stops for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from swapctl.errors import SwapctlError
+from swapctl.handoff.manifest import Transfer
+from swapctl.legacy import layout as lay
+from swapctl.legacy import sockets
+from swapctl.legacy.report import StrategyReport
+from swapctl.legacy.takeover import signal_relay
+from swapctl.probes.ident import make_sequence, make_tag
+from swapctl.protocol import encode_message
+from swapctl.protocol.tlv import Trade
+from swapctl.relay.listener import open_listener
+from swapctl.swap.service import Service, Slot
+from swapctl.swap.spawner import Release
+
+CANNOT_GUARANTEE = (
+    "every client connected to the old relay is disconnected: bytes in flight in its "
+    "connections and in its memory are lost, publishers lose what they wrote before "
+    "noticing, and a consumer that stops on EOF (the arbitrage strategy) stays down.")
+
+
+PROBE_TAG = make_tag(0x7EEE)  # not the swap probe's, not a load run's
+
+
+class RestartError(SwapctlError):
+    """The restart could not be done; the old relay was left serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartSettings:
+    ready_timeout: float = 10.0
+    probe_timeout: float = 2.0
+    stop_grace: float = 2.0  # SIGTERM, then SIGKILL after this
+    domain_byte: int = 1
+    echo: bool = True
+
+
+@dataclass(slots=True)
+class Started:
+    """The candidate, running in its slot."""
+
+    slot: str
+    legacy: lay.LegacySlot | None = None
+    handoff: Slot | None = None
+    listener: socket.socket | None = None  # our copy of a handoff candidate's listener
+
+    @property
+    def pid(self) -> int:
+        if self.legacy is not None:
+            return self.legacy.pid
+        assert self.handoff is not None
+        return self.handoff.handle.pid
+
+    def stop(self) -> None:
+        if self.legacy is not None:
+            self.legacy.stop(1.0)
+        if self.handoff is not None:
+            self.handoff.stop(1.0)
+        if self.listener is not None:
+            self.listener.close()
+
+
+def start_candidate(layout: lay.Layout, release: Release, *, legacy: bool,
+                    service: Service | None, settings: RestartSettings,
+                    log_dir: Path | None = None) -> Started:
+    """Start `release` in a free slot and wait until its slot socket accepts."""
+    name = layout.free_slot()
+    if legacy:
+        return Started(name, legacy=lay.start_legacy(layout, name, list(release.command),
+                                                     log_dir, settings.ready_timeout))
+    if service is None:
+        raise RestartError("a handoff-capable candidate needs a control socket (service)")
+    layout.slot_dir(name).mkdir(parents=True, exist_ok=True)
+    listener = open_listener(layout.slot_socket(name))
+    try:
+        slot = service.start_slot(release, time.monotonic() + settings.ready_timeout)
+        slot.link.adopt(Transfer(listener.fileno(), []), settings.ready_timeout)
+        slot.link.resume(settings.ready_timeout)
+    except BaseException:
+        listener.close()
+        raise
+    lay.write_state(layout, name, {"pid": slot.handle.pid,
+                                   "create_time": slot.handle.create_time,
+                                   "command": list(release.command), "kind": "handoff"})
+    return Started(name, handoff=slot, listener=listener)
+
+
+def probe_socket(path: Path, domain_byte: int, echo: bool, timeout: float) -> float:
+    """Two clients on `path`: a message from one must reach the other byte for byte (and
+    come back to its sender when the relay echoes). Returns the time taken in ms."""
+    start = time.monotonic()
+    msg = encode_message(domain_byte, 2, [Trade(7, 7, 1, 0, 1, 1).to_tlv()],
+                         sequence=make_sequence(PROBE_TAG, 0, 1), checksum=True)
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        for sock in (a, b):
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+        deadline = start + timeout
+        # the relay may not have registered b yet: resend until b sees one
+        got = b""
+        while len(got) < len(msg) and time.monotonic() < deadline:
+            a.sendall(msg)
+            b.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                got += b.recv(len(msg) - len(got))
+        if got[:len(msg)] != msg:
+            raise RestartError(f"probe through {path}: the message did not arrive intact")
+        if echo:
+            a.settimeout(max(0.01, deadline - time.monotonic()))
+            if a.recv(len(msg), socket.MSG_WAITALL) != msg:
+                raise RestartError(f"probe through {path}: no echo to the sender")
+    return (time.monotonic() - start) * 1000
+
+
+def stop_relay(pid: int, grace: float) -> None:
+    """SIGTERM the relay (its group), SIGKILL after `grace`; return once it is gone."""
+    signal_relay(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            signal_relay(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.001)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def restart(layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,
+            service: Service | None = None, settings: RestartSettings | None = None,
+            log_dir: Path | None = None) -> tuple[StrategyReport, Started | None]:
+    """Run the restart strategy; the old relay is `old_pid` (serving the public path)."""
+    s = settings or RestartSettings()
+    report = StrategyReport("restart", could_not_guarantee=CANNOT_GUARANTEE)
+    try:
+        cand = start_candidate(layout, release, legacy=legacy, service=service,
+                               settings=s, log_dir=log_dir)
+    except (SwapctlError, TimeoutError, OSError) as exc:
+        report.outcome, report.reason = "failed", f"candidate not started: {exc}"
+        return report, None
+    try:
+        report.details["probe_ms"] = round(probe_socket(layout.slot_socket(cand.slot),
+                                                        s.domain_byte, s.echo,
+                                                        s.probe_timeout), 3)
+    except (SwapctlError, OSError) as exc:
+        cand.stop()
+        report.outcome, report.reason = "failed", f"candidate failed its probe: {exc}"
+        return report, None
+    try:
+        cut = len(sockets.find(old_pid, str(layout.compiled)).connections)
+    except (SwapctlError, OSError):
+        cut = None  # cannot look: the checker's figure is all there is
+    lay.point(layout, layout.slot_socket(cand.slot))
+    stopped = time.monotonic()
+    stop_relay(old_pid, s.stop_grace)
+    report.details["old_stop_ms"] = round((time.monotonic() - stopped) * 1000, 3)
+    report.details.update({"slot": cand.slot, "candidate_pid": cand.pid, "old_pid": old_pid,
+                           "connections_cut": cut})
+    report.disconnects = cut
+    report.unmovable_bytes = None  # whatever the old relay held: not measurable
+    return report, cand
