@@ -23,7 +23,7 @@ from swapctl.swap.spawner import Release
 def to_release(service: ServiceConfig, name: str | None = None) -> Release:
     """The release `name` of the service (its active release when None).
 
-    Its `env` is for the supervisord slot that runs it; the engine's Release has none.
+    Its `env` goes to whichever spawner runs it, below swapctl's own SWAPCTL_* variables.
     """
     name = service.active if name is None else name
     release = service.releases.get(name)
@@ -32,7 +32,8 @@ def to_release(service: ServiceConfig, name: str | None = None) -> Release:
         raise UsageError(f"{service.name or 'this service'} has no release {name!r}"
                          f"{did_you_mean(name, names)}: use one of {', '.join(names)} "
                          f"(releases in {service.source or 'its configuration'})")
-    return Release(name, tuple(release.command), release.handoff)
+    return Release(name, tuple(release.command), release.handoff,
+                   tuple(sorted(release.env.items())))
 
 
 def to_swap_settings(service: ServiceConfig) -> SwapSettings:

@@ -117,7 +117,7 @@ def _listen(value: object) -> str:
     if not isinstance(value, str):
         raise _fail("listen", hint)
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise _fail("listen", hint + ", not {value}", value=repr(value))
     return value
 

@@ -39,6 +39,8 @@ class RelayHandoff:
     def handoff_state(self) -> str:
         relay = self.relay
         if relay.paused:
+            if relay.adopting:  # adopted (all or part of a transfer), not resumed yet
+                return "adopted"
             return "released" if relay.listener is not None or relay.conns else "paused"
         if relay.listener is None and not relay.conns:
             return "standby"
@@ -76,7 +78,7 @@ class RelayHandoff:
                 socket.socket(fileno=fd).close()
             raise HandoffError(f"cannot adopt in state {self.handoff_state()}: not standby"
                                if first else "adopt part without its first part")
-        relay.paused = True
+        relay.paused = relay.adopting = True
         if transfer.listener is not None:
             relay.set_listener(socket.socket(fileno=transfer.listener))
         reading = select.EPOLLIN if relay.reading else 0
@@ -101,7 +103,7 @@ class RelayHandoff:
         relay.faults.crash_at("resume")
         if not relay.paused:
             raise HandoffError(f"nothing to resume in state {self.handoff_state()}")
-        relay.paused = False
+        relay.paused = relay.adopting = False
         if relay.listener is not None:
             relay.epoll.register(relay.listener.fileno(), select.EPOLLIN)
         for conn in list(relay.conns.values()):
@@ -131,7 +133,7 @@ class RelayHandoff:
         if relay.listener is not None:
             relay.listener.close()  # not in the epoll set since the release
             relay.listener = None
-        relay.paused = False
+        relay.paused = relay.adopting = False
         event(log, logging.INFO, "handoff.closed", state=self.handoff_state())
 
     def handoff_listener(self) -> int | None:

@@ -57,6 +57,7 @@ class Relay:
         self.participant: Participant | None = None
         self.reading = True  # False once stalled by a fault
         self.paused = False  # True while released in a handoff
+        self.adopting = False  # paused after an ADOPT (not a RELEASE): nothing resumed yet
         self.running = False
         self._next_id = 1
         self._warn = RateLimit(1.0)

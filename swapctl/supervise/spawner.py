@@ -223,7 +223,7 @@ class SupervisorSpawner:
             raise UsageError(f"release {release.name}: cannot run {release.command[0]!r}: "
                              "not found or not executable")
         program = self.free_slot()
-        env = {"SWAPCTL_HANDOFF": str(control), "SWAPCTL_TOKEN": token,
+        env = {**dict(release.env), "SWAPCTL_HANDOFF": str(control), "SWAPCTL_TOKEN": token,
                "SWAPCTL_SOCKET": str(socket), "SWAPCTL_RELEASE": release.name}
         spec = slotfile.SlotSpec(release.name, release.command, env,
                                  str(self.cwd) if self.cwd else None)
@@ -241,6 +241,27 @@ class SupervisorSpawner:
                                   ProcessInfo.from_rpc(info).pid, offset)
         self.handles.append(handle)
         return handle
+
+    def running(self) -> list[tuple[slotfile.SlotSpec, SupervisorHandle]]:
+        """The service's relays supervisord runs now, each with the slot file it was
+        started from (release and token): what a restarted daemon attaches to."""
+        ctx = self._ctx
+        if not ctx.supervisord_cmdline:
+            ctx.supervisord_cmdline = psutil.Process(ctx.client.pid()).cmdline()
+        found = []
+        for info in ctx.client.infos(self.programs):
+            if not info.running or _dead(info.pid):
+                continue
+            try:
+                spec = slotfile.read(ctx.layout.slot_dir(info.name))
+            except slotfile.SlotFileError:
+                continue  # started by hand, never by swapctl: not ours to attach
+            log = ctx.layout.program_log(info.name)
+            handle = SupervisorHandle(ctx, info.name, spec.release, info.pid,
+                                      log.stat().st_size if log.exists() else 0)
+            self.handles.append(handle)
+            found.append((spec, handle))
+        return found
 
     def free_slot(self, reap_wait: float = 2.0) -> str:
         """The first of blue, green that supervisord does not report running.

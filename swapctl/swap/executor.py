@@ -107,37 +107,93 @@ class SwapRun:
         self.marks = Marks()
         self.clock = clock
         self.baseline: dict[str, Any] | None = None  # canary snapshot when the swap began
+        self._commit_early = False  # a commit request that came before the soak
 
     # ----- the run ---------------------------------------------------------------
 
     def run(self) -> SwapRun:
         m = self.machine
-        m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command))
+        m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command),
+               old_release=self.old.release.name, old_token=self.old.token)
         try:
             self._begin()
             self._start_candidate()
-            m.fire(Event.READY, pid=self.cand.handle.pid if self.cand else 0)
+            m.fire(Event.READY, pid=self.cand.handle.pid if self.cand else 0,
+                   token=self.cand.token if self.cand else "", reused=self.marks.reused)
+            self._check_abort()
             self._probe()
             m.fire(Event.PROBE_PASSED, probe_ms=round(self.marks.probe_ms, 3))
+            self._check_abort()
             self._hand_over()  # fires RELEASED once the old relay handed everything over
             self._resume()
             m.fire(Event.ADOPTED, server_pause_ms=round(self.server_pause_ms or 0, 3))
-            self._verify()
-            m.fire(Event.VERIFIED)
-            self._soak()
-            self._commit()
-            m.fire(Event.COMMITTED)
+            self._finish()
         except Failure as failure:
             m.fire(failure.event, failure.reason, where=self.where.value)
             self._rollback()
         except (SwapctlError, TimeoutError, OSError) as exc:  # anything else: still roll back
             m.fire(Event.FAIL, f"unexpected error: {exc}", where=self.where.value)
             self._rollback()
+        return self._ended()
+
+    def _finish(self) -> None:
+        """From VERIFYING on: verify, soak, commit."""
+        m = self.machine
+        if m.state is State.VERIFYING:
+            self._verify()
+            m.fire(Event.VERIFIED)
+        if m.state is State.SOAKING:
+            self._soak()
+        self._commit()
+        m.fire(Event.COMMITTED)
+
+    def _ended(self) -> SwapRun:
         try:
             self.marks.connections_after = self.service.connections()
         except (SwapctlError, TimeoutError, OSError):
             self.marks.connections_after = None
         return self
+
+    def resume(self, swap_id: str, state: State, entered: float, *, cand: Slot | None,
+               where: Where, why: str) -> SwapRun:
+        """Finish a swap that a previous orchestrator left in `state` (recovery after it
+        was killed). The caller has already made exactly one relay serve the clients:
+        `where` says which (OLD: the old release, so the swap rolls back; CANDIDATE: the
+        candidate, so it goes on from verification, or rolls back if it was rolling back).
+        `self.old` is the old release's slot (warm, or None-like dead)."""
+        m = self.machine
+        self.swap_id, self.cand, self.where = swap_id, cand, where
+        m.restore(state, entered)
+        self.journal.write({"swap": swap_id, "at": round(self.clock(), 6), "event": "recovered",
+                            "state": state.value, "where": where.value, "reason": why})
+        try:
+            if state is State.ROLLING_BACK:
+                self._rollback()
+                return self._ended()
+            if where is Where.OLD:
+                raise Failure(why)
+            for event in _FORWARD.get(state, ()):
+                m.fire(event, "recovered")
+            if m.state in (State.VERIFYING, State.SOAKING):
+                self._begin()
+            self._finish()
+        except Failure as failure:
+            if not m.state.terminal and m.state is not State.ROLLING_BACK:
+                m.fire(failure.event, failure.reason, where=self.where.value)
+            self._rollback()
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            if m.state is not State.ROLLING_BACK:
+                m.fire(Event.FAIL, f"unexpected error: {exc}", where=self.where.value)
+            self._rollback()
+        return self._ended()
+
+    def _check_abort(self) -> None:
+        """An operator's abort (or rollback) between phases, before any client moves."""
+        request = self.requests()
+        if request in ("rollback", "abort"):
+            raise Failure("operator aborted the swap", Event.ROLLBACK)
+        if request == "commit":
+            self._commit_early = True
 
     @property
     def pause_stages_ms(self) -> dict[str, float] | None:
@@ -309,8 +365,8 @@ class SwapRun:
         m = self.machine
         next_check = 0.0
         while m.tick() is State.SOAKING:
-            request = self.requests()
-            if request == "rollback":
+            request = "commit" if self._commit_early else self.requests()
+            if request in ("rollback", "abort"):
                 raise Failure("operator asked for a rollback", Event.ROLLBACK)
             if request == "commit":
                 m.fire(Event.COMMIT, "operator committed early")
@@ -344,8 +400,9 @@ class SwapRun:
         m = self.machine
         self.marks.rollback_started = self.clock()
         try:
-            if self.where is Where.OLD:
-                self.marks.rollback_kind = "not needed (no client moved)"
+            if self.where is Where.OLD:  # (a recovery says how the old release got them back)
+                self.marks.rollback_kind = (self.marks.rollback_kind
+                                            or "not needed (no client moved)")
             elif self.where is Where.RELEASED:
                 self.old.link.resume(self._timeout())
                 self.marks.rollback_kind = "resume (candidate never confirmed)"
@@ -425,6 +482,15 @@ class SwapRun:
                 time.sleep(0.001)
         except CanaryError:
             return  # the canary's own failure is reported with its final audit
+
+
+# Recovery with the clients on the candidate: the events that take each state to VERIFYING.
+_FORWARD: dict[State, tuple[Event, ...]] = {
+    State.STARTING: (Event.READY, Event.PROBE_PASSED, Event.RELEASED, Event.ADOPTED),
+    State.PROBING: (Event.PROBE_PASSED, Event.RELEASED, Event.ADOPTED),
+    State.RELEASING: (Event.RELEASED, Event.ADOPTED),
+    State.ADOPTING: (Event.ADOPTED,),
+}
 
 
 def _wait_exit(slot: Slot, timeout: float) -> None:

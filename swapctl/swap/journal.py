@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from swapctl.swap.machine import Transition
 
 class Journal:
     def __init__(self, path: Path | None,
-                 watchers: list[Callable[[dict[str, Any]], None]] | None = None) -> None:
+                 watchers: list[Callable[[dict[str, Any]], None]] | None = None,
+                 fields: dict[str, Any] | None = None) -> None:
         self.path = path
         self.watchers = watchers or []  # told of every record once it is on disk
+        self.fields = fields  # added to every record (e.g. the service), with wall time
         self.records: list[dict[str, Any]] = []
         self._fd: int | None = None
         if path is not None:
@@ -23,6 +26,8 @@ class Journal:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.fields is not None:
+            record = {**self.fields, "time": round(time.time(), 3), **record}
         self.records.append(record)
         if self._fd is not None:
             os.write(self._fd, (json.dumps(record, default=str) + "\n").encode())

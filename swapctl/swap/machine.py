@@ -69,7 +69,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.COMMITTING, E.COMMITTED): S.COMMITTED,
     (S.ROLLING_BACK, E.ROLLED_BACK): S.ROLLED_BACK,
     (S.ROLLING_BACK, E.ROLLBACK_FAILED): S.FAILED,
-    **{(state, E.FAIL): S.ROLLING_BACK for state in _ACTIVE},
+    **{(state, E.FAIL): S.ROLLING_BACK for state in (*_ACTIVE, S.COMMITTING)},
     **{(state, E.ROLLBACK): S.ROLLING_BACK for state in _ACTIVE},
 }
 
@@ -129,6 +129,12 @@ class SwapMachine:
         self.state, self.entered = target, now
         self.journal(step)
         return target
+
+    def restore(self, state: State, entered: float, reason: str = "") -> None:
+        """Continue a swap another orchestrator left in `state` (entered at `entered`,
+        clock time, e.g. from its journal). Not a transition: nothing is journaled."""
+        self.state, self.entered = state, entered
+        self.reason = reason
 
     def deadline(self) -> float | None:
         """When the current state expires (clock time), or None if it never does."""

@@ -12,10 +12,10 @@ rolled back without disconnecting anyone who was connected before the swap.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from swapctl.errors import SwapctlError
 from swapctl.handoff.controller import ControlServer, RelayLink
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import HandoffError
-from swapctl.relay.listener import open_listener
+from swapctl.relay.listener import is_live, open_listener
 from swapctl.swap.spawner import ProcessHandle, Release, Spawner
 
 
@@ -47,21 +47,21 @@ class Slot:
 
 
 class Service:
-    def __init__(self, socket_path: Path, state_dir: Path, spawner: Spawner) -> None:
+    def __init__(self, socket_path: Path, state_dir: Path, spawner: Spawner,
+                 control_path: Path | None = None) -> None:
         self.socket_path = socket_path
         self.state_dir = state_dir
+        self.control_path = control_path or state_dir / "control.sock"
         self.spawner = spawner
         self.listener: socket.socket | None = None
         self.control: ControlServer | None = None
         self.active: Slot | None = None
         self.warm: Slot | None = None
         self.held: list[Transfer] = []
-        self._tokens = itertools.count(1)
 
     def open(self, release: Release, timeout: float = 10.0) -> Slot:
         """Create the listener and control socket, start `release` and give it the listener."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.control = ControlServer(self.state_dir / "control.sock")
+        self.open_control()
         self.listener = open_listener(self.socket_path)
         slot = self.start_slot(release, time.monotonic() + timeout)
         slot.link.adopt(Transfer(self.listener.fileno(), []), timeout)
@@ -69,26 +69,52 @@ class Service:
         self.active = slot
         return slot
 
+    def open_control(self) -> None:
+        """The control socket relays connect to (created before any relay starts)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.control is None:
+            self.control = ControlServer(self.control_path)
+
     def start_slot(self, release: Release, deadline: float) -> Slot:
         """Spawn `release` and wait until it connected and said READY (or raise)."""
         assert self.control is not None
-        token = f"{release.name}-{next(self._tokens)}"
+        # unique across restarts of the orchestrator: relays started earlier still run
+        token = f"{release.name}-{uuid.uuid4().hex[:8]}"
         handle = self.spawner.spawn(release, token, self.control.path, self.socket_path)
         try:
-            link = self._accept(token, handle, deadline)
-            while not link.ready:
-                self._check_alive(handle, release, "before saying ready")
-                with contextlib.suppress(TimeoutError):
-                    link.wait_ready(min(0.05, max(0.001, deadline - time.monotonic())))
-                if time.monotonic() >= deadline and not link.ready:
-                    raise SlotError(f"{release.name} did not say ready in time")
+            return self._connect(release, token, handle, deadline)
         except (SwapctlError, TimeoutError, OSError) as exc:
             handle.stop(1.0)
-            if isinstance(exc, HandoffError) and not handle.alive():
-                raise SlotError(f"{release.name} exited before saying ready "
-                                f"({handle.describe_exit()})") from None
-            raise SlotError(str(exc)) from None
+            raise self._slot_error(release, handle, exc) from None
+
+    def attach(self, release: Release, token: str, handle: ProcessHandle,
+               deadline: float) -> Slot:
+        """A relay that was already running (started before this orchestrator): wait for
+        it to reconnect to the control socket and say READY again. Never stops it."""
+        try:
+            return self._connect(release, token, handle, deadline)
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise self._slot_error(release, handle, exc) from None
+
+    def _connect(self, release: Release, token: str, handle: ProcessHandle,
+                 deadline: float) -> Slot:
+        link = self._accept(token, handle, deadline)
+        while not link.ready:
+            self._check_alive(handle, release, "before saying ready")
+            with contextlib.suppress(TimeoutError):
+                link.wait_ready(min(0.05, max(0.001, deadline - time.monotonic())))
+            if time.monotonic() >= deadline and not link.ready:
+                raise SlotError(f"{release.name} did not say ready in time")
         return Slot(release, token, handle, link)
+
+    @staticmethod
+    def _slot_error(release: Release, handle: ProcessHandle, exc: BaseException) -> SlotError:
+        if isinstance(exc, SlotError):
+            return exc
+        if isinstance(exc, HandoffError) and not handle.alive():
+            return SlotError(f"{release.name} exited before saying ready "
+                             f"({handle.describe_exit()})")
+        return SlotError(str(exc))
 
     def _accept(self, token: str, handle: ProcessHandle, deadline: float) -> RelayLink:
         assert self.control is not None
@@ -122,6 +148,21 @@ class Service:
                     os.close(fd)
         self.held = []
 
+    def detach(self) -> None:
+        """Let go of everything but the relays: they keep serving (an orchestrator
+        restart, or a daemon that stops without `down`)."""
+        for slot in (self.active, self.warm):
+            if slot is not None:
+                slot.link.close()
+        self.active = self.warm = None
+        self.drop_held()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
     def close(self) -> None:
         for slot in (self.active, self.warm):
             if slot is not None:
@@ -130,5 +171,10 @@ class Service:
         self.drop_held()
         if self.control is not None:
             self.control.close()
+            self.control = None
         if self.listener is not None:
             self.listener.close()
+            self.listener = None
+            if not is_live(self.socket_path):  # ours, and nobody serves it any more
+                with contextlib.suppress(FileNotFoundError):
+                    self.socket_path.unlink()

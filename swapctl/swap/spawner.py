@@ -27,6 +27,7 @@ class Release:
     name: str
     command: tuple[str, ...]
     handoff: bool = True  # speaks the handoff protocol
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (SWAPCTL_* are set by swapctl)
 
 
 class ProcessHandle(Protocol):
@@ -105,7 +106,8 @@ class SubprocessSpawner:
         self.handles: list[SubprocessHandle] = []
 
     def spawn(self, release: Release, token: str, control: Path, socket: Path) -> SubprocessHandle:
-        env = dict(os.environ, SWAPCTL_HANDOFF=str(control), SWAPCTL_TOKEN=token,
+        env = dict(os.environ, **dict(release.env), SWAPCTL_HANDOFF=str(control),
+                   SWAPCTL_TOKEN=token,
                    SWAPCTL_SOCKET=str(socket), SWAPCTL_RELEASE=release.name)
         log = log_path = None
         if self.log_dir is not None:
