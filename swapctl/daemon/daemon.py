@@ -1,0 +1,369 @@
+"""swapctld: recovers, serves the control API, watches the relays, and stays out of the way.
+
+Start-up, in order: load and check the configuration; reach supervisord (start it in a
+session of its own when `supervisord.start: swapctl`, so that it outlives us); for each
+service attach to the relays supervisord runs and settle them (recovery.py), or start
+the last good release on a fresh listener; open the control API; say READY=1. Then a
+main loop pings the watchdog, refreshes health and metrics each second, and restarts a
+relay that died outside a swap on the listener swapctld holds.
+
+SIGTERM or SIGINT: stop answering, wait up to 10 s for a running swap to finish (a
+swap interrupted here is finished by the next start, from the journal), let go of the
+relays (they keep serving) and exit 0. `swapctl down` (op "down") also stops every
+relay and the supervisord swapctl started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from swapctl.config.errors import ConfigError
+from swapctl.config.load import Config, load_config
+from swapctl.daemon import sdnotify
+from swapctl.daemon.api import ApiServer
+from swapctl.daemon.metrics import DaemonMetrics
+from swapctl.daemon.paths import Paths, layout_of, read_json
+from swapctl.daemon.runtime import Busy, ServiceRuntime, Unhealthy
+from swapctl.errors import SwapctlError, UsageError
+from swapctl.logs import event
+from swapctl.supervise.client import SupervisorClient, SupervisorError
+from swapctl.supervise.layout import Layout
+from swapctl.supervise.supervisord import Supervisord
+from swapctl.swap import journal as journal_file
+
+log = logging.getLogger("swapctl.daemon")
+TICK = 0.25
+FDSTORE_PREFIX = "listener-"
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.paths = Paths.of(config)
+        self.layout: Layout = layout_of(config, self.paths)
+        self.notifier = sdnotify.Notifier.from_env(unset_env=True)
+        self.metrics = DaemonMetrics()
+        self.stopping = threading.Event()
+        self.down = threading.Event()
+        self.runtimes: dict[str, ServiceRuntime] = {}
+        self.started = time.time()
+        self.recovery: list[dict[str, Any]] = []
+        self.api: ApiServer | None = None
+
+    # ----- life ------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.paths.make()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        self._reach_supervisord()
+        stored = sdnotify.listen_fds(unset_env=True)
+        for name in sorted(self.config.services):
+            runtime = ServiceRuntime(name, self.config.services[name], self.paths, self.layout,
+                                     self._finished)
+            runtime.listener_store = self._storer(name)
+            self.runtimes[name] = runtime
+        for name, runtime in self.runtimes.items():
+            fds = stored.get(FDSTORE_PREFIX + name, [])
+            try:
+                outcome = runtime.start(fds[0] if fds else None)
+            except (SwapctlError, OSError) as exc:
+                outcome = {"service": name, "action": "failed", "problem": str(exc)}
+            self.recovery.append(outcome)
+            self.metrics.recovered(name, str(outcome.get("action", "")).split(" ")[0])
+            event(log, logging.INFO, "daemon.service_up", **outcome)
+        mode = self.config.daemon.control.mode
+        self.api = ApiServer(self.paths.control, self.handle, mode)
+        self.api.start()
+        self.metrics.daemon_info(version("swapctl"), self.started)
+        address = self.metrics.serve(self.config.daemon.metrics.listen)
+        event(log, logging.INFO, "daemon.ready", control=str(self.paths.control),
+              metrics=f"{address[0]}:{address[1]}" if address else None, pid=os.getpid())
+        if self.notifier is not None:
+            self.notifier.ready(f"serving {len(self.runtimes)} services")
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        interval = sdnotify.watchdog_interval(unset_env=True)
+        ping = (interval / 2) if interval else None
+        next_ping = next_check = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if ping is not None and now >= next_ping and self.notifier is not None:
+                self.notifier.watchdog()
+                next_ping = now + ping
+            if now >= next_check:
+                next_check = now + 1.0
+                for name, runtime in self.runtimes.items():
+                    restarted = runtime.restart_if_dead()
+                    if restarted is not None:
+                        event(log, logging.WARNING, "daemon.relay_restart", **restarted)
+                    self._observe(name, runtime.refresh())
+            self.stopping.wait(TICK)
+
+    def _observe(self, name: str, health: dict[str, Any]) -> None:
+        active = self.runtimes[name].service.active
+        if active is None:
+            return
+        program = str(getattr(active.handle, "program", ""))
+        self.metrics.relay_seen(name, program.rsplit("-", 1)[-1], active.release.name,
+                                bool(health.get("healthy")), health.get("connections"))
+
+    def _shutdown(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping("stopping")
+        if self.api is not None:
+            self.api.close()
+        for runtime in self.runtimes.values():
+            job = runtime.job
+            if job is not None and job.report is None:
+                job.request = "abort" if self.down.is_set() else job.request
+            runtime.wait_idle(10.0 if not self.down.is_set() else 60.0)
+        if self.down.is_set():
+            for runtime in self.runtimes.values():
+                runtime.stop_relays()
+            self._stop_supervisord()
+        for runtime in self.runtimes.values():
+            runtime.detach()
+        self.metrics.close()
+        event(log, logging.INFO, "daemon.stopped", down=self.down.is_set())
+
+    def _storer(self, service: str) -> Any:
+        def store(fd: int) -> None:
+            if self.notifier is not None:
+                self.notifier.fdstore(FDSTORE_PREFIX + service, [fd])
+        return store
+
+    def _finished(self, service: str, report: dict[str, Any]) -> None:
+        decision = report.get("decision")
+        if decision in ("committed", "rolled_back", "failed"):
+            rollback = report.get("rollback") or {}
+            self.metrics.swap_finished(
+                service, decision, pause_ms=report.get("server_pause_ms"),
+                rollback_ms=rollback.get("ms"),
+                duration_s=float(report.get("ended", 0)) - float(report.get("started", 0)))
+        self.metrics.swap_ended(service)
+
+    # ----- supervisord -----------------------------------------------------------
+
+    def _reach_supervisord(self) -> None:
+        sup = self.config.daemon.supervisord
+        client = SupervisorClient(self.layout.socket, 2.0)
+        try:
+            try:
+                client.pid()
+                return  # running (started by systemd, or by an earlier swapctld)
+            except SupervisorError:
+                pass
+            if sup.start == "systemd":
+                self._wait_supervisord(client, 30.0)
+                return
+            if os.environ.get("INVOCATION_ID"):
+                raise UsageError(
+                    "supervisord.start is swapctl, but swapctld runs under systemd: a "
+                    "supervisord it started would share its cgroup and die, with every relay, "
+                    "at the next daemon restart; set supervisord.start: systemd in "
+                    f"{self.config.directory / 'swapctld.yaml'}")
+            Supervisord(self.layout).start()  # its own session: it outlives this process
+        finally:
+            client.close()
+
+    def _wait_supervisord(self, client: SupervisorClient, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.pid()
+                return
+            except SupervisorError as exc:
+                if time.monotonic() >= deadline:
+                    raise SwapctlError(
+                        f"supervisord does not answer on {self.layout.socket} ({exc}): start "
+                        "it (systemctl start swapctl-supervisord)") from None
+            time.sleep(0.2)
+
+    def _stop_supervisord(self) -> None:
+        if self.config.daemon.supervisord.start != "swapctl":
+            return
+        client = SupervisorClient(self.layout.socket, 5.0)
+        try:
+            pid = client.pid()
+            client.shutdown()
+        except SupervisorError:
+            return
+        finally:
+            client.close()
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(15)
+
+    # ----- the API ---------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        op = request["op"]
+        try:
+            method = getattr(self, f"op_{op}", None)
+            if method is None:
+                raise UsageError(f"unknown op {op!r}")
+            yield from method(request)
+        except Busy as exc:
+            yield {"type": "error", "code": "busy", "message": str(exc)}
+        except Unhealthy as exc:
+            yield {"type": "error", "code": "unhealthy", "message": str(exc)}
+        except UnknownService as exc:
+            yield {"type": "error", "code": "unknown_service", "message": str(exc)}
+        except (UsageError, ConfigError) as exc:
+            yield {"type": "error", "code": "usage", "message": str(exc)}
+        except SwapctlError as exc:
+            yield {"type": "error", "code": "internal", "message": str(exc)}
+
+    def runtime(self, request: dict[str, Any]) -> ServiceRuntime:
+        name = request.get("service")
+        if name not in self.runtimes:
+            names = ", ".join(sorted(self.runtimes))
+            raise UnknownService(f"unknown service {name!r}: swapctld runs {names} "
+                                 f"(one file each in {self.config.directory})")
+        return self.runtimes[str(name)]
+
+    def op_ping(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield {"type": "result", "pid": os.getpid(), "version": version("swapctl")}
+
+    def op_status(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        names = [request["service"]] if request.get("service") else sorted(self.runtimes)
+        services = [self.runtime({"service": n}).status() for n in names]
+        yield {"type": "result", "daemon": {
+            "pid": os.getpid(), "version": version("swapctl"), "started": self.started,
+            "config_dir": str(self.config.directory), "state_dir": str(self.paths.state),
+            "control": str(self.paths.control), "supervisord": str(self.layout.socket),
+            "metrics": self.metrics.address and ":".join(map(str, self.metrics.address)),
+            "recovery": self.recovery}, "services": services}
+
+    def op_swap(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        self._reload(runtime)
+        kind = "swap"
+        to = request.get("to")
+        if request.get("rollback"):  # `swapctl rollback SERVICE` with no swap running
+            kind, to = "rollback", runtime.previous_release()
+        soak = request.get("soak")
+        if request.get("dry_run"):
+            yield {"type": "result", "plan": {**runtime.plan(to, soak), "kind": kind}}
+            return
+        job = runtime.swap(to, soak, kind)
+        self.metrics.swap_started(runtime.name)
+        yield {"type": "accepted", "swap_id": job.swap_id, "kind": kind,
+               "plan": {"from": job.run.old.release.name, "to": job.run.release.name}}
+        if not request.get("wait", True):
+            yield {"type": "result", "swap_id": job.swap_id, "running": True}
+            return
+        yield from _follow(job)
+
+    def op_follow(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        job = runtime.job
+        if job is None:
+            raise UsageError(f"{runtime.name}: no swap since swapctld started")
+        yield {"type": "accepted", "swap_id": job.swap_id, "kind": job.kind}
+        yield from _follow(job)
+
+    def op_request(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        kind = str(request.get("request"))
+        if kind not in ("rollback", "commit", "abort"):
+            raise UsageError(f"unknown request {kind!r}: rollback, commit or abort")
+        answer = runtime.ask(kind)
+        yield {"type": "result", **answer}
+
+    def op_history(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        service = request.get("service")
+        if service:
+            self.runtime(request)
+        limit = int(request.get("limit", 20))
+        rows = []
+        for path in self.paths.reports.glob("*.json"):
+            data = read_json(path)
+            if data is None or (service and data.get("service") != service):
+                continue
+            rollback = data.get("rollback") or {}
+            canary = data.get("canary") or {}
+            rows.append({k: data.get(k) for k in ("swap_id", "service", "kind", "from", "to",
+                                                   "decision", "reason", "started", "ended",
+                                                   "server_pause_ms", "client_pause_ms")}
+                        | {"rollback_ms": rollback.get("ms"), "lost": canary.get("lost")})
+        rows.sort(key=lambda r: float(r.get("started") or 0), reverse=True)
+        yield {"type": "result", "swaps": rows[:limit]}
+
+    def op_report(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        swap_id = str(request.get("swap_id", ""))
+        if "/" in swap_id or not swap_id:
+            raise UsageError(f"bad swap id {swap_id!r}")
+        data = read_json(self.paths.report(swap_id))
+        if data is None:
+            records = [r for r in journal_file.read(self.paths.journal)
+                       if r.get("swap") == swap_id] if self.paths.journal.exists() else []
+            if not records:
+                raise UsageError(f"no swap {swap_id}: see `swapctl history`")
+            data = {"swap_id": swap_id, "decision": "running", "journal": records}
+        yield {"type": "result", "report": data}
+
+    def op_logs(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        lines = int(request.get("lines", 50))
+        out = []
+        for program in runtime.spawner.programs:
+            path = self.layout.program_log(program)
+            text = _tail(path, lines)
+            out.append({"program": program, "path": str(path), "text": text})
+        yield {"type": "result", "logs": out}
+
+    def op_down(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self.down.set()
+        self.stopping.set()
+        yield {"type": "result", "pid": os.getpid(), "stopping": True}
+
+    def _reload(self, runtime: ServiceRuntime) -> None:
+        """Re-read the service's file before each swap: releases and settings as edited
+        (a broken file refuses the swap and names file, key and fix)."""
+        fresh = load_config(self.config.directory, [runtime.name])
+        runtime.config = fresh.services[runtime.name]
+
+
+class UnknownService(UsageError):
+    """No such service in the configuration."""
+
+
+def _follow(job: Any) -> Iterator[dict[str, Any]]:
+    for item in job.follow():
+        if "report" in item:
+            yield {"type": "result", "report": item["report"]}
+        else:
+            yield {"type": "progress", "record": item}
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 200 * max(lines, 1)))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def main(config_dir: Path | None) -> int:
+    config = load_config(config_dir)
+    return Daemon(config).run()

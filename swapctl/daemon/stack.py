@@ -1,0 +1,86 @@
+"""`swapctl up` and `swapctl down` outside systemd: swapctld as a detached process.
+
+`up` starts `python -m swapctl daemon` in a session of its own (so it outlives the
+shell, and a Ctrl-C there never reaches it), its output appended to LOG/swapctld.log,
+and returns once the control API answers (the daemon answers only after recovering
+every service). It is idempotent: a daemon that answers already is left alone.
+`down` asks the daemon to stop every relay, the supervisord swapctl started, and
+itself, and waits until its process is gone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from swapctl.config.load import Config
+from swapctl.daemon.api import ApiClient, DaemonUnreachable
+from swapctl.daemon.paths import Paths
+from swapctl.errors import SwapctlError
+
+
+class StartFailed(SwapctlError):
+    """swapctld exited or did not answer in time."""
+
+
+def client_for(config: Config, timeout: float = 10.0) -> ApiClient:
+    return ApiClient(Paths.of(config).control, timeout)
+
+
+def up(config: Config, timeout: float = 60.0) -> dict[str, Any]:
+    paths = Paths.of(config)
+    paths.make()
+    client = client_for(config, 2.0)
+    try:
+        return {"started": False, **client.call("ping")}
+    except DaemonUnreachable:
+        pass
+    log = paths.daemon_log
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swapctl", "daemon", "--config-dir", str(config.directory)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise StartFailed(f"swapctld exited with {code} while starting; "
+                              f"{log} says: {_since(log, offset)}")
+        try:
+            return {"started": True, **client.call("ping")}
+        except (DaemonUnreachable, TimeoutError, ConnectionError):
+            pass
+        if time.monotonic() >= deadline:
+            raise StartFailed(f"swapctld (pid {proc.pid}) did not answer on {paths.control} "
+                              f"within {timeout:g}s; {log} says: {_since(log, offset)}")
+        time.sleep(0.1)
+
+
+def down(config: Config, timeout: float = 60.0) -> dict[str, Any]:
+    client = client_for(config, timeout)
+    try:
+        pid = int(client.call("ping")["pid"])
+    except DaemonUnreachable:
+        return {"stopped": False, "running": False}
+    client.call("down")
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise StartFailed(f"swapctld (pid {pid}) did not stop within {timeout:g}s") from None
+    return {"stopped": True, "pid": pid}
+
+
+def _since(log: Path, offset: int) -> str:
+    try:
+        text = log.read_bytes()[offset:].decode(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+    return text[-1500:] or "(nothing)"
