@@ -1,4 +1,5 @@
-"""`swapctl swap` (standalone, no daemon), `swapctl rollback`, `swapctl commit`."""
+"""`swapctl swap`, `rollback`, `commit`, `abort`: through swapctld (`swap SERVICE`), or
+standalone with no daemon (`swap --socket S --from CMD --to CMD`, for CI and tests)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import click
 
+from swapctl.cli import ops
 from swapctl.cli.exits import EXIT_FAILED, EXIT_OK
 from swapctl.errors import UsageError
 from swapctl.protocol.profiles import Domain, Profile, domain_byte
@@ -36,36 +38,69 @@ def _release(name: str, command: str) -> Release:
 
 
 @click.command("swap")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), required=True,
-              help="Public socket path the clients connect to.")
-@click.option("--from", "from_cmd", required=True, metavar="CMD",
-              help="Command of the running release (handoff-capable), started first.")
-@click.option("--to", "to_cmd", required=True, metavar="CMD", help="Command of the candidate.")
-@click.option("--soak", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds the old release stays warm while the candidate is watched.")
+@click.argument("service", required=False, shell_complete=ops._services)
+@ops.config_dir_option
+@click.option("--to", "to", metavar="RELEASE|CMD",
+              help="With SERVICE: the release to swap to [default: the service file's active]. "
+                   "Standalone: the candidate's command.")
+@click.option("--soak", callback=ops._duration, metavar="D",
+              help="Soak window (30s, 2m): the old release stays warm while the candidate is "
+                   "watched [default: the service file's soak; standalone 5s].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (strategy, phases, deadlines).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before swapping on a terminal.")
+@click.option("--no-wait", is_flag=True, help="Return once swapctld has accepted the swap.")
+@click.option("--timeout", callback=ops._duration, metavar="D",
+              help="Stop following after D (exit 5); the swap goes on in swapctld.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path),
+              help="Standalone: the public socket path the clients connect to.")
+@click.option("--from", "from_cmd", metavar="CMD",
+              help="Standalone: command of the running release (handoff-capable), started first.")
 @click.option("--rollback-after", type=click.FloatRange(min=0),
-              help="Ask for a rollback this many seconds into the soak (drills, demos).")
+              help="Standalone: ask for a rollback this many seconds into the soak (drills).")
 @click.option("--canary-rate", type=click.FloatRange(min=0), default=2000.0, show_default=True,
-              help="Canary messages per second (0: no canary).")
+              help="Standalone: canary messages per second (0: no canary).")
 @click.option("--pause-budget-ms", type=click.FloatRange(min=0), default=250.0,
-              show_default=True, help="Server-side pause above which the swap rolls back.")
+              show_default=True, help="Standalone: server-side pause that rolls back.")
 @click.option("--domain", type=click.Choice([d.value for d in Domain]), default="market_data",
-              show_default=True)
+              show_default=True, help="Standalone: the relay domain.")
 @click.option("--profile", type=click.Choice([p.value for p in Profile]), default="alphapulse",
-              show_default=True)
+              show_default=True, help="Standalone: the numbering profile.")
 @click.option("--state-dir", type=click.Path(path_type=Path),
-              help="Control/request sockets, relay logs and journal [default: beside the socket].")
+              help="Standalone: control/request sockets, logs, journal [default: beside the "
+                   "socket].")
 @_output
 def swap_command(**o: Any) -> None:
-    """Start --from on SOCKET, hand every client over to --to, prove it, report.
+    """Swap SERVICE to another release with no client disconnected, prove it, report.
 
-    Runs without the daemon: the relays live as long as this command. During the
-    soak, `swapctl rollback --socket SOCKET` (or commit) steers it. Exit 0 when
-    committed with a clean canary, 1 when rolled back or anything was lost.
+    \b
+    Through swapctld:  swapctl swap market_data --to v2 [--soak 60s] [--dry-run]
+    Standalone:        swapctl swap --socket S --from CMD --to CMD
+    Exit 0 when committed with a clean canary; 1 when rolled back or anything was lost;
+    6 when the rollback itself failed; 5 on --timeout; 7 when swapctld does not answer.
     """
+    if o["service"] is not None:
+        if o["socket_path"] or o["from_cmd"]:
+            raise UsageError("give SERVICE (swap through swapctld) or --socket/--from "
+                             "(standalone), not both")
+        ops.daemon_swap(o["config_dir"], o["service"], o["to"], o["soak"], dry_run=o["dry_run"],
+                        yes=o["yes"], no_wait=o["no_wait"], timeout=o["timeout"],
+                        output=o["output"])
+        return
+    missing = [f"--{n}" for n, k in (("socket", "socket_path"), ("from", "from_cmd"),
+                                      ("to", "to")) if not o[k]]
+    if missing:
+        raise UsageError(f"give SERVICE (swap through swapctld), or {', '.join(missing)} "
+                         "for a standalone swap")
+    standalone(o)
+
+
+def standalone(o: dict[str, Any]) -> None:
+    """Start --from on SOCKET, hand every client over to --to, prove it, report. The
+    relays live as long as this command; `swapctl rollback --socket SOCKET` steers it."""
     dom = domain_byte(Domain(o["domain"]), Profile(o["profile"]))
     state_dir: Path = o["state_dir"] or state_dir_for(o["socket_path"])
-    settings = SwapSettings(deadlines=Deadlines(soaking=o["soak"]),
+    soak = 5.0 if o["soak"] is None else o["soak"]
+    settings = SwapSettings(deadlines=Deadlines(soaking=soak),
                             pause_budget_ms=o["pause_budget_ms"])
     service = Service(o["socket_path"], state_dir, SubprocessSpawner(state_dir / "logs"))
     canary = Canary(o["socket_path"], o["canary_rate"], domain_byte=dom) \
@@ -79,7 +114,7 @@ def swap_command(**o: Any) -> None:
             time.sleep(0.2)  # steady state before the swap
         requests = _requests(inbox, o["rollback_after"])
         journal = Journal(state_dir / "journal.jsonl", _progress(o["output"]))
-        run = SwapRun(service, _release("to", o["to_cmd"]), settings, canary=canary,
+        run = SwapRun(service, _release("to", o["to"]), settings, canary=canary,
                       requests=requests, journal=journal, domain_byte=dom).run()
         result = report.build(run, canary.stop() if canary else None)
     finally:
@@ -138,21 +173,44 @@ def _emit(result: dict[str, Any], output: str) -> None:
 
 
 def _request_command(name: str) -> click.Command:
+    daemon = ops.request_command(name)
+
     @click.command(name)
-    @click.option("--socket", "socket_path", type=click.Path(path_type=Path), required=True,
-                  help="Public socket of the service being swapped.")
-    @click.option("--state-dir", type=click.Path(path_type=Path))
-    def command(socket_path: Path, state_dir: Path | None) -> None:
-        target = (state_dir or state_dir_for(socket_path)) / "requests.sock"
+    @click.argument("service", required=False, shell_complete=ops._services)
+    @ops.config_dir_option
+    @click.option("--socket", "socket_path", type=click.Path(path_type=Path),
+                  help="Standalone: public socket of the service being swapped.")
+    @click.option("--state-dir", type=click.Path(path_type=Path), help="Standalone.")
+    @click.option("--yes", "-y", is_flag=True, help="rollback with no swap running: do not "
+                  "ask on a terminal.")
+    @click.option("--no-wait", is_flag=True, help="rollback with no swap running: return "
+                  "once accepted.")
+    @click.option("--timeout", callback=ops._duration, metavar="D")
+    @_output
+    def command(service: str | None, config_dir: Path | None, socket_path: Path | None,
+                **o: Any) -> None:
+        if service is not None:
+            daemon(config_dir, service, o["output"], dry_run=False, yes=o["yes"],
+                   no_wait=o["no_wait"], timeout=o["timeout"])
+            return
+        if socket_path is None or name == "abort":
+            raise UsageError(f"give SERVICE (`swapctl {name} market_data`)"
+                             + ("" if name == "abort" else
+                                ", or --socket for a standalone swap"))
+        target = (o["state_dir"] or state_dir_for(socket_path)) / "requests.sock"
         send_request(target, name)
         click.echo(f"{name} requested for the swap on {socket_path}")
 
-    verb = {"rollback": "roll back", "commit": "commit"}[name]
-    command.help = f"Ask the swap running on SOCKET to {verb} now (during verify or soak)."
+    command.help = {
+        "rollback": "Roll SERVICE back: the running swap (during verify or soak), or, with "
+                    "none running, swap back to the release the last committed swap replaced.",
+        "commit": "Commit SERVICE's running swap now, before its soak window ends.",
+        "abort": "Abort SERVICE's running swap at any phase (it rolls back).",
+    }[name]
     return command
 
 
 def register(group: click.Group) -> None:
     group.add_command(swap_command)
-    group.add_command(_request_command("rollback"))
-    group.add_command(_request_command("commit"))
+    for name in ("rollback", "commit", "abort"):
+        group.add_command(_request_command(name))

@@ -1,0 +1,454 @@
+"""The operator commands that talk to swapctld: up, down, status, swap SERVICE, rollback,
+commit, abort, history, report, logs; and `daemon`, which is swapctld itself.
+
+Every command takes `--config-dir` (where swapctld.yaml names the control socket) and
+`-o text|json`; JSON goes to stdout only, progress and errors to stderr. Exit codes are
+in swapctl/cli/exits.py and README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from click.shell_completion import get_completion_class
+
+from swapctl.cli.exits import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_ROLLBACK_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_UNHEALTHY,
+    EXIT_UNKNOWN_SERVICE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from swapctl.daemon.api import ApiError, DaemonUnreachable
+from swapctl.errors import SwapctlError
+from swapctl.swap import report as swap_report
+
+CODES = {"unknown_service": EXIT_UNKNOWN_SERVICE, "usage": EXIT_USAGE, "busy": EXIT_USAGE,
+         "unhealthy": EXIT_UNHEALTHY, "permission": EXIT_USAGE, "internal": EXIT_UNHEALTHY}
+
+
+def _services(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of SERVICE: the service files in the configuration directory."""
+    from swapctl.config.load import DAEMON_FILE, default_config_dir  # noqa: PLC0415 (pydantic: 0.4 s)
+    directory = ctx.params.get("config_dir") or default_config_dir()
+    try:
+        names = [p.stem for p in Path(directory).glob("*.yaml") if p.name != DAEMON_FILE]
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+config_dir_option = click.option(
+    "--config-dir", type=click.Path(path_type=Path, file_okay=False), is_eager=True,
+    help="Directory of swapctld.yaml and the service files [default: $SWAPCTL_CONFIG_DIR, "
+         "else ./configs if it has swapctld.yaml, else /etc/swapctl].")
+output_option = click.option("-o", "--output", type=click.Choice(["text", "json"]),
+                             default="text", show_default=True,
+                             help="json: JSON on stdout (one document; --watch: one a line).")
+service_argument = click.argument("service", shell_complete=_services)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from pydantic_core import PydanticCustomError  # noqa: PLC0415 (pydantic: 0.4 s)
+
+    from swapctl.config.types import parse_duration  # noqa: PLC0415 (pydantic: 0.4 s)
+    try:
+        return parse_duration(value)
+    except (PydanticCustomError, ValueError) as exc:
+        raise click.BadParameter(f"{value!r}: {exc}; use e.g. 30s, 250ms, 2m") from None
+
+
+def _config(config_dir: Path | None) -> Any:
+    from swapctl.config.load import load_config  # noqa: PLC0415 (pydantic: 0.4 s)
+    return load_config(config_dir)
+
+
+def _client(config_dir: Path | None, timeout: float = 10.0) -> Any:
+    from swapctl.daemon.stack import client_for  # noqa: PLC0415 (pydantic: 0.4 s)
+    return client_for(_config(config_dir), timeout)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"swapctl: {message}", err=True)
+    sys.exit(code)
+
+
+def _calling(body: Callable[[], None]) -> None:
+    """Run `body`, turning daemon errors into one stderr line and the documented code."""
+    try:
+        body()
+    except DaemonUnreachable as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+    except ApiError as exc:
+        _fail(str(exc), CODES.get(exc.code, EXIT_UNHEALTHY))
+    except TimeoutError as exc:
+        _fail(str(exc), EXIT_TIMEOUT)
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# ----- swapctld itself, up, down -------------------------------------------------------
+
+@click.command("daemon")
+@config_dir_option
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
+              show_default=True)
+def daemon_command(config_dir: Path | None, log_level: str) -> None:
+    """Run swapctld in the foreground (systemd's swapctld.service runs this)."""
+    from swapctl import logs  # noqa: PLC0415 (pydantic: 0.4 s)
+    from swapctl.daemon.daemon import main  # noqa: PLC0415 (pydantic: 0.4 s)
+    logs.setup(log_level)
+    sys.exit(main(config_dir))
+
+
+@click.command("up")
+@config_dir_option
+@click.option("--timeout", callback=_duration, default="60s", show_default=True,
+              help="Longest wait for swapctld to recover its services and answer.")
+@output_option
+def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
+    """Start supervisord, swapctld and every service's last good release (idempotent)."""
+    from swapctl.daemon.stack import up  # noqa: PLC0415 (pydantic: 0.4 s)
+
+    def body() -> None:
+        result = up(_config(config_dir), timeout)
+        if output == "json":
+            _json(result)
+        else:
+            how = "started" if result["started"] else "already running"
+            click.echo(f"swapctld {how} (pid {result['pid']}, swapctl {result['version']})")
+            _show_status(_client(config_dir).call("status"))
+    _calling(body)
+
+
+@click.command("down")
+@config_dir_option
+@click.option("--timeout", callback=_duration, default="60s", show_default=True)
+@output_option
+def down_command(config_dir: Path | None, timeout: float, output: str) -> None:
+    """Stop every relay (clients are disconnected), supervisord and swapctld."""
+    from swapctl.daemon.stack import down  # noqa: PLC0415 (pydantic: 0.4 s)
+
+    def body() -> None:
+        result = down(_config(config_dir), timeout)
+        if output == "json":
+            _json(result)
+        elif result["stopped"]:
+            click.echo(f"swapctld (pid {result['pid']}) stopped every relay and exited")
+        else:
+            click.echo("swapctld is not running")
+    _calling(body)
+
+
+# ----- status --------------------------------------------------------------------------
+
+@click.command("status")
+@config_dir_option
+@click.argument("service", required=False, shell_complete=_services)
+@click.option("--watch", "-w", is_flag=True, help="Refresh every --interval until Ctrl-C.")
+@click.option("--interval", callback=_duration, default="1s", show_default=True)
+@output_option
+def status_command(config_dir: Path | None, service: str | None, watch: bool,
+                   interval: float, output: str) -> None:
+    """Each service: the release serving, its slot and pid, connections, health, swap.
+
+    Exit 3 when a service is unhealthy (no relay, or it does not answer).
+    """
+    client = _client(config_dir)
+    args = {"service": service} if service else {}
+
+    def once() -> dict[str, Any]:
+        result: dict[str, Any] = client.call("status", **args)
+        if output == "json":
+            click.echo(json.dumps(result, default=str, indent=None if watch else 2))
+        else:
+            if watch and sys.stdout.isatty():
+                click.clear()
+            _show_status(result)
+        return result
+
+    def body() -> None:
+        result = once()
+        while watch:
+            time.sleep(interval)
+            result = once()
+        unhealthy = [s for s in result["services"] if not s["health"].get("healthy")]
+        sys.exit(EXIT_UNHEALTHY if unhealthy else EXIT_OK)
+    try:
+        _calling(body)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_OK)
+
+
+def _show_status(result: dict[str, Any]) -> None:
+    d = result["daemon"]
+    up_for = _ago(time.time() - float(d["started"]))
+    click.echo(f"swapctld pid {d['pid']}, up {up_for}, config {d['config_dir']}"
+               + (f", metrics {d['metrics']}" if d.get("metrics") else ""))
+    rows = [("SERVICE", "RELEASE", "SLOT", "PID", "CONNS", "HEALTH", "SWAP")]
+    for s in result["services"]:
+        active, health, swap = s["active"] or {}, s["health"], s["swap"]
+        state = "-"
+        if swap and swap["running"]:
+            state = f"{swap['swap_id']} {swap['from']}->{swap['to']} {swap['state']}"
+        elif swap:
+            state = f"last: {swap['decision']} ({swap['from']}->{swap['to']})"
+        rows.append((s["service"], active.get("release", "-"),
+                     str(active.get("program", "-")).rsplit("-", 1)[-1],
+                     str(active.get("pid", "-")), str(health.get("connections", "-")),
+                     "healthy" if health.get("healthy") else
+                     f"UNHEALTHY: {health.get('problem', '?')}", state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
+                   + "  " + row[-1])
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+# ----- swap, rollback, commit, abort --------------------------------------------------
+
+def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: float | None,
+                *, dry_run: bool, yes: bool, no_wait: bool, timeout: float | None, output: str,
+                rollback: bool = False) -> None:
+    """`swapctl swap SERVICE` (and `rollback SERVICE` with no swap running)."""
+    client = _client(config_dir, 10.0)
+    args: dict[str, Any] = {"service": service, "to": to, "soak": soak, "rollback": rollback}
+
+    def body() -> None:
+        if dry_run or (sys.stdin.isatty() and not yes):
+            plan = client.call("swap", **args, dry_run=True)["plan"]
+            if dry_run:
+                _json(plan) if output == "json" else click.echo(_plan_text(plan))
+                sys.exit(EXIT_OK)
+            click.echo(_plan_text(plan), err=True)
+            if not click.confirm("Proceed?", err=True):
+                _fail("nothing done", EXIT_FAILED)
+        report = _run_swap(client, args, no_wait, timeout, output)
+        if report is None:
+            sys.exit(EXIT_OK)
+        _json(report) if output == "json" else click.echo(_report_text(report))
+        sys.exit(_swap_exit(report))
+    _calling(body)
+
+
+def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float | None,
+              output: str) -> dict[str, Any] | None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = _progress_printer(output)
+    stream: Iterator[dict[str, Any]] = client.stream("swap", **args, wait=not no_wait,
+                                                     timeout=timeout or 3600.0)
+    swap_id = "?"
+    try:
+        for answer in stream:
+            if answer["type"] == "accepted":
+                swap_id = answer["swap_id"]
+                progress(None, answer)
+            elif answer["type"] == "progress":
+                progress(answer["record"], None)
+            elif answer["type"] == "result":
+                if "report" in answer:
+                    report: dict[str, Any] = answer["report"]
+                    return report
+                if output == "json":
+                    _json(answer)
+                else:
+                    click.echo(f"swap {answer['swap_id']} started; follow it with `swapctl "
+                               f"status {args['service']} --watch`")
+                return None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError
+    except TimeoutError:
+        _fail(f"--timeout passed; swap {swap_id} goes on in swapctld: `swapctl status "
+              f"{args['service']}`, `swapctl abort {args['service']}`", EXIT_TIMEOUT)
+    except KeyboardInterrupt:
+        _fail(f"stopped following; swap {swap_id} goes on in swapctld (`swapctl abort "
+              f"{args['service']}` to roll it back)", EXIT_FAILED)
+    _fail("swapctld ended the stream without a result", EXIT_UNHEALTHY)
+
+
+def _progress_printer(output: str) -> Callable[[dict[str, Any] | None, dict[str, Any] | None],
+                                                None]:
+    """Phases on stderr as they happen: marked and timed on a terminal, plain lines
+    otherwise (for logs); none with -o json unless stderr is a terminal."""
+    tty = sys.stderr.isatty()
+    quiet = output == "json" and not tty
+    started: list[float] = []
+
+    def show(record: dict[str, Any] | None, accepted: dict[str, Any] | None) -> None:
+        if quiet:
+            return
+        if accepted is not None:
+            plan = accepted.get("plan") or {}
+            click.echo(f"{accepted['kind']} {accepted['swap_id']}: {plan.get('from')} -> "
+                       f"{plan.get('to')}", err=True)
+            return
+        assert record is not None
+        if "to" not in record:
+            click.echo(f"  ({record.get('event')}: {record.get('reason', '')})", err=True)
+            return
+        if not started:
+            started.append(float(record["at"]))
+        line = swap_report.progress_line(record, started[0])
+        if tty:
+            mark = "✗" if record["event"] in ("fail", "rollback", "rollback_failed") else "✓"
+            line = click.style(mark, fg="red" if mark == "✗" else "green") + line[1:]
+        click.echo(line, err=True)
+
+    return show
+
+
+def _plan_text(plan: dict[str, Any]) -> str:
+    lines = [f"plan: {plan.get('kind', 'swap')} {plan['service']} ({plan['socket']}): "
+             f"{plan['from']['release']} -> {plan['to']['release']}",
+             f"  strategy: {plan['strategy']} ({plan['why']})",
+             f"  from: {' '.join(plan['from']['command'])} ({plan['from']['program']}, "
+             f"pid {plan['from']['pid']})",
+             f"  to:   {' '.join(plan['to']['command'])}",
+             "  phases: " + ", ".join(f"{p['phase']} <= {p['deadline_s']:g}s"
+                                      for p in plan["phases"]),
+             f"  pause budget {plan['pause_budget_ms']:g} ms; rollback within "
+             f"{plan['rollback_deadline_s']:g}s; canary {plan['canary_rate']:g} msg/s"]
+    return "\n".join(lines)
+
+
+def _report_text(report: dict[str, Any]) -> str:
+    if "phases" not in report:
+        return f"swap {report.get('swap_id')}: {report.get('decision')} ({report.get('reason')})"
+    head = f"[{report.get('service', '?')}] " if report.get("service") else ""
+    return head + swap_report.render_text(report)
+
+
+def _swap_exit(report: dict[str, Any]) -> int:
+    decision = report.get("decision")
+    if decision == "failed":
+        return EXIT_ROLLBACK_FAILED
+    canary = report.get("canary") or {}
+    lost = sum(int(canary.get(k, 0) or 0) for k in ("lost", "duplicated", "reordered",
+                                                     "corrupted", "disconnects", "dead"))
+    if decision == "committed" and not lost:
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def request_command(name: str) -> Callable[..., None]:
+    """rollback / commit / abort SERVICE through swapctld."""
+    def run(config_dir: Path | None, service: str, output: str, **swap_args: Any) -> None:
+        client = _client(config_dir)
+
+        def body() -> None:
+            status = client.call("status", service=service)["services"][0]
+            running = status["swap"] and status["swap"]["running"]
+            if name == "rollback" and not running:  # kubectl rollout undo
+                daemon_swap(config_dir, service, None, None, output=output, rollback=True,
+                            **swap_args)
+                return
+            result = client.call("request", service=service, request=name)
+            if output == "json":
+                _json(result)
+            else:
+                click.echo(f"{name} requested for swap {result['swap_id']} "
+                           f"({result['state']}): `swapctl status {service}`")
+        _calling(body)
+    return run
+
+
+# ----- history, report, logs ----------------------------------------------------------
+
+@click.command("history")
+@config_dir_option
+@click.argument("service", required=False, shell_complete=_services)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@output_option
+def history_command(config_dir: Path | None, service: str | None, limit: int,
+                    output: str) -> None:
+    """Past swaps, newest first: decision, pause, rollback time, canary losses."""
+    def body() -> None:
+        args = {"service": service} if service else {}
+        rows = _client(config_dir).call("history", limit=limit, **args)["swaps"]
+        if output == "json":
+            _json(rows)
+            return
+        if not rows:
+            click.echo("no swaps yet")
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r["started"] or 0)))
+            click.echo(f"{when}  {r['swap_id']}  {r['service']:<12} {r['kind'] or 'swap':<8} "
+                       f"{r['from']} -> {r['to']}  {str(r['decision']).upper():<11} "
+                       f"pause {_ms(r['server_pause_ms'])}  rollback {_ms(r['rollback_ms'])}  "
+                       f"lost {r['lost'] if r['lost'] is not None else '-'}")
+    _calling(body)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f} ms"
+
+
+@click.command("report")
+@config_dir_option
+@click.argument("swap_id")
+@output_option
+def report_command(config_dir: Path | None, swap_id: str, output: str) -> None:
+    """One swap's full report (phases, pause, clients, canary audit, journal)."""
+    def body() -> None:
+        report = _client(config_dir).call("report", swap_id=swap_id)["report"]
+        _json(report) if output == "json" else click.echo(_report_text(report))
+    _calling(body)
+
+
+@click.command("logs")
+@config_dir_option
+@service_argument
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=50, show_default=True)
+@output_option
+def logs_command(config_dir: Path | None, service: str, lines: int, output: str) -> None:
+    """The last lines of each of the service's slots (blue and green)."""
+    def body() -> None:
+        logs = _client(config_dir).call("logs", service=service, lines=lines)["logs"]
+        if output == "json":
+            _json(logs)
+            return
+        for entry in logs:
+            click.echo(f"==> {entry['program']} ({entry['path']}) <==")
+            click.echo(entry["text"] or "(empty)")
+    _calling(body)
+
+
+@click.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script: eval "$(swapctl completion bash)"."""
+    from swapctl.cli import main  # noqa: PLC0415 (the group that holds this command)
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        _fail(f"no completion for {shell}", EXIT_USAGE)
+    click.echo(cls(main, {}, "swapctl", "_SWAPCTL_COMPLETE").source())
+
+
+def register(group: click.Group) -> None:
+    for command in (daemon_command, up_command, down_command, status_command, history_command,
+                    report_command, logs_command, completion_command):
+        group.add_command(command)
+
+
+__all__ = ["SwapctlError", "daemon_swap", "register", "request_command"]
