@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -147,3 +151,139 @@ def test_frames_keep_their_order_per_publisher_across_the_bridge(
     bridge.stop()
     pa.close()
     cb.close()
+
+
+# ----- the strategy ------------------------------------------------------------------
+
+from swapctl.legacy import layout as lay  # noqa: E402
+from swapctl.legacy.bridge import BridgeSettings, BridgeSwap  # noqa: E402
+from swapctl.legacy.report import figures_from_load  # noqa: E402
+from swapctl.swap.canary import Canary  # noqa: E402
+from swapctl.swap.spawner import Release  # noqa: E402
+
+
+def legacy_release(compiled: Path) -> Release:
+    """The reference relay with its socket path 'compiled in' (always this path)."""
+    return Release("legacy", (sys.executable, "-m", "swapctl.relay", "--socket", str(compiled),
+                              "--log-level", "warning"))
+
+
+@pytest.fixture
+def legacy(sockdir: Path) -> Iterator[tuple[lay.Layout, lay.LegacySlot, Release]]:
+    layout = lay.Layout(public=sockdir / "md.sock", compiled=sockdir / "c" / "md.sock",
+                        root=sockdir / "r")
+    release = legacy_release(layout.compiled)
+    _, old = lay.migrate(layout, list(release.command))
+    assert old is not None
+    started: list[lay.LegacySlot] = [old]
+    try:
+        yield layout, old, release
+    finally:
+        for slot in started:
+            slot.stop(1.0)
+        for name in "abcd":  # a candidate the strategy left serving
+            state = lay.read_state(layout, name)
+            if state is not None:
+                os.killpg(int(state["pid"]), signal.SIGKILL)
+
+
+def churn(public: Path, **extra: Any) -> LoadConfig:
+    settings: dict[str, Any] = {"socket": public, "publishers": 2, "consumers": 3,
+                                "strategy_consumers": 1, "rate": 4000.0, "duration": None,
+                                "settle": 0.5, "dashboard_retry": 0.05,
+                                "reconnect_backoff": 0.05}
+    settings.update(extra)
+    return LoadConfig(**settings)
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_strategy_consumer_survives_and_report_equals_checker(
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+    layout, old, release = legacy
+    canary = Canary(layout.public, rate=500)
+    canary.start()
+    session = LoadSession(churn(layout.public))
+    session.start()
+    try:
+        swap = BridgeSwap(layout, old.pid, release, legacy=True, canary=canary,
+                          settings=BridgeSettings(drain_interval=0.05))
+        swap.cutover()
+        assert layout.current() != old.name  # new connections now reach the candidate
+        thread, drained = _in_thread(lambda: swap.retire_old(deadline=20.0))
+        time.sleep(1.0)  # traffic keeps flowing on the old relay, bridged to the new
+        load = session.stop()  # the clients leave on their own: the old relay drains
+        thread.join(25)
+    finally:
+        session.close()
+        canary.close()
+    assert drained, "the drain did not finish"
+    drain = drained[0]
+    assert not drain.deadline_hit and drain.disconnected == 0
+    counts = [n for _, n in drain.samples]
+    assert counts[0] >= 5 and counts[-1] == 0  # 2 publishers + 3 consumers, then none
+    report = swap.finish()
+    assert all(not c.dead for c in load.consumers), load.problems()
+    assert load.ok, load.problems()
+    figures = figures_from_load(load)
+    for key in ("disconnects", "lost", "duplicated", "reordered", "corrupted"):
+        assert getattr(report, key) == figures[key] == 0, (key, report.to_dict())
+    report.add_checker("load", figures)
+    assert report.clean, report.render_text()
+    assert report.pause_ms is not None and report.pause_ms < 500
+    assert not old.alive()
+    crossed = report.details["bridge"]
+    assert crossed["old"]["forwarded_frames"] > 1000  # the old relay's traffic crossed
+    assert crossed["new"]["echo_dropped_frames"] == crossed["old"]["forwarded_frames"]
+
+
+def test_deadline_retirement_reports_the_disconnected_count(
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+    layout, old, release = legacy
+    session = LoadSession(churn(layout.public))
+    session.start()
+    try:
+        swap = BridgeSwap(layout, old.pid, release, legacy=True,
+                          settings=BridgeSettings(drain_interval=0.05))
+        swap.cutover()
+        drain = swap.retire_old(deadline=0.3)  # the clients never leave on their own
+        time.sleep(1.0)  # publishers and dashboards reconnect (to the candidate)
+        load = session.stop()
+    finally:
+        session.close()
+    report = swap.finish()
+    assert drain.deadline_hit and drain.disconnected == 5
+    assert report.disconnects == load.disconnects == 5
+    assert sum(1 for c in load.consumers if c.dead) == 1  # the strategy consumer stopped
+    report.add_checker("load", figures_from_load(load))
+    assert report.disconnects == 5
+
+
+def test_rollback_flips_back_and_retires_the_candidate(
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+    layout, old, release = legacy
+    session = LoadSession(churn(layout.public, strategy_consumers=3))
+    session.start()
+    try:
+        swap = BridgeSwap(layout, old.pid, release, legacy=True,
+                          settings=BridgeSettings(drain_interval=0.05))
+        swap.cutover()
+        late = _reader(layout.public)  # reaches the candidate
+        drain = swap.roll_back(deadline=0.3)
+        assert layout.current() == old.name
+        assert drain.disconnected == 1  # the one client that had reached the candidate
+        assert late.recv(1 << 16) is not None
+        late.close()
+        time.sleep(0.3)
+        load = session.stop()
+    finally:
+        session.close()
+    report = swap.finish()
+    assert report.outcome == "rolled_back"
+    assert load.ok, load.problems()  # the old relay's clients never noticed
+    assert old.alive()
