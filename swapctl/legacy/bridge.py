@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swapctl.errors import SwapctlError
 from swapctl.legacy import layout as lay
@@ -47,6 +47,9 @@ from swapctl.protocol import encode_message
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release
+
+if TYPE_CHECKING:
+    from swapctl.legacy.run import LegacySwap
 
 CANNOT_GUARANTEE = (
     "a global order between the two relays: each publisher's order holds across the "
@@ -151,8 +154,10 @@ class BridgeSwap:
     def __init__(self, layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,
                  settings: BridgeSettings | None = None, old_bound: str | None = None,
                  service: Service | None = None, canary: Canary | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, foreign_own: int = 0) -> None:
         self.layout, self.release, self.legacy = layout, release, legacy
+        self.foreign_own = foreign_own  # connections of swapctl's on the old relay (a
+        # checker the caller runs) not to wait for
         self.s = settings or BridgeSettings()
         self.service, self.canary, self.log_dir = service, canary, log_dir
         old_socket = layout.public.resolve() if layout.public.is_symlink() else layout.public
@@ -232,6 +237,8 @@ class BridgeSwap:
     def _own(self, relay: RelayRef) -> int:
         """swapctl's own connections on `relay`: the bridge, and the canary if there."""
         own = 1 if self.bridge is not None else 0
+        if relay is self.old:
+            own += self.foreign_own
         if self.canary is not None and self.canary.final is None and relay is self.old:
             own += 1 + len(self.canary.consumers)
         return own
@@ -299,3 +306,27 @@ def bridge(layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,
     report = swap.finish()
     assert swap.new is not None
     return report, swap.new.started
+
+
+def run_bridge(request: LegacySwap, old_pid: int, *, service: Service | None = None,
+               canary: Canary | None = None) -> StrategyReport:
+    """The entry point `swapctl.legacy.run` calls. `request.extra` may hold any
+    `BridgeSettings` field (e.g. drain_deadline). Given the caller's `canary` (on the old
+    relay), the strategy measures the pause with it and stops it before retiring the old
+    relay; without it, a canary the caller runs (`request.canary_rate` > 0) is assumed on
+    the old relay and not waited for, and sees EOF when the old relay is retired."""
+    settings = BridgeSettings(ready_timeout=request.ready_timeout,
+                              domain_byte=request.domain_byte, echo=request.echo,
+                              **request.extra)
+    foreign = 0
+    if canary is None and request.canary_rate > 0:
+        foreign = 1 + len(Canary(request.layout.public).consumers)
+    swap = BridgeSwap(request.layout, old_pid, request.to.release, legacy=request.to.legacy,
+                      settings=settings, service=service, canary=canary,
+                      log_dir=request.state_dir / "logs", foreign_own=foreign)
+    try:
+        swap.cutover()
+    except BridgeSwapError:
+        return swap.report
+    swap.retire_old()
+    return swap.finish()  # the candidate's slot state was written when it started

@@ -287,3 +287,17 @@ def test_rollback_flips_back_and_retires_the_candidate(
     assert report.outcome == "rolled_back"
     assert load.ok, load.problems()  # the old relay's clients never noticed
     assert old.alive()
+
+
+def test_run_strategy_bridge_through_the_library_entry_point(
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
+    from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
+    layout, old, release = legacy
+    request = LegacySwap(layout=layout, to=ReleaseSpec("v2", release.command, legacy=True),
+                         state_dir=sockdir / "st", canary_rate=0,
+                         extra={"drain_deadline": 5.0, "drain_interval": 0.05})
+    report = run_strategy("bridge", request)
+    assert report.strategy == "bridge" and report.outcome == "completed", report.render_text()
+    assert report.disconnects == 0
+    assert report.details["drains"][0]["samples"][-1][1] == 0
+    assert not old.alive() and layout.current() != old.name
