@@ -1,0 +1,226 @@
+"""Takeover of an emulated legacy relay (isolated for real) by a handoff-capable relay,
+under `swapctl load`, judged by the load checker and the swap canary."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from swapctl.handoff.controller import ControlServer
+from swapctl.legacy import layout as lay
+from swapctl.legacy.report import FIGURES, StrategyReport
+from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
+from swapctl.probes.config import LoadConfig
+from swapctl.probes.load import LoadSession
+from swapctl.probes.report import LoadReport
+from swapctl.process import signal_group
+from swapctl.protocol import encode_message
+from swapctl.relay.stats import read_stats
+from swapctl.swap.service import Service
+from swapctl.swap.spawner import SubprocessSpawner
+from tests.clients import Client, trade
+from tests.migration.legacy_support import HANDOFF_RELAY, build_legacy
+
+pytestmark = pytest.mark.timeout(90)
+RATE = 4000.0
+
+
+@dataclass
+class LegacyBox:
+    """A box migrated to the slot layout, a legacy build serving slot a."""
+
+    root: Path
+    layout: lay.Layout
+    slot: lay.LegacySlot
+    service: Service
+    spawner: SubprocessSpawner
+
+    def request(self, to: tuple[str, ...], canary_rate: float = 1000.0) -> LegacySwap:
+        return LegacySwap(self.layout, ReleaseSpec("v2", to, legacy=False),
+                          self.root / "state", canary_rate=canary_rate)
+
+    def load(self, **kw: object) -> LoadSession:
+        cfg = LoadConfig(socket=self.layout.public, publishers=2, consumers=3,
+                         strategy_consumers=1, rate=RATE, duration=None, settle=1.0,
+                         **kw)  # type: ignore[arg-type]
+        return LoadSession(cfg)
+
+
+@pytest.fixture
+def box(sockdir: Path, request: pytest.FixtureRequest) -> Iterator[LegacyBox]:
+    """The legacy build gets a stats socket (a second listener it holds: the takeover
+    must pick the right one) plus any flags the test gives by indirect parametrisation."""
+    compiled = sockdir / "c" / "md.sock"
+    layout = lay.Layout(public=compiled, compiled=compiled, root=sockdir / "st")
+    flags = ["--stats", str(sockdir / "stats.sock"), *getattr(request, "param", [])]
+    slot = lay.start_legacy(layout, "a", build_legacy(sockdir, compiled, *flags),
+                            sockdir / "logs")
+    spawner = SubprocessSpawner(sockdir / "logs")
+    (sockdir / "state").mkdir()
+    service = Service(layout.public, sockdir / "state", spawner)
+    service.control = ControlServer(sockdir / "state" / "control.sock")
+    try:
+        lay.point(layout, slot.socket)
+        yield LegacyBox(sockdir, layout, slot, service, spawner)
+    finally:
+        service.control.close()
+        spawner.stop_all(2.0)
+        slot.stop(1.0)
+        signal_group(slot.pid, 9)
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def assert_figures_match(report: StrategyReport, load: LoadReport) -> None:
+    """The report's figures are the checkers' (summed), never lower than the load's."""
+    canary = report.checkers["canary"]
+    for key in FIGURES:
+        load_figure = report.checkers["load"][key]
+        assert getattr(report, key) == max(load_figure + canary[key],
+                                           (report.estimated or {}).get(key) or 0), key
+        assert getattr(report, key) >= load_figure, key
+    total = load.total
+    assert report.checkers["load"]["lost"] == total.lost
+    assert report.checkers["load"]["disconnects"] == load.disconnects
+
+
+def test_takeover_moves_every_client_under_load(box: LegacyBox) -> None:
+    with box.load() as session:
+        time.sleep(0.3)  # traffic through the legacy relay before the swap
+        report = run_strategy("takeover", box.request(HANDOFF_RELAY), load=session,
+                              service=box.service)
+        load = session.stop()  # already stopped by run_strategy: the same report
+    assert report.outcome == "completed", report.reason
+    assert_figures_match(report, load)
+    # 2 publishers + 3 consumers of the load, 3 canary clients: all moved, none cut
+    assert report.moved == 8 == report.details["confirmed_connections"]
+    assert load.disconnects == 0 and report.disconnects == 0
+    assert not any(c.dead for c in load.consumers)  # the strategy consumer survived
+    assert report.checkers["canary"]["disconnects"] == 0
+    assert report.pause_ms is not None and 0 < report.pause_ms < 250
+    assert process_state(box.slot.pid) in ("gone", "Z")  # the legacy relay is over
+    assert lay.connectable(box.layout.public)
+    assert load.sent > 0 and load.total.received > 0
+    # every loss is explained by what the takeover itself saw and counted
+    if report.lost or report.corrupted:
+        d = report.details
+        assert (d["publisher_streams_resynchronised"] or d["consumers_backed_up_at_freeze"]
+                or not d["frozen_idle"]), report.render_text()
+
+
+@pytest.mark.parametrize("phase", ["adopt", "resume"])
+def test_candidate_crash_leaves_the_legacy_relay_serving_everyone(
+        box: LegacyBox, phase: str) -> None:
+    with box.load() as session:
+        time.sleep(0.2)
+        report = run_strategy("takeover", box.request((*HANDOFF_RELAY, "--crash-at", phase)),
+                              load=session, service=box.service)
+        load = session.stop()
+    assert report.outcome == "rolled_back", report.render_text()
+    assert "crash" in report.reason or "closed" in report.reason or report.reason
+    assert report.moved == 0
+    assert process_state(box.slot.pid) in ("S", "R")  # running again, not stopped
+    assert lay.read_state(box.layout, "a") is not None  # still the legacy relay's slot
+    assert load.disconnects == 0 and not any(c.dead for c in load.consumers)
+    assert load.total.lost == 0 and load.total.corrupted == 0 and load.total.duplicated == 0
+    assert_figures_match(report, load)
+    assert report.lost == 0 and report.disconnects == 0
+    # and the legacy relay still serves new clients through the public link
+    assert lay.connectable(box.layout.public)
+
+
+def test_takeover_refuses_a_legacy_candidate(box: LegacyBox) -> None:
+    req = LegacySwap(box.layout, ReleaseSpec("v2", tuple(HANDOFF_RELAY), legacy=True),
+                     box.root / "state", canary_rate=0)
+    with pytest.raises(Exception, match="takeover needs"):
+        run_strategy("takeover", req, service=box.service)
+    assert process_state(box.slot.pid) in ("S", "R")
+
+
+def when_stopped(pid: int, action: threading.Thread) -> threading.Thread:
+    """Run `action` as soon as `pid` is stopped (SIGSTOP) or gone."""
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while process_state(pid) not in ("T", "t", "gone", "Z") and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        action.run()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_partial_frame_inside_the_legacy_relay_is_skipped_and_counted(box: LegacyBox) -> None:
+    """The legacy relay has read the head of a frame (in its memory, unforwardable);
+    the candidate gets the tail, skips exactly it, and the report says how many bytes."""
+    stats = box.root / "stats.sock"
+    pub, con = Client(box.layout.public), Client(box.layout.public)
+    first, second = trade(1), trade(2)
+    head = 40
+    pub.send(first[:head])
+    wait_for(lambda: read_stats(stats)["bytes_in"] >= head)
+    tail = threading.Thread(target=lambda: pub.send(first[head:] + second))
+    watcher = when_stopped(box.slot.pid, tail)
+    report = run_strategy("takeover", box.request(HANDOFF_RELAY, canary_rate=0),
+                          service=box.service)
+    watcher.join(5)
+    assert report.outcome == "completed", report.reason
+    assert report.details["publisher_streams_resynchronised"] == 1
+    assert report.unmovable_bytes == len(first) - head
+    assert con.recv_bytes(len(second)) == second  # the cut frame is lost, nothing garbled
+    assert pub.recv_bytes(len(second)) == second  # echo
+    assert report.disconnects == 0 and report.moved == 2
+
+
+def big(seq: int, size: int = 60_000) -> bytes:
+    value = bytes([seq % 251]) * size
+    tlv = bytes([0xFF, 0x00, 200]) + struct.pack("<H", len(value)) + value
+    return encode_message(1, 2, tlv, sequence=seq, checksum=True)
+
+
+@pytest.mark.parametrize("box", [["--no-echo"]], indirect=True)
+def test_consumer_cut_mid_frame_is_reported(box: LegacyBox) -> None:
+    """A consumer that stopped reading while the legacy relay was half way through a frame
+    for it: the frame's tail dies with the relay. The takeover says so (backed-up
+    consumer, not frozen idle), and the consumer's stream shows one truncated frame."""
+    stats = box.root / "stats.sock"
+    pub, con = Client(box.layout.public), Client(box.layout.public)
+    frames = [big(n) for n in range(1, 31)]
+    pub.send(b"".join(frames))
+    wait_for(lambda: read_stats(stats)["frames_in"] >= len(frames))
+    wait_for(lambda: any(c["backlog_bytes"] > 0 for c in read_stats(stats)["connections"]))
+    req = LegacySwap(box.layout, ReleaseSpec("v2", HANDOFF_RELAY, legacy=False),
+                     box.root / "state", canary_rate=0,
+                     extra={"freeze_attempts": 3})
+    report = run_strategy("takeover", req, service=box.service)
+    assert report.outcome == "completed", report.reason
+    assert report.details["consumers_backed_up_at_freeze"] == 1
+    assert report.details["frozen_idle"] is False
+    after = big(99)
+    pub.send(after)
+    size = len(frames[0])
+    raw = b""
+    deadline = time.monotonic() + 10
+    while not raw.endswith(after) and time.monotonic() < deadline:
+        raw = con.recv_bytes(len(raw) + 1, timeout=1)
+    assert raw.endswith(after)
+    delivered = len(raw) - len(after)
+    assert delivered % size != 0  # a frame cut short: its tail died with the legacy relay
+    assert 0 < delivered < len(frames) * size
