@@ -17,7 +17,8 @@ the public path) runs around the swap unless `canary_rate` is 0; a running
 added to the report, which keeps the largest figure any source gave.
 
 `bridge` lives in bridge.py (another module's owner); it is called as
-`bridge.run_bridge(request, old_pid, service=service) -> StrategyReport`.
+`bridge.run_bridge(request, old_pid, service=service, canary=canary) -> StrategyReport`
+(it may stop the canary itself before retiring the old relay).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def run_strategy(strategy: str, request: LegacySwap, *, load: LoadSession | None
     report: StrategyReport | None = None
     canary = _start_canary(request)
     try:
-        report = _dispatch(strategy, request, int(state["pid"]), service)
+        report = _dispatch(strategy, request, int(state["pid"]), service, canary)
         if why:
             report.details["chosen_because"] = why
         _record_new_state(request, name, report)
@@ -157,8 +158,8 @@ def _service(request: LegacySwap) -> Service:
     return service
 
 
-def _dispatch(strategy: str, request: LegacySwap, old_pid: int,
-              service: Service) -> StrategyReport:
+def _dispatch(strategy: str, request: LegacySwap, old_pid: int, service: Service,
+              canary: Canary | None) -> StrategyReport:
     if strategy == "takeover":
         settings = TakeoverSettings(ready_timeout=request.ready_timeout,
                                     domain_byte=request.domain_byte, echo=request.echo,
@@ -177,7 +178,7 @@ def _dispatch(strategy: str, request: LegacySwap, old_pid: int,
         run_bridge = bridge.run_bridge
     except (ImportError, AttributeError):
         raise UsageError("the bridge strategy is not available in this build") from None
-    result: StrategyReport = run_bridge(request, old_pid, service=service)
+    result: StrategyReport = run_bridge(request, old_pid, service=service, canary=canary)
     return result
 
 
@@ -205,11 +206,12 @@ def _finish_checkers(canary: Canary | None, load: LoadSession | None,
     """Stop every checker; add its counts and client-side gap to the report."""
     if canary is not None:
         try:
-            gap_ms = canary.health().max_gap_ms
-            final = canary.stop()
+            gap_ms = None if canary.final is not None else canary.health().max_gap_ms
+            final = canary.stop()  # the final audit, also when a strategy stopped it
             if report is not None:
                 report.add_checker("canary", figures_from_canary(summarize(final)))
-                report.details["canary_max_gap_ms"] = round(gap_ms, 3)
+                if gap_ms is not None:
+                    report.details["canary_max_gap_ms"] = round(gap_ms, 3)
         except CanaryError as exc:
             if report is not None:
                 report.details["canary_error"] = str(exc)
