@@ -3,6 +3,7 @@ under `swapctl load`, judged by the load checker and the swap canary."""
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import time
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from swapctl.cli.legacy import swap_legacy
 from swapctl.handoff.controller import ControlServer
 from swapctl.legacy import layout as lay
 from swapctl.legacy.report import FIGURES, StrategyReport
@@ -224,3 +227,26 @@ def test_consumer_cut_mid_frame_is_reported(box: LegacyBox) -> None:
     delivered = len(raw) - len(after)
     assert delivered % size != 0  # a frame cut short: its tail died with the legacy relay
     assert 0 < delivered < len(frames) * size
+
+
+def test_cli_auto_picks_takeover_and_prints_why_first(box: LegacyBox) -> None:
+    to = " ".join(HANDOFF_RELAY)
+    try:
+        result = CliRunner().invoke(swap_legacy, [
+            "--public", str(box.layout.public), "--state-dir", str(box.layout.root),
+            "--to", to, "--to-handoff", "--strategy", "auto", "--canary-rate", "500",
+            "-o", "json"])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.startswith("plan: strategy takeover: the old release is legacy")
+        report = json.loads(result.stdout)
+        assert report["strategy"] == "takeover" and report["outcome"] == "completed"
+        assert report["disconnects"] == 0 and report["lost"] == 0
+        assert report["moved"] == 3  # the canary's three clients
+        assert report["could_not_guarantee"]
+        assert process_state(box.slot.pid) in ("gone", "Z")
+        assert lay.read_state(box.layout, "a")["kind"] == "handoff"  # type: ignore[index]
+        assert lay.connectable(box.layout.public)
+    finally:
+        state = lay.read_state(box.layout, "a")
+        if state is not None and state["kind"] == "handoff":
+            signal_group(int(state["pid"]), 9)
