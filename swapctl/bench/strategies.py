@@ -1,0 +1,521 @@
+"""`swapctl bench strategies`: every swap strategy under the same load, restart as reference.
+
+For each rate and each strategy a fresh box is set up in a temp dir (the legacy slot
+layout behind a public link, or the handoff service's socket), with N connected
+clients on the public path: a `swapctl load` session (one publisher at the rate, a
+dashboard and a strategy consumer: the independent checker) and N - 3 idle clients
+held by a crowd process that reconnects on EOF and counts every EOF (an independent
+disconnect count). A swap canary (its own publisher and consumers) measures the
+client-side pause of each swap: the largest gap in its stream between a mark just
+before the swap and a snapshot just after. Then `swaps` swaps run back to back:
+  handoff   the swap engine, two handoff-capable releases, alternating (old kept warm)
+  takeover  a legacy relay, then each candidate in turn, taken over by the next
+  bridge    forward (candidate, bridge, flip) then rollback (flip back, candidate
+            retired once only the bridge is on it), alternating: the clients stay on the
+            relay they connected to, as they would until they leave on their own
+  restart   the reference: each candidate replaces the last, clients reconnect
+A strategy whose pieces are missing, or that fails to set up, is skipped and the
+reason is printed. Every relay broadcasts to every client, so the rate is capped at
+DELIVERY_BUDGET deliveries/s (rate x clients); the rate used is in each row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swapctl.bench.report import Goal, conditions, percentiles, source_revision
+from swapctl.errors import SwapctlError
+from swapctl.handoff.controller import ControlServer
+from swapctl.legacy import layout as lay
+from swapctl.legacy.bridge import BridgeSettings, BridgeSwap
+from swapctl.legacy.bridge_client import BridgeConfig, BridgeProcess
+from swapctl.legacy.restart import RestartSettings, restart
+from swapctl.legacy.takeover import Takeover, TakeoverSettings
+from swapctl.probes.config import LoadConfig
+from swapctl.probes.load import LoadSession, run_load
+from swapctl.probes.report import LoadReport
+from swapctl.probes.traffic import MessageFactory
+from swapctl.process import stop_group
+from swapctl.swap import report as swap_report
+from swapctl.swap.canary import Canary, summarize
+from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.machine import Deadlines
+from swapctl.swap.service import Service
+from swapctl.swap.spawner import Release, SubprocessSpawner
+
+STRATEGIES = ("handoff", "takeover", "bridge", "restart")
+DELIVERY_BUDGET = 1_500_000  # deliveries/s the 2-core machine's relay is asked for
+LOAD_CLIENTS = 3  # the checker's publisher, dashboard and strategy consumer
+RELAY_ARGS = ("--log-level", "warning", "--max-backlog", "1048576")
+
+
+@dataclass(frozen=True, slots=True)
+class StrategiesBenchSettings:
+    strategies: tuple[str, ...] = STRATEGIES
+    rates: tuple[int, ...] = (10_000, 100_000)
+    clients: int = 100
+    swaps: int = 20
+    canary_rate: float = 1000.0
+
+
+def used_rate(rate: int, clients: int) -> int:
+    return min(rate, DELIVERY_BUDGET // (clients + 3))
+
+
+# ----- the clients --------------------------------------------------------------------
+
+class Crowd:
+    """Idle clients that reconnect on EOF (`python -m swapctl.bench.strategies`)."""
+
+    def __init__(self, public: Path, clients: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swapctl.bench.strategies", str(public), str(clients)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        if not self._line(15.0).get("ready"):
+            raise SwapctlError(f"crowd of {clients} clients did not connect to {public}")
+
+    def _line(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        out: dict[str, Any] = json.loads(line) if line else {}
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return self._line(5.0)
+
+    def close(self) -> None:
+        stop_group(self.proc, 2.0)
+
+
+def crowd_main(path: str, clients: int) -> None:
+    sel = selectors.DefaultSelector()
+    stdin = sys.stdin
+    down: list[float] = []  # retry times of disconnected clients
+    disconnects = 0
+
+    def attach() -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            return False
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+        return True
+
+    for _ in range(clients):
+        if not attach():
+            down.append(time.monotonic())
+    sel.register(stdin, selectors.EVENT_READ, "commands")
+    print(json.dumps({"ready": True}), flush=True)
+    buf = bytearray(1 << 18)
+    while True:
+        for key, _ in sel.select(0.05):
+            if key.data == "commands":
+                line = stdin.readline()
+                if not line:
+                    return
+                print(json.dumps({"disconnects": disconnects,
+                                  "connected": clients - len(down)}), flush=True)
+                continue
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            try:
+                n = conn.recv_into(buf)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                disconnects += 1
+                sel.unregister(conn)
+                conn.close()
+                down.append(time.monotonic() + 0.05)
+        now = time.monotonic()
+        due = [t for t in down if t <= now]
+        down = [t for t in down if t > now]
+        down += [now + 0.05 for _ in due if not attach()]
+
+
+# ----- one configuration ----------------------------------------------------------------
+
+@dataclass(slots=True)
+class SwapSample:
+    pause_ms: float | None
+    own_disconnects: int | None  # the strategy's own count
+    crowd_disconnects: int
+    outcome: str
+
+
+class Box:
+    """A temp box: public path, N clients, canary; a strategy-specific `swap()`."""
+
+    def __init__(self, root: Path, rate: int, clients: int, canary_rate: float) -> None:
+        self.root = root
+        self.public = root / "md.sock"
+        self.rate, self.clients, self.canary_rate = rate, clients, canary_rate
+        self.cleanups: list[Callable[[], None]] = []
+        self.crowd: Crowd | None = None
+        self.load: LoadSession | None = None
+        self.canary: Canary | None = None
+
+    def attach_clients(self) -> None:
+        self.canary = Canary(self.public, self.canary_rate)
+        self.canary.start()
+        self.crowd = Crowd(self.public, max(0, self.clients - LOAD_CLIENTS))
+        self.load = LoadSession(LoadConfig(
+            self.public, publishers=1, consumers=2, strategy_consumers=1, rate=self.rate,
+            duration=None, settle=1.0, dashboard_retry=0.05, reconnect_backoff=0.05))
+        self.load.start()
+
+    def measure(self, swap: Callable[[], tuple[int | None, str]]) -> SwapSample:
+        assert self.canary is not None and self.crowd is not None
+        before = self.crowd.stats()["disconnects"]
+        self.canary.mark()
+        own, outcome = swap()
+        pause = self.canary.health().max_gap_ms
+        crowd = self.crowd.stats()["disconnects"] - before
+        return SwapSample(pause, own, crowd, outcome)
+
+    def finish(self) -> tuple[LoadReport, dict[str, int], int]:
+        assert self.canary is not None and self.crowd is not None and self.load is not None
+        time.sleep(0.5)  # let reconnecting clients come back before the verdicts
+        crowd = int(self.crowd.stats()["disconnects"])
+        load = self.load.stop()
+        canary = summarize(self.canary.stop())
+        return load, canary, crowd
+
+    def close(self) -> None:
+        for closer in (self.load, self.canary, self.crowd):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+
+
+def _legacy_layout(box: Box) -> tuple[Any, Any, tuple[str, ...]]:
+    layout = lay.Layout(box.public, box.root / "c" / "md.sock", box.root / "r")
+    argv = (sys.executable, "-m", "swapctl.relay", "--socket", str(layout.compiled),
+            *RELAY_ARGS)
+    _, old = lay.migrate(layout, list(argv), box.root / "logs")
+    assert old is not None
+    box.cleanups.append(lambda: _kill_slots(layout))
+    return layout, old, argv
+
+
+def _kill_slots(layout: Any) -> None:
+
+    for name in "abcdefgh":
+        state = lay.read_state(layout, name)
+        if state is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(int(state["pid"]), signal.SIGKILL)
+
+
+def _service(box: Box) -> Any:
+    spawner = SubprocessSpawner(box.root / "logs")
+    service = Service(box.public, box.root / "state", spawner)
+    service.control = ControlServer(box.root / "control.sock")
+    box.cleanups.append(spawner.stop_all)
+    box.cleanups.append(service.close)
+    return service
+
+
+HANDOFF_RELAY = (sys.executable, "-m", "swapctl.relay", *RELAY_ARGS)
+
+
+def setup_handoff(box: Box) -> Callable[[], tuple[int | None, str]]:
+    spawner = SubprocessSpawner(box.root / "logs")
+    service = Service(box.public, box.root / "state", spawner)
+    box.cleanups.append(spawner.stop_all)
+    box.cleanups.append(service.close)
+    releases = (Release("a", HANDOFF_RELAY), Release("b", HANDOFF_RELAY))
+    service.open(releases[0])
+    settings = SwapSettings(deadlines=Deadlines(soaking=0.0), verify_messages=1, keep_old=True)
+    flip = [1]
+
+    def swap() -> tuple[int | None, str]:
+        run = SwapRun(service, releases[flip[0]], settings, canary=box.canary).run()
+        result = swap_report.build(run)
+        if result["decision"] == "committed":
+            flip[0] ^= 1
+        moved = result["connections"]
+        lost = None if moved["before"] is None or moved["after"] is None else max(
+            0, moved["before"] - moved["after"])
+        return lost, str(result["decision"])
+    return swap
+
+
+def setup_takeover(box: Box) -> Callable[[], tuple[int | None, str]]:
+    layout, old, _ = _legacy_layout(box)
+    service = _service(box)
+    release = Release("h", HANDOFF_RELAY)
+    current = [old.pid]
+
+    def swap() -> tuple[int | None, str]:
+        result = Takeover(service, current[0], str(layout.compiled), release,
+                          TakeoverSettings(settle_s=0.1)).run()
+        if result.report.outcome == "completed":
+            current[0] = int(result.report.details["candidate_pid"])
+        return result.report.disconnects, result.report.outcome
+    return swap
+
+
+def setup_bridge(box: Box) -> Callable[[], tuple[int | None, str]]:
+    layout, old, argv = _legacy_layout(box)
+    release = Release("legacy", argv, handoff=False)
+    state: dict[str, Any] = {"swap": None}
+    own = 1 + 2  # the canary: a publisher and two consumers on the old relay
+
+    def swap() -> tuple[int | None, str]:
+        current: BridgeSwap | None = state["swap"]
+        if current is None:  # forward: candidate, bridge, flip
+            current = BridgeSwap(layout, old.pid, release, legacy=True, foreign_own=own,
+                                 settings=BridgeSettings(drain_interval=0.02))
+            current.cutover()
+            state["swap"] = current
+            return 0, "completed"
+        drain = current.roll_back(deadline=2.0)  # back: retire the candidate
+        current.finish()
+        state["swap"] = None
+        return drain.disconnected, "rolled_back_as_planned"
+    return swap
+
+
+def setup_restart(box: Box) -> Callable[[], tuple[int | None, str]]:
+    layout, old, argv = _legacy_layout(box)
+    release = Release("legacy", argv, handoff=False)
+    current = [old.pid]
+
+    def swap() -> tuple[int | None, str]:
+        report, started = restart(layout, current[0], release, legacy=True,
+                                  settings=RestartSettings(), log_dir=box.root / "logs")
+        if started is not None:
+            current[0] = started.pid
+        return report.disconnects, report.outcome
+    return swap
+
+
+SETUPS: dict[str, tuple[str, Callable[[Box], Callable[[], tuple[int | None, str]]]]] = {
+    "handoff": ("swapctl.swap.executor", setup_handoff),
+    "takeover": ("swapctl.legacy.takeover", setup_takeover),
+    "bridge": ("swapctl.legacy.bridge", setup_bridge),
+    "restart": ("swapctl.legacy.restart", setup_restart),
+}
+
+
+def missing(strategy: str) -> str:
+    """Why a strategy cannot run in this build ("" if it can)."""
+    if strategy not in SETUPS:
+        return f"unknown strategy {strategy!r}"
+    module = SETUPS[strategy][0]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} is not available ({exc})"
+    return ""
+
+
+@contextlib.contextmanager
+def _box(rate: int, clients: int, canary_rate: float) -> Iterator[Box]:
+    with tempfile.TemporaryDirectory(prefix="swst-") as tmp:
+        box = Box(Path(tmp), rate, clients, canary_rate)
+        try:
+            yield box
+        finally:
+            box.close()
+
+
+def measure(strategy: str, rate: int, settings: StrategiesBenchSettings) -> dict[str, Any]:
+    rate_used = used_rate(rate, settings.clients)
+    row: dict[str, Any] = {"strategy": strategy, "rate_asked": rate, "rate_used": rate_used,
+                           "clients": settings.clients, "swaps_asked": settings.swaps}
+    with _box(rate_used, settings.clients, settings.canary_rate) as box:
+        try:
+            swap = SETUPS[strategy][1](box)
+            box.attach_clients()
+        except (SwapctlError, OSError, TimeoutError) as exc:
+            return {**row, "skipped": f"set-up failed: {exc}"}
+        samples: list[SwapSample] = []
+        errors: list[str] = []
+        for _ in range(settings.swaps):
+            try:
+                samples.append(box.measure(swap))
+            except (SwapctlError, OSError, TimeoutError) as exc:
+                errors.append(str(exc))
+                break
+        load, canary, crowd = box.finish()
+    return {**row, **_figures(samples, load, canary, crowd), "errors": errors}
+
+
+def _figures(samples: list[SwapSample], load: LoadReport, canary: dict[str, int],
+             crowd: int) -> dict[str, Any]:
+    t = load.total
+    pauses = [s.pause_ms for s in samples if s.pause_ms is not None]
+    own = [s.own_disconnects for s in samples]
+    own_total = None if any(o is None for o in own) else sum(o for o in own if o is not None)
+    checker_disc = crowd + load.disconnects + canary["disconnects"]
+    deliveries = t.expected  # messages x consumers that should have arrived
+    return {
+        "swaps": len(samples),
+        "outcomes": sorted({s.outcome for s in samples}),
+        "pause_ms": _stats(pauses),
+        "disconnects": {"report": own_total, "checker": checker_disc, "crowd": crowd,
+                        "load_clients": load.disconnects,
+                        "canary": canary["disconnects"]},
+        "lost": t.lost + canary["lost"], "duplicated": t.duplicated + canary["duplicated"],
+        "reordered": t.reordered + canary["reordered"],
+        "corrupted": t.corrupted + canary["corrupted"],
+        "lost_pct": round(100 * t.lost / deliveries, 6) if deliveries else None,
+        "checker": {"sent": load.sent, "deliveries_expected": deliveries,
+                    "received": t.received, "lost": t.lost, "duplicated": t.duplicated,
+                    "reordered": t.reordered, "corrupted": t.corrupted,
+                    "dead_strategy_consumers": sum(1 for c in load.consumers if c.dead),
+                    "rate_achieved": round(load.rate_achieved, 1)},
+        "canary": canary,
+    }
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    if not samples:
+        return {"n": 0}
+    return {"n": len(samples), **percentiles(samples, (50, 99)), "max": round(max(samples), 3)}
+
+
+def run_strategies_bench(settings: StrategiesBenchSettings,
+                         progress: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for strategy in settings.strategies:
+        if why := missing(strategy):
+            skipped[strategy] = why
+    for rate in settings.rates:
+        for strategy in settings.strategies:
+            if strategy in skipped:
+                continue
+            progress(f"strategies: {strategy} at {rate:,} msg/s asked, "
+                     f"{settings.clients} clients, {settings.swaps} swaps")
+            rows.append(measure(strategy, rate, settings))
+    for row in rows:
+        if "skipped" in row:
+            skipped[f"{row['strategy']}@{row['rate_asked']}"] = row["skipped"]
+    sizes = MessageFactory(domain=1, source=250, publisher=0, run_tag=0x8001,
+                           mix=LoadConfig(Path("x")).message_mix()).sizes()
+    latency = None
+    if "bridge" in settings.strategies and "bridge" not in skipped:
+        progress("strategies: latency the bridge adds (publisher on A, consumers on A and B)")
+        latency = bridge_latency(min(settings.rates))
+    return {
+        "benchmark": "strategies",
+        "conditions": conditions(
+            message_sizes_bytes={k.value: n for k, n in sizes.items()},
+            mix=LoadConfig(Path("x")).mix, rates_asked=list(settings.rates),
+            connected_clients=settings.clients, swaps_per_config=settings.swaps,
+            canary_msgs_per_s=settings.canary_rate,
+            delivery_budget_msgs_per_s=DELIVERY_BUDGET,
+            relay_command=["python", "-m", "swapctl.relay", *RELAY_ARGS],
+            note=("every relay broadcasts to every client: the rate is capped at "
+                  f"{DELIVERY_BUDGET:,} deliveries/s (rate x clients) so the 2-core machine "
+                  "keeps up; rate_used is in each row. Legacy relays are the reference "
+                  "relay with its socket path compiled in, run in a slot. Bridge swaps "
+                  "alternate forward / rollback (clients stay connected to their relay)."),
+            source=source_revision("swapctl")),
+        "results": rows,
+        "skipped": skipped,
+        "bridge_latency": latency,
+        "goals": [g.to_dict() for g in goals(rows)],
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def bridge_latency(rate: int, seconds: float = 3.0) -> dict[str, Any]:
+    """One-way latency (publisher's timestamp to consumer's read) of consumers on the
+    publisher's relay (direct) and on the bridged relay: the difference is the bridge's."""
+    with tempfile.TemporaryDirectory(prefix="swbl-") as tmp:
+        a, b = Path(tmp) / "a.sock", Path(tmp) / "b.sock"
+        relays = [subprocess.Popen([sys.executable, "-m", "swapctl.relay", "--socket", str(p),
+                                    *RELAY_ARGS], start_new_session=True) for p in (a, b)]
+        bridge: BridgeProcess | None = None
+        try:
+            for path in (a, b):
+                lay.wait_connectable(path, None, 10.0)
+            bridge = BridgeProcess(BridgeConfig(a, b))
+            bridge.start()
+            config = LoadConfig(a, publishers=1, consumers=2, consumer_sockets=(a, b),
+                                rate=min(rate, 20_000), duration=seconds, settle=0.5)
+            report = run_load(config)
+            stats = bridge.stop()
+        finally:
+            if bridge is not None:
+                bridge.close()
+            for proc in relays:
+                stop_group(proc, 2.0)
+    direct, bridged = (c.audit.latency for c in report.consumers)
+    ms = 1e6
+    return {
+        "rate": config.rate, "messages": report.sent, "lost": report.total.lost,
+        "duplicated": report.total.duplicated, "reordered": report.total.reordered,
+        "direct_ms": {"p50": direct.p50 / ms, "p99": direct.p99 / ms, "max": direct.max / ms},
+        "bridged_ms": {"p50": bridged.p50 / ms, "p99": bridged.p99 / ms,
+                       "max": bridged.max / ms},
+        "added_ms": {"p50": round((bridged.p50 - direct.p50) / ms, 3),
+                     "p99": round((bridged.p99 - direct.p99) / ms, 3)},
+        "bridge_counters": {k: stats.get(k) for k in ("old", "new")},
+    }
+
+
+def goals(rows: list[dict[str, Any]]) -> list[Goal]:
+    out: list[Goal] = []
+    for r in rows:
+        if "skipped" in r:
+            continue
+        tag = f"{r['strategy']} at {r['rate_used']:,} msg/s"
+        disc = r["disconnects"]
+        if r["strategy"] == "takeover":
+            out.append(_exact(f"{tag}: disconnects", disc["checker"], 0, ""))
+            p99 = r["pause_ms"].get("p99")
+            out.append(Goal(f"{tag}: client pause p99", "<= 10 ms", p99, "ms",
+                            p99 is not None and p99 <= 10))
+            pct = r["lost_pct"]
+            out.append(Goal(f"{tag}: lost", "<= 0.001 %", pct, "%",
+                            pct is not None and pct <= 0.001))
+        if r["strategy"] == "bridge":
+            out.append(_exact(f"{tag}: disconnects", disc["checker"], 0, ""))
+            out.append(_exact(f"{tag}: lost", r["lost"], 0, "messages"))
+        own = disc["report"]
+        checker = disc["checker"] - (disc["canary"] if r["strategy"] == "bridge" else 0)
+        out.append(Goal(f"{tag}: report's disconnects never lower than the checker's",
+                        f">= {checker} (checker)", own, "",
+                        own is not None and own >= checker))
+    return out
+
+
+def _exact(name: str, measured: int | None, target: int, unit: str) -> Goal:
+    return Goal(name, f"= {target} {unit}".strip(), measured, unit, measured == target)
+
+
+if __name__ == "__main__":
+    crowd_main(sys.argv[1], int(sys.argv[2]))
