@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from swapctl.config.errors import ConfigError
+from swapctl.config.errors import ConfigError, did_you_mean
 from swapctl.config.load import Config, load_config
 from swapctl.daemon import sdnotify
 from swapctl.daemon.api import ApiServer
@@ -233,8 +233,9 @@ class Daemon:
     def runtime(self, request: dict[str, Any]) -> ServiceRuntime:
         name = request.get("service")
         if name not in self.runtimes:
-            names = ", ".join(sorted(self.runtimes))
-            raise UnknownService(f"unknown service {name!r}: swapctld runs {names} "
+            names = sorted(self.runtimes)
+            raise UnknownService(f"unknown service {name!r}{did_you_mean(str(name), names)}: "
+                                 f"swapctld runs {', '.join(names)} "
                                  f"(one file each in {self.config.directory})")
         return self.runtimes[str(name)]
 

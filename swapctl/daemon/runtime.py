@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,9 @@ from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
 
 log = logging.getLogger("swapctl.daemon")
+# Fault injection for recovery tests and drills: swapctld SIGKILLs itself the moment a
+# swap's journal says it entered this state (the record is on disk first).
+CRASH_AT = "SWAPCTL_DAEMON_CRASH_AT"
 ATTACH_TIMEOUT = 8.0  # relays retry their control connection every 0.5 s
 
 
@@ -133,6 +138,7 @@ class ServiceRuntime:
         self.on_finished = on_finished
         self.journal = Journal(paths.journal, [self._journaled], fields={"service": name})
         self.listener_store: Callable[[int], None] = lambda fd: None
+        self.crash_at = os.environ.get(CRASH_AT, "")
 
     # ----- start-up --------------------------------------------------------------
 
@@ -240,6 +246,8 @@ class ServiceRuntime:
                     last["token"] = record["token"]
         if last is None or State(last["state"]).terminal:
             return None
+        last["records"] = [r for r in journal_file.read(self.paths.journal)
+                           if r.get("swap") == last["swap"]]
         return last
 
     def _finish_unfinished(self, unfinished: dict[str, Any], slots: dict[str, Slot],
@@ -264,6 +272,8 @@ class ServiceRuntime:
         else:
             where = Where.OLD
             run.marks.rollback_kind = "recovery: " + decision.why
+        self.journal.records.extend(unfinished["records"])  # the report tells the whole swap
+        run.swap_id = unfinished["swap"]
         job = SwapJob(run, "recovery")
         self.job, self.jobs[run.swap_id] = job, job
         self._run_in_thread(job, lambda: run.resume(
@@ -405,6 +415,10 @@ class ServiceRuntime:
                 with contextlib.suppress(CanaryError):
                     audit = canary.stop()
             report = swap_report.build(run, audit)
+            if report.get("server_pause_ms") is None:  # measured before a daemon restart
+                adopted = [r for r in report["journal"] if r.get("event") == "adopted"]
+                if adopted:
+                    report["server_pause_ms"] = adopted[-1].get("server_pause_ms")
         except Exception as exc:  # a bug must not leave waiters hanging forever
             log.exception("swap %s crashed", job.swap_id)
             report = {"swap_id": job.swap_id, "decision": "failed",
@@ -426,6 +440,9 @@ class ServiceRuntime:
             self.on_finished(self.name, report)
 
     def _journaled(self, record: dict[str, Any]) -> None:
+        if self.crash_at and record.get("to") == self.crash_at:
+            event(log, logging.WARNING, "daemon.crash_injected", state=self.crash_at)
+            os.kill(os.getpid(), signal.SIGKILL)
         job = self.job
         if job is not None and record.get("swap") == job.swap_id:
             job.add(record)

@@ -17,7 +17,7 @@ def relay_command(domain: str, *extra: str) -> list[str]:
             "--profile", "alphapulse", *extra]
 
 
-def write(root: Path, services: tuple[str, ...] = SERVICES, soak: str = "2s",
+def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
           canary_rate: float = 2000, metrics: str | None = None,
           extra_releases: dict[str, list[str]] | None = None,
           service_overrides: dict[str, Any] | None = None) -> Path:
