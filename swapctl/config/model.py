@@ -239,7 +239,8 @@ def unknown_release(active: str, names: list[str]) -> str | None:
 
 class ControlConfig(_Model):
     socket: SocketPath = Field(
-        description="swapctld's control socket (the CLI and handoff relays connect to it).",
+        description="swapctld's control API socket (the CLI connects to it); each service's "
+                    "relays join SERVICE.handoff.sock in the same directory.",
         examples=["/run/swapctld/control.sock"])
     mode: FileMode = Field(
         default=0o600, description="Permissions of the control socket (owner-only).",
@@ -262,7 +263,8 @@ class SupervisordConfig(_Model):
 class MetricsConfig(_Model):
     listen: Listen | None = Field(
         default="127.0.0.1:9464",
-        description="Prometheus metrics endpoint, HOST:PORT (null: none).",
+        description="Prometheus metrics endpoint, HOST:PORT (port 0: any free port, shown by "
+                    "`swapctl status`; null: none).",
         examples=["127.0.0.1:9464"])
 
 
