@@ -246,13 +246,19 @@ class Takeover:
         assert self.cand is not None
         s = self.settings
         self.frozen = frozen = freeze(self.pid, self.path, s)
+        frozen_ns = time.monotonic_ns()
         _make_nonblocking(frozen)
         transfer = Transfer(frozen.listener,
                             [(ConnState(i + 1), fd) for i, fd in enumerate(frozen.conns)],
                             {"source": "takeover", "legacy_pid": self.pid})
         deadline = time.monotonic() + s.adopt_timeout
         self.cand.link.adopt(transfer, max(0.01, deadline - time.monotonic()))
+        adopted_ns = time.monotonic_ns()
         resumed_ns = self.cand.link.resume(max(0.01, deadline - time.monotonic()))
+        self.report.details["pause_stages_ms"] = {  # where the pause went
+            "freeze_and_dup": round((frozen_ns - frozen.stopped_ns) / 1e6, 3),
+            "adopt": round((adopted_ns - frozen_ns) / 1e6, 3),
+            "resume": round((resumed_ns - adopted_ns) / 1e6, 3)}
         stats = self.cand.link.stats(max(0.01, deadline - time.monotonic()))
         if stats.get("state") != "active" or not self.cand.alive():
             raise TakeoverError(f"candidate did not confirm: state {stats.get('state')}")
