@@ -129,19 +129,28 @@ class Daemon:
             self.notifier.stopping("stopping")
         if self.api is not None:
             self.api.close()
-        for runtime in self.runtimes.values():
+        down = self.down.is_set()
+        busy = []
+        for name, runtime in self.runtimes.items():
             job = runtime.job
-            if job is not None and job.report is None:
-                job.request = "abort" if self.down.is_set() else job.request
-            runtime.wait_idle(10.0 if not self.down.is_set() else 60.0)
-        if self.down.is_set():
+            if down and job is not None and job.report is None:
+                job.request = "abort"
+            if not runtime.wait_idle(60.0 if down else 10.0):
+                busy.append(name)
+        if busy:
+            # never pull the links from under a running swap: leave as a crash would, and
+            # the next start finishes the swap from the journal and the relays' states
+            event(log, logging.WARNING, "daemon.exit_mid_swap", services=busy)
+            logging.shutdown()
+            os._exit(0)
+        if down:
             for runtime in self.runtimes.values():
                 runtime.stop_relays()
             self._stop_supervisord()
         for runtime in self.runtimes.values():
             runtime.detach()
         self.metrics.close()
-        event(log, logging.INFO, "daemon.stopped", down=self.down.is_set())
+        event(log, logging.INFO, "daemon.stopped", down=down)
 
     def _storer(self, service: str) -> Any:
         def store(fd: int) -> None:

@@ -348,3 +348,25 @@ def test_sd_notify_ready_watchdog_and_listener_fd_store(stack_root: Stack) -> No
         if daemon.stderr is not None:
             daemon.stderr.close()
         notify.close()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_swap_leaves_it_for_the_next_start(stack_root: Stack) -> None:
+    s = stack_root
+    s.up()
+    pid = s.daemon_pid()
+    load = _load(s)
+    try:
+        done = s.cli("swap", "market_data", "--to", "v2", "--soak", "12s", "--no-wait",
+                     "-o", "json")
+        swap_id = json.loads(done.stdout)["swap_id"]
+        s.wait_state("soaking")
+        os.kill(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(30)  # (it waits 10 s for the swap, then leaves it)
+        s.up()
+        report = s.wait_report(swap_id)
+    finally:
+        result = load.stop()
+    assert report["decision"] == "committed" and report["kind"] == "recovery"
+    assert s.status()["active"]["release"] == "v2"
+    _clean(result)
