@@ -11,7 +11,18 @@ import sys
 
 import click
 
-from swapctl.cli import bench, bench_handoff, config, demo, diff, load, ops, relay, swap
+from swapctl.cli import (
+    bench,
+    bench_handoff,
+    config,
+    demo,
+    diff,
+    legacy,
+    load,
+    ops,
+    relay,
+    swap,
+)
 from swapctl.cli.exits import EXIT_RUNTIME, EXIT_USAGE
 from swapctl.errors import SwapctlError, UsageError
 
@@ -36,5 +47,5 @@ def main() -> None:
     """swapctl: zero-downtime swaps of Protocol V2 message relays."""
 
 
-for _module in (relay, load, swap, ops, bench, bench_handoff, diff, demo, config):
+for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, diff, demo, config):
     _module.register(main)

@@ -58,15 +58,19 @@ def _spec(name: str, command: str | None, legacy: bool) -> ReleaseSpec | None:
               show_default=True, help="json: one JSON document on stdout.")
 def swap_legacy(**o: Any) -> None:
     """Swap a relay where one side does not speak the handoff protocol."""
+    sys.exit(run_legacy(o))
+
+
+def run_legacy(o: dict[str, Any]) -> int:
+    """The exit code of a legacy swap (also `swapctl swap --strategy ...` standalone)."""
     try:
-        code = _run(o)
+        return _run(o)
     except (UsageError, click.UsageError) as exc:
-        click.echo(f"swapctl swap-legacy: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        click.echo(f"swapctl: error: {exc}", err=True)
+        return EXIT_USAGE
     except SwapctlError as exc:
-        click.echo(f"swapctl swap-legacy: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    sys.exit(code)
+        click.echo(f"swapctl: {exc}", err=True)
+        return EXIT_FAILED
 
 
 def _run(o: dict[str, Any]) -> int:

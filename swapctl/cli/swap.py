@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from swapctl.cli import legacy as legacy_cli
 from swapctl.cli import ops
 from swapctl.cli.exits import EXIT_FAILED, EXIT_OK
 from swapctl.errors import UsageError
@@ -68,6 +69,17 @@ def _release(name: str, command: str) -> Release:
 @click.option("--state-dir", type=click.Path(path_type=Path),
               help="Standalone: control/request sockets, logs, journal [default: beside the "
                    "socket].")
+@click.option("--strategy", type=click.Choice(["auto", "handoff", "takeover", "bridge",
+                                               "restart"]), default="auto", show_default=True,
+              help="auto: the best the two releases allow, printed with why before it runs "
+                   "(handoff between handoff-capable releases; docs/legacy.md for the others).")
+@click.option("--from-legacy/--from-handoff", default=False, show_default=True,
+              help="Standalone: the running release is a legacy build (no handoff protocol).")
+@click.option("--to-legacy/--to-handoff", default=False, show_default=True,
+              help="Standalone: the new release is a legacy build.")
+@click.option("--compiled", type=click.Path(path_type=Path),
+              help="Standalone, legacy: the socket path compiled into the legacy builds "
+                   "[default: --socket].")
 @_output
 def swap_command(**o: Any) -> None:
     """Swap SERVICE to another release with no client disconnected, prove it, report.
@@ -82,15 +94,33 @@ def swap_command(**o: Any) -> None:
         if o["socket_path"] or o["from_cmd"]:
             raise UsageError("give SERVICE (swap through swapctld) or --socket/--from "
                              "(standalone), not both")
+        if o["strategy"] not in ("auto", "handoff"):
+            raise UsageError(f"--strategy {o['strategy']}: swapctld swaps handoff-capable "
+                             "releases; swaps with a legacy relay run standalone: swapctl swap "
+                             "--socket PATH --strategy ... (docs/legacy.md)")
         ops.daemon_swap(o["config_dir"], o["service"], o["to"], o["soak"], dry_run=o["dry_run"],
                         yes=o["yes"], no_wait=o["no_wait"], timeout=o["timeout"],
                         output=o["output"])
         return
-    missing = [f"--{n}" for n, k in (("socket", "socket_path"), ("from", "from_cmd"),
-                                      ("to", "to")) if not o[k]]
+    legacy = o["from_legacy"] or o["to_legacy"] or o["strategy"] not in ("auto", "handoff")
+    needed = (("socket", "socket_path"), ("to", "to")) if legacy else \
+        (("socket", "socket_path"), ("from", "from_cmd"), ("to", "to"))
+    missing = [f"--{n}" for n, k in needed if not o[k]]
     if missing:
         raise UsageError(f"give SERVICE (swap through swapctld), or {', '.join(missing)} "
                          "for a standalone swap")
+    if legacy:
+        if o["strategy"] == "handoff":
+            raise UsageError("--strategy handoff needs two handoff-capable releases: drop "
+                             "--from-legacy/--to-legacy, or choose takeover, bridge or restart")
+        sys.exit(legacy_cli.run_legacy({
+            "public": o["socket_path"], "compiled": o["compiled"], "state_dir": o["state_dir"],
+            "from_cmd": o["from_cmd"], "from_legacy": o["from_legacy"], "to_cmd": o["to"],
+            "to_legacy": o["to_legacy"], "strategy": o["strategy"], "migrate": False,
+            "canary_rate": o["canary_rate"], "output": o["output"]}))
+    if o["output"] != "json" or sys.stderr.isatty():
+        click.echo("plan: strategy handoff: both releases speak the handoff protocol, so no "
+                   "client is disconnected", err=True)
     standalone(o)
 
 

@@ -250,3 +250,23 @@ def test_cli_auto_picks_takeover_and_prints_why_first(box: LegacyBox) -> None:
         state = lay.read_state(box.layout, "a")
         if state is not None and state["kind"] == "handoff":
             signal_group(int(state["pid"]), 9)
+
+
+def test_swap_command_strategy_takeover_through_the_main_cli(box: LegacyBox) -> None:
+    """`swapctl swap --socket PUBLIC --from-legacy --strategy takeover`: the operator's
+    command reaches the same strategy as swap-legacy."""
+    from swapctl.cli import main  # noqa: PLC0415 (the whole CLI, only for this test)
+    try:
+        result = CliRunner().invoke(main, [
+            "swap", "--socket", str(box.layout.public), "--state-dir", str(box.layout.root),
+            "--from-legacy", "--to", " ".join(HANDOFF_RELAY), "--strategy", "takeover",
+            "--canary-rate", "500", "-o", "json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["strategy"] == "takeover" and report["outcome"] == "completed"
+        assert report["disconnects"] == 0 and report["lost"] == 0
+        assert lay.connectable(box.layout.public)
+    finally:
+        state = lay.read_state(box.layout, "a")
+        if state is not None and state["kind"] == "handoff":
+            signal_group(int(state["pid"]), 9)
