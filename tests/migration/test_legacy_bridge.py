@@ -158,6 +158,7 @@ def test_frames_keep_their_order_per_publisher_across_the_bridge(
 from swapctl.legacy import layout as lay  # noqa: E402
 from swapctl.legacy.bridge import BridgeSettings, BridgeSwap  # noqa: E402
 from swapctl.legacy.report import figures_from_load  # noqa: E402
+from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy  # noqa: E402
 from swapctl.swap.canary import Canary  # noqa: E402
 from swapctl.swap.spawner import Release  # noqa: E402
 
@@ -291,7 +292,6 @@ def test_rollback_flips_back_and_retires_the_candidate(
 
 def test_run_strategy_bridge_through_the_library_entry_point(
         legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
-    from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
     layout, old, release = legacy
     request = LegacySwap(layout=layout, to=ReleaseSpec("v2", release.command, legacy=True),
                          state_dir=sockdir / "st", canary_rate=0,
