@@ -14,6 +14,7 @@ import click
 from swapctl.cli import (
     bench,
     bench_handoff,
+    bench_strategies,
     config,
     demo,
     diff,
@@ -47,5 +48,6 @@ def main() -> None:
     """swapctl: zero-downtime swaps of Protocol V2 message relays."""
 
 
-for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, diff, demo, config):
+for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies, diff,
+                demo, config):
     _module.register(main)

@@ -370,3 +370,31 @@ def test_sigterm_mid_swap_leaves_it_for_the_next_start(stack_root: Stack) -> Non
     assert report["decision"] == "committed" and report["kind"] == "recovery"
     assert s.status()["active"]["release"] == "v2"
     _clean(result)
+
+
+def test_relay_crash_outside_a_swap_connects_queue_and_are_served(stack_root: Stack) -> None:
+    """swapctld holds the listener: with the only relay dead, a connect still succeeds
+    (it waits in the backlog), and the relay swapctld starts again serves it."""
+    from tests.clients import Client, trade  # noqa: PLC0415
+
+    s = stack_root
+    s.up()
+    relay = s.status()["active"]
+    os.kill(relay["pid"], signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(relay["pid"]).wait(10)
+    public = s.root / "sockets" / "market_data.sock"
+    client = Client(public, plain_only=True)  # accepted by the kernel, not refused
+    try:
+        deadline = time.monotonic() + 30
+        while (s.status()["active"] or relay)["pid"] == relay["pid"]:
+            assert time.monotonic() < deadline, "swapctld did not start the relay again"
+            time.sleep(0.1)
+        client.send(trade(1))
+        assert client.recv_frames(1, timeout=10) == [trade(1)]  # the echo, from the new relay
+    finally:
+        client.close()
+    status = s.status()
+    assert status["active"]["release"] == "v1" and status["health"]["healthy"]
+    journal = (s.root / "state" / "journal.jsonl").read_text()
+    assert '"event": "restarted"' in journal
