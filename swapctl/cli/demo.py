@@ -1,4 +1,4 @@
-"""`swapctl demo`: relays, traffic, a hot swap, an automatic and a manual rollback."""
+"""`swapctl demo`: the stack up, a hot swap and a rollback under load, the stack down."""
 
 from __future__ import annotations
 
@@ -12,25 +12,37 @@ from swapctl.demo import run_demo
 
 
 @click.command("demo")
-@click.option("--rate", type=click.FloatRange(min=100), default=20_000.0, show_default=True,
-              help="Background load, messages/s.")
+@click.option("--rate", type=click.FloatRange(min=100), default=10_000.0, show_default=True,
+              help="Background load on market_data, messages/s.")
 @click.option("--soak", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
               help="Soak window of each swap, seconds.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+              show_default=True, help="json: one JSON document on stdout, no progress.")
 def demo_command(rate: float, soak: float, output: str) -> None:
-    """Run the whole story in a temp dir and print the reports (under a minute).
+    """Run swapctld in a temp dir, swap market_data v1 -> v2 under load, roll back.
 
-    Exit 0 when the swap committed, both rollbacks happened and the load checker saw
-    nothing lost, duplicated, reordered, corrupted, and no disconnect.
+    Starts supervisord, swapctld and three reference relays (as `swapctl up`), drives
+    market_data with an independent load checker, swaps and rolls back through the
+    control API, prints every report and the checker's verdict, then stops everything
+    (as `swapctl down`) and removes the temp dir, also on Ctrl-C. About 15 s.
+
+    Exit 0 when both swaps committed with a clean canary and the load checker saw
+    nothing lost, duplicated, reordered or corrupted, no disconnect, and the strategy
+    consumer alive; 1 otherwise (or when interrupted).
     """
     say = (lambda _: None) if output == "json" else click.echo
-    result = run_demo(rate, soak, say)
+    try:
+        result = run_demo(rate, soak, say)
+    except KeyboardInterrupt:  # before the demo had started anything
+        sys.exit(EXIT_FAILED)
     if output == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    elif result.ok:
+        click.echo(f"\ndemo OK in {result.wall_s:.1f} s; nothing left running")
     else:
-        click.echo(f"\ndemo {'OK' if result.ok else 'FAILED'} in {result.wall_s:.1f} s; "
-                   "nothing left running")
+        click.echo(f"\ndemo FAILED in {result.wall_s:.1f} s:")
+        for problem in result.problems():
+            click.echo(f"  - {problem}")
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
