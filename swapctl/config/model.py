@@ -17,6 +17,7 @@ import enum
 import inspect
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -268,6 +269,46 @@ class MetricsConfig(_Model):
         examples=["127.0.0.1:9464"])
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class DrillWindow(_Model):
+    """A time of the week in which rollback drills are refused (docs/playbooks.md)."""
+
+    days: list[Day] = Field(
+        default_factory=lambda: list(_DAYS), min_length=1,
+        description="Days the window opens on (its start's day).", examples=["[mon, tue, wed]"])
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                       description="Local time the window opens, HH:MM.", examples=['"09:30"'])
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                     description="Local time it closes, HH:MM (before start: the next day).",
+                     examples=['"16:00"'])
+    timezone: str = Field(default="UTC", description="IANA time zone of start and end.",
+                          examples=["America/New_York"])
+    reason: str = Field(default="", description="Said when a drill is refused.",
+                        examples=["US equity market hours"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError("swapctl_zone", "{zone} is not a known time zone: use "
+                                      "an IANA name such as UTC or America/New_York",
+                                      {"zone": repr(zone)}) from None
+        return zone
+
+
+class DrillsConfig(_Model):
+    refuse: list[DrillWindow] = Field(
+        default_factory=list, description="Windows in which `swapctl drill` refuses to run "
+        "(unless --override-window), e.g. market hours.",
+        examples=['[{days: [mon, tue, wed, thu, fri], start: "09:30", end: "16:00", '
+                  'timezone: America/New_York}]'])
+
+
 class DaemonConfig(_Model):
     state_dir: AbsPath = Field(
         description="Journal, swap reports and relay state.", examples=["/var/lib/swapctl"])
@@ -276,3 +317,4 @@ class DaemonConfig(_Model):
     control: ControlConfig = Field(description="Control API socket.")
     supervisord: SupervisordConfig = Field(description="The relays' owner.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics.")
+    drills: DrillsConfig = Field(default_factory=DrillsConfig, description="Rollback drills.")
