@@ -379,10 +379,36 @@ def request_command(name: str) -> Callable[..., None]:
 @config_dir_option
 @click.argument("service", required=False, shell_complete=_services)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--drills", is_flag=True, help="Past rollback drills (STATE/drills) instead: "
+              "verdict, drill and rollback time, messages lost.")
 @output_option
 def history_command(config_dir: Path | None, service: str | None, limit: int,
-                    output: str) -> None:
+                    output: str, drills: bool = False) -> None:
     """Past swaps, newest first: decision, pause, rollback time, canary losses."""
+    def _s(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.3f}s"
+
+    if drills:
+        from swapctl.playbook.reports import list_runs  # noqa: PLC0415 (pydantic: 0.4 s)
+        config = _config(config_dir)
+        if service:
+            config.service(service)
+        runs = list_runs(config, True, service, limit)
+        if output == "json":
+            _json(runs)
+            return
+        if not runs:
+            click.echo("no drills yet")
+        for d in runs:
+            v = d["values"]
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(d["started"] or 0)))
+            click.echo(f"{when}  {d['run_id']}  {str(d['state']).upper():<11} "
+                       f"{d['baseline'] or '-'} -> {d['candidate'] or '-'}  drill "
+                       f"{_s(d['seconds'])}  rollback {_s(v.get('rollback_seconds'))}  "
+                       f"lost {v.get('lost', '-')}"
+                       + ("" if d["ok"] else f"  ({d['reason']})"))
+        return
+
     def body() -> None:
         args = {"service": service} if service else {}
         rows = _client(config_dir).call("history", limit=limit, **args)["swaps"]
