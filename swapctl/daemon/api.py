@@ -27,6 +27,7 @@ from swapctl.relay.listener import open_listener
 
 Handler = Callable[[dict[str, Any]], Iterator[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
+READ_TIMEOUT = 10.0  # a client that connects and says nothing is let go
 
 
 class ApiError(SwapctlError):
@@ -57,13 +58,18 @@ class _Connection(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
+        sock.settimeout(READ_TIMEOUT)
         _pid, uid, _gid = peer_credentials(sock)
+        try:
+            line = self.rfile.readline(MAX_REQUEST)  # first, even from a refused peer: its
+        except TimeoutError:  # write must not meet a closed socket (EPIPE, not the answer)
+            return
+        sock.settimeout(None)
         if uid not in (os.getuid(), 0):
             self._send({"type": "error", "code": "permission",
                         "message": f"uid {uid} may not use swapctld's control socket (only "
                                    f"uid {os.getuid()}, the daemon's own, and root)"})
             return
-        line = self.rfile.readline(MAX_REQUEST)
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -100,7 +106,8 @@ class ApiServer:
         self.thread.start()
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # (shutdown() waits for serve_forever: only if started)
+            self.server.shutdown()
         self.server.server_close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -228,6 +228,7 @@ if mode == "raw":
         out["connect"] = type(exc).__name__
     else:
         out["connect"] = "ok"
+        s.sendall(b'{"op": "ping"}\n')  # the daemon reads the request, then refuses
         out["lines"] = [json.loads(l) for l in s.makefile("rb")]  # up to the hang-up
     s.close()
 else:
