@@ -31,6 +31,7 @@ from swapctl.swap.probe import ProbeFailed, ProbeSettings, probe
 from swapctl.swap.service import Service, Slot, SlotError
 from swapctl.swap.spawner import Release
 
+SOAK_CHECK_FLOOR = 0.5  # seconds a soak check may take once the window has closed
 Requests = Callable[[], str | None]  # polled during soak: "rollback", "commit" or None
 
 
@@ -216,6 +217,8 @@ class SwapRun:
 
     def _timeout(self) -> float:
         remaining = self.machine.remaining()
+        if remaining <= 0 and self.machine.state is State.SOAKING:
+            return SOAK_CHECK_FLOOR  # the window closed during a check: tick() ends the soak
         if remaining <= 0:
             seconds = self.settings.deadlines.for_state(self.machine.state)
             raise Failure(f"deadline: {self.machine.state.value} took longer than {seconds}s")
