@@ -230,10 +230,11 @@ def _ago(seconds: float) -> str:
 
 def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: float | None,
                 *, dry_run: bool, yes: bool, no_wait: bool, timeout: float | None, output: str,
-                rollback: bool = False) -> None:
+                rollback: bool = False, strategy: str = "auto") -> None:
     """`swapctl swap SERVICE` (and `rollback SERVICE` with no swap running)."""
     client = _client(config_dir, 10.0)
-    args: dict[str, Any] = {"service": service, "to": to, "soak": soak, "rollback": rollback}
+    args: dict[str, Any] = {"service": service, "to": to, "soak": soak, "rollback": rollback,
+                            "strategy": strategy}
 
     def body() -> None:
         if dry_run or (sys.stdin.isatty() and not yes):
@@ -301,7 +302,7 @@ def _progress_printer(output: str) -> Callable[[dict[str, Any] | None, dict[str,
         if accepted is not None:
             plan = accepted.get("plan") or {}
             click.echo(f"{accepted['kind']} {accepted['swap_id']}: {plan.get('from')} -> "
-                       f"{plan.get('to')}", err=True)
+                       f"{plan.get('to')} (strategy {plan.get('strategy', 'handoff')})", err=True)
             return
         assert record is not None
         if "to" not in record:

@@ -94,13 +94,9 @@ def swap_command(**o: Any) -> None:
         if o["socket_path"] or o["from_cmd"]:
             raise UsageError("give SERVICE (swap through swapctld) or --socket/--from "
                              "(standalone), not both")
-        if o["strategy"] not in ("auto", "handoff"):
-            raise UsageError(f"--strategy {o['strategy']}: swapctld swaps handoff-capable "
-                             "releases; swaps with a legacy relay run standalone: swapctl swap "
-                             "--socket PATH --strategy ... (docs/legacy.md)")
         ops.daemon_swap(o["config_dir"], o["service"], o["to"], o["soak"], dry_run=o["dry_run"],
                         yes=o["yes"], no_wait=o["no_wait"], timeout=o["timeout"],
-                        output=o["output"])
+                        output=o["output"], strategy=o["strategy"])
         return
     legacy = o["from_legacy"] or o["to_legacy"] or o["strategy"] not in ("auto", "handoff")
     needed = (("socket", "socket_path"), ("to", "to")) if legacy else \

@@ -32,8 +32,10 @@ def to_release(service: ServiceConfig, name: str | None = None) -> Release:
         raise UsageError(f"{service.name or 'this service'} has no release {name!r}"
                          f"{did_you_mean(name, names)}: use one of {', '.join(names)} "
                          f"(releases in {service.source or 'its configuration'})")
+    compiled = str(release.compiled_socket) if release.legacy and release.compiled_socket \
+        else None
     return Release(name, tuple(release.command), release.handoff,
-                   tuple(sorted(release.env.items())))
+                   tuple(sorted(release.env.items())), compiled)
 
 
 def to_swap_settings(service: ServiceConfig) -> SwapSettings:

@@ -269,13 +269,15 @@ class Daemon:
         if request.get("rollback"):  # `swapctl rollback SERVICE` with no swap running
             kind, to = "rollback", runtime.previous_release()
         soak = request.get("soak")
+        strategy = str(request.get("strategy") or "auto")
         if request.get("dry_run"):
-            yield {"type": "result", "plan": {**runtime.plan(to, soak), "kind": kind}}
+            yield {"type": "result", "plan": {**runtime.plan(to, soak, strategy), "kind": kind}}
             return
-        job = runtime.swap(to, soak, kind)
+        job = runtime.swap(to, soak, kind, strategy)
         self.metrics.swap_started(runtime.name)
         yield {"type": "accepted", "swap_id": job.swap_id, "kind": kind,
-               "plan": {"from": job.run.old.release.name, "to": job.run.release.name}}
+               "plan": {"from": job.from_release, "to": job.to_release,
+                        "strategy": job.strategy}}
         if not request.get("wait", True):
             yield {"type": "result", "swap_id": job.swap_id, "running": True}
             return

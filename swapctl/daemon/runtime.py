@@ -3,6 +3,7 @@
 Every request that touches the relays' control links runs under `lock`: a link carries
 one request at a time. A swap runs in its own thread and holds the lock for its whole
 life; status then reports the swap's phase and the figures cached before it began.
+Start-up after a crash is attach.py; legacy releases are legacy.py.
 """
 
 from __future__ import annotations
@@ -15,26 +16,24 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from swapctl.config.convert import service_domain_byte, to_canary, to_release, to_swap_settings
 from swapctl.config.model import ServiceConfig
-from swapctl.daemon import recovery
+from swapctl.daemon import legacy
+from swapctl.daemon.jobs import SwapJob
 from swapctl.daemon.paths import Paths, read_json, write_json
 from swapctl.errors import SwapctlError, UsageError
-from swapctl.handoff.controller import RelayLink
 from swapctl.handoff.manifest import Transfer
 from swapctl.logs import event
 from swapctl.relay.listener import adopt_listener, open_listener
 from swapctl.supervise.client import SupervisorClient
 from swapctl.supervise.layout import Layout
-from swapctl.supervise.spawner import SupervisorHandle, SupervisorSpawner
-from swapctl.swap import journal as journal_file
+from swapctl.supervise.spawner import SupervisorSpawner
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import CanaryError
-from swapctl.swap.executor import SwapRun, SwapSettings, Where
+from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import State
 from swapctl.swap.service import Service, Slot
@@ -44,7 +43,7 @@ log = logging.getLogger("swapctl.daemon")
 # Fault injection for recovery tests and drills: swapctld SIGKILLs itself the moment a
 # swap's journal says it entered this state (the record is on disk first).
 CRASH_AT = "SWAPCTL_DAEMON_CRASH_AT"
-ATTACH_TIMEOUT = 8.0  # relays retry their control connection every 0.5 s
+STRATEGIES = ("auto", "handoff", "takeover", "bridge", "restart")
 
 
 class Busy(UsageError):
@@ -53,71 +52,6 @@ class Busy(UsageError):
 
 class Unhealthy(SwapctlError):
     """The service has no healthy active relay."""
-
-
-@dataclass
-class SwapJob:
-    """A swap the daemon runs (or recovers); waiters follow its journal records."""
-
-    run: SwapRun
-    kind: str  # "swap", "rollback" (swap back to the previous release) or "recovery"
-    started: float = field(default_factory=time.time)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    report: dict[str, Any] | None = None
-    request: str | None = None  # "rollback", "abort" or "commit" from an operator
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def swap_id(self) -> str:
-        return self.run.swap_id
-
-    def add(self, record: dict[str, Any]) -> None:
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def finish(self, report: dict[str, Any]) -> None:
-        with self.cond:
-            self.report = report
-            self.cond.notify_all()
-
-    def follow(self, timeout: float | None = None) -> Any:
-        """Yield each record as it is journaled, then the report (a dict with "decision")."""
-        seen = 0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self.cond:
-                while seen == len(self.records) and self.report is None:
-                    wait = None if deadline is None else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        return
-                    self.cond.wait(0.5 if wait is None else min(wait, 0.5))
-                new, seen = self.records[seen:], len(self.records)
-                report = self.report
-            yield from new
-            if report is not None and seen == len(self.records):
-                yield {"report": report}
-                return
-
-
-class GoneHandle:
-    """The process handle of a release that is no longer running (recovery found it
-    gone): never alive, nothing to stop."""
-
-    pid = 0
-    create_time = 0.0
-
-    def alive(self) -> bool:
-        return False
-
-    def describe_exit(self) -> str:
-        return "not running when swapctld restarted"
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        return None
-
-    def kill(self) -> None:
-        return None
 
 
 class ServiceRuntime:
@@ -132,13 +66,21 @@ class ServiceRuntime:
                                control_path=paths.handoff(name))
         self.lock = threading.RLock()
         self.job: SwapJob | None = None
-        self.jobs: dict[str, SwapJob] = {}
         self.health: dict[str, Any] = {"healthy": False, "checked": 0.0,
                                        "problem": "not started"}
         self.on_finished = on_finished
         self.journal = Journal(paths.journal, [self._journaled], fields={"service": name})
         self.listener_store: Callable[[int], None] = lambda fd: None
         self.crash_at = os.environ.get(CRASH_AT, "")
+        self.legacy_socket: Path | None = None  # the active legacy relay's slot socket
+
+    @property
+    def legacy_root(self) -> Path:
+        return self.paths.state / "legacy" / self.name
+
+    @property
+    def domain_byte(self) -> int:
+        return service_domain_byte(self.config)
 
     # ----- start-up --------------------------------------------------------------
 
@@ -149,143 +91,44 @@ class ServiceRuntime:
         return release if isinstance(release, str) and release in self.config.releases \
             else self.config.active
 
-    def _remember(self, release: str) -> None:
+    def remember(self, release: str) -> None:
         write_json(self.paths.service_state(self.name),
                    {"service": self.name, "release": release, "since": time.time()})
 
     def start(self, listener_fd: int | None = None) -> dict[str, Any]:
         """Attach to the relays supervisord runs (a restart of swapctld), settle them and
         finish any swap the journal says was running; or start the last good release."""
+        from swapctl.daemon import attach  # noqa: PLC0415 (attach imports this module)
         with self.lock:
             self.service.open_control()
             found = self.spawner.running()
             if not found:
-                return self._start_fresh(listener_fd)
-            return self._recover(found, listener_fd)
+                return self.start_fresh(listener_fd)
+            return attach.recover(self, found, listener_fd)
 
-    def _start_fresh(self, listener_fd: int | None) -> dict[str, Any]:
+    def start_fresh(self, listener_fd: int | None) -> dict[str, Any]:
         release = self.release(self.last_good())
         svc = self.service
-        if listener_fd is not None:  # systemd's fd store kept it across our restart
-            svc.listener = adopt_listener(listener_fd)
+        if release.legacy:
+            slot, sock = legacy.start(self, release)
+            legacy.point(svc, release, sock, self.legacy_root)
+            svc.active, self.legacy_socket = slot, sock
         else:
-            svc.listener = open_listener(svc.socket_path)
-        self.listener_store(svc.listener.fileno())
-        deadline = time.monotonic() + self.config.start_timeout
-        slot = svc.start_slot(release, deadline)
-        slot.link.adopt(Transfer(svc.listener.fileno(), []), self.config.start_timeout)
-        slot.link.resume(self.config.start_timeout)
-        svc.active = slot
-        self._remember(release.name)
-        self._journal_event("started", release=release.name, program=_program(slot))
+            if listener_fd is not None:  # systemd's fd store kept it across our restart
+                svc.listener = adopt_listener(listener_fd)
+            else:
+                if svc.socket_path.is_symlink():  # a legacy layout's link: swapctl's own
+                    svc.socket_path.unlink()
+                svc.listener = open_listener(svc.socket_path)
+            self.listener_store(svc.listener.fileno())
+            slot = svc.start_slot(release, time.monotonic() + self.config.start_timeout)
+            slot.link.adopt(Transfer(svc.listener.fileno(), []), self.config.start_timeout)
+            slot.link.resume(self.config.start_timeout)
+            svc.active = slot
+        self.remember(release.name)
+        self.journal_event("started", release=release.name, program=program_of(slot))
         self.refresh()
         return {"service": self.name, "action": "started", "release": release.name}
-
-    def _recover(self, found: list[tuple[Any, SupervisorHandle]],
-                 listener_fd: int | None) -> dict[str, Any]:
-        svc = self.service
-        slots: dict[str, Slot] = {}
-        problems = []
-        for spec, handle in found:
-            try:
-                release = self.release(spec.release, configured=False, command=spec.argv)
-                slots[spec.env.get("SWAPCTL_TOKEN", "")] = svc.attach(
-                    release, spec.env.get("SWAPCTL_TOKEN", ""), handle,
-                    time.monotonic() + ATTACH_TIMEOUT)
-            except (SwapctlError, OSError) as exc:
-                problems.append(f"{handle.program} (pid {handle.pid}): {exc}")
-        states = {token: str(slot.link.hello.get("state", "")) for token, slot in slots.items()}
-        settled = recovery.settle(states)
-        for token in settled.close:
-            slots[token].link.close_held(5.0)
-        for token in settled.resume:
-            slots[token].link.resume(5.0)
-        unfinished = self._unfinished()
-        outcome: dict[str, Any] = {"service": self.name, "action": "attached",
-                                   "relays": {t: states[t] for t in states},
-                                   "closed": list(settled.close), "resumed": list(settled.resume),
-                                   "problems": problems}
-        if settled.serving is None:
-            outcome["problem"] = settled.problem
-            for slot in slots.values():
-                slot.stop(2.0)
-            self._journal_event("recovery_failed", problem=settled.problem)
-            outcome.update(self._start_fresh(listener_fd))
-            outcome["action"] = "restarted (clients lost their connections)"
-            return outcome
-        serving = slots[settled.serving]
-        svc.active = serving
-        if listener_fd is None:
-            listener_fd = serving.link.listener(5.0)
-        svc.listener = adopt_listener(listener_fd)
-        self.listener_store(listener_fd)
-        others = [s for t, s in slots.items() if t != settled.serving]
-        if unfinished is None:
-            for slot in others:  # a warm standby of a finished swap, or a stray
-                svc.warm = slot if svc.warm is None else svc.warm
-            self._remember(serving.release.name)
-        else:
-            outcome["swap"] = self._finish_unfinished(unfinished, slots, settled.serving)
-        self.refresh()
-        return outcome
-
-    def _unfinished(self) -> dict[str, Any] | None:
-        """The last swap of this service in the journal, if it has no terminal record."""
-        if not self.paths.journal.exists():
-            return None
-        last: dict[str, Any] | None = None
-        for record in journal_file.read(self.paths.journal):
-            if record.get("service") != self.name or "swap" not in record:
-                continue
-            if record.get("event") == "begin":
-                last = {"swap": record["swap"], "begin": record, "state": "starting",
-                        "at": record["at"], "token": ""}
-            elif last is not None and record["swap"] == last["swap"] and "to" in record:
-                last["state"], last["at"] = record["to"], record["at"]
-                if record.get("token"):
-                    last["token"] = record["token"]
-        if last is None or State(last["state"]).terminal:
-            return None
-        last["records"] = [r for r in journal_file.read(self.paths.journal)
-                           if r.get("swap") == last["swap"]]
-        return last
-
-    def _finish_unfinished(self, unfinished: dict[str, Any], slots: dict[str, Slot],
-                           serving: str) -> dict[str, Any]:
-        begin = unfinished["begin"]
-        old_token, cand_token = begin.get("old_token", ""), unfinished["token"]
-        role = "old" if serving == old_token else "candidate" if serving == cand_token else None
-        decision = recovery.decide(State(unfinished["state"]), role)
-        svc = self.service
-        old = slots.get(old_token) or self._gone_slot(begin.get("old_release", ""), old_token)
-        cand = slots.get(cand_token)
-        svc.active = old
-        svc.warm = None
-        target = self.release(str(begin.get("release", "")), configured=False,
-                              command=tuple(begin.get("command", ())))
-        run = SwapRun(svc, target, to_swap_settings(self.config),
-                      canary=to_canary(self.config), journal=self.journal,
-                      requests=self._request, domain_byte=service_domain_byte(self.config))
-        if role == "candidate" and cand is not None:
-            svc.active, svc.warm = cand, (old if old.alive() else None)
-            where = Where.CANDIDATE
-        else:
-            where = Where.OLD
-            run.marks.rollback_kind = "recovery: " + decision.why
-        self.journal.records.extend(unfinished["records"])  # the report tells the whole swap
-        run.swap_id = unfinished["swap"]
-        job = SwapJob(run, "recovery")
-        self.job, self.jobs[run.swap_id] = job, job
-        self._run_in_thread(job, lambda: run.resume(
-            unfinished["swap"], State(unfinished["state"]), float(unfinished["at"]), cand=cand,
-            where=where, why=decision.why))
-        return {"swap_id": unfinished["swap"], "phase": unfinished["state"],
-                "decision": decision.next.value, "why": decision.why}
-
-    def _gone_slot(self, release: str, token: str) -> Slot:
-        # the old release's process is gone: its slot is only a name for a cold restart
-        return Slot(self.release(release or self.config.active, configured=False), token,
-                    GoneHandle(), cast(RelayLink, _NoLink()))
 
     # ----- swaps -----------------------------------------------------------------
 
@@ -297,7 +140,14 @@ class ServiceRuntime:
             return to_release(self.config, name)
         return Release(name, tuple(command) or ("false",))
 
-    def plan(self, to: str | None, soak: float | None) -> dict[str, Any]:
+    def settings(self, soak: float | None) -> SwapSettings:
+        settings = to_swap_settings(self.config)
+        if soak is None:
+            return settings
+        return dataclasses.replace(
+            settings, deadlines=dataclasses.replace(settings.deadlines, soaking=soak))
+
+    def plan(self, to: str | None, soak: float | None, strategy: str = "auto") -> dict[str, Any]:
         """What `swap` would do, checked but not done (also the start of every swap)."""
         active = self.service.active
         if active is None:
@@ -310,52 +160,76 @@ class ServiceRuntime:
                 f"{', '.join(sorted(r for r in self.config.releases if r != target)) or 'none'})"
                 + ("" if to else f", or set active: in {self.config.source}"))
         release = to_release(self.config, target)
-        settings = to_swap_settings(self.config)
-        if soak is not None:
-            settings = _with_soak(settings, soak)
-        if not release.handoff or not active.release.handoff:
-            legacy = release.name if not release.handoff else active.release.name
-            raise UsageError(
-                f"{self.name}: {legacy} does not speak the handoff protocol; swapctld swaps "
-                "handoff-capable releases only (legacy strategies: docs/legacy.md)")
+        chosen, why = self.strategy(active.release, release, strategy)
+        settings = self.settings(soak)
         d = settings.deadlines
+        phases = [{"phase": p, "deadline_s": float(getattr(d, p))} for p in
+                  ("starting", "probing", "releasing", "adopting", "verifying", "soaking",
+                   "committing")] if chosen == "handoff" else \
+            [{"phase": p, "deadline_s": d.starting} for p in legacy.PHASES[chosen]]
         return {
             "service": self.name, "socket": str(self.service.socket_path),
             "from": {"release": active.release.name, "command": list(active.release.command),
-                     "program": _program(active), "pid": active.handle.pid},
+                     "program": program_of(active), "pid": active.handle.pid,
+                     "legacy": active.release.legacy},
             "to": {"release": release.name, "command": list(release.command),
-                   "handoff": release.handoff},
-            "strategy": "handoff",
-            "why": "both releases speak the handoff protocol: no client is disconnected",
-            "phases": [
-                {"phase": "starting", "deadline_s": d.starting},
-                {"phase": "probing", "deadline_s": d.probing},
-                {"phase": "releasing", "deadline_s": d.releasing},
-                {"phase": "adopting", "deadline_s": d.adopting},
-                {"phase": "verifying", "deadline_s": d.verifying},
-                {"phase": "soaking", "deadline_s": d.soaking},
-                {"phase": "committing", "deadline_s": d.committing}],
+                   "handoff": release.handoff, "legacy": release.legacy},
+            "strategy": chosen, "why": why, "phases": phases,
             "pause_budget_ms": settings.pause_budget_ms,
             "rollback_deadline_s": d.rolling_back,
             "canary_rate": self.config.canary.rate,
         }
 
-    def swap(self, to: str | None, soak: float | None, kind: str = "swap") -> SwapJob:
+    @staticmethod
+    def strategy(old: Release, new: Release, asked: str) -> tuple[str, str]:
+        """The strategy for old -> new (the best the two allow unless `asked`), and why."""
+        if asked not in STRATEGIES:
+            raise UsageError(f"unknown strategy {asked!r}: use one of {', '.join(STRATEGIES)}")
+        for release in (old, new):
+            if not release.handoff and not release.legacy:
+                raise UsageError(f"{release.name} neither speaks the handoff protocol nor is "
+                                 "declared legacy (with its compiled_socket): swapctld cannot "
+                                 "run it; fix its entry under releases")
+        if old.handoff and new.handoff:
+            best, why = "handoff", "both releases speak the handoff protocol: no client is " \
+                                   "disconnected, nothing is lost"
+        elif old.legacy and new.handoff:
+            best, why = "takeover", f"{old.name} is legacy and {new.name} speaks the handoff " \
+                                    "protocol: its sockets are taken over, no client is " \
+                                    "disconnected (bytes inside the legacy relay are lost)"
+        else:
+            best, why = "bridge", f"{new.name} is legacy: only a bridge keeps every client " \
+                                  "connected"
+        if asked in ("auto", best) and best != "bridge":
+            return best, why
+        if asked == "restart":
+            return "restart", "asked for: every client of the old release is disconnected " \
+                              "and reconnects to the new one"
+        if best == "bridge" or asked == "bridge":
+            raise UsageError(
+                f"{why}; swapctld does not run the bridge: run it standalone (`swapctl swap "
+                "--socket PATH --strategy bridge`, docs/legacy-bridge.md), or ask for "
+                "--strategy restart here (every client reconnects)")
+        raise UsageError(f"--strategy {asked} does not fit {old.name} -> {new.name}: {why}; "
+                         f"use --strategy {best}")
+
+    def swap(self, to: str | None, soak: float | None, kind: str = "swap",
+             strategy: str = "auto") -> SwapJob:
         with self.lock:
-            if self.job is not None and self.job.report is None:
+            if self.job is not None and self.job.running:
                 raise Busy(f"{self.name}: swap {self.job.swap_id} is running "
-                           f"({self.job.run.machine.state.value}); wait for it, or "
-                           f"`swapctl abort {self.name}`")
-            self.plan(to, soak)
-            settings = to_swap_settings(self.config)
-            if soak is not None:
-                settings = _with_soak(settings, soak)
-            release = to_release(self.config, to or self.config.active)
-            run = SwapRun(self.service, release, settings, canary=to_canary(self.config),
-                          journal=self.journal, requests=self._request,
-                          domain_byte=service_domain_byte(self.config))
-            job = SwapJob(run, kind)
-            self.job, self.jobs[run.swap_id] = job, job
+                           f"({self.job.phase}); wait for it, or `swapctl abort {self.name}`")
+            plan = self.plan(to, soak, strategy)
+            release = to_release(self.config, plan["to"]["release"])
+            if plan["strategy"] != "handoff":
+                job = legacy.job(self, release, plan["strategy"], kind)
+                self._run_in_thread(job, lambda: legacy.run(self, job, release))
+                return job
+            run = SwapRun(self.service, release, self.settings(soak),
+                          canary=to_canary(self.config), journal=self.journal,
+                          requests=self.requested, domain_byte=self.domain_byte)
+            job = SwapJob.of_run(run, kind)
+            self.job = job
             self._run_in_thread(job, run.run)
             return job
 
@@ -379,65 +253,83 @@ class ServiceRuntime:
     def ask(self, request: str) -> dict[str, Any]:
         """An operator's rollback / abort / commit for the swap that is running."""
         job = self.job
-        if job is None or job.report is not None:
+        if job is None or not job.running:
             raise UsageError(f"{self.name}: no swap is running")
-        state = job.run.machine.state
-        if request == "commit" and state not in (State.VERIFYING, State.SOAKING):
-            raise UsageError(f"{self.name}: swap {job.swap_id} is {state.value}: commit is "
+        phase = job.phase
+        if job.run is None:
+            raise UsageError(f"{self.name}: swap {job.swap_id} ({job.strategy}, {phase}) "
+                             "cannot be steered: it ends on its own within its deadline")
+        if request == "commit" and phase not in (State.VERIFYING.value, State.SOAKING.value):
+            raise UsageError(f"{self.name}: swap {job.swap_id} is {phase}: commit is "
                              "possible once the candidate serves (verifying or soaking)")
         job.request = request
-        return {"swap_id": job.swap_id, "state": state.value, "requested": request}
+        return {"swap_id": job.swap_id, "state": phase, "requested": request}
 
-    def _request(self) -> str | None:
+    def requested(self) -> str | None:
         job = self.job
         return None if job is None else job.request
 
-    def _run_in_thread(self, job: SwapJob, body: Callable[[], SwapRun]) -> None:
+    def _run_in_thread(self, job: SwapJob, body: Callable[[], SwapRun | dict[str, Any]]) -> None:
+        self.job = job
+
         def main() -> None:
             with self.lock:
                 self._run_job(job, body)
 
         threading.Thread(target=main, name=f"swap-{self.name}", daemon=True).start()
 
-    def _run_job(self, job: SwapJob, body: Callable[[], SwapRun]) -> None:
-        canary = job.run.canary
+    def run_recovered(self, job: SwapJob, body: Callable[[], SwapRun]) -> None:
+        self._run_in_thread(job, body)
+
+    def _run_job(self, job: SwapJob, body: Callable[[], SwapRun | dict[str, Any]]) -> None:
+        canary = job.canary
         audit = None
         try:
             if canary is not None:
                 try:
                     canary.start()
                 except CanaryError as exc:
-                    job.run.canary = canary = None
+                    job.canary = canary = None
+                    if job.run is not None:
+                        job.run.canary = None
                     event(log, logging.WARNING, "daemon.canary_failed", service=self.name,
                           error=str(exc))
-            run = body()
+            result = body()
             if canary is not None:
                 with contextlib.suppress(CanaryError):
                     audit = canary.stop()
-            report = swap_report.build(run, audit)
-            if report.get("server_pause_ms") is None:  # measured before a daemon restart
-                adopted = [r for r in report["journal"] if r.get("event") == "adopted"]
-                if adopted:
-                    report["server_pause_ms"] = adopted[-1].get("server_pause_ms")
+            report = self._report(result, audit)
         except Exception as exc:  # a bug must not leave waiters hanging forever
             log.exception("swap %s crashed", job.swap_id)
             report = {"swap_id": job.swap_id, "decision": "failed",
-                      "reason": f"internal error: {exc}", "from": job.run.old.release.name,
-                      "to": job.run.release.name}
+                      "reason": f"internal error: {exc}", "from": job.from_release,
+                      "to": job.to_release}
         finally:
             if canary is not None:
                 canary.close()
         active = self.service.active
-        report.update(service=self.name, kind=job.kind, strategy="handoff",
+        report.update(service=self.name, kind=job.kind, strategy=job.strategy,
                       started=job.started, ended=time.time(),
                       active=active.release.name if active else None)
         write_json(self.paths.report(job.swap_id), report)
         if active is not None and report.get("decision") in ("committed", "rolled_back"):
-            self._remember(active.release.name)
+            self.remember(active.release.name)
         self.refresh()
         job.finish(report)
         if self.on_finished is not None:
             self.on_finished(self.name, report)
+
+    @staticmethod
+    def _report(result: SwapRun | dict[str, Any], audit: dict[str, Any] | None
+                ) -> dict[str, Any]:
+        if isinstance(result, dict):
+            return legacy.with_canary(result, audit)
+        report = swap_report.build(result, audit)
+        if report.get("server_pause_ms") is None:  # measured before a daemon restart
+            adopted = [r for r in report["journal"] if r.get("event") == "adopted"]
+            if adopted:
+                report["server_pause_ms"] = adopted[-1].get("server_pause_ms")
+        return report
 
     def _journaled(self, record: dict[str, Any]) -> None:
         if self.crash_at and record.get("to") == self.crash_at:
@@ -447,7 +339,7 @@ class ServiceRuntime:
         if job is not None and record.get("swap") == job.swap_id:
             job.add(record)
 
-    def _journal_event(self, kind: str, **details: Any) -> None:
+    def journal_event(self, kind: str, **details: Any) -> None:
         self.journal.write({"event": kind, "at": round(time.monotonic(), 6), **details})
 
     # ----- health ----------------------------------------------------------------
@@ -457,16 +349,19 @@ class ServiceRuntime:
         if not self.lock.acquire(blocking=False):
             return self.health
         try:
-            self.health = self._check()
+            self.health = self.check()
             return self.health
         finally:
             self.lock.release()
 
-    def _check(self) -> dict[str, Any]:
+    def check(self) -> dict[str, Any]:
         now = time.time()
         active = self.service.active
         if active is None:
             return {"healthy": False, "checked": now, "problem": "no active relay"}
+        if active.release.legacy and self.legacy_socket is not None:
+            return {"checked": now, "release": active.release.name,
+                    **legacy.healthy(active, self.legacy_socket)}
         if not active.alive():
             return {"healthy": False, "checked": now, "release": active.release.name,
                     "problem": f"{active.release.name} exited: {active.handle.describe_exit()}"}
@@ -482,30 +377,40 @@ class ServiceRuntime:
 
     def restart_if_dead(self) -> dict[str, Any] | None:
         """The active relay died outside a swap: start its release again on the listener
-        swapctld holds (connects wait in its backlog meanwhile)."""
+        swapctld holds (connects wait in its backlog meanwhile). A legacy relay binds its
+        own socket: it is started again in a slot and the public link follows it."""
         if not self.lock.acquire(blocking=False):
             return None
         try:
             svc, active = self.service, self.service.active
-            if active is None or active.alive() or svc.listener is None:
+            if active is None or active.alive():
+                return None
+            if svc.listener is None and not active.release.legacy:
                 return None
             how = active.handle.describe_exit()
             event(log, logging.WARNING, "daemon.relay_died", service=self.name,
                   release=active.release.name, exit=how)
             active.link.close()
             svc.active = None
-            deadline = time.monotonic() + self.config.start_timeout
             try:
-                slot = svc.start_slot(active.release, deadline)
-                slot.link.adopt(Transfer(svc.listener.fileno(), []), self.config.start_timeout)
-                slot.link.resume(self.config.start_timeout)
+                if active.release.legacy:
+                    slot, sock = legacy.start(self, active.release)
+                    legacy.point(svc, active.release, sock, self.legacy_root)
+                    self.legacy_socket = sock
+                else:
+                    assert svc.listener is not None
+                    slot = svc.start_slot(active.release,
+                                          time.monotonic() + self.config.start_timeout)
+                    slot.link.adopt(Transfer(svc.listener.fileno(), []),
+                                    self.config.start_timeout)
+                    slot.link.resume(self.config.start_timeout)
             except (SwapctlError, TimeoutError, OSError) as exc:
-                self._journal_event("restart_failed", release=active.release.name,
-                                    error=str(exc))
+                self.journal_event("restart_failed", release=active.release.name,
+                                   error=str(exc))
                 return {"service": self.name, "restarted": False, "error": str(exc)}
             svc.active = slot
-            self._journal_event("restarted", release=active.release.name, exit=how)
-            self.health = self._check()
+            self.journal_event("restarted", release=active.release.name, exit=how)
+            self.health = self.check()
             return {"service": self.name, "restarted": True, "exit": how}
         finally:
             self.lock.release()
@@ -515,16 +420,15 @@ class ServiceRuntime:
         out: dict[str, Any] = {
             "service": self.name, "socket": str(self.service.socket_path),
             "configured_active": self.config.active,
-            "active": None if active is None else _slot_status(active),
-            "warm": None if warm is None else _slot_status(warm),
+            "active": None if active is None else slot_status(active),
+            "warm": None if warm is None else slot_status(warm),
             "health": self.health,
             "swap": None,
         }
         if job is not None:
-            m = job.run.machine
-            out["swap"] = {"swap_id": job.swap_id, "kind": job.kind, "state": m.state.value,
-                           "to": job.run.release.name, "from": job.run.old.release.name,
-                           "running": job.report is None,
+            out["swap"] = {"swap_id": job.swap_id, "kind": job.kind, "state": job.phase,
+                           "strategy": job.strategy, "to": job.to_release,
+                           "from": job.from_release, "running": job.running,
                            "decision": None if job.report is None else job.report["decision"],
                            "started": job.started}
         return out
@@ -548,20 +452,10 @@ class ServiceRuntime:
         self.client.close()
 
 
-class _NoLink:
-    def close(self) -> None:
-        return None
-
-
-def _program(slot: Slot) -> str:
+def program_of(slot: Slot) -> str:
     return str(getattr(slot.handle, "program", ""))
 
 
-def _slot_status(slot: Slot) -> dict[str, Any]:
-    return {"release": slot.release.name, "program": _program(slot), "pid": slot.handle.pid,
-            "alive": slot.alive(), "token": slot.token}
-
-
-def _with_soak(settings: SwapSettings, soak: float) -> SwapSettings:
-    return dataclasses.replace(settings,
-                               deadlines=dataclasses.replace(settings.deadlines, soaking=soak))
+def slot_status(slot: Slot) -> dict[str, Any]:
+    return {"release": slot.release.name, "program": program_of(slot), "pid": slot.handle.pid,
+            "alive": slot.alive(), "token": slot.token, "legacy": slot.release.legacy}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from swapctl import isolation
 from swapctl.errors import UsageError
 from swapctl.supervise import slotfile
 from swapctl.supervise.client import ProcessInfo, SupervisorClient, SupervisorError
@@ -223,9 +224,15 @@ class SupervisorSpawner:
             raise UsageError(f"release {release.name}: cannot run {release.command[0]!r}: "
                              "not found or not executable")
         program = self.free_slot()
+        argv = release.command
+        if release.compiled is not None:  # legacy: its compiled-in directory is the slot's own
+            private = self.private_dir(program)
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            argv = tuple(isolation.command(
+                release.command, [isolation.Bind(private, Path(release.compiled).parent)]))
         env = {**dict(release.env), "SWAPCTL_HANDOFF": str(control), "SWAPCTL_TOKEN": token,
                "SWAPCTL_SOCKET": str(socket), "SWAPCTL_RELEASE": release.name}
-        spec = slotfile.SlotSpec(release.name, release.command, env,
+        spec = slotfile.SlotSpec(release.name, argv, env,
                                  str(self.cwd) if self.cwd else None)
         slotfile.write(ctx.layout.slot_dir(program), spec)
         log = ctx.layout.program_log(program)
@@ -241,6 +248,10 @@ class SupervisorSpawner:
                                   ProcessInfo.from_rpc(info).pid, offset)
         self.handles.append(handle)
         return handle
+
+    def private_dir(self, program: str) -> Path:
+        """A legacy release's compiled-in directory, as seen from outside its namespace."""
+        return self._ctx.layout.slot_dir(program) / "root"
 
     def running(self) -> list[tuple[slotfile.SlotSpec, SupervisorHandle]]:
         """The service's relays supervisord runs now, each with the slot file it was

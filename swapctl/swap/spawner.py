@@ -28,6 +28,11 @@ class Release:
     command: tuple[str, ...]
     handoff: bool = True  # speaks the handoff protocol
     env: tuple[tuple[str, str], ...] = ()  # extra environment (SWAPCTL_* are set by swapctl)
+    compiled: str | None = None  # legacy: the socket path compiled into it (run isolated)
+
+    @property
+    def legacy(self) -> bool:
+        return self.compiled is not None
 
 
 class ProcessHandle(Protocol):

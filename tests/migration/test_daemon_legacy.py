@@ -1,0 +1,102 @@
+"""Legacy releases under swapctld: an isolated slot, the public link, takeover to a
+handoff-capable release with no client disconnected, restart back, and a daemon restart
+that attaches to a legacy relay. The legacy build is the reference relay with its socket
+path compiled in (tests/data/legacy_relay.py), run through the real isolation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from swapctl.demo import configs
+from tests.migration.legacy_support import build_legacy
+from tests.migration.test_daemon import Stack, _load, stack_root  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def legacy_stack(stack_root: Stack) -> Stack:  # noqa: F811 (the fixture, used)
+    root = stack_root.root
+    compiled = root / "compiled" / "market_data.sock"  # never the real /tmp/torq
+    command = build_legacy(root / "builds", compiled, name="generic")
+    releases = {
+        "generic": {"command": command, "handoff": False, "legacy": True,
+                    "compiled_socket": str(compiled)},
+        "v2": {"command": configs.relay_command("market_data"), "handoff": True},
+    }
+    configs.write(root, services=("market_data",), soak="1s",
+                  service_overrides={"releases": releases, "active": "generic"})
+    return stack_root
+
+
+def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: Stack) -> None:
+    s = legacy_stack
+    public = s.root / "sockets" / "market_data.sock"
+    s.up()
+    status = s.status()
+    assert status["active"]["release"] == "generic" and status["active"]["legacy"]
+    assert status["health"]["healthy"], status["health"]
+    assert public.is_symlink(), "a legacy release serves through swapctl's public link"
+    assert not (s.root / "compiled" / "market_data.sock").exists(), \
+        "the compiled-in path on the host is never touched (the slot's own folder is)"
+
+    code, plan = s.json("swap", "market_data", "--to", "v2", "--dry-run")
+    assert code == 0 and plan["strategy"] == "takeover", plan
+    load = _load(s, rate=3000)
+    try:
+        code, report = s.json("swap", "market_data", "--to", "v2", "--yes")
+        assert code in (0, 1), report  # 1 only if the canary counted a loss (reported)
+        assert report["strategy"] == "takeover" and report["decision"] == "committed", report
+        assert report["connections"]["moved"] >= 4  # 2 publishers, 2 consumers (+ canary)
+        assert report["server_pause_ms"] is not None
+        assert "could_not_guarantee" in report
+        status = s.status()
+        assert status["active"]["release"] == "v2" and not status["active"]["legacy"]
+        assert status["health"]["healthy"]
+        time.sleep(0.3)
+    finally:
+        result = load.stop()
+    assert result.disconnects == 0, result.problems()
+    assert not any("stopped for good" in p for p in result.problems())
+    legacy_pid = [p for p in psutil.process_iter() if _is_generic(p)]
+    assert not legacy_pid, "the legacy relay was ended"
+
+    # back to legacy: the best way (bridge) runs standalone; restart only when asked
+    done = s.cli("swap", "market_data", "--to", "generic", "--yes")
+    assert done.returncode == 2 and "bridge" in done.stderr and "--strategy restart" in \
+        done.stderr
+    code, back = s.json("swap", "market_data", "--to", "generic", "--strategy", "restart",
+                        "--yes")
+    assert back["strategy"] == "restart" and back["decision"] == "committed", back
+    assert back["strategy_report"]["disconnects"] >= 1  # the canary's clients, cut and counted
+    assert code == 1, "committed, but clients were cut: the exit code says so"
+    status = s.status()
+    assert status["active"]["release"] == "generic" and status["health"]["healthy"]
+    target = os.readlink(public)
+    assert target.endswith("/root/market_data.sock") and os.path.exists(target)
+
+    # swapctld killed: the next one attaches to the legacy relay (it cannot reconnect)
+    pid = s.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(10)
+    relay_pid = status["active"]["pid"]
+    s.up()
+    after = s.status()
+    assert after["active"]["pid"] == relay_pid and after["health"]["healthy"]
+    code, rows = s.json("history", "market_data")
+    assert [r["kind"] for r in rows] == ["swap", "swap"]
+    assert json.dumps(rows)
+
+
+def _is_generic(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(part.endswith("builds/generic.py") for part in proc.cmdline())
+    return False
