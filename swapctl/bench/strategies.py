@@ -44,6 +44,7 @@ from swapctl.handoff.controller import ControlServer
 from swapctl.legacy import layout as lay
 from swapctl.legacy.bridge import BridgeSettings, BridgeSwap
 from swapctl.legacy.bridge_client import BridgeConfig, BridgeProcess
+from swapctl.legacy.report import StrategyReport
 from swapctl.legacy.restart import RestartSettings, restart
 from swapctl.legacy.takeover import Takeover, TakeoverSettings
 from swapctl.probes.config import LoadConfig
@@ -53,6 +54,7 @@ from swapctl.probes.traffic import MessageFactory
 from swapctl.process import stop_group
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
+from swapctl.swap.canary_child import LOSS_GRACE_S
 from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
@@ -61,6 +63,9 @@ from swapctl.swap.spawner import Release, SubprocessSpawner
 STRATEGIES = ("handoff", "takeover", "bridge", "restart")
 DELIVERY_BUDGET = 1_500_000  # deliveries/s the 2-core machine's relay is asked for
 LOAD_CLIENTS = 3  # the checker's publisher, dashboard and strategy consumer
+PER_SWAP_DETAILS = ("freeze_attempts", "frozen_idle", "publisher_streams_resynchronised",
+                    "publisher_bytes_skipped", "consumers_backed_up_at_freeze",
+                    "accepted_since_scan", "closed_since_scan")
 RELAY_ARGS = ("--log-level", "warning", "--max-backlog", "1048576")
 
 
@@ -75,6 +80,24 @@ class StrategiesBenchSettings:
 
 def used_rate(rate: int, clients: int) -> int:
     return min(rate, DELIVERY_BUDGET // (clients + 3))
+
+
+def rate_note(settings: StrategiesBenchSettings) -> str:
+    """Why a rate asked for is not the rate used, in the figures of this run."""
+    fan_out = settings.clients + 3  # the canary's three clients too
+    capped = [(r, used_rate(r, settings.clients)) for r in settings.rates
+              if used_rate(r, settings.clients) < r]
+    if not capped:
+        return f"Every rate asked for was used ({fan_out} receivers per message)."
+    parts = "; ".join(f"{r:,} msg/s asked -> {u:,} used" for r, u in capped)
+    worst = max(r for r, _ in capped)
+    return (f"Rate capped ({parts}): every relay broadcasts each message to every client, "
+            f"so {worst:,} msg/s x {fan_out} receivers is {worst * fan_out:,} deliveries/s, "
+            f"more than one relay delivers here (`swapctl bench relay`: ~9.5M msg/s, and "
+            f"that to a single consumer in big reads; with {fan_out} receivers every "
+            f"delivery is its own write, and the checkers read them all on the same "
+            f"cores). The bench asks for at most {DELIVERY_BUDGET:,} deliveries/s "
+            f"(rate x receivers) so the relay keeps up; rate_used is in each row.")
 
 
 # ----- the clients --------------------------------------------------------------------
@@ -160,11 +183,41 @@ def crowd_main(path: str, clients: int) -> None:
 # ----- one configuration ----------------------------------------------------------------
 
 @dataclass(slots=True)
+class Swapped:
+    """What one swap said about itself."""
+
+    own_disconnects: int | None  # the strategy's own count
+    outcome: str
+    report: StrategyReport | None = None  # takeover: its lost is checked per swap
+
+
+@dataclass(slots=True)
+class LossCheck:
+    """One swap's lost messages: the strategy's report (after the canary's counts over
+    the swap were added, as `run_strategy` does) against the canary's own count."""
+
+    report_lost: int | None
+    checker_lost: int
+    own_evidence: bool  # the takeover itself saw something that can cost a message
+
+    @property
+    def equal(self) -> bool:
+        return self.report_lost == self.checker_lost
+
+    @property
+    def unexplained(self) -> bool:
+        return self.checker_lost > 0 and not self.own_evidence
+
+
+@dataclass(slots=True)
 class SwapSample:
     pause_ms: float | None
     own_disconnects: int | None  # the strategy's own count
     crowd_disconnects: int
     outcome: str
+    loss: LossCheck | None = None
+    stages_ms: dict[str, float] | None = None
+    details: dict[str, Any] | None = None  # the strategy's own per-swap figures
 
 
 class Box:
@@ -188,14 +241,24 @@ class Box:
             duration=None, settle=1.0, dashboard_retry=0.05, reconnect_backoff=0.05))
         self.load.start()
 
-    def measure(self, swap: Callable[[], tuple[int | None, str]]) -> SwapSample:
+    def measure(self, swap: Callable[[], Swapped]) -> SwapSample:
         assert self.canary is not None and self.crowd is not None
         before = self.crowd.stats()["disconnects"]
+        baseline = self.canary.snapshot()
         self.canary.mark()
-        own, outcome = swap()
+        done = swap()
+        ended = time.monotonic()
         pause = self.canary.health().max_gap_ms
         crowd = self.crowd.stats()["disconnects"] - before
-        return SwapSample(pause, own, crowd, outcome)
+        sample = SwapSample(pause, done.own_disconnects, crowd, done.outcome)
+        if done.report is not None:
+            time.sleep(max(0.0, ended + LOSS_GRACE_S - time.monotonic()))
+            sample.loss = check_loss(done.report, baseline, self.canary.snapshot())
+            stages = {**done.report.details.get("freeze_stages_ms", {}),
+                      **done.report.details.get("pause_stages_ms", {})}
+            sample.stages_ms = {k: float(v) for k, v in stages.items()}
+            sample.details = {k: done.report.details.get(k) for k in PER_SWAP_DETAILS}
+        return sample
 
     def finish(self) -> tuple[LoadReport, dict[str, int], int]:
         assert self.canary is not None and self.crowd is not None and self.load is not None
@@ -213,6 +276,23 @@ class Box:
         for cleanup in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 cleanup()
+
+
+def check_loss(report: StrategyReport, baseline: dict[str, Any],
+               after: dict[str, Any]) -> LossCheck:
+    """Add the canary's counts over one swap to the swap's report and compare its lost
+    with the canary's: `missing` counts messages sent since the mark (just before the
+    swap), due LOSS_GRACE_S ago, never received; the rest are growth since `baseline`."""
+    base = {s["name"]: s for s in baseline["streams"]}
+    figures = {"lost": sum(int(s["missing"]) for s in after["streams"])}
+    for key in ("duplicated", "reordered", "corrupted", "disconnects"):
+        figures[key] = sum(int(s[key]) - int(base.get(s["name"], {}).get(key, 0))
+                           for s in after["streams"])
+    report.add_checker("canary", figures)
+    d = report.details
+    evidence = bool(d.get("publisher_streams_resynchronised") or
+                    d.get("consumers_backed_up_at_freeze") or not d.get("frozen_idle", True))
+    return LossCheck(report.lost, figures["lost"], evidence)
 
 
 def _legacy_layout(box: Box) -> tuple[Any, Any, tuple[str, ...]]:
@@ -246,7 +326,10 @@ def _service(box: Box) -> Any:
 HANDOFF_RELAY = (sys.executable, "-m", "swapctl.relay", *RELAY_ARGS)
 
 
-def setup_handoff(box: Box) -> Callable[[], tuple[int | None, str]]:
+SwapFn = Callable[[], Swapped]
+
+
+def setup_handoff(box: Box) -> SwapFn:
     spawner = SubprocessSpawner(box.root / "logs")
     service = Service(box.public, box.root / "state", spawner)
     box.cleanups.append(spawner.stop_all)
@@ -256,7 +339,7 @@ def setup_handoff(box: Box) -> Callable[[], tuple[int | None, str]]:
     settings = SwapSettings(deadlines=Deadlines(soaking=0.0), verify_messages=1, keep_old=True)
     flip = [1]
 
-    def swap() -> tuple[int | None, str]:
+    def swap() -> Swapped:
         run = SwapRun(service, releases[flip[0]], settings, canary=box.canary).run()
         result = swap_report.build(run)
         if result["decision"] == "committed":
@@ -264,61 +347,61 @@ def setup_handoff(box: Box) -> Callable[[], tuple[int | None, str]]:
         moved = result["connections"]
         lost = None if moved["before"] is None or moved["after"] is None else max(
             0, moved["before"] - moved["after"])
-        return lost, str(result["decision"])
+        return Swapped(lost, str(result["decision"]))
     return swap
 
 
-def setup_takeover(box: Box) -> Callable[[], tuple[int | None, str]]:
+def setup_takeover(box: Box) -> SwapFn:
     layout, old, _ = _legacy_layout(box)
     service = _service(box)
     release = Release("h", HANDOFF_RELAY)
     current = [old.pid]
 
-    def swap() -> tuple[int | None, str]:
+    def swap() -> Swapped:
         result = Takeover(service, current[0], str(layout.compiled), release,
                           TakeoverSettings(settle_s=0.1)).run()
         if result.report.outcome == "completed":
             current[0] = int(result.report.details["candidate_pid"])
-        return result.report.disconnects, result.report.outcome
+        return Swapped(result.report.disconnects, result.report.outcome, result.report)
     return swap
 
 
-def setup_bridge(box: Box) -> Callable[[], tuple[int | None, str]]:
+def setup_bridge(box: Box) -> SwapFn:
     layout, old, argv = _legacy_layout(box)
     release = Release("legacy", argv, handoff=False)
     state: dict[str, Any] = {"swap": None}
     own = 1 + 2  # the canary: a publisher and two consumers on the old relay
 
-    def swap() -> tuple[int | None, str]:
+    def swap() -> Swapped:
         current: BridgeSwap | None = state["swap"]
         if current is None:  # forward: candidate, bridge, flip
             current = BridgeSwap(layout, old.pid, release, legacy=True, foreign_own=own,
                                  settings=BridgeSettings(drain_interval=0.02))
             current.cutover()
             state["swap"] = current
-            return 0, "completed"
+            return Swapped(0, "completed")
         drain = current.roll_back(deadline=2.0)  # back: retire the candidate
         current.finish()
         state["swap"] = None
-        return drain.disconnected, "rolled_back_as_planned"
+        return Swapped(drain.disconnected, "rolled_back_as_planned")
     return swap
 
 
-def setup_restart(box: Box) -> Callable[[], tuple[int | None, str]]:
+def setup_restart(box: Box) -> SwapFn:
     layout, old, argv = _legacy_layout(box)
     release = Release("legacy", argv, handoff=False)
     current = [old.pid]
 
-    def swap() -> tuple[int | None, str]:
+    def swap() -> Swapped:
         report, started = restart(layout, current[0], release, legacy=True,
                                   settings=RestartSettings(), log_dir=box.root / "logs")
         if started is not None:
             current[0] = started.pid
-        return report.disconnects, report.outcome
+        return Swapped(report.disconnects, report.outcome)
     return swap
 
 
-SETUPS: dict[str, tuple[str, Callable[[Box], Callable[[], tuple[int | None, str]]]]] = {
+SETUPS: dict[str, tuple[str, Callable[[Box], SwapFn]]] = {
     "handoff": ("swapctl.swap.executor", setup_handoff),
     "takeover": ("swapctl.legacy.takeover", setup_takeover),
     "bridge": ("swapctl.legacy.bridge", setup_bridge),
@@ -395,13 +478,41 @@ def _figures(samples: list[SwapSample], load: LoadReport, canary: dict[str, int]
                     "dead_strategy_consumers": sum(1 for c in load.consumers if c.dead),
                     "rate_achieved": round(load.rate_achieved, 1)},
         "canary": canary,
+        **_takeover_figures(samples),
+    }
+
+
+def _takeover_figures(samples: list[SwapSample]) -> dict[str, Any]:
+    """Per-swap lost check and where the pause went (strategies that give a report)."""
+    checks = [s.loss for s in samples if s.loss is not None]
+    if not checks:
+        return {}
+    staged = [s.stages_ms for s in samples if s.stages_ms]
+    names = list(dict.fromkeys(k for st in staged for k in st))  # in the order of the stages
+    return {
+        "lost_equals_checker": {
+            "verdict": all(c.equal for c in checks), "swaps_checked": len(checks),
+            "swaps_equal": sum(1 for c in checks if c.equal),
+            "report_lost": [c.report_lost for c in checks],
+            "checker_lost": [c.checker_lost for c in checks],
+            "unexplained_by_takeover": sum(1 for c in checks if c.unexplained),
+            "checker": "the swap canary, per swap (missing since its mark just before the "
+                       f"swap, {LOSS_GRACE_S} s after); the load checker counts only at the "
+                       "end, in `checker`"},
+        "stages_ms": {n: _stats([st[n] for st in staged if n in st]) for n in names},
+        "per_swap": [{"pause_ms": None if s.pause_ms is None else round(s.pause_ms, 3),
+                      "server_pause_ms": (s.stages_ms or {}).get("freeze_and_dup", 0.0)
+                      + sum((s.stages_ms or {}).get(k, 0.0) for k in ("adopt", "resume")),
+                      "lost": None if s.loss is None else s.loss.checker_lost,
+                      **(s.details or {})} for s in samples],
     }
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
     if not samples:
         return {"n": 0}
-    return {"n": len(samples), **percentiles(samples, (50, 99)), "max": round(max(samples), 3)}
+    points = {k: round(v, 3) for k, v in percentiles(samples, (50, 99)).items()}
+    return {"n": len(samples), **points, "max": round(max(samples), 3)}  # rounded alike
 
 
 def run_strategies_bench(settings: StrategiesBenchSettings,
@@ -433,15 +544,15 @@ def run_strategies_bench(settings: StrategiesBenchSettings,
         "conditions": conditions(
             message_sizes_bytes={k.value: n for k, n in sizes.items()},
             mix=LoadConfig(Path("x")).mix, rates_asked=list(settings.rates),
+            rates_used=[used_rate(r, settings.clients) for r in settings.rates],
             connected_clients=settings.clients, swaps_per_config=settings.swaps,
             canary_msgs_per_s=settings.canary_rate,
             delivery_budget_msgs_per_s=DELIVERY_BUDGET,
             relay_command=["python", "-m", "swapctl.relay", *RELAY_ARGS],
-            note=("every relay broadcasts to every client: the rate is capped at "
-                  f"{DELIVERY_BUDGET:,} deliveries/s (rate x clients) so the 2-core machine "
-                  "keeps up; rate_used is in each row. Legacy relays are the reference "
-                  "relay with its socket path compiled in, run in a slot. Bridge swaps "
-                  "alternate forward / rollback (clients stay connected to their relay)."),
+            note=rate_note(settings) + (
+                " Legacy relays are the reference relay with its socket path compiled in, "
+                "run in a slot. Bridge swaps alternate forward / rollback (clients stay "
+                "connected to their relay)."),
             source=source_revision("swapctl")),
         "results": rows,
         "skipped": skipped,
@@ -496,6 +607,10 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
         disc = r["disconnects"]
         if r["strategy"] == "takeover":
             out.append(_exact(f"{tag}: disconnects", disc["checker"], 0, ""))
+            check = r.get("lost_equals_checker", {})
+            out.append(Goal(f"{tag}: report's lost = the checker's, every swap",
+                            f"= {check.get('swaps_checked', 0)} swaps",
+                            check.get("swaps_equal"), "swaps", bool(check.get("verdict"))))
             p99 = r["pause_ms"].get("p99")
             out.append(Goal(f"{tag}: client pause p99", "<= 10 ms", p99, "ms",
                             p99 is not None and p99 <= 10))

@@ -20,6 +20,15 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+def _names(values: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise click.BadParameter(f"unknown {', '.join(unknown)}: use {', '.join(STRATEGIES)}",
+                                 param_hint="--strategies")
+    return tuple(dict.fromkeys(names))
+
+
 @bench.command("strategies")
 @output_option
 @click.option("--rates", default="10000,100000", show_default=True,
@@ -28,8 +37,10 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
               help="Connected clients on the public path (the load's 3 included).")
 @click.option("--swaps", type=click.IntRange(min=1), default=20, show_default=True,
               help="Swaps per strategy and rate.")
-@click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
-              help="Only these strategies (repeatable); default all.")
+@click.option("--strategies", "--strategy", "strategies", multiple=True,
+              callback=lambda _c, _p, v: _names(v),
+              help=f"Only these strategies: a comma-separated list, or the option repeated "
+                   f"({', '.join(STRATEGIES)}); default all.")
 @click.option("--canary-rate", type=click.FloatRange(min=10), default=1000.0,
               show_default=True, help="Canary messages/s (the pause's resolution).")
 def strategies_command(output: str, **o: Any) -> None:

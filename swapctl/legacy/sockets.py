@@ -11,6 +11,14 @@ relay's own socketpairs and any other socket it holds. Duplicates are taken with
 or the same user with ptrace_scope 0): the copy refers to the very same socket, so a
 client connected to it notices nothing.
 
+`Copies` keeps duplicates in step with a running relay, so that little is left to do
+while it is frozen: `take` scans /proc and the Unix table and duplicates everything it
+finds while the relay runs (a duplicate taken early is the same open file: whatever the
+relay does with the socket later, ours sees it); `refresh`, with the relay stopped,
+re-reads only the descriptor links, closes our copies of sockets the relay has closed
+since, and duplicates and classifies the few it accepted since (by asking the socket
+itself: type, SO_ACCEPTCONN, its name, a peer), without the Unix table.
+
 `/proc/PID/task/TID/syscall` says where each thread of a stopped process was: a
 number in the list of waiting system calls means it was blocked waiting for events
 (nothing half done in its own memory), `-1` means it was running its own code.
@@ -21,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import platform
 import re
+import socket
 import struct
 import termios
 from dataclasses import dataclass
@@ -36,6 +46,8 @@ SO_ACCEPTCON = 0x00010000
 SOCK_STREAM_TYPE = 0x0001
 SS_CONNECTED = 0x03
 SYS_PIDFD_GETFD = {"x86_64": 438, "aarch64": 438}
+SYS_KCMP = {"x86_64": 312, "aarch64": 272}
+KCMP_FILE = 0
 # system calls a thread is parked in when it has nothing half done (x86_64 numbers)
 WAITING_SYSCALLS_X86_64 = frozenset({
     7,  # poll
@@ -55,6 +67,10 @@ _FD_LINK = re.compile(r"^socket:\[(\d+)\]$")
 
 class SocketsError(SwapctlError):
     """The relay's sockets could not be found or duplicated."""
+
+
+class FdGone(SocketsError):
+    """The descriptor is not open in the process (any more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +159,31 @@ def waiting(syscall: int | None, machine: str | None = None) -> bool:
 
 # ----- reading /proc ------------------------------------------------------------------
 
-def fd_inodes(pid: int) -> dict[int, int]:
-    """The process's socket descriptors: fd -> socket inode."""
-    out: dict[int, int] = {}
-    base = Path(f"/proc/{pid}/fd")
+def fd_links(pid: int) -> dict[int, str]:
+    """The process's descriptors: fd -> what its /proc link reads (`socket:[123]`...)."""
+    base = f"/proc/{pid}/fd/"
     try:
         names = os.listdir(base)
     except OSError as exc:
         raise SocketsError(f"cannot list the descriptors of pid {pid}: {exc}") from None
+    out: dict[int, str] = {}
     for name in names:
         with contextlib.suppress(OSError):
-            inode = parse_fd_link(os.readlink(base / name))
-            if inode is not None:
-                out[int(name)] = inode
+            out[int(name)] = os.readlink(base + name)
     return out
+
+
+def fd_inodes(pid: int) -> dict[int, int]:
+    """The process's socket descriptors: fd -> socket inode."""
+    return {fd: inode for fd, link in fd_links(pid).items()
+            if (inode := parse_fd_link(link)) is not None}
+
+
+def _readlink(pid: int, fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return None
 
 
 def unix_table(pid: int) -> dict[int, UnixEntry]:
@@ -200,6 +227,7 @@ class PidFd:
         except OSError as exc:
             raise SocketsError(f"pidfd_open({pid}): {exc}") from None
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._no_kcmp = False
         self._nr = SYS_PIDFD_GETFD.get(platform.machine())
         if self._nr is None:
             raise SocketsError(f"pidfd_getfd: unknown syscall number on {platform.machine()}")
@@ -209,9 +237,23 @@ class PidFd:
         fd = int(self._libc.syscall(self._nr, self.fd, target, 0))
         if fd < 0:
             err = ctypes.get_errno()
+            if err == errno.EBADF:
+                raise FdGone(f"pid {self.pid} has no fd {target}")
             raise SocketsError(f"pidfd_getfd(pid {self.pid}, fd {target}): {os.strerror(err)}"
                                " (needs root or ptrace rights over the relay)")
         return fd
+
+    def same_file(self, target: int, ours: int) -> bool | None:
+        """Whether the process's `target` and our `ours` are one open file (kcmp(2): a
+        system call, no /proc path walk); None if the kernel cannot tell (no kcmp)."""
+        nr = SYS_KCMP.get(platform.machine())
+        if nr is None or self._no_kcmp:
+            return None
+        answer = int(self._libc.syscall(nr, self.pid, os.getpid(), KCMP_FILE, target, ours))
+        if answer < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+            self._no_kcmp = True
+            return None
+        return answer == 0  # -1 with EBADF: the process has no `target` any more
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -237,3 +279,182 @@ def duplicate(pid: int, found: RelaySockets) -> tuple[int, list[int]]:
             os.close(fd)
         raise
     return taken[0], taken[1:]
+
+
+# ----- keeping duplicates in step with a running relay ------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FdDiff:
+    """What changed in the relay's descriptor table since our copies were taken."""
+
+    gone: tuple[int, ...]  # relay fds we hold a copy of that now name another file or none
+    new: tuple[int, ...]  # relay fds to look at: not held, not seen with this link before
+
+
+def diff_fds(still_held: dict[int, bool], seen: dict[int, str],
+             current: dict[int, str | None]) -> FdDiff:
+    """`still_held`: for each relay fd we hold a copy of, whether it is still that file;
+    `seen`: link text of the other fds as last looked at; `current`: the relay's fds now,
+    with their link text (None where not read: the fds in `still_held`)."""
+    gone = tuple(fd for fd in sorted(still_held) if not still_held[fd])
+    new = tuple(fd for fd in sorted(current)
+                if not still_held.get(fd) and (fd not in seen or seen[fd] != current[fd]))
+    return FdDiff(gone, new)
+
+
+def accepted_from(fd: int, bound: str) -> bool:
+    """True if our descriptor `fd` is a connected Unix stream socket carrying `bound`
+    (what the Unix table tells, asked of the socket itself: see `classify`)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            return False
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) or not bound:
+            return False
+        if sock.getsockname() != bound:
+            return False
+        sock.getpeername()  # OSError (ENOTCONN) unless connected
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
+def sndbuf(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    finally:
+        sock.detach()
+
+
+@dataclass(slots=True)
+class Held:
+    """Our copy of one of the relay's sockets."""
+
+    fd: int  # ours
+    inode: int  # of the socket our copy refers to (fstat), checked against the relay's
+    sndbuf: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    added: int
+    removed: int
+
+
+class Copies:
+    """Duplicates of a relay's listener and accepted connections (module doc): `take`
+    while it runs, `refresh` while it is stopped, then `listener_fd`/`connection_fds`."""
+
+    def __init__(self, pid: int, path: str | None) -> None:
+        self.pid = pid
+        self.pidfd = PidFd(pid)
+        self.listener_target = -1
+        self.listener: Held | None = None
+        self.conns: dict[int, Held] = {}  # by the relay's fd number
+        self.seen: dict[int, str] = {}  # relay fd -> its link, for fds not ours to move
+        self.bound = ""
+        try:
+            self._take(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take(self, path: str | None) -> None:
+        links = fd_links(self.pid)
+        inodes = {fd: i for fd, link in links.items() if (i := parse_fd_link(link)) is not None}
+        found = classify(inodes, unix_table(self.pid), path)
+        self.bound = found.path
+        self.listener_target = found.listener
+        self.listener = self._copy(found.listener, inodes[found.listener])
+        if self.listener is None:
+            raise SocketsError(f"pid {self.pid} closed its listener (fd {found.listener})")
+        wanted = set(found.connections)
+        for fd, link in links.items():
+            held = self._copy(fd, inodes[fd]) if fd in wanted else None
+            if held is not None:
+                held.sndbuf = sndbuf(held.fd)
+                self.conns[fd] = held
+            elif fd != found.listener:
+                self.seen[fd] = link  # refresh looks at it again only if this changes
+
+    def _copy(self, target: int, inode: int | None) -> Held | None:
+        """A copy of the relay's `target`, if it still names socket `inode`."""
+        try:
+            ours = self.pidfd.getfd(target)
+        except FdGone:
+            return None  # closed since the scan
+        actual = os.fstat(ours).st_ino
+        if inode is not None and actual != inode:
+            os.close(ours)  # reused for another socket: `refresh` will look at it
+            return None
+        return Held(ours, actual)
+
+    def _still_held(self, target: int, held: Held, links: dict[int, str | None]) -> bool:
+        same = self.pidfd.same_file(target, held.fd)
+        if same is None:  # no kcmp: compare the link's inode
+            link = links.get(target) or _readlink(self.pid, target)
+            links[target] = link
+            return link is not None and parse_fd_link(link) == held.inode
+        return same
+
+    def refresh(self) -> Refreshed:
+        """Bring the copies in step with the (stopped) relay's descriptors: a directory
+        listing, kcmp for each copy, links read only for the other fds."""
+        try:
+            names = os.listdir(f"/proc/{self.pid}/fd")
+        except OSError as exc:
+            raise SocketsError(f"cannot list the descriptors of pid {self.pid}: {exc}") from None
+        links: dict[int, str | None] = dict.fromkeys(map(int, names))
+        assert self.listener is not None
+        if not (self.listener_target in links
+                and self._still_held(self.listener_target, self.listener, links)):
+            raise SocketsError(f"pid {self.pid} no longer holds its listener "
+                               f"(fd {self.listener_target})")
+        still = {fd: fd in links and self._still_held(fd, h, links)
+                 for fd, h in self.conns.items()}
+        still[self.listener_target] = True
+        for fd in links:
+            if fd not in still or not still[fd]:
+                links[fd] = _readlink(self.pid, fd)
+        change = diff_fds(still, self.seen, links)
+        for fd in change.gone:
+            with contextlib.suppress(OSError):
+                os.close(self.conns.pop(fd).fd)
+        added = sum(self._look_at(fd, links[fd]) for fd in change.new)
+        return Refreshed(added, len(change.gone))
+
+    def _look_at(self, fd: int, link: str | None) -> bool:
+        """A descriptor the relay opened since: ours to move if it is a connection its
+        listener accepted (asked of the socket itself). True if taken."""
+        inode = None if link is None else parse_fd_link(link)
+        copy = None if inode is None else self._copy(fd, inode)
+        if copy is not None and accepted_from(copy.fd, self.bound):
+            copy.sndbuf = sndbuf(copy.fd)
+            self.conns[fd] = copy
+            return True
+        if copy is not None:
+            os.close(copy.fd)
+        if link is not None:
+            self.seen[fd] = link
+        return False
+
+    @property
+    def listener_fd(self) -> int:
+        assert self.listener is not None
+        return self.listener.fd
+
+    def connection_fds(self) -> list[int]:
+        return [self.conns[fd].fd for fd in sorted(self.conns)]
+
+    def close(self) -> None:
+        """Close every copy we hold (the relay's own descriptors are not touched)."""
+        for held in [self.listener, *self.conns.values()]:
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held.fd)
+        self.listener = None
+        self.conns = {}
+        self.pidfd.close()

@@ -2,15 +2,22 @@
 
 How it works:
 1. Start the candidate in standby (it connects to our control socket) and probe it.
-2. Freeze the legacy relay with SIGSTOP and wait until every thread is stopped. If a
-   thread was not parked in a waiting system call (it may have been half way through a
-   read or a write), or a client's kernel buffer was backed up (the relay may hold
-   bytes for it), let it run again briefly and retry, a bounded number of times.
-3. Find its listener and accepted connections (/proc/PID/fd joined with the Unix socket
-   table), take duplicates with pidfd_getfd, and ADOPT them into the candidate as a
-   transfer with empty `pending_in`/`unsent_out` (nothing of the legacy relay's memory
-   can be read from outside), then RESUME it and confirm (stats answer, state active).
-4. SIGKILL the legacy relay while it is still stopped: it never reads or writes again.
+2. While the legacy relay still runs, find its listener and accepted connections
+   (/proc/PID/fd joined with the Unix socket table) and take duplicates with
+   pidfd_getfd (`sockets.Copies`): a duplicate is the same open file, so taking it early
+   changes nothing for the relay or its clients, and the slow part is out of the pause.
+3. Freeze it with SIGSTOP and wait until every thread is stopped. If a thread was not
+   parked in a waiting system call (it may have been half way through a read or a
+   write), let it run again briefly and retry, a bounded number of times (a busy try
+   costs only the stop and the threads' syscall files). Once it is idle, re-read only
+   its descriptor links: copies of sockets closed since are dropped, sockets accepted
+   since are duplicated and checked one by one. If a client's kernel buffer is backed
+   up (the relay may hold bytes for it), retry too.
+4. ADOPT them into the candidate as a transfer with empty `pending_in`/`unsent_out`
+   (nothing of the legacy relay's memory can be read from outside), RESUME it and
+   confirm (stats answer, state active). Each stage is timed (`freeze_stages_ms`,
+   `pause_stages_ms`).
+5. SIGKILL the legacy relay while it is still stopped: it never reads or writes again.
    Its copies close with it; the clients stay connected through the candidate's.
 If anything fails before the candidate confirms, the candidate is killed first (so
 it reads nothing more), the shared file flags are put back, and the legacy relay
@@ -30,7 +37,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,8 @@ CANNOT_GUARANTEE = (
     "a consumer cut mid-frame sees one truncated frame. Only the canary/load checker counts "
     "the messages this cost.")
 BACKED_UP = 0.5  # a client whose kernel send queue is over this share of SO_SNDBUF
+SLEEP_WAIT_S = 0.005  # before each SIGSTOP, wait this long at most for the relay to sleep
+SLEEP_POLL_S = 0.00005
 
 
 class TakeoverError(SwapctlError):
@@ -77,22 +85,28 @@ class Frozen:
     stopped_ns: int
     attempts: int
     quiescent: bool
-    listener: int
-    conns: list[int]
+    copies: sockets.Copies
+    listener: int = -1
+    conns: list[int] = field(default_factory=list)
     flags: dict[int, int] = field(default_factory=dict)  # fd -> original file status flags
     inq: int = 0
     outq: int = 0
     backed_up: int = 0
     syscalls: dict[int, int | None] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)  # where the freeze went
+    accepted_since_scan: int = 0
+    closed_since_scan: int = 0
+
+    def __post_init__(self) -> None:
+        self.listener = self.copies.listener_fd
+        self.conns = self.copies.connection_fds()
 
     @property
     def fds(self) -> list[int]:
         return [self.listener, *self.conns]
 
     def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.copies.close()
         self.conns = []
 
 
@@ -131,39 +145,101 @@ def wait_stopped(pid: int, timeout: float) -> None:
         time.sleep(0.0001)
 
 
-def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
-    """Stop the relay, preferably while idle, and duplicate its sockets (see module doc)."""
-    for attempt in range(1, settings.freeze_attempts + 1):
-        stopped_ns = time.monotonic_ns()
-        signal_relay(pid, signal.SIGSTOP)
+def wait_sleeping(pid: int, timeout: float) -> bool:
+    """Until every thread of `pid` is asleep (state S: most likely parked in epoll_wait),
+    polling its stat files without disturbing it; False if that did not happen in time."""
+    deadline = time.monotonic() + timeout
+    stats = [f"/proc/{pid}/task/{tid}/stat" for tid in os.listdir(f"/proc/{pid}/task")]
+    while True:
         try:
-            wait_stopped(pid, settings.stop_timeout)
-            syscalls = sockets.thread_syscalls(pid)
-            found = sockets.find(pid, path)
-            listener, conns = sockets.duplicate(pid, found)
-        except BaseException:
+            if all(_state(path) == "S" for path in stats):
+                return True
+        except OSError:
+            return False  # a thread ended: let the caller look again
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(SLEEP_POLL_S)
+
+
+def _state(stat_path: str) -> str:
+    with open(stat_path, "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split(None, 1)[0].decode()
+
+
+def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
+    """Duplicate the relay's sockets while it runs, then stop it, preferably while idle,
+    and bring the copies in step (see the module doc)."""
+    started = time.perf_counter_ns()
+    copies = sockets.Copies(pid, path)  # the slow part (scan, table, dups): not frozen
+    scan_ms = _ms(time.perf_counter_ns() - started)
+    try:
+        for attempt in range(1, settings.freeze_attempts + 1):
+            last = attempt == settings.freeze_attempts
+            frozen = _stop_once(pid, copies, settings.stop_timeout, attempt, last)
+            if frozen is not None:
+                frozen.stages_ms = {"scan_and_dup_before_freeze": scan_ms, **frozen.stages_ms}
+                return frozen
             signal_relay(pid, signal.SIGCONT)
-            raise
-        frozen = Frozen(stopped_ns, attempt, False, listener, conns, syscalls=syscalls)
-        _measure(frozen)
-        frozen.quiescent = (all(sockets.waiting(n) for n in syscalls.values())
-                            and frozen.backed_up == 0)
-        if frozen.quiescent or attempt == settings.freeze_attempts:
-            return frozen
-        frozen.close()
-        signal_relay(pid, signal.SIGCONT)
-        time.sleep(settings.freeze_retry_s)
+            time.sleep(settings.freeze_retry_s)
+    except BaseException:
+        copies.close()
+        raise
     raise AssertionError("unreachable")
 
 
-def _measure(frozen: Frozen) -> None:
-    for fd in frozen.conns:
-        inq, outq = sockets.queued(fd)
-        frozen.inq += inq
-        frozen.outq += outq
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            if outq > BACKED_UP * sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF):
-                frozen.backed_up += 1
+def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: int,
+               last: bool) -> Frozen | None:
+    """One SIGSTOP: the relay frozen with our copies in step, or None (still stopped:
+    the caller resumes it) if it was busy and this was not the `last` try. A busy try
+    is refused as early as possible: threads first, then the copies' send queues."""
+    wait_sleeping(pid, SLEEP_WAIT_S)  # stop it while it sleeps: then it is likely idle
+    stopped_ns = time.monotonic_ns()
+    signal_relay(pid, signal.SIGSTOP)
+    try:
+        marks = [time.perf_counter_ns()]
+        wait_stopped(pid, stop_timeout)
+        marks.append(time.perf_counter_ns())
+        syscalls = sockets.thread_syscalls(pid)
+        idle = all(sockets.waiting(n) for n in syscalls.values())
+        if not idle and not last:
+            return None
+        queues = _queues(copies.conns)
+        if any(q[2] for q in queues.values()) and not last:
+            return None
+        marks.append(time.perf_counter_ns())
+        change = copies.refresh()
+        marks.append(time.perf_counter_ns())
+        queues = {fd: queues.get(fd) or _queues({fd: held})[fd]
+                  for fd, held in copies.conns.items()}  # the ones accepted since
+        marks.append(time.perf_counter_ns())
+    except BaseException:
+        signal_relay(pid, signal.SIGCONT)
+        raise
+    frozen = Frozen(stopped_ns, attempt, False, copies, syscalls=syscalls,
+                    inq=sum(q[0] for q in queues.values()),
+                    outq=sum(q[1] for q in queues.values()),
+                    backed_up=sum(1 for q in queues.values() if q[2]),
+                    accepted_since_scan=change.added, closed_since_scan=change.removed)
+    frozen.quiescent = idle and frozen.backed_up == 0
+    if not frozen.quiescent and not last:
+        return None
+    names = ("stop", "idle_check", "refresh", "measure_new")
+    frozen.stages_ms = {n: _ms(b - a) for n, a, b in zip(names, marks, marks[1:], strict=False)}
+    return frozen
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def _queues(conns: dict[int, sockets.Held]) -> dict[int, tuple[int, int, bool]]:
+    """Per connection: kernel bytes to read, bytes its peer has not read, and whether
+    that is over BACKED_UP of the send buffer (the relay may hold more for it)."""
+    out: dict[int, tuple[int, int, bool]] = {}
+    for fd, held in conns.items():
+        inq, outq = sockets.queued(held.fd)
+        out[fd] = (inq, outq, outq > BACKED_UP * held.sndbuf)
+    return out
 
 
 def _make_nonblocking(frozen: Frozen) -> None:
@@ -171,8 +247,9 @@ def _make_nonblocking(frozen: Frozen) -> None:
     the legacy relay shares, so remember each one to restore it on a rollback."""
     for fd in frozen.fds:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        frozen.flags[fd] = flags
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        if not flags & os.O_NONBLOCK:
+            frozen.flags[fd] = flags
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
 
 def _restore_flags(frozen: Frozen) -> None:
@@ -246,8 +323,8 @@ class Takeover:
         assert self.cand is not None
         s = self.settings
         self.frozen = frozen = freeze(self.pid, self.path, s)
-        frozen_ns = time.monotonic_ns()
         _make_nonblocking(frozen)
+        frozen_ns = time.monotonic_ns()
         transfer = Transfer(frozen.listener,
                             [(ConnState(i + 1), fd) for i, fd in enumerate(frozen.conns)],
                             {"source": "takeover", "legacy_pid": self.pid})
@@ -256,9 +333,9 @@ class Takeover:
         adopted_ns = time.monotonic_ns()
         resumed_ns = self.cand.link.resume(max(0.01, deadline - time.monotonic()))
         self.report.details["pause_stages_ms"] = {  # where the pause went
-            "freeze_and_dup": round((frozen_ns - frozen.stopped_ns) / 1e6, 3),
-            "adopt": round((adopted_ns - frozen_ns) / 1e6, 3),
-            "resume": round((resumed_ns - adopted_ns) / 1e6, 3)}
+            "freeze_and_dup": _ms(frozen_ns - frozen.stopped_ns),
+            "adopt": _ms(adopted_ns - frozen_ns), "resume": _ms(resumed_ns - adopted_ns)}
+        self.report.details["freeze_stages_ms"] = frozen.stages_ms
         stats = self.cand.link.stats(max(0.01, deadline - time.monotonic()))
         if stats.get("state") != "active" or not self.cand.alive():
             raise TakeoverError(f"candidate did not confirm: state {stats.get('state')}")
@@ -294,4 +371,6 @@ class Takeover:
             "publisher_bytes_skipped": skipped,
             "consumers_backed_up_at_freeze": f.backed_up,
             "kernel_bytes_moved_in": f.inq, "kernel_bytes_moved_out": f.outq,
+            "accepted_since_scan": f.accepted_since_scan,
+            "closed_since_scan": f.closed_since_scan,
         })

@@ -270,3 +270,43 @@ def test_swap_command_strategy_takeover_through_the_main_cli(box: LegacyBox) -> 
         state = lay.read_state(box.layout, "a")
         if state is not None and state["kind"] == "handoff":
             signal_group(int(state["pid"]), 9)
+
+
+def test_clients_connecting_and_leaving_throughout_a_takeover_all_move(box: LegacyBox) -> None:
+    """New clients connect (and some leave) every few ms before, during and after the
+    takeover: whether the legacy relay accepted them before the early scan, between it and
+    the freeze, or never (queued on the listener), every one still connected is served
+    by the candidate afterwards, and none saw EOF."""
+    clients: list[Client] = []
+    left: list[Client] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            clients.append(Client(box.layout.public))
+            if (len(clients) + len(left)) % 4 == 0:  # one in four leaves again
+                left.append(clients.pop(len(clients) // 2))
+                left[-1].close()
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        report = run_strategy("takeover", box.request(HANDOFF_RELAY, canary_rate=0),
+                              service=box.service)
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert report.outcome == "completed", report.reason
+    assert report.disconnects is not None and report.disconnects <= len(left)  # theirs
+    assert process_state(box.slot.pid) in ("gone", "Z")
+    assert len(clients) > 50 and left
+    message = trade(7)
+    pub = Client(box.layout.public)
+    pub.send(message)
+    for client in clients:  # every client still connected receives through the candidate
+        assert client.recv_bytes(len(message)) == message
+    for client in [pub, *clients]:
+        client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -136,5 +137,82 @@ def test_real_process_sockets_are_found_and_duplicated(sockdir: Path) -> None:
                     os.close(fd)
         client.close()
     finally:
+        child.kill()
+        child.wait(5)
+
+
+def test_fd_diff_finds_closed_reused_and_new_descriptors() -> None:
+    held = {5: True, 6: False, 7: False}  # 6 closed, 7 now another file
+    seen = {3: "socket:[10]", 4: "anon_inode:[eventpoll]"}
+    current: dict[int, str | None] = {3: "socket:[10]", 4: "anon_inode:[eventpoll]",
+                                      5: None, 7: "socket:[99]", 8: "socket:[100]"}
+    diff = sockets.diff_fds(held, seen, current)
+    assert diff.gone == (6, 7)
+    assert diff.new == (7, 8)  # the reused number and the new one; seen ones skipped
+    current[3] = "socket:[11]"  # a seen number now names another socket
+    assert sockets.diff_fds(held, seen, current).new == (3, 7, 8)
+
+
+ACCEPTOR = """
+import selectors, socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(64)
+pair = socket.socketpair()
+sel = selectors.DefaultSelector(); sel.register(s, selectors.EVENT_READ)
+print("up", flush=True)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is s:
+            c, _ = s.accept(); sel.register(c, selectors.EVENT_READ)
+            print("accepted", c.fileno(), flush=True)
+        else:
+            c = key.fileobj; data = c.recv(100)
+            if not data or data == b"bye":
+                fd = c.fileno(); sel.unregister(c); c.close()
+                print("closed", fd, flush=True)
+"""
+
+
+def test_copies_taken_early_follow_accepts_and_closes_until_the_freeze(sockdir: Path) -> None:
+    """Copies taken while the process runs; then it accepts two clients, closes one (its
+    number is reused by the next accept); stopped, `refresh` holds exactly its clients."""
+    path = sockdir / "r.sock"
+    child = subprocess.Popen([sys.executable, "-c", ACCEPTOR, str(path)],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert child.stdout is not None
+    out = child.stdout
+
+    def connect() -> tuple[socket.socket, int]:
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(5)
+        client.connect(str(path))
+        word, fd = out.readline().split()
+        assert word == "accepted"
+        return client, int(fd)
+
+    copies = None
+    try:
+        assert out.readline() == "up\n"
+        early = [connect() for _ in range(3)]
+        copies = sockets.Copies(child.pid, str(path))
+        assert len(copies.conns) == 3
+        late = [connect() for _ in range(2)]
+        leaving, leaving_fd = early[1]
+        leaving.sendall(b"bye")
+        assert out.readline().split() == ["closed", str(leaving_fd)]
+        reused = connect()
+        assert reused[1] == leaving_fd  # the lowest free number: same fd, another socket
+        os.kill(child.pid, signal.SIGSTOP)
+        change = copies.refresh()
+        assert (change.added, change.removed) == (3, 1)
+        staying = [early[0], early[2], *late, reused]
+        assert sorted(copies.conns) == sorted(fd for _, fd in staying)
+        for client, _ in staying:
+            client.sendall(b"x")  # each copy we hold sees its own client's byte
+        assert all(sockets.queued(h.fd)[0] == 1 for h in copies.conns.values())
+        assert leaving.recv(1) == b""  # our early copy of it was closed: EOF at last
+        assert copies.refresh() == sockets.Refreshed(0, 0)  # nothing changed since
+    finally:
+        if copies is not None:
+            copies.close()
         child.kill()
         child.wait(5)
