@@ -34,7 +34,7 @@ POLL = 0.02  # seconds between status polls while a swap moves
 class StepFailed(SwapctlError):
     """The step ran and its check failed; `reason` says why, `values` what was seen."""
 
-    def __init__(self, reason: str, **values: Any) -> None:
+    def __init__(self, reason: str, /, **values: Any) -> None:
         super().__init__(reason)
         self.reason = reason
         self.values = values

@@ -66,7 +66,24 @@ def _params(path: Path, data: dict[str, Any], overrides: dict[str, str],
             problems.append(Problem(path, "params", f"--param {name}: no such parameter"
                                     f"{did_you_mean(name, list(declared))}: this playbook's "
                                     f"parameters are {', '.join(declared) or 'none'}"))
-    return {**declared, **{k: v for k, v in overrides.items() if k in declared}}
+    merged = dict(declared)
+    for name, text in overrides.items():
+        if name in declared:
+            merged[name] = _typed(path, name, text, declared[name], problems)
+    return merged
+
+
+def _typed(path: Path, name: str, text: str, default: Any, problems: list[Problem]) -> Any:
+    """A --param value takes the type of the parameter's default (a number stays one)."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return text
+    try:
+        return type(default)(text)
+    except ValueError:
+        problems.append(Problem(path, "params", f"--param {name}={text}: must be a "
+                                f"{'whole ' if isinstance(default, int) else ''}number, like "
+                                f"its default {default}"))
+        return default
 
 
 def _substitute(value: Any, params: dict[str, Any], path: Path, loc: tuple[str, ...], *,

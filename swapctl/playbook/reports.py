@@ -44,7 +44,13 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
                                      "reason")} for s in data.get("steps", [])]
     failed = next((s for s in steps if s["result"] not in ("passed", "skipped")), None)
     gates = list(data.get("gates", []))
-    failed_gate = next((g for g in gates if not g.get("ok")), None)
+    failed_gate = None
+    if failed is not None:  # every step is a gate on the run; gate steps compare values
+        check = next((g for g in gates if g.get("step") == failed["name"]), {})
+        failed_gate = {"step": failed["name"], "kind": failed["kind"],
+                       "result": failed["result"], "reason": failed["reason"],
+                       **{k: check.get(k) for k in ("value", "measured", "op", "threshold")
+                          if check}}
     return {
         "run_id": data.get("run_id"), "playbook": data.get("playbook"),
         "kind": data.get("kind"), "service": data.get("service"),
