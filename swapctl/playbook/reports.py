@@ -46,7 +46,7 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
     gates = list(data.get("gates", []))
     failed_gate = None
     if failed is not None:  # every step is a gate on the run; gate steps compare values
-        check = next((g for g in gates if g.get("step") == failed["name"]), {})
+        check: dict[str, Any] = next((g for g in gates if g.get("step") == failed["name"]), {})
         failed_gate = {"step": failed["name"], "kind": failed["kind"],
                        "result": failed["result"], "reason": failed["reason"],
                        **{k: check.get(k) for k in ("value", "measured", "op", "threshold")

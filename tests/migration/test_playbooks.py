@@ -39,7 +39,7 @@ PLAYBOOKS = REPO / "playbooks"
 # The CLI, with `run`, `drill` and `bench drill` registered if swapctl/cli/__init__.py
 # does not list them yet (the lead adds them there).
 ENTRY = (sys.executable, "-c",
-         "from swapctl.cli import main, playbook\n"
+         "from swapctl.cli import main, playbook, bench_drill\n"
          "if 'drill' not in main.commands: playbook.register(main)\n"
          "main(prog_name='swapctl')")
 FAST = ("--param", "soak=20s", "--param", "check=0.5s", "--param", "load_rate=1000")
@@ -331,3 +331,17 @@ def test_dry_run_prints_the_plan_and_does_nothing(s: Stack) -> None:
     assert "plan: migrate (migration) on market_data" in text and "[shadow, <= 120s]" in text
     assert not (s.root / "state" / "drills").exists()
     assert s.status()["swap"] is None
+
+
+def test_bench_drill_reports_percentiles_and_conditions() -> None:
+    done = subprocess.run([*ENTRY, "bench", "drill", "--drills", "1", "--param", "check=0.3s",
+                           "-o", "json"], capture_output=True, text=True, timeout=200,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["drills"] == {"run": 1, "passed": 1, "lost_messages": 0, "failures": []}
+    rollback = report["rollback_seconds"]
+    assert rollback["samples"] == 1 and 0 < rollback["p50"] == rollback["p99"] < 30
+    assert report["drill_seconds"]["p50"] > rollback["p50"]
+    assert report["conditions"]["params"]["check"] == "0.3s"
+    assert "drill 1/1: passed" in done.stderr
