@@ -185,7 +185,8 @@ def _finish(rt: ServiceRuntime, unfinished: dict[str, Any], slots: dict[str, Slo
     target = rt.release(str(begin.get("release", "")), configured=False,
                         command=tuple(begin.get("command", ())))
     run = SwapRun(svc, target, rt.settings(None), canary=to_canary(rt.config),
-                  journal=rt.journal, requests=rt.requested, domain_byte=rt.domain_byte)
+                  journal=rt.journal, requests=rt.requested,
+                  aborted=rt.abort_requested, domain_byte=rt.domain_byte)
     if role == "candidate" and cand is not None:
         svc.active, svc.warm = cand, (old if old.alive() else None)
         where = Where.CANDIDATE

@@ -227,7 +227,8 @@ class ServiceRuntime:
                 return job
             run = SwapRun(self.service, release, self.settings(soak),
                           canary=to_canary(self.config), journal=self.journal,
-                          requests=self.requested, domain_byte=self.domain_byte)
+                          requests=self.requested, aborted=self.abort_requested,
+                          domain_byte=self.domain_byte)
             job = SwapJob.of_run(run, kind)
             self.job = job
             self._run_in_thread(job, run.run)
@@ -268,6 +269,10 @@ class ServiceRuntime:
     def requested(self) -> str | None:
         job = self.job
         return None if job is None else job.request
+
+    def abort_requested(self) -> bool:
+        job = self.job
+        return job is not None and job.request == "abort"
 
     def _run_in_thread(self, job: SwapJob, body: Callable[[], SwapRun | dict[str, Any]]) -> None:
         self.job = job

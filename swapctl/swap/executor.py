@@ -88,6 +88,7 @@ class Marks:
 class SwapRun:
     def __init__(self, service: Service, candidate: Release, settings: SwapSettings, *,
                  canary: Canary | None = None, requests: Requests = lambda: None,
+                 aborted: Callable[[], bool] = lambda: False,
                  journal: Journal | None = None, clock: Callable[[], float] = time.monotonic,
                  domain_byte: int = 1) -> None:
         assert service.active is not None, "the service has no active relay"
@@ -108,7 +109,7 @@ class SwapRun:
         self.marks = Marks()
         self.clock = clock
         self.baseline: dict[str, Any] | None = None  # canary snapshot when the swap began
-        self._commit_early = False  # a commit request that came before the soak
+        self.aborted = aborted  # checked between phases: an operator's abort
 
     # ----- the run ---------------------------------------------------------------
 
@@ -164,7 +165,9 @@ class SwapRun:
         `self.old` is the old release's slot (warm, or None-like dead)."""
         m = self.machine
         self.swap_id, self.cand, self.where = swap_id, cand, where
-        m.restore(state, entered)
+        # the soak window runs on from when it began; any other phase gets its whole
+        # deadline again (the restart itself took part of it)
+        m.restore(state, entered if state is State.SOAKING else self.clock())
         self.journal.write({"swap": swap_id, "at": round(self.clock(), 6), "event": "recovered",
                             "state": state.value, "where": where.value, "reason": why})
         try:
@@ -189,12 +192,10 @@ class SwapRun:
         return self._ended()
 
     def _check_abort(self) -> None:
-        """An operator's abort (or rollback) between phases, before any client moves."""
-        request = self.requests()
-        if request in ("rollback", "abort"):
+        """An operator's abort between phases, before any client moves (`requests`, a
+        consuming inbox, is polled only during the soak)."""
+        if self.aborted():
             raise Failure("operator aborted the swap", Event.ROLLBACK)
-        if request == "commit":
-            self._commit_early = True
 
     @property
     def pause_stages_ms(self) -> dict[str, float] | None:
@@ -368,7 +369,7 @@ class SwapRun:
         m = self.machine
         next_check = 0.0
         while m.tick() is State.SOAKING:
-            request = "commit" if self._commit_early else self.requests()
+            request = "abort" if self.aborted() else self.requests()
             if request in ("rollback", "abort"):
                 raise Failure("operator asked for a rollback", Event.ROLLBACK)
             if request == "commit":

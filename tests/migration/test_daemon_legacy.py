@@ -74,7 +74,7 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
         done.stderr
     code, back = s.json("swap", "market_data", "--to", "generic", "--strategy", "restart",
                         "--yes")
-    assert back["strategy"] == "restart" and back["decision"] == "committed", back
+    assert back["strategy"] == "restart" and back["decision"] == "committed", back["reason"]
     assert back["strategy_report"]["disconnects"] >= 1  # the canary's clients, cut and counted
     assert code == 1, "committed, but clients were cut: the exit code says so"
     status = s.status()
