@@ -1,14 +1,20 @@
-"""The orchestrator's control socket waits for a slow relay's HELLO, however it polls."""
+"""The orchestrator's control socket: it waits for a slow relay's HELLO however it polls,
+and accepts a registration only from the pid the slot runs."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from swapctl.handoff.controller import ControlServer
+from swapctl.handoff.messages import HandoffError
 from swapctl.handoff.wire import Channel
 
 
@@ -40,3 +46,25 @@ def test_a_relay_slow_to_say_hello_is_not_dropped(sockdir: Path) -> None:
         thread.join(10)
         control.close()
     assert welcome == [{"type": "welcome", "version": 1}]
+
+
+def test_a_registration_from_another_pid_is_refused(sockdir: Path) -> None:
+    """The token is not enough: the relay must connect from the pid its slot runs (the
+    pid supervisord reports). SO_PEERCRED says who really connected."""
+    control = ControlServer(sockdir / "ctl.sock")
+    impostor = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, socket, sys, time\n"
+         "from swapctl.handoff.wire import Channel\n"
+         "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); c = Channel(s)\n"
+         "c.send({'type': 'hello', 'versions': [1], 'pid': int(sys.argv[2]), "
+         "'token': 'v2-abc'})\n"
+         "c.recv(timeout=5); time.sleep(5)\n", str(control.path), str(os.getpid())],
+        start_new_session=True)
+    try:
+        with pytest.raises(HandoffError, match=f"from pid {impostor.pid}, expected 4242"):
+            control.accept("v2-abc", timeout=10, pid=4242)  # the slot's pid: not the impostor
+    finally:
+        impostor.kill()
+        impostor.wait(5)
+        control.close()
