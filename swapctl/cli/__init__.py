@@ -13,6 +13,7 @@ import click
 
 from swapctl.cli import (
     bench,
+    bench_drill,
     bench_handoff,
     bench_strategies,
     config,
@@ -21,6 +22,7 @@ from swapctl.cli import (
     legacy,
     load,
     ops,
+    playbook,
     relay,
     swap,
 )
@@ -48,6 +50,6 @@ def main() -> None:
     """swapctl: zero-downtime swaps of Protocol V2 message relays."""
 
 
-for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies, diff,
-                demo, config):
+for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
+                bench_drill, diff, demo, config, playbook):
     _module.register(main)
