@@ -12,119 +12,36 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from swapctl.config.load import Config, load_config
 from swapctl.daemon import stack
 from swapctl.daemon.runtime import CRASH_AT
 from swapctl.demo import configs
 from swapctl.probes.config import ConsumerMode, LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.probes.report import LoadReport
+from tests.stack import Stack, leftovers, make_stack, teardown
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@dataclass
-class Stack:
-    root: Path
-    config_dir: Path
-
-    @property
-    def config(self) -> Config:
-        return load_config(self.config_dir)
-
-    def cli(self, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "swapctl", *args, "--config-dir", str(self.config_dir)],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, check=False)
-
-    def json(self, *args: str, **kw: Any) -> tuple[int, Any]:
-        done = self.cli(*args, "-o", "json", **kw)
-        try:
-            return done.returncode, json.loads(done.stdout)
-        except json.JSONDecodeError:
-            raise AssertionError(f"{args}: exit {done.returncode}, stdout {done.stdout!r}, "
-                                 f"stderr {done.stderr!r}") from None
-
-    def up(self, **kw: Any) -> dict[str, Any]:
-        code, out = self.json("up", **kw)
-        assert code == 0, out
-        return dict(out)
-
-    def status(self, service: str = "market_data") -> dict[str, Any]:
-        return dict(stack.client_for(self.config).call("status", service=service)
-                    ["services"][0])
-
-    def daemon_pid(self) -> int:
-        return int(stack.client_for(self.config).call("ping")["pid"])
-
-    def wait_report(self, swap_id: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        client = stack.client_for(self.config)
-        while True:
-            with contextlib.suppress(Exception):
-                report = client.call("report", swap_id=swap_id)["report"]
-                if report.get("decision") not in (None, "running"):
-                    return dict(report)
-            assert time.monotonic() < deadline, f"swap {swap_id} did not end in {timeout}s"
-            time.sleep(0.1)
-
-    def wait_state(self, state: str, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            swap = self.status()["swap"]
-            if swap and swap["running"] and swap["state"] == state:
-                return dict(swap)
-            assert time.monotonic() < deadline, f"swap never reached {state}: {swap}"
-            time.sleep(0.02)
-
-
-def _leftovers(root: Path) -> list[psutil.Process]:
-    """Processes of this test's stack: the root's unique path is in their command line
-    (supervisord, swapctld, launchers) or environment (relays: SWAPCTL_SOCKET)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(str(root) in part for part in proc.info["cmdline"] or ()) or any(
-                    str(root) in value for value in proc.environ().values()):
-                found.append(proc)
-    return found
-
-
 @pytest.fixture
 def stack_root() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="swd-"))
-    config_dir = configs.write(root, soak="1s", metrics="127.0.0.1:0")
-    s = Stack(root, config_dir)
+    s = make_stack()
     try:
         yield s
     finally:
-        with contextlib.suppress(Exception):
-            stack.up(s.config, timeout=30)
-            stack.down(s.config, timeout=30)
-        left = _leftovers(root)
-        for proc in left:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"processes left running: {[p.pid for p in left]}"
+        left = teardown(s)
+        assert not left, f"processes left running: {left}"
 
 
 def _load(s: Stack, rate: float = 4000) -> LoadSession:
@@ -223,7 +140,7 @@ def test_bad_config_is_refused_before_anything_starts(stack_root: Stack) -> None
     assert "swapctld.yaml" in done.stderr and "control.mode" in done.stderr
     assert "signal.yaml" in done.stderr and "active" in done.stderr and "v7" in done.stderr
     assert not (s.root / "run" / "control.sock").exists()
-    assert not _leftovers(s.root)
+    assert not leftovers(s.root)
     daemon_file.write_text(daemon_file.read_text().replace("mode: '0400'", "mode: '0600'"))
     service_file.write_text(service_file.read_text().replace("active: v7", "active: v1"))
 
@@ -336,7 +253,7 @@ def test_sd_notify_ready_watchdog_and_listener_fd_store(stack_root: Stack) -> No
         assert daemon.wait(30) == 0
         assert b"STOPPING=1" in notify.recv(4096)
         # the relays outlived the daemon: the next one attaches to them
-        status_before = [p.pid for p in _leftovers(s.root) if "swapctl.relay" in " ".join(
+        status_before = [p.pid for p in leftovers(s.root) if "swapctl.relay" in " ".join(
             p.cmdline())]
         assert len(status_before) == 3
         s.up()
