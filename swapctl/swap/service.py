@@ -154,19 +154,20 @@ class Service:
         for slot in (self.active, self.warm):
             if slot is not None:
                 slot.link.close()
-        self.active = self.warm = None
-        self.drop_held()
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._let_go()
 
     def close(self) -> None:
+        """Stop the relays, then let go of everything; the public socket file goes too."""
         for slot in (self.active, self.warm):
             if slot is not None:
                 slot.stop()
+        ours = self.listener is not None or self.socket_path.is_symlink()  # (legacy: a link)
+        self._let_go()
+        if ours and not is_live(self.socket_path):  # and nobody serves it any more
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+
+    def _let_go(self) -> None:
         self.active = self.warm = None
         self.drop_held()
         if self.control is not None:
@@ -175,6 +176,3 @@ class Service:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-            if not is_live(self.socket_path):  # ours, and nobody serves it any more
-                with contextlib.suppress(FileNotFoundError):
-                    self.socket_path.unlink()
