@@ -110,6 +110,9 @@ class Daemon:
             if now >= next_check:
                 next_check = now + 1.0
                 for name, runtime in self.runtimes.items():
+                    leased = runtime.watch_lease()
+                    if leased is not None:
+                        event(log, logging.WARNING, "daemon.lease", **leased)
                     restarted = runtime.restart_if_dead()
                     if restarted is not None:
                         event(log, logging.WARNING, "daemon.relay_restart", **restarted)
@@ -298,6 +301,22 @@ class Daemon:
             raise UsageError(f"unknown request {kind!r}: rollback, commit or abort")
         answer = runtime.ask(kind)
         yield {"type": "result", **answer}
+
+    def op_lease(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """{service, holder, ttl_s, restore_to}: hold the service; renew within ttl_s
+        (op lease_renew) or swapctld restores `restore_to` (docs/daemon.md, Leases)."""
+        runtime = self.runtime(request)
+        yield {"type": "result", **runtime.take_lease(
+            str(request.get("holder", "")), float(request.get("ttl_s", 0)),
+            str(request.get("restore_to", "")), str(request.get("replaces") or ""))}
+
+    def op_lease_renew(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        yield {"type": "result", **runtime.renew_lease(str(request.get("holder", "")))}
+
+    def op_lease_release(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request)
+        yield {"type": "result", **runtime.release_lease(str(request.get("holder", "")))}
 
     def op_history(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         service = request.get("service")

@@ -54,6 +54,17 @@ class Unhealthy(SwapctlError):
     """The service has no healthy active relay."""
 
 
+@dataclasses.dataclass
+class Lease:
+    """A run (a drill, a playbook) holds the service; if it stops renewing, swapctld
+    puts `restore_to` back: it aborts the holder's swap, then swaps back if needed."""
+
+    holder: str
+    restore_to: str
+    ttl: float
+    expires: float  # CLOCK_MONOTONIC
+
+
 class ServiceRuntime:
     def __init__(self, name: str, config: ServiceConfig, paths: Paths, layout: Layout,
                  on_finished: Callable[[str, dict[str, Any]], None] | None = None) -> None:
@@ -73,6 +84,8 @@ class ServiceRuntime:
         self.listener_store: Callable[[int], None] = lambda fd: None
         self.crash_at = os.environ.get(CRASH_AT, "")
         self.legacy_socket: Path | None = None  # the active legacy relay's slot socket
+        self.lease: Lease | None = None
+        self.restore_pending: str | None = None  # an expired lease's release, to put back
 
     @property
     def legacy_root(self) -> Path:
@@ -347,6 +360,65 @@ class ServiceRuntime:
     def journal_event(self, kind: str, **details: Any) -> None:
         self.journal.write({"event": kind, "at": round(time.monotonic(), 6), **details})
 
+    # ----- leases ----------------------------------------------------------------
+
+    def take_lease(self, holder: str, ttl: float, restore_to: str,
+                   replaces: str = "") -> dict[str, Any]:
+        """`replaces`: the holder of a run the caller knows is dead (its file lock was
+        free): its lease passes to the caller at once."""
+        now = time.monotonic()
+        held = self.lease
+        if held is not None and held.holder not in (holder, replaces) and held.expires > now:
+            raise Busy(f"{self.name}: held by {held.holder} for {held.expires - now:.1f} s "
+                       "more: wait for it to end")
+        to_release(self.config, restore_to)  # (a release of this service, or UsageError)
+        if not 0 < ttl <= 3600:
+            raise UsageError(f"lease ttl {ttl!r}: give seconds in (0, 3600]")
+        self.lease = Lease(holder, restore_to, ttl, now + ttl)
+        self.restore_pending = None
+        self.journal_event("lease_taken", holder=holder, ttl_s=ttl, restore_to=restore_to)
+        return {"service": self.name, "holder": holder, "ttl_s": ttl, "restore_to": restore_to}
+
+    def renew_lease(self, holder: str) -> dict[str, Any]:
+        held = self.lease
+        if held is None or held.holder != holder:
+            raise UsageError(f"{self.name}: {holder} holds no lease (it expired, and "
+                             f"{self.restore_pending or 'the release it named'} is being put "
+                             "back)")
+        held.expires = time.monotonic() + held.ttl
+        return {"service": self.name, "holder": holder, "ttl_s": held.ttl}
+
+    def release_lease(self, holder: str) -> dict[str, Any]:
+        held = self.lease
+        if held is not None and held.holder == holder:
+            self.lease = None
+            self.journal_event("lease_released", holder=holder)
+        return {"service": self.name, "holder": holder, "released": True}
+
+    def watch_lease(self) -> dict[str, Any] | None:
+        """Each second: an expired lease aborts its holder's swap; once idle, the release
+        it named is swapped back in (kind "restore")."""
+        held = self.lease
+        if held is not None and held.expires <= time.monotonic():
+            self.lease, self.restore_pending = None, held.restore_to
+            self.journal_event("lease_expired", holder=held.holder, restore_to=held.restore_to)
+            if self.job is not None and self.job.running and self.job.run is not None:
+                self.job.request = "abort"
+            return {"service": self.name, "expired": held.holder}
+        target = self.restore_pending
+        if target is None or (self.job is not None and self.job.running):
+            return None
+        self.restore_pending = None
+        active = self.service.active
+        if active is not None and active.release.name == target:
+            return {"service": self.name, "restored": target, "swap": None}
+        try:
+            job = self.swap(target, 0.0, kind="restore")
+        except SwapctlError as exc:
+            self.journal_event("restore_failed", release=target, error=str(exc))
+            return {"service": self.name, "restore_failed": str(exc)}
+        return {"service": self.name, "restored": target, "swap": job.swap_id}
+
     # ----- health ----------------------------------------------------------------
 
     def refresh(self) -> dict[str, Any]:
@@ -429,6 +501,9 @@ class ServiceRuntime:
             "warm": None if warm is None else slot_status(warm),
             "health": self.health,
             "swap": None,
+            "lease": None if self.lease is None else {
+                "holder": self.lease.holder, "restore_to": self.lease.restore_to,
+                "expires_in_s": round(self.lease.expires - time.monotonic(), 3)},
         }
         if job is not None:
             out["swap"] = {"swap_id": job.swap_id, "kind": job.kind, "state": job.phase,

@@ -10,25 +10,37 @@ not end: killed by SIGKILL, the OOM killer, a reboot, or a cleanup that could no
 restore the baseline. The next run on that service (a `swapctl drill`, `swapctl run`)
 restores that run's baseline first (aborting a swap it had started, or swapping
 back), closes its journal as "killed" with what was done, writes its reports, and only
-then begins. swapctld itself does not watch leases (see docs/playbooks.md).
+then begins.
+
+swapctld holds a lease of its own for the run (op `lease`, renewed every LEASE_TTL/3 by
+a thread of the run): if the run stops renewing (killed, frozen, its host process hung)
+the daemon aborts the swap the run had going, or swaps the baseline back in, within
+LEASE_TTL and a second, without waiting for the next run. A run that ends cleanly
+releases it; a run whose cleanup could not restore the baseline lets it expire, so the
+daemon tries once more.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from swapctl.config.load import Config
-from swapctl.daemon.api import ApiClient
+from swapctl.daemon.api import ApiClient, ApiError, DaemonUnreachable
 from swapctl.daemon.paths import read_json, write_json
 from swapctl.errors import UsageError
 from swapctl.playbook import reports
 from swapctl.playbook.context import RunJournal
 from swapctl.playbook.restore import Restore
+
+log = logging.getLogger("swapctl.playbook")
+LEASE_TTL = 15.0  # seconds swapctld waits for a renewal before it restores the baseline
 
 
 class Busy(UsageError):
@@ -46,6 +58,9 @@ class Lease:
         self.lock_path, self.path = _paths(config, service)
         self.fd = -1
         self.recovered: dict[str, Any] | None = None
+        self.holder = ""
+        self.replaces = ""  # the run id of a dead run whose swapctld lease we take over
+        self._renewing = threading.Event()
 
     def __enter__(self) -> Lease:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -60,6 +75,7 @@ class Lease:
                        "to end") from None
         held = read_json(self.path)
         if held is not None and held.get("state") == "running":
+            self.replaces = str(held.get("run_id") or "")  # dead: its lock was free
             self.recovered = recover(self.config, self.client, held)
             write_json(self.path, {**held, "state": "recovered", "recovered": self.recovered})
         return self
@@ -69,12 +85,38 @@ class Lease:
                                "pid": os.getpid(), "journal": str(journal.path),
                                "baseline": baseline, "started": time.time(),
                                "state": "running"})
+        self.holder = str(journal.data["run_id"])
+        try:
+            self.client.call("lease", service=self.service, holder=self.holder,
+                             ttl_s=LEASE_TTL, restore_to=baseline, replaces=self.replaces)
+        except ApiError as exc:
+            raise Busy(f"{self.service}: swapctld refused the run's lease: {exc}") from None
+        self._renewing.set()
+        threading.Thread(target=self._renew, name="lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while self._renewing.is_set():
+            time.sleep(LEASE_TTL / 3)
+            if not self._renewing.is_set():
+                return
+            try:
+                self.client.call("lease_renew", service=self.service, holder=self.holder)
+            except (ApiError, DaemonUnreachable, TimeoutError, OSError) as exc:
+                log.warning("lease renewal failed: %s", exc)
 
     def release(self, clean: bool) -> None:
         """clean: the baseline serves (else the lease stays "running": the next run
-        restores it again)."""
+        restores it again, and swapctld's lease, no longer renewed, expires: it restores
+        the baseline itself)."""
+        self._renewing.clear()
         if clean:
             Lease.mark_done(self.config, self.service, clean=True)
+            if self.holder:
+                try:
+                    self.client.call("lease_release", service=self.service,
+                                     holder=self.holder)
+                except (ApiError, DaemonUnreachable, TimeoutError, OSError) as exc:
+                    log.warning("lease release failed: %s", exc)
 
     @staticmethod
     def mark_done(config: Config, service: str, clean: bool) -> None:
@@ -85,6 +127,7 @@ class Lease:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._renewing.clear()  # (not released: unless the run said clean, it expires)
         if self.fd >= 0:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)

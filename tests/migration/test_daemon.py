@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from swapctl.daemon import stack
+from swapctl.daemon.api import ApiError
 from swapctl.daemon.runtime import CRASH_AT
 from swapctl.demo import configs
 from swapctl.probes.config import ConsumerMode, LoadConfig
@@ -315,3 +316,44 @@ def test_relay_crash_outside_a_swap_connects_queue_and_are_served(stack_root: St
     assert status["active"]["release"] == "v1" and status["health"]["healthy"]
     journal = (s.root / "state" / "journal.jsonl").read_text()
     assert '"event": "restarted"' in journal
+
+
+@pytest.mark.slow
+def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: Stack) -> None:
+    """A drill that stops renewing its lease (killed, hung) leaves nothing behind: swapctld
+    aborts the swap it was running, or swaps back to the release the lease named."""
+    s = stack_root
+    s.up()
+    client = stack.client_for(s.config)
+    load = _load(s)
+    try:
+        client.call("lease", service="market_data", holder="drill-1", ttl_s=4,
+                    restore_to="v1")
+        with pytest.raises(ApiError, match="held by drill-1"):
+            client.call("lease", service="market_data", holder="drill-2", ttl_s=5,
+                        restore_to="v1")
+        assert s.status()["lease"]["holder"] == "drill-1"
+        swapped = s.cli("swap", "market_data", "--to", "v2", "--yes")
+        assert swapped.returncode == 0, "a lease does not lock the operator out"
+        assert s.status()["active"]["release"] == "v2"
+        # drill-1 never renews: within its ttl + a tick, v1 is swapped back in
+        deadline = time.monotonic() + 30
+        while s.status()["active"]["release"] != "v1" or s.status()["swap"]["running"]:
+            assert time.monotonic() < deadline, "the expired lease's release was not restored"
+            time.sleep(0.1)
+        code, rows = s.json("history", "market_data")
+        assert code == 0 and rows[0]["kind"] == "restore" and rows[0]["decision"] == "committed"
+
+        # a swap still running when the lease expires is aborted (rolled back)
+        client.call("lease", service="market_data", holder="drill-3", ttl_s=1.0,
+                    restore_to="v1")
+        done = s.cli("swap", "market_data", "--to", "v2", "--soak", "20s", "--no-wait",
+                     "-o", "json")
+        swap_id = json.loads(done.stdout)["swap_id"]
+        report = s.wait_report(swap_id)
+        assert report["decision"] == "rolled_back", report["reason"]
+        assert "rollback" in report["reason"] or "aborted" in report["reason"]
+        assert s.status()["active"]["release"] == "v1"
+    finally:
+        result = load.stop()
+    _clean(result)

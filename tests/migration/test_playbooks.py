@@ -345,3 +345,27 @@ def test_bench_drill_reports_percentiles_and_conditions() -> None:
     assert report["drill_seconds"]["p50"] > rollback["p50"]
     assert report["conditions"]["params"]["check"] == "0.3s"
     assert "drill 1/1: passed" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_restored_by_swapctld_when_its_lease_expires(s: Stack) -> None:
+    """Nobody runs the next drill: swapctld's lease of the dead run expires and the
+    daemon itself puts the baseline back (the run's swap had been committed)."""
+    path = _playbook(s, "killed2", {"steps": [
+        *HOLD, {"kind": "wait", "name": "hold", "duration": "60s"}], "cleanup": CLEANUP})
+    proc, journal = _start_run(s, path)
+    try:
+        _wait_step(journal, "hold")
+        assert s.status()["lease"] is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop_group(proc)
+    assert s.status()["active"]["release"] == "v2", "nobody restored it yet"
+    deadline = time.monotonic() + 40  # the lease's 15 s, the restore swap, margins
+    while s.status()["active"]["release"] != "v1" or (s.status()["swap"] or {}).get("running"):
+        assert time.monotonic() < deadline, "swapctld did not restore the dead run's baseline"
+        time.sleep(0.2)
+    journal_text = (s.root / "state" / "journal.jsonl").read_text()
+    assert '"event": "lease_expired"' in journal_text
+    _serves(s, "v1")
