@@ -13,6 +13,7 @@ import click
 
 from swapctl.cli import (
     bench,
+    bench_daemon,
     bench_drill,
     bench_handoff,
     bench_strategies,
@@ -51,5 +52,5 @@ def main() -> None:
 
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
-                bench_drill, diff, demo, config, playbook):
+                bench_drill, bench_daemon, diff, demo, config, playbook):
     _module.register(main)

@@ -184,7 +184,9 @@ def _finish(rt: ServiceRuntime, unfinished: dict[str, Any], slots: dict[str, Slo
     svc.active, svc.warm = old, None
     target = rt.release(str(begin.get("release", "")), configured=False,
                         command=tuple(begin.get("command", ())))
-    run = SwapRun(svc, target, rt.settings(None), canary=to_canary(rt.config),
+    soak = begin.get("soak")  # the window the swap was started with (--soak)
+    run = SwapRun(svc, target, rt.settings(float(soak) if soak is not None else None),
+                  canary=to_canary(rt.config),
                   journal=rt.journal, requests=rt.requested,
                   aborted=rt.abort_requested, domain_byte=rt.domain_byte)
     if role == "candidate" and cand is not None:

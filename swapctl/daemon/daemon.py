@@ -74,6 +74,8 @@ class Daemon:
                                      self._finished)
             runtime.listener_store = self._storer(name)
             self.runtimes[name] = runtime
+        for runtime in self.runtimes.values():  # every relay may reconnect from now on
+            runtime.service.open_control()
         for name, runtime in self.runtimes.items():
             fds = stored.get(FDSTORE_PREFIX + name, [])
             try:

@@ -116,7 +116,8 @@ class SwapRun:
     def run(self) -> SwapRun:
         m = self.machine
         m.fire(Event.BEGIN, release=self.release.name, command=list(self.release.command),
-               old_release=self.old.release.name, old_token=self.old.token)
+               old_release=self.old.release.name, old_token=self.old.token,
+               soak=self.settings.deadlines.soaking)
         try:
             self._begin()
             self._start_candidate()

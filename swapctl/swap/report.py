@@ -85,7 +85,7 @@ def progress_line(record: dict[str, Any], started: float) -> str:
     """One journal transition as a line of live progress."""
     details = {k: v for k, v in record.items()
                if k not in ("swap", "at", "from", "event", "to", "reason", "command", "service",
-                            "time", "old_token", "token")}
+                            "time", "old_token", "token", "soak")}
     extra = ", ".join(f"{k} {v}" for k, v in details.items())
     reason = f": {record['reason']}" if record.get("reason") else ""
     return (f"  +{(record['at'] - started) * 1000:8.1f} ms  {record['from']} -> {record['to']}"

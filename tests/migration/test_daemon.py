@@ -286,6 +286,11 @@ def test_sigterm_mid_swap_leaves_it_for_the_next_start(stack_root: Stack) -> Non
     finally:
         result = load.stop()
     assert report["decision"] == "committed" and report["kind"] == "recovery"
+    begin = report["journal"][0]
+    soaked = report["journal"][-1]["at"] - next(r["at"] for r in report["journal"]
+                                                if r.get("to") == "soaking")
+    assert begin["soak"] == 12.0 and soaked >= 11.9, \
+        "the recovered swap kept its own --soak window, not the service file's 1 s"
     assert s.status()["active"]["release"] == "v2"
     _clean(result)
 
