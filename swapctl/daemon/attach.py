@@ -108,8 +108,7 @@ def _legacy_serving(rt: ServiceRuntime, old_legacy: list[Slot],
     public = rt.service.socket_path
     target = Path(os.readlink(public)) if public.is_symlink() else None
     for slot in old_legacy:
-        if target is not None and target == legacy.slot_socket(
-                rt.spawner, str(getattr(slot.handle, "program", "")), slot.release):
+        if target is not None and target == legacy.slot_socket(rt.spawner, slot):
             return None if taken_over else slot
     return None
 
@@ -126,8 +125,7 @@ def _legacy_serves(rt: ServiceRuntime, serving: Slot, *, slots: dict[str, Slot],
         if slot is not serving:
             slot.stop(2.0)
     svc.active = serving
-    rt.legacy_socket = legacy.slot_socket(rt.spawner, str(getattr(serving.handle, "program", "")),
-                                          serving.release)
+    rt.legacy_socket = legacy.slot_socket(rt.spawner, serving)
     if unfinished is not None:
         _close_legacy_swap(rt, unfinished, serving.release.name)
     rt.remember(serving.release.name)

@@ -4,8 +4,9 @@ A legacy release (`legacy: true`, `compiled_socket:` in its service file) speaks
 handoff protocol and binds the path compiled into it. supervisord runs it in a blue or
 green slot like any release, but through `swapctl.isolation`: inside its own mount
 namespace the compiled-in directory is the slot's private folder
-(STATE/supervisord/slots/SERVICE-SLOT/root), so its socket is
-.../root/NAME.sock seen from outside and two builds never steal each other's path. The
+(STATE/supervisord/slots/SERVICE-SLOT/root-TOKEN, a fresh one per start: a listener taken
+over from an earlier start may still be bound in the old one), so its socket is
+.../root-TOKEN/NAME.sock seen from outside and two builds never steal each other's path. The
 service's public path is then a symlink swapctld owns, flipped atomically
 (`swapctl.legacy.layout.point`), never to a socket that does not accept.
 
@@ -59,9 +60,11 @@ def no_link() -> RelayLink:
     return cast(RelayLink, NoLink())
 
 
-def slot_socket(spawner: SupervisorSpawner, program: str, release: Release) -> Path:
-    assert release.compiled is not None
-    return spawner.private_dir(program) / Path(release.compiled).name
+def slot_socket(spawner: SupervisorSpawner, slot: Slot) -> Path:
+    """Where the legacy relay of `slot` binds, seen from outside its namespace."""
+    assert slot.release.compiled is not None
+    program = str(getattr(slot.handle, "program", ""))
+    return spawner.private_dir(program, slot.token) / Path(slot.release.compiled).name
 
 
 def public_layout(service: Service, release: Release, root: Path) -> lay.Layout:
@@ -74,9 +77,10 @@ def start(rt: ServiceRuntime, release: Release) -> tuple[Slot, Path]:
     (two clients, one message, echo when the service echoes). Never points the link."""
     service, spawner, timeout = rt.service, rt.spawner, rt.config.start_timeout
     assert service.control is not None
-    token = f"{release.name}-legacy"
+    token = f"{release.name}-legacy-{uuid.uuid4().hex[:8]}"
     handle = spawner.spawn(release, token, service.control.path, service.socket_path)
-    sock = slot_socket(spawner, str(getattr(handle, "program", "")), release)
+    slot = Slot(release, token, handle, no_link())
+    sock = slot_socket(spawner, slot)
     deadline = time.monotonic() + timeout
     try:
         while not lay.connectable(sock):
@@ -91,7 +95,7 @@ def start(rt: ServiceRuntime, release: Release) -> tuple[Slot, Path]:
     except Exception:
         handle.stop(1.0)
         raise
-    return Slot(release, token, handle, no_link()), sock
+    return slot, sock
 
 
 def point(service: Service, release: Release, target: Path, root: Path) -> None:

@@ -226,7 +226,7 @@ class SupervisorSpawner:
         program = self.free_slot()
         argv = release.command
         if release.compiled is not None:  # legacy: its compiled-in directory is the slot's own
-            private = self.private_dir(program)
+            private = self.private_dir(program, token)
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
             argv = tuple(isolation.command(
                 release.command, [isolation.Bind(private, Path(release.compiled).parent)]))
@@ -249,9 +249,11 @@ class SupervisorSpawner:
         self.handles.append(handle)
         return handle
 
-    def private_dir(self, program: str) -> Path:
-        """A legacy release's compiled-in directory, as seen from outside its namespace."""
-        return self._ctx.layout.slot_dir(program) / "root"
+    def private_dir(self, program: str, token: str) -> Path:
+        """A legacy release's compiled-in directory, as seen from outside its namespace:
+        one per start (token), never the folder of an earlier start, whose socket path a
+        listener taken over from it may still be bound to and serving."""
+        return self._ctx.layout.slot_dir(program) / f"root-{token}"
 
     def running(self) -> list[tuple[slotfile.SlotSpec, SupervisorHandle]]:
         """The service's relays supervisord runs now, each with the slot file it was

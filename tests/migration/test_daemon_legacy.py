@@ -80,7 +80,8 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     status = s.status()
     assert status["active"]["release"] == "generic" and status["health"]["healthy"]
     target = os.readlink(public)
-    assert target.endswith("/root/market_data.sock") and os.path.exists(target)
+    assert "/root-generic-legacy-" in target and target.endswith("/market_data.sock")
+    assert os.path.exists(target)
 
     # swapctld killed: the next one attaches to the legacy relay (it cannot reconnect)
     pid = s.daemon_pid()
