@@ -72,6 +72,9 @@ class BridgeSettings:
     probe_timeout: float = 2.0
     drain_deadline: float | None = 60.0  # seconds; None: wait for the last client
     drain_interval: float = 0.1  # seconds between connection counts
+    # a client that connected just before the flip may still wait in the relay's accept
+    # backlog, where no count sees it: "no client left" must hold this long after the flip
+    accept_settle: float = 0.25
     stop_grace: float = 2.0  # SIGTERM, then SIGKILL after this
     bridge_drain: float = 2.0  # seconds the bridge may take to pass on what it holds
     domain_byte: int = 1
@@ -250,8 +253,9 @@ class BridgeSwap:
         start = time.monotonic()
         while True:
             left = clients_on(relay, self._own(relay))
-            drain.samples.append((time.monotonic() - self.flipped_at, left))
-            if left == 0:
+            since_flip = time.monotonic() - self.flipped_at
+            drain.samples.append((since_flip, left))
+            if left == 0 and since_flip >= self.s.accept_settle:
                 break
             if limit is not None and time.monotonic() - start >= limit:
                 drain.deadline_hit = True
