@@ -22,6 +22,7 @@ Strategies here (docs/legacy.md has their guarantees):
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import time
 import uuid
@@ -77,6 +78,7 @@ def start(rt: ServiceRuntime, release: Release) -> tuple[Slot, Path]:
     (two clients, one message, echo when the service echoes). Never points the link."""
     service, spawner, timeout = rt.service, rt.spawner, rt.config.start_timeout
     assert service.control is not None
+    _sweep(spawner, release)
     token = f"{release.name}-legacy-{uuid.uuid4().hex[:8]}"
     handle = spawner.spawn(release, token, service.control.path, service.socket_path)
     slot = Slot(release, token, handle, no_link())
@@ -96,6 +98,17 @@ def start(rt: ServiceRuntime, release: Release) -> tuple[Slot, Path]:
         handle.stop(1.0)
         raise
     return slot, sock
+
+
+def _sweep(spawner: SupervisorSpawner, release: Release) -> None:
+    """Remove the private folders of earlier starts whose socket nobody serves any more
+    (one that a taken-over listener is still bound in accepts, and stays)."""
+    assert release.compiled is not None
+    name = Path(release.compiled).name
+    for program in spawner.programs:
+        for folder in spawner.private_dir(program, "x").parent.glob("root-*"):
+            if not lay.connectable(folder / name):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def point(service: Service, release: Release, target: Path, root: Path) -> None:
