@@ -11,7 +11,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 
 def signal_group(pid: int, sig: int) -> None:
@@ -28,3 +33,61 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
             proc.wait(timeout)
     signal_group(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+def processes_under(root: Path) -> list[psutil.Process]:
+    """The processes started for a private root (a demo, a bench, a test stack): the
+    root's unique path is in their command line (supervisord, swapctld, launchers) or in
+    their environment (relays get it as SWAPCTL_SOCKET). Never by name."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(str(root) in part for part in proc.info["cmdline"] or ()) or any(
+                    str(root) in value for value in proc.environ().values()):
+                found.append(proc)
+    return found
+
+
+def end_processes(procs: list[psutil.Process], grace: float = 3.0) -> None:
+    """SIGTERM each, wait up to `grace`, SIGKILL what is left: each by its own pid (and
+    start time: psutil refuses a pid that now belongs to another process)."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(procs, grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, grace)
+
+
+@contextlib.contextmanager
+def sigterm_raises(error: Callable[[], BaseException]) -> Iterator[None]:
+    """SIGTERM raises `error()` in the main thread, so that `finally` blocks (teardown)
+    run as they do for Ctrl-C. Elsewhere than the main thread: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise error()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C (or SIGTERM) must not cut a teardown short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -27,6 +27,7 @@ import psutil
 from swapctl.config.load import Config, load_config
 from swapctl.daemon import stack
 from swapctl.demo import configs
+from swapctl.process import processes_under
 
 SWAPCTL = (sys.executable, "-m", "swapctl")
 
@@ -93,15 +94,8 @@ class Stack:
 
 
 def leftovers(root: Path) -> list[psutil.Process]:
-    """Processes of this stack: the root's unique path is in their command line
-    (supervisord, swapctld, launchers) or environment (relays: SWAPCTL_SOCKET)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(str(root) in part for part in proc.info["cmdline"] or ()) or any(
-                    str(root) in value for value in proc.environ().values()):
-                found.append(proc)
-    return found
+    """Processes of this stack (swapctl.process.processes_under: by the root's path)."""
+    return processes_under(root)
 
 
 def make_stack(prefix: str = "swd-", entry: tuple[str, ...] = SWAPCTL,

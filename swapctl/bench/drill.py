@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 import swapctl
 from swapctl.bench.report import Goal, conditions, percentiles, source_revision
 from swapctl.config.load import load_config
@@ -29,6 +27,7 @@ from swapctl.daemon import stack
 from swapctl.demo import configs
 from swapctl.playbook.load import load_playbook
 from swapctl.playbook.runner import Runner, RunOptions
+from swapctl.process import end_processes, processes_under
 
 PLAYBOOK = Path(swapctl.__file__).resolve().parents[1] / "playbooks" / "rollback-drill.yaml"
 SERVICE = "market_data"
@@ -109,8 +108,4 @@ def _report(settings: DrillBenchSettings, params: dict[str, str],
 
 def _kill_leftovers(root: Path) -> None:
     """Anything still running from this bench's root (by its unique path, never by name)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(str(root) in part for part in proc.info["cmdline"] or ()) or any(
-                    str(root) in value for value in proc.environ().values()):
-                proc.kill()
+    end_processes(processes_under(root), grace=0.0)

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.probes.report import LoadReport
+from swapctl.process import end_processes, signals_ignored, sigterm_raises
 from swapctl.supervise.client import SupervisorClient, SupervisorError
 from swapctl.swap import report as swap_report
 
@@ -99,7 +98,7 @@ def run_demo(rate: float = 10_000.0, soak: float = 2.0, say: Say = print) -> Dem
     root = Path(tempfile.mkdtemp(prefix="swapctl-demo-", dir=_short_tmp()))
     result = DemoResult(root=str(root))
     demo = _Demo(root, say)
-    with _sigterm_interrupts():
+    with sigterm_raises(lambda: _Interrupted("SIGTERM")):
         try:
             demo.run(rate, soak, result)
         except (SwapctlError, TimeoutError, OSError) as exc:
@@ -109,7 +108,7 @@ def run_demo(rate: float = 10_000.0, soak: float = 2.0, say: Say = print) -> Dem
             result.error = f"interrupted ({str(exc) or 'Ctrl-C'})"
             say(f"\n{result.error}: stopping everything the demo started")
         finally:
-            with _signals_ignored():
+            with signals_ignored():
                 result.left_behind = demo.teardown()
                 shutil.rmtree(root, ignore_errors=True)
                 if root.exists():
@@ -238,7 +237,7 @@ class _Demo:
         left = _wait_gone(self.procs.values(), 5.0)
         if left:
             problems.append("still running after down: " + ", ".join(_describe(p) for p in left))
-            _end(left)
+            end_processes(left)
         return problems
 
 
@@ -256,17 +255,6 @@ def _wait_gone(procs: Any, timeout: float) -> list[psutil.Process]:
     return left
 
 
-def _end(procs: list[psutil.Process]) -> None:
-    """SIGTERM, a grace of 3 s, SIGKILL: each process by the pid (and start time) noted."""
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    for proc in _wait_gone(procs, 3.0):
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    _wait_gone(procs, 3.0)
-
-
 def _describe(proc: psutil.Process) -> str:
     try:
         return f"pid {proc.pid} ({' '.join(proc.cmdline()[:4])})"
@@ -281,36 +269,6 @@ def _short_tmp() -> str | None:
 
 class _Interrupted(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that teardown runs."""
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_sig: int, _frame: Any) -> None:
-        raise _Interrupted("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """A second Ctrl-C (or SIGTERM) must not cut the teardown short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _status_lines(status: dict[str, Any]) -> str:
