@@ -100,16 +100,17 @@ def _legacy_serving(rt: ServiceRuntime, old_legacy: list[Slot],
     handoff relay active), or the one the public link points at."""
     if not old_legacy:
         return None
-    taken_over = "active" in states.values()
-    if not taken_over:
-        for slot in old_legacy:
-            if legacy.thaw_if_stopped(slot.handle.pid):
-                return slot  # frozen by a takeover that never confirmed: it kept everything
+    frozen = [slot for slot in old_legacy if legacy.is_stopped(slot.handle.pid)]
+    if frozen:  # a takeover was under way
+        if "active" in states.values():
+            return None  # the candidate had resumed: it serves, the frozen relay is ended
+        legacy.thaw_if_stopped(frozen[0].handle.pid)
+        return frozen[0]  # never confirmed: it kept every socket and byte, it goes on
     public = rt.service.socket_path
     target = Path(os.readlink(public)) if public.is_symlink() else None
-    for slot in old_legacy:
+    for slot in old_legacy:  # (a bridge or restart: the link says who serves)
         if target is not None and target == legacy.slot_socket(rt.spawner, slot):
-            return None if taken_over else slot
+            return slot
     return None
 
 

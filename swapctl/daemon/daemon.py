@@ -332,7 +332,8 @@ class Daemon:
                 continue
             rollback = data.get("rollback") or {}
             canary = data.get("canary") or {}
-            rows.append({k: data.get(k) for k in ("swap_id", "service", "kind", "from", "to",
+            rows.append({k: data.get(k) for k in ("swap_id", "service", "kind", "strategy",
+                                                   "from", "to",
                                                    "decision", "reason", "started", "ended",
                                                    "server_pause_ms", "client_pause_ms")}
                         | {"rollback_ms": rollback.get("ms"), "lost": canary.get("lost")})

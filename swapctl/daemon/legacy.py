@@ -13,10 +13,11 @@ service's public path is then a symlink swapctld owns, flipped atomically
 Strategies here (docs/legacy.md has their guarantees):
   legacy -> handoff   takeover: freeze, duplicate every socket with pidfd_getfd, ADOPT
                       into the candidate, end the legacy relay; no client disconnected.
-  any    -> legacy    restart, asked for explicitly: candidate started and probed in the
-                      other slot, public link flipped, old release stopped (its clients
-                      reconnect). bridge, the zero-loss way, runs standalone only
-                      (`swapctl swap --socket ... --strategy bridge`).
+  any    -> legacy    bridge: candidate started and probed in the other slot, a bridge
+                      client joins the two relays, the public link flips, the old relay
+                      drains and is retired at its last client or at the drain deadline
+                      (the soak window; those left are cut, counted). restart, asked for
+                      explicitly: link flipped, old release stopped (its clients reconnect).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from swapctl.daemon.runtime import ServiceRuntime
 
 PHASES = {"takeover": ("starting", "probing", "freezing", "adopting", "committed"),
-          "restart": ("starting", "probing", "flipping", "stopping", "committed")}
+          "restart": ("starting", "probing", "flipping", "stopping", "committed"),
+          "bridge": ("starting", "probing", "bridging", "flipping", "draining", "committed")}
 
 
 class NoLink:
@@ -172,8 +174,10 @@ def job(rt: ServiceRuntime, release: Release, strategy: str, kind: str) -> SwapJ
                    canary=to_canary(rt.config))
 
 
-def run(rt: ServiceRuntime, job: SwapJob, release: Release) -> dict[str, Any]:
-    """Run a takeover or restart for swapctld; returns its report (swap report shape)."""
+def run(rt: ServiceRuntime, job: SwapJob, release: Release,
+        soak: float | None = None) -> dict[str, Any]:
+    """Run a takeover, bridge or restart for swapctld; returns its report (swap report
+    shape). For a bridge, the soak window is the drain deadline."""
     svc = rt.service
     old = svc.active
     assert old is not None
@@ -192,6 +196,8 @@ def run(rt: ServiceRuntime, job: SwapJob, release: Release) -> dict[str, Any]:
             svc.listener = adopt_listener(fd)
             rt.listener_store(fd)
             old.handle.stop(2.0)  # already ended by the takeover: supervisord reaps it
+    elif job.strategy == "bridge":
+        strategy_report = _bridge(rt, old, release, job, rt.settings(soak).deadlines.soaking)
     else:
         strategy_report = _restart(rt, old, release)
     decision = {"completed": "committed", "rolled_back": "rolled_back"}.get(
@@ -245,6 +251,51 @@ def _restart(rt: ServiceRuntime, old: Slot, release: Release) -> Any:
         svc.listener.close()
         svc.listener = None
     report.outcome = "completed"
+    return report
+
+
+def _bridge(rt: ServiceRuntime, old: Slot, release: Release, job: SwapJob,
+            drain_deadline: float) -> Any:
+    """Candidate started and probed in the other slot, a bridge between the two relays,
+    the public link flipped; the old relay is drained (its clients leave on their own,
+    reaching the candidate when they reconnect) and retired at the last client or at the
+    drain deadline (those still there are disconnected, counted)."""
+    from swapctl.legacy.bridge import (  # noqa: PLC0415 (legacy only)
+        BridgeSettings,
+        BridgeSwap,
+        BridgeSwapError,
+        RelayRef,
+    )
+    svc = rt.service
+    started: dict[str, Any] = {}
+
+    def starter() -> RelayRef:
+        slot, sock = start(rt, release)
+        started.update(slot=slot, sock=sock)
+        return RelayRef(slot.handle.pid, sock, str(release.compiled))
+
+    if old.release.legacy:
+        old_bound = str(old.release.compiled)
+    else:
+        old_bound = str(svc.listener.getsockname()) if svc.listener else str(svc.socket_path)
+    settings = BridgeSettings(ready_timeout=rt.config.start_timeout,
+                              domain_byte=rt.domain_byte, echo=rt.config.probe.echo,
+                              drain_deadline=drain_deadline)
+    swap = BridgeSwap(public_layout(svc, release, rt.legacy_root), old.handle.pid, release,
+                      legacy=True, settings=settings, old_bound=old_bound, canary=job.canary,
+                      starter=starter, flip=lambda target: point(svc, release, target,
+                                                                 rt.legacy_root))
+    try:
+        swap.cutover()
+    except BridgeSwapError:
+        return swap.report
+    swap.retire_old()
+    report = swap.finish()
+    old.handle.stop(2.0)  # retired by the bridge: supervisord reaps it
+    svc.active, rt.legacy_socket = started["slot"], started["sock"]
+    if svc.listener is not None:  # the old release's listener: nobody serves it any more
+        svc.listener.close()
+        svc.listener = None
     return report
 
 

@@ -211,18 +211,17 @@ class ServiceRuntime:
                                     "protocol: its sockets are taken over, no client is " \
                                     "disconnected (bytes inside the legacy relay are lost)"
         else:
-            best, why = "bridge", f"{new.name} is legacy: only a bridge keeps every client " \
-                                  "connected"
-        if asked in ("auto", best) and best != "bridge":
+            best, why = "bridge", f"{new.name} is legacy: a bridge between the two relays " \
+                                  "keeps every client connected and loses nothing; clients " \
+                                  "move as they reconnect, the rest are cut at the drain " \
+                                  "deadline (the soak window)"
+        if asked in ("auto", best):
             return best, why
         if asked == "restart":
             return "restart", "asked for: every client of the old release is disconnected " \
                               "and reconnects to the new one"
-        if best == "bridge" or asked == "bridge":
-            raise UsageError(
-                f"{why}; swapctld does not run the bridge: run it standalone (`swapctl swap "
-                "--socket PATH --strategy bridge`, docs/legacy-bridge.md), or ask for "
-                "--strategy restart here (every client reconnects)")
+        if asked == "bridge" and new.legacy:
+            return "bridge", why
         raise UsageError(f"--strategy {asked} does not fit {old.name} -> {new.name}: {why}; "
                          f"use --strategy {best}")
 
@@ -236,7 +235,7 @@ class ServiceRuntime:
             release = to_release(self.config, plan["to"]["release"])
             if plan["strategy"] != "handoff":
                 job = legacy.job(self, release, plan["strategy"], kind)
-                self._run_in_thread(job, lambda: legacy.run(self, job, release))
+                self._run_in_thread(job, lambda: legacy.run(self, job, release, soak))
                 return job
             run = SwapRun(self.service, release, self.settings(soak),
                           canary=to_canary(self.config), journal=self.journal,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,14 @@ class BridgeSwap:
     def __init__(self, layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,
                  settings: BridgeSettings | None = None, old_bound: str | None = None,
                  service: Service | None = None, canary: Canary | None = None,
-                 log_dir: Path | None = None, foreign_own: int = 0) -> None:
+                 log_dir: Path | None = None, foreign_own: int = 0,
+                 starter: Callable[[], RelayRef] | None = None,
+                 flip: Callable[[Path], None] | None = None) -> None:
+        """`starter` starts and readies the candidate some other way (swapctld: in a
+        supervisord slot) and says where it is; `flip` points the public path (default:
+        the layout's link)."""
+        self.starter = starter
+        self.flip = flip or (lambda target: lay.point(layout, target))
         self.layout, self.release, self.legacy = layout, release, legacy
         self.foreign_own = foreign_own  # connections of swapctl's on the old relay (a
         # checker the caller runs) not to wait for
@@ -182,12 +190,16 @@ class BridgeSwap:
                                            s.domain_byte, s.echo)
         marked = self.canary.mark() if self.canary is not None else None
         t0 = time.monotonic()
-        started = start_candidate(self.layout, self.release, legacy=self.legacy,
-                                  service=self.service, settings=restart_settings,
-                                  log_dir=self.log_dir)
-        sock = self.layout.slot_socket(started.slot)
-        bound = str(self.layout.compiled) if self.legacy else str(sock)
-        self.new = RelayRef(started.pid, sock, bound, started)
+        if self.starter is not None:
+            self.new = self.starter()
+            sock, slot_name = self.new.socket, ""
+        else:
+            started = start_candidate(self.layout, self.release, legacy=self.legacy,
+                                      service=self.service, settings=restart_settings,
+                                      log_dir=self.log_dir)
+            sock, slot_name = self.layout.slot_socket(started.slot), started.slot
+            bound = str(self.layout.compiled) if self.legacy else str(sock)
+            self.new = RelayRef(started.pid, sock, bound, started)
         d = self.report.details
         try:
             d["candidate_ready_ms"] = round((time.monotonic() - t0) * 1000, 3)
@@ -198,13 +210,13 @@ class BridgeSwap:
             d["bridge_pid"] = self.bridge.start()
             d["bridge_check_ms"] = round(check_bridge(self.old.socket, sock, s.domain_byte,
                                                       s.probe_timeout), 3)
-            lay.point(self.layout, sock)
+            self.flip(sock)
         except (SwapctlError, OSError) as exc:
             self._abandon()
             self.report.outcome, self.report.reason = "failed", f"cutover: {exc}"
             raise BridgeSwapError(f"bridge swap not started: {exc}") from exc
         self.flipped_at = time.monotonic()
-        d.update({"slot": started.slot, "candidate_pid": started.pid, "old_pid": self.old.pid,
+        d.update({"slot": slot_name, "candidate_pid": self.new.pid, "old_pid": self.old.pid,
                   "cutover_ms": round((self.flipped_at - t0) * 1000, 3)})
         if self.canary is not None and marked is not None:
             self.report.pause_ms = self.canary.health().max_gap_ms
@@ -217,7 +229,7 @@ class BridgeSwap:
         """Flip the link back to the old relay, keep bridging, retire the candidate."""
         if self.new is None:
             raise BridgeSwapError("nothing to roll back: the cutover did not happen")
-        lay.point(self.layout, self.old.socket)
+        self.flip(self.old.socket)
         self.flipped_at = time.monotonic()
         self.report.outcome, self.report.reason = "rolled_back", "rollback asked"
         return self._retire(self.new, "candidate", deadline)
@@ -291,6 +303,8 @@ class BridgeSwap:
             self.bridge = None
         if self.new is not None and self.new.started is not None:
             self.new.started.stop()
+        elif self.new is not None:  # started by the caller's `starter`
+            stop_relay(self.new.pid, self.s.stop_grace)
         self.new = None
 
 

@@ -29,6 +29,8 @@ def legacy_stack(stack_root: Stack) -> Stack:  # noqa: F811 (the fixture, used)
     releases = {
         "generic": {"command": command, "handoff": False, "legacy": True,
                     "compiled_socket": str(compiled)},
+        "generic2": {"command": command, "handoff": False, "legacy": True,
+                     "compiled_socket": str(compiled)},
         "v2": {"command": configs.relay_command("market_data"), "handoff": True},
     }
     configs.write(root, services=("market_data",), soak="1s",
@@ -68,19 +70,26 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     legacy_pid = [p for p in psutil.process_iter() if _is_generic(p)]
     assert not legacy_pid, "the legacy relay was ended"
 
-    # back to legacy: the best way (bridge) runs standalone; restart only when asked
-    done = s.cli("swap", "market_data", "--to", "generic", "--yes")
-    assert done.returncode == 2 and "bridge" in done.stderr and "--strategy restart" in \
-        done.stderr
-    code, back = s.json("swap", "market_data", "--to", "generic", "--strategy", "restart",
+    # back to legacy: a bridge (the best way: nobody is cut while they stay); the drain
+    # deadline is the soak window; only swapctl's own clients are connected here
+    code, plan = s.json("swap", "market_data", "--to", "generic", "--dry-run")
+    assert code == 0 and plan["strategy"] == "bridge", plan
+    code, back = s.json("swap", "market_data", "--to", "generic", "--soak", "5s", "--yes")
+    assert back["strategy"] == "bridge" and back["decision"] == "committed", back["reason"]
+    assert code == 0 and back["strategy_report"]["disconnects"] == 0, back["strategy_report"]
+    status = s.status()
+    assert status["active"]["release"] == "generic" and status["health"]["healthy"]
+
+    # legacy -> legacy the old way, only when asked: every client is cut (counted)
+    code, back = s.json("swap", "market_data", "--to", "generic2", "--strategy", "restart",
                         "--yes")
     assert back["strategy"] == "restart" and back["decision"] == "committed", back["reason"]
     assert back["strategy_report"]["disconnects"] >= 1  # the canary's clients, cut and counted
     assert code == 1, "committed, but clients were cut: the exit code says so"
     status = s.status()
-    assert status["active"]["release"] == "generic" and status["health"]["healthy"]
+    assert status["active"]["release"] == "generic2" and status["health"]["healthy"]
     target = os.readlink(public)
-    assert "/root-generic-legacy-" in target and target.endswith("/market_data.sock")
+    assert "/root-generic2-legacy-" in target and target.endswith("/market_data.sock")
     assert os.path.exists(target)
 
     # swapctld killed: the next one attaches to the legacy relay (it cannot reconnect)
@@ -93,7 +102,7 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     after = s.status()
     assert after["active"]["pid"] == relay_pid and after["health"]["healthy"]
     code, rows = s.json("history", "market_data")
-    assert [r["kind"] for r in rows] == ["swap", "swap"]
+    assert [r["strategy"] for r in rows] == ["restart", "bridge", "takeover"]
     assert json.dumps(rows)
 
 
