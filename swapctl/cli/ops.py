@@ -146,6 +146,10 @@ def down_command(config_dir: Path | None, timeout: float, output: str) -> None:
         result = down(_config(config_dir), timeout)
         if output == "json":
             _json(result)
+        elif result["stopped"] and result["pid"] is None:
+            click.echo(f"swapctld was not running: supervisord (pid "
+                       f"{result['supervisord_pid']}) stopped "
+                       f"{', '.join(result['relays']) or 'no relay'} and exited")
         elif result["stopped"]:
             click.echo(f"swapctld (pid {result['pid']}) stopped every relay and exited")
         else:

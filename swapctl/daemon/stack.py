@@ -5,11 +5,13 @@ shell, and a Ctrl-C there never reaches it), its output appended to LOG/swapctld
 and returns once the control API answers (the daemon answers only after recovering
 every service). It is idempotent: a daemon that answers already is left alone.
 `down` asks the daemon to stop every relay, the supervisord swapctl started, and
-itself, and waits until its process is gone.
+itself, and waits until its process is gone; with swapctld already gone (killed), it
+stops the relays through supervisord and shuts that down itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -20,8 +22,10 @@ import psutil
 
 from swapctl.config.load import Config
 from swapctl.daemon.api import ApiClient, DaemonUnreachable
-from swapctl.daemon.paths import Paths
+from swapctl.daemon.paths import Paths, layout_of
 from swapctl.errors import SwapctlError
+from swapctl.relay.listener import is_live
+from swapctl.supervise.client import SupervisorClient, SupervisorError
 
 
 class StartFailed(SwapctlError):
@@ -67,7 +71,7 @@ def down(config: Config, timeout: float = 60.0) -> dict[str, Any]:
     try:
         pid = int(client.call("ping")["pid"])
     except DaemonUnreachable:
-        return {"stopped": False, "running": False}
+        return _down_without_daemon(config, timeout)
     client.call("down")
     try:
         psutil.Process(pid).wait(timeout)
@@ -76,6 +80,34 @@ def down(config: Config, timeout: float = 60.0) -> dict[str, Any]:
     except psutil.TimeoutExpired:
         raise StartFailed(f"swapctld (pid {pid}) did not stop within {timeout:g}s") from None
     return {"stopped": True, "pid": pid}
+
+
+def _down_without_daemon(config: Config, timeout: float) -> dict[str, Any]:
+    """swapctld is gone (killed, crashed) but the supervisord swapctl started may still
+    run the relays: stop them through it, shut it down, remove the stale public paths."""
+    if config.daemon.supervisord.start != "swapctl":
+        return {"stopped": False, "running": False}
+    layout = layout_of(config, Paths.of(config))
+    sup = SupervisorClient(layout.socket, 5.0)
+    try:
+        sup_pid = sup.pid()
+        running = [i.name for i in sup.infos(layout.programs()) if i.running]
+        for name in running:
+            with contextlib.suppress(SupervisorError):  # (it may have just exited)
+                sup.stop(name)
+        sup.shutdown()
+    except SupervisorError:
+        return {"stopped": False, "running": False}
+    finally:
+        sup.close()
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        psutil.Process(sup_pid).wait(timeout)
+    for service in config.services.values():
+        public = Path(service.socket)
+        if (public.is_symlink() or public.is_socket()) and not is_live(public):
+            with contextlib.suppress(FileNotFoundError):
+                public.unlink()
+    return {"stopped": True, "pid": None, "supervisord_pid": sup_pid, "relays": running}
 
 
 def _since(log: Path, offset: int) -> str:

@@ -362,3 +362,20 @@ def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: 
     finally:
         result = load.stop()
     _clean(result)
+
+
+def test_down_after_swapctld_was_killed_stops_everything(stack_root: Stack) -> None:
+    s = stack_root
+    s.up()
+    pid = s.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(10)
+    assert leftovers(s.root), "the relays and supervisord outlive swapctld"
+    done = s.cli("down")
+    assert done.returncode == 0 and "swapctld was not running" in done.stdout, done.stderr
+    deadline = time.monotonic() + 10
+    while leftovers(s.root):
+        assert time.monotonic() < deadline, [p.pid for p in leftovers(s.root)]
+        time.sleep(0.1)
+    assert not (s.root / "sockets" / "market_data.sock").exists()
