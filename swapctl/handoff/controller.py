@@ -75,10 +75,12 @@ class RelayLink:
             if env.type == "ready":
                 self.ready = True
                 continue
-            if env.msg.get("re") != rid:
+            re = env.msg.get("re")
+            if re != rid:
                 close_fds(env)
-                raise HandoffError(f"relay {self.token}: reply to {env.msg.get('re')}, "
-                                   f"expected {rid}")
+                if isinstance(re, int) and re < rid:
+                    continue  # the late answer to a request that timed out: skip it
+                raise HandoffError(f"relay {self.token}: reply to {re}, expected {rid}")
             if env.type == "error":
                 raise HandoffError(f"relay {self.token} refused: {env.msg.get('message')}")
             return env

@@ -379,3 +379,24 @@ def test_down_after_swapctld_was_killed_stops_everything(stack_root: Stack) -> N
         assert time.monotonic() < deadline, [p.pid for p in leftovers(s.root)]
         time.sleep(0.1)
     assert not (s.root / "sockets" / "market_data.sock").exists()
+
+
+def test_status_exits_3_while_a_relay_does_not_answer(stack_root: Stack) -> None:
+    s = stack_root
+    s.up()
+    relay = s.status()["active"]["pid"]
+    os.kill(relay, signal.SIGSTOP)  # alive, but it answers nobody
+    try:
+        deadline = time.monotonic() + 15
+        while s.status()["health"].get("healthy"):
+            assert time.monotonic() < deadline, "a frozen relay still reported healthy"
+            time.sleep(0.2)
+        done = s.cli("status")
+        assert done.returncode == 3 and "UNHEALTHY" in done.stdout, done.stdout
+    finally:
+        os.kill(relay, signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while not s.status()["health"].get("healthy"):
+        assert time.monotonic() < deadline, "the relay did not come back healthy"
+        time.sleep(0.2)
+    assert s.cli("status").returncode == 0
