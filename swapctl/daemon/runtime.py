@@ -25,7 +25,6 @@ from swapctl.daemon import legacy
 from swapctl.daemon.jobs import SwapJob
 from swapctl.daemon.paths import Paths, read_json, write_json
 from swapctl.errors import SwapctlError, UsageError
-from swapctl.handoff.manifest import Transfer
 from swapctl.logs import event
 from swapctl.relay.listener import adopt_listener, open_listener
 from swapctl.supervise.client import SupervisorClient
@@ -122,11 +121,7 @@ class ServiceRuntime:
     def start_fresh(self, listener_fd: int | None) -> dict[str, Any]:
         release = self.release(self.last_good())
         svc = self.service
-        if release.legacy:
-            slot, sock = legacy.start(self, release)
-            legacy.point(svc, release, sock, self.legacy_root)
-            svc.active, self.legacy_socket = slot, sock
-        else:
+        if not release.legacy:
             if listener_fd is not None:  # systemd's fd store kept it across our restart
                 svc.listener = adopt_listener(listener_fd)
             else:
@@ -134,10 +129,7 @@ class ServiceRuntime:
                     svc.socket_path.unlink()
                 svc.listener = open_listener(svc.socket_path)
             self.listener_store(svc.listener.fileno())
-            slot = svc.start_slot(release, time.monotonic() + self.config.start_timeout)
-            slot.link.adopt(Transfer(svc.listener.fileno(), []), self.config.start_timeout)
-            slot.link.resume(self.config.start_timeout)
-            svc.active = slot
+        slot = svc.active = self._serve(release)
         self.remember(release.name)
         self.journal_event("started", release=release.name, program=program_of(slot))
         self.refresh()
@@ -451,6 +443,18 @@ class ServiceRuntime:
                 "frames_in": int(stats.get("frames_in", 0)),
                 "frames_out": int(stats.get("frames_out", 0))}
 
+    def _serve(self, release: Release) -> Slot:
+        """Start `release` serving the clients: on swapctld's listener, or (legacy) in a
+        slot of its own behind the public link."""
+        svc = self.service
+        if release.legacy:
+            slot, sock = legacy.start(self, release)
+            legacy.point(svc, release, sock, self.legacy_root)
+            self.legacy_socket = sock
+            return slot
+        assert svc.listener is not None
+        return svc.start_serving(release, svc.listener.fileno(), self.config.start_timeout)
+
     def restart_if_dead(self) -> dict[str, Any] | None:
         """The active relay died outside a swap: start its release again on the listener
         swapctld holds (connects wait in its backlog meanwhile). A legacy relay binds its
@@ -469,17 +473,7 @@ class ServiceRuntime:
             active.link.close()
             svc.active = None
             try:
-                if active.release.legacy:
-                    slot, sock = legacy.start(self, active.release)
-                    legacy.point(svc, active.release, sock, self.legacy_root)
-                    self.legacy_socket = sock
-                else:
-                    assert svc.listener is not None
-                    slot = svc.start_slot(active.release,
-                                          time.monotonic() + self.config.start_timeout)
-                    slot.link.adopt(Transfer(svc.listener.fileno(), []),
-                                    self.config.start_timeout)
-                    slot.link.resume(self.config.start_timeout)
+                slot = self._serve(active.release)
             except (SwapctlError, TimeoutError, OSError) as exc:
                 self.journal_event("restart_failed", release=active.release.name,
                                    error=str(exc))

@@ -63,10 +63,15 @@ class Service:
         """Create the listener and control socket, start `release` and give it the listener."""
         self.open_control()
         self.listener = open_listener(self.socket_path)
+        self.active = self.start_serving(release, self.listener.fileno(), timeout)
+        return self.active
+
+    def start_serving(self, release: Release, listener: int, timeout: float) -> Slot:
+        """Start `release`, give it (a copy of) `listener` and let it serve: a first
+        start, a restart after a crash, a candidate on a socket of its own."""
         slot = self.start_slot(release, time.monotonic() + timeout)
-        slot.link.adopt(Transfer(self.listener.fileno(), []), timeout)
+        slot.link.adopt(Transfer(listener, []), timeout)
         slot.link.resume(timeout)
-        self.active = slot
         return slot
 
     def open_control(self) -> None:
