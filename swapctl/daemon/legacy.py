@@ -34,6 +34,7 @@ import psutil
 
 from swapctl.handoff.controller import RelayLink
 from swapctl.legacy import layout as lay
+from swapctl.legacy import sockets
 from swapctl.legacy.restart import probe_socket
 from swapctl.legacy.takeover import Takeover, TakeoverSettings
 from swapctl.supervise.spawner import SupervisorSpawner
@@ -121,11 +122,10 @@ def healthy(slot: Slot, sock: Path) -> dict[str, Any]:
     if not slot.alive():
         return {"healthy": False, "problem": f"{slot.release.name} exited: "
                                               f"{slot.handle.describe_exit()}"}
-    if _state(slot.handle.pid) == "T":
+    if sockets.proc_state(slot.handle.pid) == "T":
         return {"healthy": False, "problem": f"{slot.release.name} is stopped (SIGSTOP)"}
     if not lay.connectable(sock):
         return {"healthy": False, "problem": f"{sock} does not accept connections"}
-    from swapctl.legacy import sockets  # noqa: PLC0415 (/proc parsing, legacy only)
     try:
         found = sockets.find(slot.handle.pid, str(slot.release.compiled))
         connections: int | None = len(found.connections)
@@ -142,20 +142,13 @@ def takeover(rt: ServiceRuntime, old: Slot, candidate: Release) -> Any:
                     settings).run()
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
-
-
 def is_stopped(pid: int) -> bool:
-    return _state(pid) == "T"
+    return sockets.proc_state(pid) == "T"
 
 
 def thaw_if_stopped(pid: int) -> bool:
     """A legacy relay left frozen by a takeover that never finished: let it run."""
-    if _state(pid) != "T":
+    if sockets.proc_state(pid) != "T":
         return False
     with contextlib.suppress(ProcessLookupError, psutil.Error):
         psutil.Process(pid).send_signal(signal.SIGCONT)

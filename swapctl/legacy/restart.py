@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swapctl.errors import SwapctlError
-from swapctl.handoff.manifest import Transfer
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
 from swapctl.legacy.report import StrategyReport
@@ -95,9 +94,7 @@ def start_candidate(layout: lay.Layout, release: Release, *, legacy: bool,
     layout.slot_dir(name).mkdir(parents=True, exist_ok=True)
     listener = open_listener(layout.slot_socket(name))
     try:
-        slot = service.start_slot(release, time.monotonic() + settings.ready_timeout)
-        slot.link.adopt(Transfer(listener.fileno(), []), settings.ready_timeout)
-        slot.link.resume(settings.ready_timeout)
+        slot = service.start_serving(release, listener.fileno(), settings.ready_timeout)
     except BaseException:
         listener.close()
         raise
@@ -146,11 +143,7 @@ def stop_relay(pid: int, grace: float) -> None:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return sockets.proc_state(pid) in ("Z", "X", "gone")
 
 
 def restart(layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,

@@ -159,6 +159,17 @@ def waiting(syscall: int | None, machine: str | None = None) -> bool:
 
 # ----- reading /proc ------------------------------------------------------------------
 
+def proc_state(pid: int, tid: int | None = None) -> str:
+    """The state letter of a process (or one of its threads) from /proc: R, S, T, Z...;
+    "gone" when it no longer exists."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return "gone"
+    return text.rsplit(")", 1)[1].split()[0]  # (the name, in parentheses, may hold spaces)
+
+
 def fd_links(pid: int) -> dict[int, str]:
     """The process's descriptors: fd -> what its /proc link reads (`socket:[123]`...)."""
     base = f"/proc/{pid}/fd/"

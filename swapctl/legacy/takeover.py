@@ -133,11 +133,8 @@ def wait_stopped(pid: int, timeout: float) -> None:
     """Until every thread of `pid` is in the stopped state (SIGSTOP is asynchronous)."""
     deadline = time.monotonic() + timeout
     while True:
-        states = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-                states.append(stat.rsplit(")", 1)[1].split()[0])
+        states = [s for s in (sockets.proc_state(pid, int(tid))
+                              for tid in os.listdir(f"/proc/{pid}/task")) if s != "gone"]
         if states and all(s in ("T", "t") for s in states):
             return
         if time.monotonic() > deadline:
@@ -272,10 +269,7 @@ def end_relay(pid: int, timeout: float = 2.0) -> None:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return sockets.proc_state(pid) in ("Z", "gone")
 
 
 class Takeover:
