@@ -27,7 +27,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ import psutil
 from swapctl.bench.daemon_stack import BenchStack, private_stack
 from swapctl.bench.handoff import Crowd
 from swapctl.bench.procs import Interrupted
-from swapctl.bench.report import Goal, conditions, percentiles, source_revision
+from swapctl.bench.report import Goal, conditions, sample_stats, source_revision
 from swapctl.daemon import stack
 from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
@@ -76,14 +76,6 @@ class Record:
     root: str = ""
     killed_after_down: list[int] = field(default_factory=list)
     wall_s: float = 0.0
-
-
-def summary(samples: Sequence[float]) -> dict[str, Any]:
-    """n, p50, p99 (nearest rank), max and mean; {"n": 0} when nothing was measured."""
-    if not samples:
-        return {"n": 0}
-    return {"n": len(samples), **percentiles(samples, (50, 99)), "max": max(samples),
-            "mean": round(sum(samples) / len(samples), 3)}
 
 
 def _ms(seconds: float) -> float:
@@ -309,17 +301,17 @@ def build_report(settings: DaemonBenchSettings, record: Record) -> dict[str, Any
         "conditions": _conditions(settings, record.load, record.root),
         "up": record.up,
         "swaps": {"run": settings.swaps, "committed": _count(swaps, "committed"),
-                  **{k: summary(values(swaps, k)) for k in
+                  **{k: sample_stats(values(swaps, k)) for k in
                      ("server_pause_ms", "client_pause_ms", "total_ms")},
                   "canary_lost": canary_lost,
                   "canary_disconnects": sum(int(r["canary_disconnects"] or 0) for r in swaps)},
         "rollbacks": {"run": settings.rollbacks, "rolled_back": _count(rollbacks, "rolled_back"),
                       "kind": sorted({str(r["kind"]) for r in rollbacks}),
-                      **{k: summary(values(rollbacks, k)) for k in
+                      **{k: sample_stats(values(rollbacks, k)) for k in
                          ("rollback_ms", "traffic_flowing_ms", "request_to_report_ms")}},
         "recoveries": {"run": settings.recoveries,
                        "committed": _count(recoveries, "committed"),
-                       **{k: summary(values(recoveries, k)) for k in
+                       **{k: sample_stats(values(recoveries, k)) for k in
                           ("restart_to_ready_ms", "restart_to_finished_ms",
                            "finished_past_soak_end_ms", "soak_left_at_kill_ms",
                            "kill_to_gone_ms")},
@@ -405,9 +397,9 @@ def _largest_gap_in(verdict: dict[str, Any] | None, kind: str) -> float | None:
 def _goals(report_rows: tuple[list[dict[str, Any]], list[dict[str, Any]]],
            load: dict[str, Any] | None, canary_lost: int) -> list[Goal]:
     swaps, rollbacks = report_rows
-    pause = summary([float(r["server_pause_ms"]) for r in swaps
+    pause = sample_stats([float(r["server_pause_ms"]) for r in swaps
                      if r.get("server_pause_ms") is not None]).get("p99")
-    rollback = summary([float(r["rollback_ms"]) for r in rollbacks
+    rollback = sample_stats([float(r["rollback_ms"]) for r in rollbacks
                         if r.get("rollback_ms") is not None]).get("p99")
     lost = None if load is None else float(load["lost"] + load["duplicated"]
                                            + load["reordered"] + load["disconnects"])

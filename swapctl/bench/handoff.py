@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from swapctl.bench.report import Goal, conditions, percentiles, source_revision
+from swapctl.bench.report import Goal, conditions, percentiles, sample_stats, source_revision
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.swap import report as swap_report
@@ -141,7 +141,7 @@ def measure_swaps(clients: int, load_rate: int, swaps: int) -> dict[str, Any]:
         "swaps": swaps, "committed": len(committed),
         "not_committed_reasons": sorted({r["reason"] for r in results
                                          if r["decision"] != "committed"}),
-        "server_pause_ms": _stats(server), "client_pause_ms": _stats(client),
+        "server_pause_ms": sample_stats(server), "client_pause_ms": sample_stats(client),
         "pause_stages_p50_ms": _stage_medians(committed),
         "canary": final["canary"], "crowd_disconnects": final["crowd"].get("lost"),
         "load": _load_summary(final.get("load")),
@@ -167,7 +167,7 @@ def measure_rollbacks(clients: int, count: int, cold: bool) -> dict[str, Any]:
         finally:
             bench.close()
     return {"clients": clients, "rollbacks": len(times), "kind": sorted(kinds),
-            "handoff_back_ms": _stats(times), "traffic_flowing_ms": _stats(flowing),
+            "handoff_back_ms": sample_stats(times), "traffic_flowing_ms": sample_stats(flowing),
             "canary": final["canary"]}
 
 
@@ -186,13 +186,6 @@ def _stage_medians(results: list[dict[str, Any]]) -> dict[str, float]:
     if not stages:
         return {}
     return {name: percentiles([s[name] for s in stages], (50,))["p50"] for name in stages[0]}
-
-
-def _stats(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    return {"n": len(samples), **percentiles(samples, (50, 99)), "max": max(samples),
-            "mean": round(sum(samples) / len(samples), 3)}
 
 
 def _load_summary(load: dict[str, Any] | None) -> dict[str, Any] | None:

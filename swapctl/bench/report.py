@@ -82,6 +82,14 @@ def percentiles(samples: Sequence[int | float], points: Sequence[float]) -> dict
     return out
 
 
+def sample_stats(samples: Sequence[float]) -> dict[str, Any]:
+    """n, p50, p99 (nearest rank), max and mean; {"n": 0} when nothing was measured."""
+    if not samples:
+        return {"n": 0}
+    return {"n": len(samples), **percentiles(samples, (50, 99)), "max": max(samples),
+            "mean": round(sum(samples) / len(samples), 3)}
+
+
 @dataclass(frozen=True, slots=True)
 class Goal:
     """A target a figure is held to, and whether this run met it."""
