@@ -26,6 +26,7 @@ from swapctl.daemon.paths import Paths, layout_of
 from swapctl.errors import SwapctlError
 from swapctl.relay.listener import is_live
 from swapctl.supervise.client import SupervisorClient, SupervisorError
+from swapctl.supervise.supervisord import stop_programs
 
 
 class StartFailed(SwapctlError):
@@ -91,10 +92,7 @@ def _down_without_daemon(config: Config, timeout: float) -> dict[str, Any]:
     sup = SupervisorClient(layout.socket, 5.0)
     try:
         sup_pid = sup.pid()
-        running = [i.name for i in sup.infos(layout.programs()) if i.running]
-        for name in running:
-            with contextlib.suppress(SupervisorError):  # (it may have just exited)
-                sup.stop(name)
+        running = stop_programs(sup, layout, time.monotonic() + timeout)
         sup.shutdown()
     except SupervisorError:
         return {"stopped": False, "running": False}

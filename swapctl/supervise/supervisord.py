@@ -103,21 +103,13 @@ class Supervisord:
         deadline = time.monotonic() + timeout
         if self.proc.poll() is None and self.client is not None:
             try:
-                self._stop_programs(self.client, deadline)
+                stop_programs(self.client, self.layout, deadline)
                 self.client.shutdown()
                 self.proc.wait(max(0.1, deadline - time.monotonic()))
             except (SupervisorError, subprocess.TimeoutExpired):
                 pass  # the last resort below
         self.kill()
 
-    def _stop_programs(self, client: SupervisorClient, deadline: float) -> None:
-        running = [i.name for i in client.infos(self.layout.programs()) if i.running]
-        for name in running:
-            with contextlib.suppress(SupervisorError):  # it may have just exited
-                client.stop(name)
-        while running and time.monotonic() < deadline:
-            running = [i.name for i in client.infos(running) if i.state not in STOPPED_STATES]
-            time.sleep(0.005)
 
     def kill(self) -> None:
         """SIGKILL supervisord's group and the group of every process it started."""
@@ -146,3 +138,17 @@ class Supervisord:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def stop_programs(client: SupervisorClient, layout: Layout, deadline: float) -> list[str]:
+    """Stop every running program of the layout (per process: group calls cost about a
+    second) and wait, until `deadline`, for them to stop; returns those that ran."""
+    running = [i.name for i in client.infos(layout.programs()) if i.running]
+    stopping = list(running)
+    for name in stopping:
+        with contextlib.suppress(SupervisorError):  # it may have just exited
+            client.stop(name)
+    while stopping and time.monotonic() < deadline:
+        stopping = [i.name for i in client.infos(stopping) if i.state not in STOPPED_STATES]
+        time.sleep(0.005)
+    return running
