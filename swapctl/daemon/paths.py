@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.config.load import Config
+from swapctl.fsutil import ensure_private_dir
 from swapctl.supervise.layout import Layout
 
 
@@ -54,9 +55,11 @@ class Paths:
         return self.logs / "swapctld.log"
 
     def make(self) -> None:
-        for path in (self.state, self.logs, self.reports, self.state / "services",
-                     self.control.parent):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the directories, or refuse (UsageError) state and run directories that
+        are links, not ours or writable by others (swapctl.fsutil)."""
+        for path in (self.state, self.reports, self.state / "services", self.control.parent):
+            ensure_private_dir(path)
+        self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def layout_of(config: Config, paths: Paths) -> Layout:

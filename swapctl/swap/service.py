@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swapctl.errors import SwapctlError
+from swapctl.fsutil import ensure_private_dir
 from swapctl.handoff.controller import ControlServer, RelayLink
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import HandoffError
@@ -76,7 +77,7 @@ class Service:
 
     def open_control(self) -> None:
         """The control socket relays connect to (created before any relay starts)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.state_dir)
         if self.control is None:
             self.control = ControlServer(self.control_path)
 
