@@ -15,16 +15,43 @@ import logging
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from swapctl.handoff.manifest import ConnState, Transfer
 from swapctl.handoff.messages import HandoffError
 from swapctl.logs import event
-
-if TYPE_CHECKING:
-    from swapctl.relay.server import Relay
+from swapctl.relay.connection import Connection
+from swapctl.relay.counters import Counters
+from swapctl.relay.faults import FaultInjector
 
 log = logging.getLogger("swapctl.relay.handoff")
+
+
+class Relay(Protocol):
+    """What the hooks need of a relay (`relay.server.Relay` is the one there is): its
+    listener, connection table and epoll set, and the few steps that use them. Named
+    here, not imported, so that the server can own its hooks without an import cycle."""
+
+    paused: bool
+    adopting: bool
+    reading: bool
+    listener: socket.socket | None
+    conns: dict[int, Connection]
+    epoll: select.epoll
+    counters: Counters
+    faults: FaultInjector
+
+    def stats(self) -> dict[str, object]: ...
+    def fresh_epoll(self) -> None: ...
+    def set_listener(self, sock: socket.socket) -> None: ...
+    def new_connection(self, sock: socket.socket, conn_id: int | None = None,
+                       nonblocking: bool = False) -> Connection: ...
+    def add_connection(self, sock: socket.socket) -> Connection: ...
+    def ingest(self, conn: Connection, data: bytes) -> None: ...
+    def _register(self, conn: Connection) -> None: ...
+    def _update(self, conn: Connection) -> None: ...
+    def _flush(self, conn: Connection) -> bool: ...
+    def _forget(self, conn: Connection) -> None: ...
 
 
 class RelayHandoff:
