@@ -21,12 +21,12 @@ from swapctl.daemon.jobs import GoneHandle, SwapJob
 from swapctl.daemon.runtime import ServiceRuntime
 from swapctl.errors import SwapctlError
 from swapctl.legacy.takeover import end_relay
-from swapctl.relay.listener import adopt_listener
 from swapctl.supervise.spawner import SupervisorHandle
 from swapctl.swap import journal as journal_file
 from swapctl.swap.executor import SwapRun, Where
 from swapctl.swap.machine import State
 from swapctl.swap.service import Slot
+from swapctl.unixsock import adopt_listener
 
 ATTACH_TIMEOUT = 8.0  # relays retry their control connection every 0.5 s
 

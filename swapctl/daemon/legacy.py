@@ -185,7 +185,7 @@ def run(rt: ServiceRuntime, job: SwapJob, release: Release,
         if result.candidate is not None:
             svc.active, rt.legacy_socket = result.candidate, None
             fd = result.candidate.link.listener(5.0)
-            from swapctl.relay.listener import adopt_listener  # noqa: PLC0415
+            from swapctl.unixsock import adopt_listener  # noqa: PLC0415
             svc.listener = adopt_listener(fd)
             rt.listener_store(fd)
             old.handle.stop(2.0)  # already ended by the takeover: supervisord reaps it

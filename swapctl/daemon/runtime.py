@@ -26,7 +26,6 @@ from swapctl.daemon.jobs import SwapJob
 from swapctl.daemon.paths import Paths, read_json, write_json
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.logs import event
-from swapctl.relay.listener import adopt_listener, open_listener
 from swapctl.supervise.client import SupervisorClient
 from swapctl.supervise.layout import Layout
 from swapctl.supervise.spawner import SupervisorSpawner
@@ -37,6 +36,7 @@ from swapctl.swap.journal import Journal
 from swapctl.swap.machine import State
 from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
+from swapctl.unixsock import adopt_listener, open_listener
 
 log = logging.getLogger("swapctl.daemon")
 # Fault injection for recovery tests and drills: swapctld SIGKILLs itself the moment a

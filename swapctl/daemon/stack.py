@@ -24,9 +24,9 @@ from swapctl.config.load import Config
 from swapctl.daemon.api import ApiClient, DaemonUnreachable
 from swapctl.daemon.paths import Paths, layout_of
 from swapctl.errors import SwapctlError
-from swapctl.relay.listener import is_live
 from swapctl.supervise.client import SupervisorClient, SupervisorError
 from swapctl.supervise.supervisord import stop_programs
+from swapctl.unixsock import is_live
 
 
 class StartFailed(SwapctlError):

@@ -21,7 +21,7 @@ from typing import Any
 from swapctl.handoff.manifest import Assembler, Transfer, to_parts
 from swapctl.handoff.messages import PROTOCOL_VERSION, Envelope, HandoffError
 from swapctl.handoff.wire import Channel, close_fds
-from swapctl.relay.listener import open_listener
+from swapctl.unixsock import open_listener
 
 _CRED = struct.Struct("3i")
 HELLO_TIMEOUT = 5.0

@@ -30,9 +30,9 @@ from swapctl.legacy.takeover import signal_relay
 from swapctl.probes.ident import make_sequence, make_tag
 from swapctl.protocol import encode_message
 from swapctl.protocol.tlv import Trade
-from swapctl.relay.listener import open_listener
 from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
+from swapctl.unixsock import open_listener
 
 CANNOT_GUARANTEE = (
     "every client connected to the old relay is disconnected: bytes in flight in its "

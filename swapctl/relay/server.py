@@ -35,7 +35,7 @@ from swapctl.relay.connection import Connection
 from swapctl.relay.counters import Counters
 from swapctl.relay.faults import FaultInjector
 from swapctl.relay.handoff_host import RelayHandoff
-from swapctl.relay.listener import adopt_listener, open_listener
+from swapctl.unixsock import adopt_listener, open_listener
 
 log = logging.getLogger("swapctl.relay")
 _IN = select.EPOLLIN

@@ -24,8 +24,8 @@ from swapctl.fsutil import ensure_private_dir
 from swapctl.handoff.controller import ControlServer, RelayLink
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import HandoffError
-from swapctl.relay.listener import is_live, open_listener
 from swapctl.swap.spawner import ProcessHandle, Release, Spawner
+from swapctl.unixsock import is_live, open_listener
 
 
 class SlotError(SwapctlError):

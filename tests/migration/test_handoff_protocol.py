@@ -14,8 +14,8 @@ import pytest
 from swapctl.handoff.controller import ControlServer, HandOverFailed, RelayLink, hand_over
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import ChannelClosed, HandoffError
-from swapctl.relay.listener import open_listener
 from swapctl.swap.spawner import Release, SubprocessHandle, SubprocessSpawner
+from swapctl.unixsock import open_listener
 from tests.clients import Client, trade
 
 

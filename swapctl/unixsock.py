@@ -1,8 +1,14 @@
-"""Creating a relay's listening Unix socket without stealing a live one.
+"""Unix stream sockets: listening without stealing a live path, and waiting for one.
 
 The real relays delete whatever is at their path and bind: a second relay silently
 steals the path from the first. The reference relay refuses when the path is live
 (something accepts connections there) and only replaces a stale socket file.
+
+A relay's only readiness signal is that its path accepts connections, so whoever
+starts one (a benchmark, a test, a swap) waits with `connect` or `wait_connectable`:
+one retry loop (tenacity) for every such wait, retrying refused or missing paths
+every `interval` until `timeout`, and asking `alive` first on each try so that a
+server that died ends the wait at once with the caller's own error.
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ import contextlib
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from swapctl.errors import SwapctlError, UsageError
 
@@ -76,3 +86,32 @@ def adopt_listener(fd: int) -> socket.socket:
         raise UsageError(f"fd {fd} is not a Unix stream socket")
     sock.setblocking(False)
     return sock
+
+
+def connect(path: str | Path, timeout: float, *, alive: Callable[[], None] | None = None,
+            interval: float = 0.01) -> socket.socket:
+    """A blocking connection to `path`, retried every `interval` s while the path refuses
+    or is missing, until `timeout` (0: one try). `alive` runs before each try and raises
+    if the server is gone. Past the timeout, the last OSError is raised."""
+    for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
+                            retry=retry_if_exception_type(OSError), reraise=True):
+        with attempt:
+            if alive is not None:
+                alive()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+            except OSError:
+                sock.close()
+                raise
+            return sock
+    raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+def wait_connectable(path: str | Path, timeout: float, *,
+                     alive: Callable[[], None] | None = None,
+                     interval: float = 0.01) -> float:
+    """Wait until `path` accepts a connection (see `connect`); returns the seconds waited."""
+    start = time.monotonic()
+    connect(path, timeout, alive=alive, interval=interval).close()
+    return time.monotonic() - start
