@@ -28,6 +28,7 @@ from swapctl.probes.load import LoadSession
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
@@ -82,6 +83,7 @@ class Bench:
         self.public = root / "md.sock"
         self.spawner = SubprocessSpawner(root / "logs")
         self.service = Service(self.public, root / "state", self.spawner)
+        self.journal = Journal(root / "journal.jsonl")  # the production one, fsync'd
         self.releases = (Release("a", RELAY), Release("b", RELAY))
         self.service.open(self.releases[0])
         self.canary = Canary(self.public, canary_rate(clients))
@@ -99,7 +101,7 @@ class Bench:
     def swap(self, settings: SwapSettings | None = None, **kw: Any) -> dict[str, Any]:
         target = self.releases[self.flip]
         run = SwapRun(self.service, target, settings or self.settings, canary=self.canary,
-                      **kw).run()
+                      journal=self.journal, **kw).run()
         result = swap_report.build(run)
         if result["decision"] == "committed":
             self.flip ^= 1
@@ -119,6 +121,7 @@ class Bench:
             self.load.close()
         self.service.close()
         self.spawner.stop_all()
+        self.journal.close()
 
 
 def measure_swaps(clients: int, load_rate: int, swaps: int) -> dict[str, Any]:
@@ -232,7 +235,7 @@ def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> 
     return {
         "benchmark": "handoff",
         "conditions": conditions(
-            relay_command=list(RELAY), swaps_per_config=settings.swaps,
+            relay_command=list(RELAY), swaps_per_config=settings.swaps, journal="on",
             load_rate_asked=settings.load_rate, delivery_budget_msgs_per_s=DELIVERY_BUDGET,
             note=("every relay broadcasts to every client: background load is capped at "
                   f"{DELIVERY_BUDGET:,} deliveries/s (rate x clients) so the 2-core machine "

@@ -56,6 +56,7 @@ from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.canary_child import LOSS_GRACE_S
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
@@ -338,9 +339,12 @@ def setup_handoff(box: Box) -> SwapFn:
     service.open(releases[0])
     settings = SwapSettings(deadlines=Deadlines(soaking=0.0), verify_messages=1, keep_old=True)
     flip = [1]
+    journal = Journal(box.root / "journal.jsonl")  # the production one, fsync'd
+    box.cleanups.append(journal.close)
 
     def swap() -> Swapped:
-        run = SwapRun(service, releases[flip[0]], settings, canary=box.canary).run()
+        run = SwapRun(service, releases[flip[0]], settings, canary=box.canary,
+                      journal=journal).run()
         result = swap_report.build(run)
         if result["decision"] == "committed":
             flip[0] ^= 1
@@ -401,6 +405,11 @@ def setup_restart(box: Box) -> SwapFn:
     return swap
 
 
+# Whether the swaps run with the production journal (fsync'd, in the box's temp dir).
+JOURNAL = {"handoff": "on", "takeover": "none: Takeover writes no journal",
+           "bridge": "none: BridgeSwap writes no journal",
+           "restart": "none: restart writes no journal"}
+
 SETUPS: dict[str, tuple[str, Callable[[Box], SwapFn]]] = {
     "handoff": ("swapctl.swap.executor", setup_handoff),
     "takeover": ("swapctl.legacy.takeover", setup_takeover),
@@ -434,7 +443,8 @@ def _box(rate: int, clients: int, canary_rate: float) -> Iterator[Box]:
 def measure(strategy: str, rate: int, settings: StrategiesBenchSettings) -> dict[str, Any]:
     rate_used = used_rate(rate, settings.clients)
     row: dict[str, Any] = {"strategy": strategy, "rate_asked": rate, "rate_used": rate_used,
-                           "clients": settings.clients, "swaps_asked": settings.swaps}
+                           "clients": settings.clients, "swaps_asked": settings.swaps,
+                           "journal": JOURNAL[strategy]}
     with _box(rate_used, settings.clients, settings.canary_rate) as box:
         try:
             swap = SETUPS[strategy][1](box)
