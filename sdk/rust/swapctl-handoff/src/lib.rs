@@ -1,0 +1,184 @@
+//! The relay side of the swapctl handoff protocol (docs/handoff-protocol.md) for
+//! tokio relays shaped like the generic relay: a broadcast channel and a task per
+//! connection.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use swapctl_handoff::{Handoff, V2Frames};
+//! use tokio::sync::broadcast;
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let mut relay = match Handoff::join().await? {
+//!         Some(relay) => relay,                                  // swapctl started us
+//!         None => Handoff::bind("/tmp/alphapulse/market_data.sock")?, // as before
+//!     };
+//!     let (tx, _) = broadcast::channel::<Arc<[u8]>>(16_384);
+//!     relay.ready();
+//!     loop {
+//!         let conn = relay.accept().await;
+//!         tokio::spawn(conn.serve(V2Frames::new(Some(1)), tx.clone(), tx.subscribe()));
+//!     }
+//! }
+//! ```
+//!
+//! `accept` yields every connection the relay must serve: accepted on the listener
+//! (which the orchestrator hands over), adopted from the previous relay with its
+//! carried state, or the orchestrator's probe clients. `Conn::serve` reads, forwards
+//! through `Inbound`, writes what the broadcast channel brings, and takes part in
+//! RELEASE / RESUME / CLOSE on its own. The control channel runs on a thread.
+
+mod conn;
+mod control;
+pub mod framing;
+mod hub;
+pub mod table;
+pub mod wire;
+
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixListener as StdListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+
+pub use conn::{Conn, READ_SIZE};
+pub use control::{monotonic_ns, Settings, PROTOCOL_VERSION};
+pub use framing::{Chunks, Inbound, V2Frames};
+pub use table::Carried;
+
+use control::Control;
+use hub::{Hub, Phase};
+
+/// A relay's link to its listener, its connections and (in handoff mode) swapctl.
+pub struct Handoff {
+    hub: Arc<Hub>,
+    incoming: mpsc::UnboundedReceiver<Conn>,
+    wake: watch::Receiver<u64>,
+    control: Option<Arc<Control>>,
+}
+
+impl Handoff {
+    fn with_hub() -> Handoff {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        let hub = Hub::new(sender);
+        let wake = hub.wakeups();
+        Handoff { hub, incoming, wake, control: None }
+    }
+
+    /// Join the orchestrator named by SWAPCTL_HANDOFF (connect, HELLO, WELCOME),
+    /// with no listener yet; None when the variable is unset. Call `ready` next.
+    pub async fn join() -> io::Result<Option<Handoff>> {
+        let settings = match Settings::from_env() {
+            Some(settings) => settings,
+            None => return Ok(None),
+        };
+        let mut relay = Handoff::with_hub();
+        let hub = relay.hub.clone();
+        let rt = tokio::runtime::Handle::current();
+        let control = tokio::task::spawn_blocking(move || Control::start(settings, hub, rt))
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::Other, e.to_string()))??;
+        relay.control = Some(control);
+        Ok(Some(relay))
+    }
+
+    /// No handoff: serve a listening socket of our own (the legacy way).
+    pub fn listen(listener: StdListener) -> io::Result<Handoff> {
+        listener.set_nonblocking(true)?;
+        let relay = Handoff::with_hub();
+        *relay.hub.listener.lock().unwrap() = Some(Arc::new(AsyncFd::new(listener)?));
+        Ok(relay)
+    }
+
+    /// No handoff: delete whatever is at `path` and bind it, like the real relays.
+    pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<Handoff> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(path);
+        Handoff::listen(StdListener::bind(path)?)
+    }
+
+    /// True when swapctl manages this relay.
+    pub fn managed(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// READY: the relay can take over (buffers allocated, config loaded).
+    pub fn ready(&self) {
+        if let Some(control) = &self.control {
+            control.ready();
+        }
+    }
+
+    /// The next connection to serve (accepted, adopted or a probe client).
+    pub async fn accept(&mut self) -> Conn {
+        loop {
+            let listener = self.hub.listener.lock().unwrap().clone();
+            let accepting = listener.is_some() && self.hub.phase() == Phase::Run;
+            self.wake.borrow_and_update();
+            tokio::select! {
+                biased;
+                conn = self.incoming.recv() => {
+                    if let Some(conn) = conn {
+                        return conn;
+                    }
+                }
+                _ = self.wake.changed() => {}
+                accepted = accept_one(&self.hub, listener), if accepting => match accepted {
+                    Ok(Some(conn)) => return conn,
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("swapctl-handoff: accept failed: {}", e);
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// One accept, under the gate: a release waits for it, and the new connection is
+/// registered before the release counts what it must export.
+async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>) -> io::Result<Option<Conn>> {
+    let listener = match listener {
+        Some(listener) => listener,
+        None => return Ok(None),
+    };
+    let mut ready = listener.readable().await?;
+    let accepted = {
+        let gate = hub.gate.read().unwrap();
+        if *gate != Phase::Run {
+            return Ok(None);
+        }
+        match listener.get_ref().accept() {
+            Ok((sock, _)) => Some((sock, hub.register(None))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => return Err(e),
+        }
+    };
+    let (sock, id) = match accepted {
+        Some(pair) => pair,
+        None => {
+            ready.clear_ready();
+            return Ok(None);
+        }
+    };
+    let made = sock.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(sock));
+    match made {
+        Ok(stream) => Ok(Some(Conn { stream, hub: hub.clone(), carried: Carried { id, ..Carried::default() } })),
+        Err(e) => {
+            hub.forget(id, false);
+            Err(e)
+        }
+    }
+}
+
+/// The listening socket's descriptor, if this relay has one (for logs).
+pub fn listener_fd(relay: &Handoff) -> Option<i32> {
+    relay.hub.listener.lock().unwrap().as_ref().map(|l| l.get_ref().as_raw_fd())
+}
