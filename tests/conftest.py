@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from swapctl import unixsock
 from swapctl.process import signal_group, stop_group
 
 
@@ -29,17 +29,14 @@ def sockdir() -> Iterator[Path]:
 
 def wait_connectable(path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     """Wait until a Unix socket accepts connections (the relays' only readiness signal)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive() -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {path} was ready")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(str(path))
-                return
-        except OSError:
-            time.sleep(0.005)
-    raise TimeoutError(f"{path} did not accept connections within {timeout}s")
+
+    try:
+        unixsock.wait_connectable(path, timeout, alive=alive, interval=0.005)
+    except OSError:
+        raise TimeoutError(f"{path} did not accept connections within {timeout}s") from None
 
 
 class Processes:

@@ -34,12 +34,12 @@ from typing import Any
 import psutil
 
 from swapctl.bench.daemon_stack import BenchStack, private_stack
-from swapctl.bench.handoff import Crowd
 from swapctl.bench.procs import Interrupted
 from swapctl.bench.report import Goal, conditions, sample_stats, source_revision
 from swapctl.daemon import stack
 from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
+from swapctl.probes.crowd import Crowd
 from swapctl.probes.load import LoadSession
 from swapctl.probes.report import LoadReport
 
@@ -220,11 +220,14 @@ def run_daemon_bench(settings: DaemonBenchSettings,
             time.sleep(0.3)  # traffic through whichever relay serves now
             progress("daemon: stopping the load and reading its verdict")
             record.load = load.stop()
-            record.idle = crowd.finish() if crowd is not None else None
+            if crowd is not None:  # (the crowd counts them as disconnects)
+                counts = crowd.finish()
+                record.idle = {"lost": counts.get("disconnects"),
+                               "received_bytes": counts.get("received_bytes")}
         finally:
             load.close()
             if crowd is not None:
-                crowd.kill()
+                crowd.close()
     record.killed_after_down = bench.killed_at_teardown
     record.wall_s = time.monotonic() - started
     return build_report(settings, record)

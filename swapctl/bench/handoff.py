@@ -13,8 +13,6 @@ release restarted).
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from typing import Any
 
 from swapctl.bench.report import Goal, conditions, percentiles, sample_stats, source_revision
 from swapctl.probes.config import LoadConfig
+from swapctl.probes.crowd import Crowd
 from swapctl.probes.load import LoadSession
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
@@ -50,30 +49,6 @@ class HandoffBenchSettings:
 def canary_rate(clients: int) -> float:
     """Canary messages/s: fine resolution with few clients, bounded fan-out with many."""
     return max(100.0, min(2000.0, 200_000 / clients))
-
-
-class Crowd:
-    def __init__(self, public: Path, clients: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swapctl.bench.crowd", "--socket", str(public),
-             "--clients", str(clients)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"crowd of {clients} clients failed to connect")
-
-    def finish(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        out: dict[str, Any] = json.loads(self.proc.stdout.readline() or "{}")
-        self.proc.wait(10)
-        return out
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Bench:
@@ -116,7 +91,7 @@ class Bench:
 
     def close(self) -> None:
         self.canary.close()
-        self.crowd.kill()
+        self.crowd.close()
         if self.load is not None:
             self.load.close()
         self.service.close()
@@ -146,7 +121,7 @@ def measure_swaps(clients: int, load_rate: int, swaps: int) -> dict[str, Any]:
                                          if r["decision"] != "committed"}),
         "server_pause_ms": sample_stats(server), "client_pause_ms": sample_stats(client),
         "pause_stages_p50_ms": _stage_medians(committed),
-        "canary": final["canary"], "crowd_disconnects": final["crowd"].get("lost"),
+        "canary": final["canary"], "crowd_disconnects": final["crowd"].get("disconnects"),
         "load": _load_summary(final.get("load")),
     }
 

@@ -27,6 +27,7 @@ from swapctl.bench.publisher import (
     tighten_timer_slack,
 )
 from swapctl.bench.stream import Classifier, StreamCheck, build_stream, end_message
+from swapctl.unixsock import connect
 
 FIRST_SEQUENCE = 1
 
@@ -34,20 +35,6 @@ FIRST_SEQUENCE = 1
 def emit(**fields: Any) -> None:
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
-
-
-def connect(path: str, timeout: float) -> socket.socket:
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.005)
 
 
 def publish(args: argparse.Namespace) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from swapctl import unixsock
 from swapctl.errors import SwapctlError
 from swapctl.process import signal_group
 
@@ -158,17 +158,14 @@ class ProcessScope:
 
 def wait_connectable(path: Path, child: Child, timeout: float) -> None:
     """Wait until `path` accepts connections (a relay's only readiness signal)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def alive() -> None:
         if child.proc.poll() is not None:
             raise ChildFailed(f"{child.name} exited with code {child.proc.returncode} before "
                               f"{path} accepted connections{child.tail()}")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                pass
-        time.sleep(0.01)
-    raise ChildFailed(f"{child.name} did not accept connections on {path} within "
-                      f"{timeout:g} s{child.tail()}")
+
+    try:
+        unixsock.wait_connectable(path, timeout, alive=alive)
+    except OSError:
+        raise ChildFailed(f"{child.name} did not accept connections on {path} within "
+                          f"{timeout:g} s{child.tail()}") from None

@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
-import select
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +44,7 @@ from swapctl.legacy.report import StrategyReport
 from swapctl.legacy.restart import RestartSettings, restart
 from swapctl.legacy.takeover import Takeover, TakeoverSettings
 from swapctl.probes.config import LoadConfig
+from swapctl.probes.crowd import Crowd
 from swapctl.probes.load import LoadSession, run_load
 from swapctl.probes.report import LoadReport
 from swapctl.probes.traffic import MessageFactory
@@ -99,86 +96,6 @@ def rate_note(settings: StrategiesBenchSettings) -> str:
             f"delivery is its own write, and the checkers read them all on the same "
             f"cores). The bench asks for at most {DELIVERY_BUDGET:,} deliveries/s "
             f"(rate x receivers) so the relay keeps up; rate_used is in each row.")
-
-
-# ----- the clients --------------------------------------------------------------------
-
-class Crowd:
-    """Idle clients that reconnect on EOF (`python -m swapctl.bench.strategies`)."""
-
-    def __init__(self, public: Path, clients: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swapctl.bench.strategies", str(public), str(clients)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        if not self._line(15.0).get("ready"):
-            raise SwapctlError(f"crowd of {clients} clients did not connect to {public}")
-
-    def _line(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        out: dict[str, Any] = json.loads(line) if line else {}
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        return self._line(5.0)
-
-    def close(self) -> None:
-        stop_group(self.proc, 2.0)
-
-
-def crowd_main(path: str, clients: int) -> None:
-    sel = selectors.DefaultSelector()
-    stdin = sys.stdin
-    down: list[float] = []  # retry times of disconnected clients
-    disconnects = 0
-
-    def attach() -> bool:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-        except OSError:
-            sock.close()
-            return False
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ)
-        return True
-
-    for _ in range(clients):
-        if not attach():
-            down.append(time.monotonic())
-    sel.register(stdin, selectors.EVENT_READ, "commands")
-    print(json.dumps({"ready": True}), flush=True)
-    buf = bytearray(1 << 18)
-    while True:
-        for key, _ in sel.select(0.05):
-            if key.data == "commands":
-                line = stdin.readline()
-                if not line:
-                    return
-                print(json.dumps({"disconnects": disconnects,
-                                  "connected": clients - len(down)}), flush=True)
-                continue
-            conn = key.fileobj
-            assert isinstance(conn, socket.socket)
-            try:
-                n = conn.recv_into(buf)
-            except BlockingIOError:
-                continue
-            except OSError:
-                n = 0
-            if n == 0:
-                disconnects += 1
-                sel.unregister(conn)
-                conn.close()
-                down.append(time.monotonic() + 0.05)
-        now = time.monotonic()
-        due = [t for t in down if t <= now]
-        down = [t for t in down if t > now]
-        down += [now + 0.05 for _ in due if not attach()]
 
 
 # ----- one configuration ----------------------------------------------------------------
@@ -236,7 +153,8 @@ class Box:
     def attach_clients(self) -> None:
         self.canary = Canary(self.public, self.canary_rate)
         self.canary.start()
-        self.crowd = Crowd(self.public, max(0, self.clients - LOAD_CLIENTS))
+        self.crowd = Crowd(self.public, max(0, self.clients - LOAD_CLIENTS),
+                           reconnect=0.05)
         self.load = LoadSession(LoadConfig(
             self.public, publishers=1, consumers=2, strategy_consumers=1, rate=self.rate,
             duration=None, settle=1.0, dashboard_retry=0.05, reconnect_backoff=0.05))
@@ -641,6 +559,3 @@ def goals(rows: list[dict[str, Any]]) -> list[Goal]:
 def _exact(name: str, measured: int | None, target: int, unit: str) -> Goal:
     return Goal(name, f"= {target} {unit}".strip(), measured, unit, measured == target)
 
-
-if __name__ == "__main__":
-    crowd_main(sys.argv[1], int(sys.argv[2]))

@@ -3,5 +3,5 @@
 Pure parts (no I/O): `ident` (message identity), `traffic` (message generation),
 `latency` (histogram), `tracker` and `audit` (classification). The I/O runner is
 `load` (`LoadSession`, `run_load`) with its child processes in `publisher` and
-`consumer`.
+`consumer`; `crowd` holds N idle client connections in a child process.
 """

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from swapctl import unixsock
 from swapctl.errors import SwapctlError
 from swapctl.probes.report import ConsumerReport, PublisherReport
 
@@ -144,19 +145,12 @@ def _cpu_sample() -> tuple[float, float, float]:
 
 def connect(path: str, timeout: float) -> socket.socket:
     """A non-blocking connection to the relay, retried every 20 ms until `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            sock.close()
-            if time.monotonic() >= deadline:
-                raise LoadError(
-                    f"cannot connect to {path}: {exc.strerror or exc}; is the relay running "
-                    f"and accepting there? (waited {timeout:.1f} s)"
-                ) from None
-            time.sleep(0.02)
-            continue
-        sock.setblocking(False)
-        return sock
+    try:
+        sock = unixsock.connect(path, timeout, interval=0.02)
+    except OSError as exc:
+        raise LoadError(
+            f"cannot connect to {path}: {exc.strerror or exc}; is the relay running "
+            f"and accepting there? (waited {timeout:.1f} s)"
+        ) from None
+    sock.setblocking(False)
+    return sock

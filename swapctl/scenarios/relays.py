@@ -19,15 +19,13 @@ from __future__ import annotations
 import ctypes
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from swapctl import isolation
+from swapctl import isolation, unixsock
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.process import stop_group
 from swapctl.protocol.profiles import Domain, Profile
@@ -125,21 +123,21 @@ class RelayProcess:
                                  f"{exc}") from None
 
     def wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+        assert proc is not None
+
+        def alive() -> None:
+            if proc.poll() is not None:
                 raise SwapctlError(
                     f"{self.name} relay ({self.spec.label}) exited with code "
-                    f"{self.proc.returncode} before its socket accepted connections; "
+                    f"{proc.returncode} before its socket accepted connections; "
                     f"its log ends with:\n{self.log_tail()}")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(str(self.socket))
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.005)
+
+        try:
+            unixsock.wait_connectable(self.socket, timeout, alive=alive, interval=0.005)
+            return
+        except OSError:
+            pass
         self.stop()
         where = (f"{self.spec.hardcoded} (private folder {self.private})"
                  if self.spec.hardcoded else str(self.socket))
