@@ -18,6 +18,7 @@ from swapctl.cli import (
     bench_handoff,
     bench_strategies,
     config,
+    conformance,
     demo,
     diff,
     legacy,
@@ -52,5 +53,5 @@ def main() -> None:
 
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
-                bench_drill, bench_daemon, diff, demo, config, playbook):
+                bench_drill, bench_daemon, diff, demo, config, playbook, conformance):
     _module.register(main)

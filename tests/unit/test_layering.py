@@ -8,6 +8,7 @@ through them, everything below; nothing may import upwards or sideways unlisted)
     diff       <- protocol                   event-stream comparison (pure)
     probes     <- protocol                   traffic, auditor, load runner, crowd
     handoff    <- protocol                   the handoff wire protocol and controller
+    conformance <- handoff                   the handoff conformance suite (a relay checker)
     relay      <- handoff, protocol          the reference relay
     swap       <- relay, probes              the swap engine
     config     <- swap                       settings (types of the swap engine)
@@ -62,7 +63,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "bench": {"playbook", "demo"},
     "scenarios": {"bench", "diff", "capture"},
     "capture": {"scenarios"},
-    "cli": {"bench", "scenarios", "capture"},
+    "conformance": {"handoff"},
+    "cli": {"bench", "scenarios", "capture", "conformance"},
     "__main__": {"cli"},
 }
 
