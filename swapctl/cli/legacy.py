@@ -1,35 +1,36 @@
 """`swapctl swap-legacy`: swaps that involve a legacy relay (takeover, bridge, restart).
 
-Thin: parse, build a `LegacySwap`, call `run_strategy`, render. Exit codes: 0 the swap
-completed and every figure is 0; 1 it completed with losses or disconnects, or was
-rolled back, or failed; 2 bad usage. Register with `register(group)`.
+Thin: parse, build the typed `LegacyRequest` (swap_requests.py, shared with `swapctl
+swap`), run it with `swap_run.run_standalone` (the one function `swapctl swap` runs too),
+render. Exit codes: 0 the swap completed and every figure is 0; 1 it completed with losses
+or disconnects, or was rolled back, or failed; 2 bad usage. Register with `register(group)`.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from swapctl.cli import swap_run
 from swapctl.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from swapctl.cli.swap_requests import (
+    NO_PROOF,
+    Canary,
+    LegacyRequest,
+    command,
+    drain_deadline,
+    legacy_layout,
+    resolve,
+)
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.legacy import layout as lay
-from swapctl.legacy.run import STRATEGIES, LegacySwap, ReleaseSpec, old_relay, pick, run_strategy
-
-DEFAULT_STATE = Path("/var/lib/swapctl/legacy")
-
-
-def _spec(name: str, command: str | None, legacy: bool) -> ReleaseSpec | None:
-    if command is None:
-        return None
-    argv = tuple(shlex.split(command))
-    if not argv:
-        raise UsageError(f"--{name}: empty command; give the relay's command line")
-    return ReleaseSpec(name, argv, legacy)
+from swapctl.legacy.run import STRATEGIES
+from swapctl.protocol.profiles import Domain, Profile
 
 
 @click.command("swap-legacy", hidden=False)
@@ -53,18 +54,18 @@ def _spec(name: str, command: str | None, legacy: bool) -> ReleaseSpec | None:
               help="One-time: move this box to the slot layout (start --from in a slot, then "
                    "rename the public link over the relay's socket) and exit.")
 @click.option("--canary-rate", type=click.FloatRange(min=0), default=1000.0, show_default=True,
-              help="Canary messages/s during the swap (0: none).")
+              help=f"Canary messages/s during the swap. {NO_PROOF}.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON document on stdout.")
 def swap_legacy(**o: Any) -> None:
     """Swap a relay where one side does not speak the handoff protocol."""
-    sys.exit(run_legacy(o))
+    sys.exit(guarded(lambda: _swap_legacy(o)))
 
 
-def run_legacy(o: dict[str, Any]) -> int:
-    """The exit code of a legacy swap (also `swapctl swap --strategy ...` standalone)."""
+def guarded(body: Callable[[], int]) -> int:
+    """The exit code of a legacy swap: bad usage 2, a swapctl error 1 (the swap failed)."""
     try:
-        return _run(o)
+        return body()
     except (UsageError, click.UsageError) as exc:
         click.echo(f"swapctl: error: {exc}", err=True)
         return EXIT_USAGE
@@ -73,38 +74,29 @@ def run_legacy(o: dict[str, Any]) -> int:
         return EXIT_FAILED
 
 
-def _run(o: dict[str, Any]) -> int:
-    public: Path = o["public"].absolute()
-    compiled: Path = (o["compiled"] or public).absolute()
-    state: Path = (o["state_dir"] or DEFAULT_STATE / public.stem).absolute()
-    layout = lay.Layout(public=public, compiled=compiled, root=state)
-    from_ = _spec("from", o["from_cmd"], o["from_legacy"])
+def _swap_legacy(o: dict[str, Any]) -> int:
+    layout = legacy_layout(o["public"], o["compiled"], o["state_dir"])
     if o["migrate"]:
-        return _migrate(layout, from_, state, o["output"])
-    to = _spec("to", o["to_cmd"], o["to_legacy"])
-    if to is None:
+        return _migrate(layout, o["from_cmd"], o["from_legacy"], o["output"])
+    if o["to_cmd"] is None:
         raise UsageError("--to is required: the new release's command")
-    request = LegacySwap(layout, to, state, from_=from_, canary_rate=o["canary_rate"])
-    strategy = o["strategy"]
-    if strategy == "auto":
-        current = old_relay(layout)
-        from_legacy = current[1].get("kind") == "legacy" if current else o["from_legacy"]
-        strategy, why = pick(from_legacy, to.legacy)
-        click.echo(f"plan: strategy {strategy}: {why}", err=o["output"] == "json")
-        if strategy == "handoff":
-            raise UsageError("use `swapctl swap` for two handoff-capable releases")
-    report = run_strategy(strategy, request)
-    if o["output"] == "json":
-        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
-    else:
-        click.echo(report.render_text())
-    return EXIT_OK if report.clean else EXIT_FAILED
+    strategy, why = resolve(o["strategy"], layout, o["from_legacy"], o["to_legacy"])
+    request = LegacyRequest(
+        layout=layout, from_cmd=command("--from", o["from_cmd"]) if o["from_cmd"] else None,
+        from_legacy=o["from_legacy"], to_cmd=command("--to", o["to_cmd"]),
+        to_legacy=o["to_legacy"], strategy=strategy, why=why,
+        drain_deadline=drain_deadline(strategy, None),
+        canary=Canary(o["canary_rate"], Domain.MARKET_DATA, Profile.ALPHAPULSE),
+        dry_run=False, output=o["output"])
+    swap_run.announce(request)
+    return swap_run.finish(swap_run.run_standalone(request))
 
 
-def _migrate(layout: lay.Layout, from_: ReleaseSpec | None, state: Path, output: str) -> int:
-    if from_ is None or not from_.legacy:
+def _migrate(layout: lay.Layout, from_cmd: str | None, from_legacy: bool, output: str) -> int:
+    if from_cmd is None or not from_legacy:
         raise UsageError("--migrate needs --from CMD: the legacy release to run in the slot")
-    migration, _ = lay.migrate(layout, list(from_.command), state / "logs")
+    argv = command("--from", from_cmd)
+    migration, _ = lay.migrate(layout, list(argv), layout.root / "logs")
     result = {"slot": migration.slot, "already": migration.already,
               "replaced": migration.replaced, "public": str(layout.public),
               "target": str(layout.slot_socket(migration.slot))}

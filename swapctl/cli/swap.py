@@ -1,41 +1,38 @@
 """`swapctl swap`, `rollback`, `commit`, `abort`: through swapctld (`swap SERVICE`), or
-standalone with no daemon (`swap --socket S --from CMD --to CMD`, for CI and tests)."""
+standalone with no daemon (`swap --socket S --from CMD --to CMD`, for CI and tests).
+
+`swap` parses, builds the typed request of its mode (swap_requests.py: every option that
+does not apply is refused, exit 2), then: through swapctld, `ops.daemon_swap`; standalone
+with --dry-run, the plan (swap_plan.py) and nothing else; standalone,
+`swap_run.run_standalone` (the one function that runs a standalone swap, handoff or
+legacy, and decides its exit code)."""
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from swapctl.cli import legacy as legacy_cli
-from swapctl.cli import ops
-from swapctl.cli.exits import EXIT_FAILED, EXIT_OK
+from swapctl.cli import ops, swap_plan, swap_requests, swap_run
+from swapctl.cli.exits import EXIT_OK
+from swapctl.cli.swap_requests import (
+    LEGACY_STRATEGIES,
+    NO_PROOF,
+    DaemonSwap,
+    HandoffRequest,
+    LegacyRequest,
+)
 from swapctl.errors import UsageError
-from swapctl.protocol.profiles import Domain, Profile, domain_byte
-from swapctl.swap import report
-from swapctl.swap.canary import Canary
-from swapctl.swap.executor import SwapRun, SwapSettings
-from swapctl.swap.journal import Journal
-from swapctl.swap.machine import Deadlines
-from swapctl.swap.requests import RequestInbox, send_request, state_dir_for
-from swapctl.swap.service import Service
-from swapctl.swap.spawner import Release, SubprocessSpawner
+from swapctl.protocol.profiles import Domain, Profile
+from swapctl.swap.requests import send_request, state_dir_for
 
 _output = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
                        show_default=True, help="json: one JSON document on stdout.")
-
-
-def _release(name: str, command: str) -> Release:
-    argv = tuple(shlex.split(command))
-    if not argv:
-        raise UsageError(f"--{name}: empty command; give the relay's command line")
-    return Release(name, argv)
 
 
 @click.command("swap")
@@ -46,31 +43,38 @@ def _release(name: str, command: str) -> Release:
                    "Standalone: the candidate's command.")
 @click.option("--soak", callback=ops._duration, metavar="D",
               help="Soak window (30s, 2m): the old release stays warm while the candidate is "
-                   "watched [default: the service file's soak; standalone 5s].")
-@click.option("--dry-run", is_flag=True, help="Print the plan (strategy, phases, deadlines).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask before swapping on a terminal.")
-@click.option("--no-wait", is_flag=True, help="Return once swapctld has accepted the swap.")
+                   "watched [default: the service file's soak; standalone 5s]. Standalone "
+                   "bridge: the drain deadline [default 60s]; takeover and restart have no soak.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (mode, strategy and why, releases, socket, state dir, phases "
+                   "and deadlines) and do nothing else: nothing started, written or bound.")
+@click.option("--yes", "-y", is_flag=True,
+              help="Through swapctld: do not ask before swapping on a terminal.")
+@click.option("--no-wait", is_flag=True,
+              help="Through swapctld: return once swapctld has accepted the swap.")
 @click.option("--timeout", callback=ops._duration, metavar="D",
-              help="Stop following after D (exit 5); the swap goes on in swapctld.")
+              help="Through swapctld: stop following after D (exit 5); the swap goes on.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path),
               help="Standalone: the public socket path the clients connect to.")
 @click.option("--from", "from_cmd", metavar="CMD",
-              help="Standalone: command of the running release (handoff-capable), started first.")
+              help="Standalone: command of the running release, started first (legacy: only "
+                   "on a fresh box, in a free slot).")
 @click.option("--rollback-after", type=click.FloatRange(min=0),
-              help="Standalone: ask for a rollback this many seconds into the soak (drills).")
+              help="Standalone handoff: ask for a rollback this many seconds into the soak "
+                   "(drills).")
 @click.option("--canary-rate", type=click.FloatRange(min=0), default=2000.0, show_default=True,
-              help="Standalone: canary messages per second (0: no canary).")
+              help=f"Standalone: canary messages per second. {NO_PROOF}.")
 @click.option("--pause-budget-ms", type=click.FloatRange(min=0), default=250.0,
-              show_default=True, help="Standalone: server-side pause that rolls back.")
+              show_default=True, help="Standalone handoff: server-side pause that rolls back.")
 @click.option("--domain", type=click.Choice([d.value for d in Domain]), default="market_data",
-              show_default=True, help="Standalone: the relay domain.")
+              show_default=True, help="Standalone: the relay domain (the canary's messages).")
 @click.option("--profile", type=click.Choice([p.value for p in Profile]), default="alphapulse",
-              show_default=True, help="Standalone: the numbering profile.")
+              show_default=True, help="Standalone: the numbering profile (header byte 4).")
 @click.option("--state-dir", type=click.Path(path_type=Path),
               help="Standalone: control/request sockets, logs, journal [default: beside the "
-                   "socket].")
-@click.option("--strategy", type=click.Choice(["auto", "handoff", "takeover", "bridge",
-                                               "restart"]), default="auto", show_default=True,
+                   "socket; legacy: /var/lib/swapctl/legacy/NAME, the slots' root].")
+@click.option("--strategy", type=click.Choice(["auto", "handoff", *LEGACY_STRATEGIES]),
+              default="auto", show_default=True,
               help="auto: the best the two releases allow, printed with why before it runs "
                    "(handoff between handoff-capable releases; docs/legacy.md for the others).")
 @click.option("--from-legacy/--from-handoff", default=False, show_default=True,
@@ -78,124 +82,54 @@ def _release(name: str, command: str) -> Release:
 @click.option("--to-legacy/--to-handoff", default=False, show_default=True,
               help="Standalone: the new release is a legacy build.")
 @click.option("--compiled", type=click.Path(path_type=Path),
-              help="Standalone, legacy: the socket path compiled into the legacy builds "
+              help="Standalone legacy: the socket path compiled into the legacy builds "
                    "[default: --socket].")
 @_output
-def swap_command(**o: Any) -> None:
+@click.pass_context
+def swap_command(ctx: click.Context, /, **o: Any) -> None:
     """Swap SERVICE to another release with no client disconnected, prove it, report.
 
     \b
-    Through swapctld:  swapctl swap market_data --to v2 [--soak 60s] [--dry-run]
-    Standalone:        swapctl swap --socket S --from CMD --to CMD
-    Exit 0 when committed with a clean canary; 1 when rolled back or anything was lost;
-    6 when the rollback itself failed; 5 on --timeout; 7 when swapctld does not answer.
+    Through swapctld:   swapctl swap market_data --to v2 [--soak 60s] [--dry-run]
+    Standalone handoff: swapctl swap --socket S --from CMD --to CMD [--dry-run]
+    Standalone legacy:  swapctl swap --socket S --to CMD --strategy takeover|bridge|restart
+                        (or --from-legacy/--to-legacy with --strategy auto) [--dry-run]
+    An option that does not apply to the chosen mode is refused (exit 2), saying why.
+    Exit 0 when committed and proven clean (every figure measured and 0); 1 when rolled
+    back, anything was lost or cut, or a figure is unknown (--canary-rate 0: committed,
+    unproven); 6 when the rollback itself failed; 5 on --timeout; 7 when swapctld does
+    not answer.
     """
-    if o["service"] is not None:
-        if o["socket_path"] or o["from_cmd"]:
-            raise UsageError("give SERVICE (swap through swapctld) or --socket/--from "
-                             "(standalone), not both")
-        ops.daemon_swap(o["config_dir"], o["service"], o["to"], o["soak"], dry_run=o["dry_run"],
-                        yes=o["yes"], no_wait=o["no_wait"], timeout=o["timeout"],
-                        output=o["output"], strategy=o["strategy"])
+    request = swap_requests.build(o, _given(ctx))
+    if isinstance(request, DaemonSwap):
+        ops.daemon_swap(request.config_dir, request.service, request.to, request.soak,
+                        dry_run=request.dry_run, yes=request.yes, no_wait=request.no_wait,
+                        timeout=request.timeout, output=request.output,
+                        strategy=request.strategy)
         return
-    legacy = o["from_legacy"] or o["to_legacy"] or o["strategy"] not in ("auto", "handoff")
-    needed = (("socket", "socket_path"), ("to", "to")) if legacy else \
-        (("socket", "socket_path"), ("from", "from_cmd"), ("to", "to"))
-    missing = [f"--{n}" for n, k in needed if not o[k]]
-    if missing:
-        raise UsageError(f"give SERVICE (swap through swapctld), or {', '.join(missing)} "
-                         "for a standalone swap")
-    if legacy:
-        if o["strategy"] == "handoff":
-            raise UsageError("--strategy handoff needs two handoff-capable releases: drop "
-                             "--from-legacy/--to-legacy, or choose takeover, bridge or restart")
-        sys.exit(legacy_cli.run_legacy({
-            "public": o["socket_path"], "compiled": o["compiled"], "state_dir": o["state_dir"],
-            "from_cmd": o["from_cmd"], "from_legacy": o["from_legacy"], "to_cmd": o["to"],
-            "to_legacy": o["to_legacy"], "strategy": o["strategy"], "migrate": False,
-            "canary_rate": o["canary_rate"], "output": o["output"]}))
-    if o["output"] != "json" or sys.stderr.isatty():
-        click.echo("plan: strategy handoff: both releases speak the handoff protocol, so no "
-                   "client is disconnected", err=True)
-    standalone(o)
+    if request.dry_run:
+        plan = swap_plan.plan(request)
+        click.echo(json.dumps(plan, indent=2) if request.output == "json"
+                   else swap_plan.text(plan))
+        sys.exit(EXIT_OK)
+    standalone(request)
 
 
-def standalone(o: dict[str, Any]) -> None:
-    """Start --from on SOCKET, hand every client over to --to, prove it, report. The
-    relays live as long as this command; `swapctl rollback --socket SOCKET` steers it."""
-    dom = domain_byte(Domain(o["domain"]), Profile(o["profile"]))
-    state_dir: Path = o["state_dir"] or state_dir_for(o["socket_path"])
-    soak = 5.0 if o["soak"] is None else o["soak"]
-    settings = SwapSettings(deadlines=Deadlines(soaking=soak),
-                            pause_budget_ms=o["pause_budget_ms"])
-    service = Service(o["socket_path"], state_dir, SubprocessSpawner(state_dir / "logs"))
-    canary = Canary(o["socket_path"], o["canary_rate"], domain_byte=dom) \
-        if o["canary_rate"] > 0 else None
-    inbox: RequestInbox | None = None
-    try:
-        service.open(_release("from", o["from_cmd"]))
-        inbox = RequestInbox(state_dir / "requests.sock")
-        if canary is not None:
-            canary.start()
-            time.sleep(0.2)  # steady state before the swap
-        requests = _requests(inbox, o["rollback_after"])
-        journal = Journal(state_dir / "journal.jsonl", _progress(o["output"]))
-        run = SwapRun(service, _release("to", o["to"]), settings, canary=canary,
-                      requests=requests, journal=journal, domain_byte=dom).run()
-        result = report.build(run, canary.stop() if canary else None)
-    finally:
-        if canary is not None:
-            canary.close()
-        if inbox is not None:
-            inbox.close()
-        service.close()
-    _emit(result, o["output"])
-    clean = result["decision"] == "committed" and not _losses(result)
-    sys.exit(EXIT_OK if clean else EXIT_FAILED)
+def _given(ctx: click.Context) -> set[str]:
+    """The options the operator set (command line or environment), not left at default."""
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT,
+                                                      ParameterSource.DEFAULT_MAP)}
 
 
-def _requests(inbox: RequestInbox, rollback_after: float | None) -> Callable[[], str | None]:
-    """Operator requests from the inbox, plus a scripted rollback `rollback_after` seconds
-    after the first poll (the first poll happens when the soak starts)."""
-    started: list[float] = []
-
-    def poll() -> str | None:
-        request = inbox.poll()
-        if request is not None or rollback_after is None:
-            return request
-        if not started:
-            started.append(time.monotonic())
-        return "rollback" if time.monotonic() - started[0] >= rollback_after else None
-
-    return poll
-
-
-def _progress(output: str) -> list[Callable[[dict[str, Any]], None]]:
-    """Live phase lines on stderr: always for text output; for JSON only on a terminal
-    (stdout stays one JSON document either way)."""
-    if output == "json" and not sys.stderr.isatty():
-        return []
-    started: list[float] = []
-
-    def show(record: dict[str, Any]) -> None:
-        if not started:
-            started.append(float(record["at"]))
-        click.echo(report.progress_line(record, started[0]), err=True)
-
-    return [show]
-
-
-def _losses(result: dict[str, Any]) -> int:
-    canary = result.get("canary") or {}
-    return sum(int(canary.get(k, 0)) for k in ("lost", "duplicated", "reordered", "corrupted",
-                                               "disconnects", "dead"))
-
-
-def _emit(result: dict[str, Any], output: str) -> None:
-    if output == "json":
-        click.echo(json.dumps(result, indent=2))
+def standalone(request: HandoffRequest | LegacyRequest) -> None:
+    """Say the plan line (and the no-proof warning), run the swap, print, exit."""
+    swap_run.announce(request)
+    if isinstance(request, LegacyRequest):  # a legacy swap's own error: exit 1
+        code = legacy_cli.guarded(lambda: swap_run.finish(swap_run.run_standalone(request)))
     else:
-        click.echo(report.render_text(result))
+        code = swap_run.finish(swap_run.run_standalone(request))
+    sys.exit(code)
 
 
 def _request_command(name: str) -> click.Command:
