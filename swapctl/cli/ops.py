@@ -32,8 +32,13 @@ from swapctl.daemon.api import ApiError, DaemonUnreachable
 from swapctl.errors import SwapctlError
 from swapctl.swap import report as swap_report
 
+# The daemon's error codes (swapctl/daemon/api.py) -> exit codes (README.md). busy: a swap
+# (named, with its phase) or too many clients; too_late / refused: the running swap cannot
+# honour the request in its phase; invalid / too_large / timeout: a malformed request.
 CODES = {"unknown_service": EXIT_UNKNOWN_SERVICE, "usage": EXIT_USAGE, "busy": EXIT_USAGE,
-         "unhealthy": EXIT_UNHEALTHY, "permission": EXIT_USAGE, "internal": EXIT_UNHEALTHY}
+         "invalid": EXIT_USAGE, "too_late": EXIT_USAGE, "refused": EXIT_USAGE,
+         "too_large": EXIT_USAGE, "timeout": EXIT_USAGE, "permission": EXIT_USAGE,
+         "unhealthy": EXIT_UNHEALTHY, "internal": EXIT_UNHEALTHY}
 
 
 def _services(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
@@ -84,13 +89,16 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _calling(body: Callable[[], None]) -> None:
-    """Run `body`, turning daemon errors into one stderr line and the documented code."""
+def _calling(body: Callable[[], None], output: str = "text") -> None:
+    """Run `body`, turning daemon errors into one stderr line and the documented code
+    (with -o json, a refusal's details also go to stdout: {"error": code, ...})."""
     try:
         body()
     except DaemonUnreachable as exc:
         _fail(str(exc), EXIT_UNREACHABLE)
     except ApiError as exc:
+        if output == "json" and exc.details:
+            _json({"error": exc.code, "message": str(exc), **exc.details})
         _fail(str(exc), CODES.get(exc.code, EXIT_UNHEALTHY))
     except TimeoutError as exc:
         _fail(str(exc), EXIT_TIMEOUT)
@@ -254,7 +262,7 @@ def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: flo
             sys.exit(EXIT_OK)
         _json(report) if output == "json" else click.echo(_report_text(report))
         sys.exit(_swap_exit(report))
-    _calling(body)
+    _calling(body, output)
 
 
 def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float | None,
@@ -372,10 +380,21 @@ def request_command(name: str) -> Callable[..., None]:
             if output == "json":
                 _json(result)
             else:
-                click.echo(f"{name} requested for swap {result['swap_id']} "
-                           f"({result['state']}): `swapctl status {service}`")
-        _calling(body)
+                click.echo(_answer_text(name, service, result))
+        _calling(body, output)
     return run
+
+
+def _answer_text(name: str, service: str, result: dict[str, Any]) -> str:
+    """The daemon's answer to rollback / commit / abort (a refusal is an error instead)."""
+    swap = f"swap {result['swap_id']}"
+    if result.get("pending"):
+        return (f"{name} asked of {swap} in {result['state']}, not taken yet: "
+                f"{result.get('note') or ''}")
+    note = f" ({result['note']})" if result.get("note") else ""
+    doing = "commits now" if name == "commit" else "rolls back"
+    return f"{name} taken by {swap} in {result['state']}: it {doing}{note}; follow it with " \
+           f"`swapctl status {service} --watch`"
 
 
 # ----- history, report, logs ----------------------------------------------------------
@@ -469,11 +488,11 @@ def logs_command(config_dir: Path | None, service: str, lines: int, output: str)
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion_command(shell: str) -> None:
     """Print the shell completion script: eval "$(swapctl completion bash)"."""
-    from swapctl.cli import main  # noqa: PLC0415 (the group that holds this command)
+    root = click.get_current_context().find_root().command  # the group, not an import of it
     cls = get_completion_class(shell)
     if cls is None:  # pragma: no cover - click ships all three
         _fail(f"no completion for {shell}", EXIT_USAGE)
-    click.echo(cls(main, {}, "swapctl", "_SWAPCTL_COMPLETE").source())
+    click.echo(cls(root, {}, "swapctl", "_SWAPCTL_COMPLETE").source())
 
 
 def register(group: click.Group) -> None:

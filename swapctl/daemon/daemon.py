@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,12 @@ import psutil
 
 from swapctl.config.errors import ConfigError, did_you_mean
 from swapctl.config.load import Config, load_config
+from swapctl.daemon import requests_model as rq
 from swapctl.daemon import sdnotify
 from swapctl.daemon.api import ApiServer
 from swapctl.daemon.metrics import DaemonMetrics
 from swapctl.daemon.paths import Paths, layout_of, read_json
-from swapctl.daemon.runtime import Busy, ServiceRuntime, Unhealthy
+from swapctl.daemon.runtime import ServiceRuntime, Unhealthy
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.logs import event
 from swapctl.supervise.client import SupervisorClient, SupervisorError
@@ -226,15 +227,15 @@ class Daemon:
 
     # ----- the API ---------------------------------------------------------------
 
-    def handle(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        op = request["op"]
+    def handle(self, raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every request, typed first (requests_model.py): a wrong one is answered with
+        the op, the field and what is wrong, as is every refusal below."""
         try:
-            method = getattr(self, f"op_{op}", None)
-            if method is None:
-                raise UsageError(f"unknown op {op!r}")
-            yield from method(request)
-        except Busy as exc:
-            yield {"type": "error", "code": "busy", "message": str(exc)}
+            request = rq.parse(raw)
+            op: Callable[[Any], Iterator[dict[str, Any]]] = getattr(self, f"op_{request.op}")
+            yield from op(request)
+        except rq.Refusal as exc:
+            yield exc.answer()
         except Unhealthy as exc:
             yield {"type": "error", "code": "unhealthy", "message": str(exc)}
         except UnknownService as exc:
@@ -244,8 +245,7 @@ class Daemon:
         except SwapctlError as exc:
             yield {"type": "error", "code": "internal", "message": str(exc)}
 
-    def runtime(self, request: dict[str, Any]) -> ServiceRuntime:
-        name = request.get("service")
+    def runtime(self, name: str | None) -> ServiceRuntime:
         if name not in self.runtimes:
             names = sorted(self.runtimes)
             raise UnknownService(f"unknown service {name!r}{did_you_mean(str(name), names)}: "
@@ -253,12 +253,12 @@ class Daemon:
                                  f"(one file each in {self.config.directory})")
         return self.runtimes[str(name)]
 
-    def op_ping(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def op_ping(self, request: rq.Ping) -> Iterator[dict[str, Any]]:
         yield {"type": "result", "pid": os.getpid(), "version": version("swapctl")}
 
-    def op_status(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        names = [request["service"]] if request.get("service") else sorted(self.runtimes)
-        services = [self.runtime({"service": n}).status() for n in names]
+    def op_status(self, request: rq.Status) -> Iterator[dict[str, Any]]:
+        names = [request.service] if request.service else sorted(self.runtimes)
+        services = [self.runtime(n).status() for n in names]
         yield {"type": "result", "daemon": {
             "pid": os.getpid(), "version": version("swapctl"), "started": self.started,
             "config_dir": str(self.config.directory), "state_dir": str(self.paths.state),
@@ -266,65 +266,56 @@ class Daemon:
             "metrics": self.metrics.address and ":".join(map(str, self.metrics.address)),
             "recovery": self.recovery}, "services": services}
 
-    def op_swap(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
+    def op_swap(self, request: rq.Swap) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request.service)
+        runtime.refuse_if_busy()  # before anything else: within a second, naming the swap
         self._reload(runtime)
-        kind = "swap"
-        to = request.get("to")
-        if request.get("rollback"):  # `swapctl rollback SERVICE` with no swap running
+        kind, to = "swap", request.to
+        if request.rollback:  # `swapctl rollback SERVICE` with no swap running
             kind, to = "rollback", runtime.previous_release()
-        soak = request.get("soak")
-        strategy = str(request.get("strategy") or "auto")
-        if request.get("dry_run"):
-            yield {"type": "result", "plan": {**runtime.plan(to, soak, strategy), "kind": kind}}
+        if request.dry_run:
+            plan = runtime.plan(to, request.soak, request.strategy)
+            yield {"type": "result", "plan": {**plan, "kind": kind}}
             return
-        job = runtime.swap(to, soak, kind, strategy)
+        job = runtime.swap(to, request.soak, kind, request.strategy)
         self.metrics.swap_started(runtime.name)
         yield {"type": "accepted", "swap_id": job.swap_id, "kind": kind,
                "plan": {"from": job.from_release, "to": job.to_release,
                         "strategy": job.strategy}}
-        if not request.get("wait", True):
+        if not request.wait:
             yield {"type": "result", "swap_id": job.swap_id, "running": True}
             return
         yield from _follow(job)
 
-    def op_follow(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
+    def op_follow(self, request: rq.Follow) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request.service)
         job = runtime.job
         if job is None:
             raise UsageError(f"{runtime.name}: no swap since swapctld started")
         yield {"type": "accepted", "swap_id": job.swap_id, "kind": job.kind}
         yield from _follow(job)
 
-    def op_request(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
-        kind = str(request.get("request"))
-        if kind not in ("rollback", "commit", "abort"):
-            raise UsageError(f"unknown request {kind!r}: rollback, commit or abort")
-        answer = runtime.ask(kind)
-        yield {"type": "result", **answer}
+    def op_request(self, request: rq.Steer) -> Iterator[dict[str, Any]]:
+        yield {"type": "result", **self.runtime(request.service).ask(request.request)}
 
-    def op_lease(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def op_lease(self, request: rq.Lease) -> Iterator[dict[str, Any]]:
         """{service, holder, ttl_s, restore_to}: hold the service; renew within ttl_s
         (op lease_renew) or swapctld restores `restore_to` (docs/daemon.md, Leases)."""
-        runtime = self.runtime(request)
+        runtime = self.runtime(request.service)
         yield {"type": "result", **runtime.take_lease(
-            str(request.get("holder", "")), float(request.get("ttl_s", 0)),
-            str(request.get("restore_to", "")), str(request.get("replaces") or ""))}
+            request.holder, request.ttl_s, request.restore_to, request.replaces or "")}
 
-    def op_lease_renew(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
-        yield {"type": "result", **runtime.renew_lease(str(request.get("holder", "")))}
+    def op_lease_renew(self, request: rq.LeaseRenew) -> Iterator[dict[str, Any]]:
+        yield {"type": "result", **self.runtime(request.service).renew_lease(request.holder)}
 
-    def op_lease_release(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
-        yield {"type": "result", **runtime.release_lease(str(request.get("holder", "")))}
+    def op_lease_release(self, request: rq.LeaseRelease) -> Iterator[dict[str, Any]]:
+        yield {"type": "result",
+               **self.runtime(request.service).release_lease(request.holder)}
 
-    def op_history(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        service = request.get("service")
+    def op_history(self, request: rq.History) -> Iterator[dict[str, Any]]:
+        service = request.service
         if service:
-            self.runtime(request)
-        limit = int(request.get("limit", 20))
+            self.runtime(service)
         rows = []
         for path in self.paths.reports.glob("*.json"):
             data = read_json(path)
@@ -337,13 +328,11 @@ class Daemon:
                                                    "decision", "reason", "started", "ended",
                                                    "server_pause_ms", "client_pause_ms")}
                         | {"rollback_ms": rollback.get("ms"), "lost": canary.get("lost")})
-        rows.sort(key=lambda r: float(r.get("started") or 0), reverse=True)
-        yield {"type": "result", "swaps": rows[:limit]}
+        rows.sort(key=_started, reverse=True)
+        yield {"type": "result", "swaps": rows[:request.limit]}
 
-    def op_report(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        swap_id = str(request.get("swap_id", ""))
-        if "/" in swap_id or not swap_id:
-            raise UsageError(f"bad swap id {swap_id!r}")
+    def op_report(self, request: rq.Report) -> Iterator[dict[str, Any]]:
+        swap_id = request.swap_id
         data = read_json(self.paths.report(swap_id))
         if data is None:
             records = [r for r in journal_file.read(self.paths.journal)
@@ -353,17 +342,16 @@ class Daemon:
             data = {"swap_id": swap_id, "decision": "running", "journal": records}
         yield {"type": "result", "report": data}
 
-    def op_logs(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        runtime = self.runtime(request)
-        lines = int(request.get("lines", 50))
+    def op_logs(self, request: rq.Logs) -> Iterator[dict[str, Any]]:
+        runtime = self.runtime(request.service)
         out = []
         for program in runtime.spawner.programs:
             path = self.layout.program_log(program)
-            text = _tail(path, lines)
-            out.append({"program": program, "path": str(path), "text": text})
+            out.append({"program": program, "path": str(path),
+                        "text": _tail(path, request.lines)})
         yield {"type": "result", "logs": out}
 
-    def op_down(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def op_down(self, request: rq.Down) -> Iterator[dict[str, Any]]:
         self.down.set()
         self.stopping.set()
         yield {"type": "result", "pid": os.getpid(), "stopping": True}
@@ -385,6 +373,13 @@ def _follow(job: Any) -> Iterator[dict[str, Any]]:
             yield {"type": "result", "report": item["report"]}
         else:
             yield {"type": "progress", "record": item}
+
+
+def _started(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("started") or 0)
+    except (TypeError, ValueError):  # a report file edited by hand
+        return 0.0
 
 
 def _tail(path: Path, lines: int) -> str:

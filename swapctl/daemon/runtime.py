@@ -15,15 +15,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from swapctl.config.convert import service_domain_byte, to_canary, to_release, to_swap_settings
 from swapctl.config.model import ServiceConfig
-from swapctl.daemon import legacy
+from swapctl.daemon import legacy, steer
 from swapctl.daemon.jobs import SwapJob
 from swapctl.daemon.paths import Paths, read_json, write_json
+from swapctl.daemon.requests_model import Refusal
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.logs import event
 from swapctl.supervise.client import SupervisorClient
@@ -33,7 +34,6 @@ from swapctl.swap import report as swap_report
 from swapctl.swap.canary import CanaryError
 from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.journal import Journal
-from swapctl.swap.machine import State
 from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
 from swapctl.unixsock import adopt_listener, open_listener
@@ -42,11 +42,17 @@ log = logging.getLogger("swapctl.daemon")
 # Fault injection for recovery tests and drills: swapctld SIGKILLs itself the moment a
 # swap's journal says it entered this state (the record is on disk first).
 CRASH_AT = "SWAPCTL_DAEMON_CRASH_AT"
+# ... and this one holds a swap in a state for a while ("committing:3": 3 s in committing),
+# to ask for what that state must refuse (tests of late requests).
+PAUSE_AT = "SWAPCTL_DAEMON_PAUSE_AT"
 STRATEGIES = ("auto", "handoff", "takeover", "bridge", "restart")
 
 
-class Busy(UsageError):
-    """A swap is already running on this service."""
+class Busy(Refusal):
+    """A swap is already running on this service (details: which, and where it is)."""
+
+    code = "busy"
+
 
 
 class Unhealthy(SwapctlError):
@@ -85,6 +91,9 @@ class ServiceRuntime:
         self.legacy_socket: Path | None = None  # the active legacy relay's slot socket
         self.lease: Lease | None = None
         self.restore_pending: str | None = None  # an expired lease's release, to put back
+        self.starting = threading.Lock()  # one swap starts at a time (never waits on a swap)
+        self.steering: steer.Steering | None = None  # the operator's requests to self.job
+        self.pause_at = os.environ.get(PAUSE_AT, "")
 
     @property
     def legacy_root(self) -> Path:
@@ -153,7 +162,9 @@ class ServiceRuntime:
             settings, deadlines=dataclasses.replace(settings.deadlines, soaking=soak))
 
     def plan(self, to: str | None, soak: float | None, strategy: str = "auto") -> dict[str, Any]:
-        """What `swap` would do, checked but not done (also the start of every swap)."""
+        """What `swap` would do, checked but not done (also the start of every swap).
+        While a swap runs, there is nothing to plan: Busy names that swap."""
+        self.refuse_if_busy()
         active = self.service.active
         if active is None:
             raise Unhealthy(f"{self.name}: no active relay; see `swapctl status {self.name}` "
@@ -219,10 +230,7 @@ class ServiceRuntime:
 
     def swap(self, to: str | None, soak: float | None, kind: str = "swap",
              strategy: str = "auto") -> SwapJob:
-        with self.lock:
-            if self.job is not None and self.job.running:
-                raise Busy(f"{self.name}: swap {self.job.swap_id} is running "
-                           f"({self.job.phase}); wait for it, or `swapctl abort {self.name}`")
+        with self._starting_swap():
             plan = self.plan(to, soak, strategy)
             release = to_release(self.config, plan["to"]["release"])
             if plan["strategy"] != "handoff":
@@ -237,6 +245,28 @@ class ServiceRuntime:
             self.job = job
             self._run_in_thread(job, run.run)
             return job
+
+    @contextlib.contextmanager
+    def _starting_swap(self) -> Iterator[None]:
+        """One swap starts at a time, and a running one makes it Busy at once: checked
+        before the lock, which the running swap holds for its whole life."""
+        with self.starting:
+            self.refuse_if_busy()
+            with self.lock:
+                yield
+
+    def refuse_if_busy(self) -> None:
+        """Busy, naming the swap, its strategy and phase, if one is running."""
+        job = self.job
+        if job is None or not job.running:
+            return
+        phase = job.phase
+        raise Busy(f"{self.name}: swap {job.swap_id} ({job.kind}, {job.strategy} "
+                   f"{job.from_release} -> {job.to_release}) is running, now {phase}: wait "
+                   f"for it (`swapctl status {self.name}`), or `swapctl abort {self.name}`",
+                   swap={"swap_id": job.swap_id, "kind": job.kind, "strategy": job.strategy,
+                         "phase": phase, "from": job.from_release, "to": job.to_release,
+                         "started": job.started})
 
     def previous_release(self) -> str:
         """The release the last committed swap replaced (what `rollback` goes back to)."""
@@ -256,34 +286,59 @@ class ServiceRuntime:
                          f"{self.name} --to RELEASE` instead")
 
     def ask(self, request: str) -> dict[str, Any]:
-        """An operator's rollback / abort / commit for the swap that is running."""
-        job = self.job
-        if job is None or not job.running:
+        """An operator's rollback / abort / commit for the swap that is running: answered
+        once the swap takes it, or refused (too late, not in this phase): steer.py."""
+        job, steering = self.job, self.steering
+        if job is None or not job.running or steering is None \
+                or steering.swap_id != job.swap_id:
             raise UsageError(f"{self.name}: no swap is running")
-        phase = job.phase
-        if job.run is None:
-            raise UsageError(f"{self.name}: swap {job.swap_id} ({job.strategy}, {phase}) "
-                             "cannot be steered: it ends on its own within its deadline")
-        if request == "commit" and phase not in (State.VERIFYING.value, State.SOAKING.value):
-            raise UsageError(f"{self.name}: swap {job.swap_id} is {phase}: commit is "
-                             "possible once the candidate serves (verifying or soaking)")
-        job.request = request
-        return {"swap_id": job.swap_id, "state": phase, "requested": request}
+        if job.run is None:  # takeover, bridge, restart: nothing polls a request (yet)
+            raise steer.NotNow(f"{self.name}: swap {job.swap_id} ({job.strategy}, "
+                               f"{job.phase}) cannot be steered: it ends on its own within "
+                               "its deadline", swap_id=job.swap_id, phase=job.phase,
+                               strategy=job.strategy, request=request)
+        try:
+            answer = steering.ask(request)
+        except Refusal as exc:
+            self._journal_request(job.swap_id, request, "refused", str(exc))
+            raise
+        self._journal_request(job.swap_id, request,
+                              "pending" if answer["pending"] else "honoured", answer["note"],
+                              state=answer["state"])
+        return answer
+
+    def _journal_request(self, swap_id: str, request: str, answer: str, reason: str,
+                         **details: Any) -> None:
+        self.journal.write({"swap": swap_id, "at": round(time.monotonic(), 6),
+                            "event": "request", "request": request, "answer": answer,
+                            "reason": reason, **details}, sync=False)
 
     def requested(self) -> str | None:
+        """The engine polls for a rollback, abort or commit it can honour now."""
+        taken = self.steering.take("rollback", "abort", "commit") if self.steering else None
         job = self.job
-        return None if job is None else job.request
+        return taken or (None if job is None else job.request)
 
     def abort_requested(self) -> bool:
+        """The engine polls for a rollback or abort between phases."""
+        if self.steering is not None and self.steering.take(*steer.BACK):
+            if self.job is not None:
+                self.job.request = "abort"  # taken: the engine acts on it from now on
+            return True
         job = self.job
         return job is not None and job.request == "abort"
 
     def _run_in_thread(self, job: SwapJob, body: Callable[[], SwapRun | dict[str, Any]]) -> None:
         self.job = job
+        self.steering = steering = steer.Steering(self.name, job.swap_id, job.strategy,
+                                                  lambda: job.phase)
 
         def main() -> None:
             with self.lock:
-                self._run_job(job, body)
+                try:
+                    self._run_job(job, body)
+                finally:
+                    steering.ended()
 
         threading.Thread(target=main, name=f"swap-{self.name}", daemon=True).start()
 
@@ -347,6 +402,16 @@ class ServiceRuntime:
         job = self.job
         if job is not None and record.get("swap") == job.swap_id:
             job.add(record)
+            if self.steering is not None and "to" in record:
+                self.steering.moved()
+            self._pause_if_asked(str(record.get("to", "")))
+
+    def _pause_if_asked(self, state: str) -> None:
+        name, _, seconds = self.pause_at.partition(":")
+        if state and name == state:
+            event(log, logging.WARNING, "daemon.pause_injected", state=state, seconds=seconds)
+            time.sleep(float(seconds or 1))
+
 
     def journal_event(self, kind: str, **details: Any) -> None:
         self.journal.write({"event": kind, "at": round(time.monotonic(), 6), **details})

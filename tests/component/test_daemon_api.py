@@ -131,8 +131,9 @@ def test_error_line_raises_api_error_with_its_code(server: ApiServer) -> None:
 def test_a_handler_that_crashes_ends_the_stream_not_the_server(server: ApiServer) -> None:
     stream = client(server).stream("boom")
     assert next(stream)["type"] == "progress"
-    with pytest.raises(DaemonUnreachable, match=r"closed .* before answering boom"):
-        next(stream)
+    with pytest.raises(ApiError, match=r"swapctld failed on boom: a bug") as info:
+        next(stream)  # a typed answer, not a silent hang-up
+    assert info.value.code == "internal"
     assert client(server).call("ping")["type"] == "result"  # still serving
 
 
