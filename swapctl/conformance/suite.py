@@ -13,13 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from swapctl.conformance import handoff_cases
-from swapctl.conformance.cases import CASES, Case
+from swapctl.conformance import cases, handoff_cases
+from swapctl.conformance.cases import Case
 from swapctl.conformance.rig import CaseFailed, Rig
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.handoff.messages import HandoffError
 
-assert handoff_cases.__name__  # its cases register on import
+# every case, in order: cases.py registers its own, then handoff_cases.py adds its
+ALL_CASES: tuple[Case, ...] = tuple(cases.CASES)
+assert handoff_cases.META and len({c.name for c in ALL_CASES}) == len(ALL_CASES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +37,8 @@ class Result:
 def select(names: Sequence[str]) -> list[Case]:
     """The cases to run (all when `names` is empty); an unknown name is a usage error."""
     if not names:
-        return list(CASES)
-    known = {c.name: c for c in CASES}
+        return list(ALL_CASES)
+    known = {c.name: c for c in ALL_CASES}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(f"unknown case {', '.join(unknown)}: see `swapctl conformance --list`")
