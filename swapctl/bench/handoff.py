@@ -27,6 +27,7 @@ from swapctl.probes.load import LoadSession
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
@@ -76,7 +77,7 @@ class Bench:
     def swap(self, settings: SwapSettings | None = None, **kw: Any) -> dict[str, Any]:
         target = self.releases[self.flip]
         run = SwapRun(self.service, target, settings or self.settings, canary=self.canary,
-                      journal=self.journal, **kw).run()
+                      journal=self.journal, **kw, actions=HandoffActions()).run()
         result = swap_report.build(run)
         if result["decision"] == "committed":
             self.flip ^= 1

@@ -17,13 +17,12 @@ from typing import Any
 
 import click
 
-from swapctl.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_ROLLBACK_FAILED
 from swapctl.cli.swap_requests import NO_PROOF, HandoffRequest, LegacyRequest
-from swapctl.legacy.report import StrategyReport
 from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
 from swapctl.swap import report
 from swapctl.swap.canary import Canary
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.requests import RequestInbox
@@ -59,19 +58,16 @@ def finish(outcome: Outcome) -> int:
 
 def run_standalone(request: HandoffRequest | LegacyRequest) -> Outcome:
     """Build and run a standalone swap; its report and exit code. The one place where a
-    standalone swap is run and judged."""
+    standalone swap is run and judged (the exit code is the report's: swap/evidence.py)."""
     if isinstance(request, LegacyRequest):
-        legacy = execute_legacy(request)
-        if not isinstance(legacy, dict):  # a StrategyReport (before the one report type)
-            return Outcome(legacy.to_dict(), legacy.render_text(),
-                           EXIT_OK if legacy.clean else EXIT_FAILED, request.output)
-        result = legacy
+        result = execute_legacy(request)
     else:
         result = _run_handoff(request)
-    return Outcome(result, report.render_text(result), _exit_code(result), request.output)
+    return Outcome(result, report.render_text(result), report.exit_code(result),
+                   request.output)
 
 
-def execute_legacy(request: LegacyRequest) -> StrategyReport | dict[str, Any]:
+def execute_legacy(request: LegacyRequest) -> dict[str, Any]:
     """Run a standalone legacy swap through `run_strategy`: domain byte, canary rate and
     (bridge) the drain deadline as asked."""
     extra = {} if request.drain_deadline is None else {"drain_deadline": request.drain_deadline}
@@ -80,21 +76,7 @@ def execute_legacy(request: LegacyRequest) -> StrategyReport | dict[str, Any]:
     swap = LegacySwap(request.layout, ReleaseSpec("to", request.to_cmd, request.to_legacy),
                       request.state_dir, from_=from_, canary_rate=request.canary.rate,
                       domain_byte=request.canary.domain_byte, extra=extra)
-    return run_strategy(request.strategy, swap)
-
-
-def _exit_code(result: dict[str, Any]) -> int:
-    """0 committed and proven clean; 6 the rollback itself failed; 1 anything else."""
-    if result["decision"] == "failed":
-        return EXIT_ROLLBACK_FAILED
-    proven = bool(result["proven"]) if "proven" in result else not _losses(result)
-    return EXIT_OK if result["decision"] == "committed" and proven else EXIT_FAILED
-
-
-def _losses(result: dict[str, Any]) -> int:
-    canary = result.get("canary") or {}
-    return sum(int(canary.get(k, 0)) for k in ("lost", "duplicated", "reordered", "corrupted",
-                                               "disconnects", "dead"))
+    return run_strategy(request.strategy, swap, journal_watchers=_progress(request.output))
 
 
 def _run_handoff(request: HandoffRequest) -> dict[str, Any]:
@@ -115,7 +97,8 @@ def _run_handoff(request: HandoffRequest) -> dict[str, Any]:
         requests = _requests(inbox, request.rollback_after)
         journal = Journal(state_dir / "journal.jsonl", _progress(request.output))
         run = SwapRun(service, Release("to", request.to_cmd), settings, canary=canary,
-                      requests=requests, journal=journal, domain_byte=dom).run()
+                      requests=requests, journal=journal, domain_byte=dom,
+                      actions=HandoffActions()).run()
         return report.build(run, canary.stop() if canary else None)
     finally:
         if canary is not None:

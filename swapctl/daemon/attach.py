@@ -24,11 +24,24 @@ from swapctl.legacy.takeover import end_relay
 from swapctl.supervise.spawner import SupervisorHandle
 from swapctl.swap import journal as journal_file
 from swapctl.swap.executor import SwapRun, Where
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.machine import State
 from swapctl.swap.service import Slot
 from swapctl.unixsock import adopt_listener
 
 ATTACH_TIMEOUT = 8.0  # relays retry their control connection every 0.5 s
+
+
+def start(rt: ServiceRuntime, listener_fd: int | None = None) -> dict[str, Any]:
+    """A service's start in swapctld: attach to the relays supervisord runs (a restart
+    of swapctld), settle them and finish any swap the journal says was running; or start
+    the last good release."""
+    with rt.lock:
+        rt.service.open_control()
+        found = rt.spawner.running()
+        if not found:
+            return rt.start_fresh(listener_fd)
+        return recover(rt, found, listener_fd)
 
 
 def recover(rt: ServiceRuntime, found: list[tuple[Any, SupervisorHandle]],
@@ -187,7 +200,7 @@ def _finish(rt: ServiceRuntime, unfinished: dict[str, Any], slots: dict[str, Slo
     run = SwapRun(svc, target, rt.settings(float(soak) if soak is not None else None),
                   canary=to_canary(rt.config),
                   journal=rt.journal, requests=rt.requested,
-                  aborted=rt.abort_requested, domain_byte=rt.domain_byte)
+                  aborted=rt.abort_requested, domain_byte=rt.domain_byte, actions=HandoffActions())
     if role == "candidate" and cand is not None:
         svc.active, svc.warm = cand, (old if old.alive() else None)
         where = Where.CANDIDATE

@@ -30,8 +30,8 @@ import psutil
 
 from swapctl.config.errors import ConfigError, did_you_mean
 from swapctl.config.load import Config, load_config
+from swapctl.daemon import attach, sdnotify
 from swapctl.daemon import requests_model as rq
-from swapctl.daemon import sdnotify
 from swapctl.daemon.api import ApiServer
 from swapctl.daemon.metrics import DaemonMetrics
 from swapctl.daemon.paths import Paths, layout_of, read_json
@@ -80,7 +80,7 @@ class Daemon:
         for name, runtime in self.runtimes.items():
             fds = stored.get(FDSTORE_PREFIX + name, [])
             try:
-                outcome = runtime.start(fds[0] if fds else None)
+                outcome = attach.start(runtime, fds[0] if fds else None)
             except (SwapctlError, OSError) as exc:
                 outcome = {"service": name, "action": "failed", "problem": str(exc)}
             self.recovery.append(outcome)

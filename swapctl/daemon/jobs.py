@@ -1,8 +1,7 @@
 """A swap as swapctld runs it: its identity, its phase, and the records waiters follow.
 
-A handoff swap is driven by a `SwapRun` (the engine's state machine); a legacy swap
-(takeover, restart) by its strategy, which sets `phase` itself. Either way the journal
-records of the swap reach `add`, and its report reaches `finish`.
+Every swap, whatever its strategy, is driven by a `SwapRun` (the one engine); its
+journal records reach `add`, and its report reaches `finish`.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ from swapctl.swap.executor import SwapRun
 class SwapJob:
     swap_id: str
     kind: str  # "swap", "rollback" (swap back to the previous release) or "recovery"
-    strategy: str  # handoff, takeover, restart
+    strategy: str  # handoff, takeover, bridge, restart
     from_release: str
     to_release: str
-    run: SwapRun | None = None  # handoff swaps only
+    run: SwapRun | None = None
     canary: Canary | None = None
     started: float = field(default_factory=time.time)
     phase_now: str = "starting"  # legacy strategies say where they are
@@ -35,8 +34,8 @@ class SwapJob:
 
     @classmethod
     def of_run(cls, run: SwapRun, kind: str) -> SwapJob:
-        return cls(run.swap_id, kind, "handoff", run.old.release.name, run.release.name, run,
-                   run.canary)
+        return cls(run.swap_id, kind, run.strategy, run.old.release.name, run.release.name,
+                   run, run.canary)
 
     @property
     def phase(self) -> str:

@@ -30,9 +30,11 @@ from swapctl.logs import event
 from swapctl.supervise.client import SupervisorClient
 from swapctl.supervise.layout import Layout
 from swapctl.supervise.spawner import SupervisorSpawner
+from swapctl.swap import choose, machine
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import CanaryError
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal
 from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
@@ -45,14 +47,13 @@ CRASH_AT = "SWAPCTL_DAEMON_CRASH_AT"
 # ... and this one holds a swap in a state for a while ("committing:3": 3 s in committing),
 # to ask for what that state must refuse (tests of late requests).
 PAUSE_AT = "SWAPCTL_DAEMON_PAUSE_AT"
-STRATEGIES = ("auto", "handoff", "takeover", "bridge", "restart")
+STRATEGIES = choose.CHOICES
 
 
 class Busy(Refusal):
     """A swap is already running on this service (details: which, and where it is)."""
 
     code = "busy"
-
 
 
 class Unhealthy(SwapctlError):
@@ -103,6 +104,14 @@ class ServiceRuntime:
     def domain_byte(self) -> int:
         return service_domain_byte(self.config)
 
+    @property
+    def start_timeout(self) -> float:
+        return float(self.config.start_timeout)
+
+    @property
+    def probe_echo(self) -> bool:
+        return bool(self.config.probe.echo)
+
     # ----- start-up --------------------------------------------------------------
 
     def last_good(self) -> str:
@@ -115,17 +124,6 @@ class ServiceRuntime:
     def remember(self, release: str) -> None:
         write_json(self.paths.service_state(self.name),
                    {"service": self.name, "release": release, "since": time.time()})
-
-    def start(self, listener_fd: int | None = None) -> dict[str, Any]:
-        """Attach to the relays supervisord runs (a restart of swapctld), settle them and
-        finish any swap the journal says was running; or start the last good release."""
-        from swapctl.daemon import attach  # noqa: PLC0415 (attach imports this module)
-        with self.lock:
-            self.service.open_control()
-            found = self.spawner.running()
-            if not found:
-                return self.start_fresh(listener_fd)
-            return attach.recover(self, found, listener_fd)
 
     def start_fresh(self, listener_fd: int | None) -> dict[str, Any]:
         release = self.release(self.last_good())
@@ -179,10 +177,7 @@ class ServiceRuntime:
         chosen, why = self.strategy(active.release, release, strategy)
         settings = self.settings(soak)
         d = settings.deadlines
-        phases = [{"phase": p, "deadline_s": float(getattr(d, p))} for p in
-                  ("starting", "probing", "releasing", "adopting", "verifying", "soaking",
-                   "committing")] if chosen == "handoff" else \
-            [{"phase": p, "deadline_s": d.starting} for p in legacy.PHASES[chosen]]
+        phases = machine.plan(chosen, d)
         return {
             "service": self.name, "socket": str(self.service.socket_path),
             "from": {"release": active.release.name, "command": list(active.release.command),
@@ -198,49 +193,26 @@ class ServiceRuntime:
 
     @staticmethod
     def strategy(old: Release, new: Release, asked: str) -> tuple[str, str]:
-        """The strategy for old -> new (the best the two allow unless `asked`), and why."""
-        if asked not in STRATEGIES:
-            raise UsageError(f"unknown strategy {asked!r}: use one of {', '.join(STRATEGIES)}")
+        """The strategy for old -> new (the one selector: swap/choose.py), and why."""
         for release in (old, new):
             if not release.handoff and not release.legacy:
                 raise UsageError(f"{release.name} neither speaks the handoff protocol nor is "
                                  "declared legacy (with its compiled_socket): swapctld cannot "
                                  "run it; fix its entry under releases")
-        if old.handoff and new.handoff:
-            best, why = "handoff", "both releases speak the handoff protocol: no client is " \
-                                   "disconnected, nothing is lost"
-        elif old.legacy and new.handoff:
-            best, why = "takeover", f"{old.name} is legacy and {new.name} speaks the handoff " \
-                                    "protocol: its sockets are taken over, no client is " \
-                                    "disconnected (bytes inside the legacy relay are lost)"
-        else:
-            best, why = "bridge", f"{new.name} is legacy: a bridge between the two relays " \
-                                  "keeps every client connected and loses nothing; clients " \
-                                  "move as they reconnect, the rest are cut at the drain " \
-                                  "deadline (the soak window)"
-        if asked in ("auto", best):
-            return best, why
-        if asked == "restart":
-            return "restart", "asked for: every client of the old release is disconnected " \
-                              "and reconnects to the new one"
-        if asked == "bridge" and new.legacy:
-            return "bridge", why
-        raise UsageError(f"--strategy {asked} does not fit {old.name} -> {new.name}: {why}; "
-                         f"use --strategy {best}")
+        return choose.choose(old.legacy, new.legacy, asked, old.name, new.name)
 
     def swap(self, to: str | None, soak: float | None, kind: str = "swap",
              strategy: str = "auto") -> SwapJob:
         with self._starting_swap():
             plan = self.plan(to, soak, strategy)
             release = to_release(self.config, plan["to"]["release"])
-            if plan["strategy"] != "handoff":
-                job = legacy.job(self, release, plan["strategy"], kind)
-                self._run_in_thread(job, lambda: legacy.run(self, job, release, soak))
-                return job
-            run = SwapRun(self.service, release, self.settings(soak),
+            settings = self.settings(soak)
+            actions = HandoffActions() if plan["strategy"] == "handoff" else legacy.actions(
+                self, plan["strategy"], release, settings.deadlines.soaking)
+            run = SwapRun(self.service, release, settings,
                           canary=to_canary(self.config), journal=self.journal,
                           requests=self.requested, aborted=self.abort_requested,
-                          domain_byte=self.domain_byte)
+                          domain_byte=self.domain_byte, actions=actions)
             job = SwapJob.of_run(run, kind)
             self.job = job
             self._run_in_thread(job, run.run)
@@ -387,7 +359,7 @@ class ServiceRuntime:
     def _report(result: SwapRun | dict[str, Any], audit: dict[str, Any] | None
                 ) -> dict[str, Any]:
         if isinstance(result, dict):
-            return legacy.with_canary(result, audit)
+            return result
         report = swap_report.build(result, audit)
         if report.get("server_pause_ms") is None:  # measured before a daemon restart
             adopted = [r for r in report["journal"] if r.get("event") == "adopted"]
@@ -411,7 +383,6 @@ class ServiceRuntime:
         if state and name == state:
             event(log, logging.WARNING, "daemon.pause_injected", state=state, seconds=seconds)
             time.sleep(float(seconds or 1))
-
 
     def journal_event(self, kind: str, **details: Any) -> None:
         self.journal.write({"event": kind, "at": round(time.monotonic(), 6), **details})

@@ -1,4 +1,4 @@
-"""The library entry point for swaps that involve a legacy relay: `run_strategy`.
+"""Standalone swaps that involve a legacy relay, on the one engine: `run_strategy`.
 
     request = LegacySwap(layout=Layout(public, compiled, root),
                          to=ReleaseSpec("v2", ("python", "-m", "swapctl.relay"), legacy=False),
@@ -11,19 +11,15 @@ serves and `request.from_` is given and the public path does not exist yet, the 
 release is started in a slot first (a fresh box). A box whose public path is still
 the relay's own socket must be migrated once first (`layout.migrate`, docs/legacy.md).
 
-Checkers: the swap canary (its own publisher, a dashboard and a strategy consumer on
-the public path) runs around the swap unless `canary_rate` is 0; a running
-`LoadSession` can be passed and is stopped after the swap. Each checker's counts are
-added to the report, which keeps the largest figure any source gave.
-
-`bridge` lives in bridge.py (another module's owner); it is called as
-`bridge.run_bridge(request, old_pid, service=service, canary=canary) -> StrategyReport`
-(it may stop the canary itself before retiring the old relay).
+The swap is a `SwapRun` with the strategy's actions (legacy/actions.py) and a
+`LayoutPlace`: candidates start in the layout's free slot, the public link is flipped
+with `layout.point`. The swap canary (its own publisher and consumers on the public
+path) runs around it unless `canary_rate` is 0; a running `LoadSession` can be passed
+and is stopped after the swap: its counts are an independent checker in the report.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +28,20 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from swapctl.errors import UsageError
-from swapctl.handoff.controller import ControlServer
+from swapctl.fsutil import ensure_private_dir
+from swapctl.handoff.controller import ControlServer, RelayLink
 from swapctl.legacy import layout as lay
-from swapctl.legacy.report import StrategyReport, figures_from_canary, figures_from_load
-from swapctl.legacy.restart import RestartSettings, restart
-from swapctl.legacy.takeover import Takeover, TakeoverSettings
-from swapctl.swap.canary import Canary, CanaryError, summarize
-from swapctl.swap.service import Service
+from swapctl.legacy.actions import Relay, actions_for
+from swapctl.legacy.bridge import BridgeSettings
+from swapctl.legacy.restart import RestartSettings, start_candidate, stop_relay
+from swapctl.legacy.takeover import TakeoverSettings
+from swapctl.swap import choose
+from swapctl.swap import report as swap_report
+from swapctl.swap.canary import Canary, CanaryError
+from swapctl.swap.executor import Requests, SwapRun, SwapSettings
+from swapctl.swap.journal import Journal
+from swapctl.swap.machine import Deadlines
+from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release, SubprocessSpawner
 
 if TYPE_CHECKING:
@@ -68,21 +71,16 @@ class LegacySwap:
     domain_byte: int = 1
     echo: bool = True
     ready_timeout: float = 10.0
+    soak: float = 5.0  # the bridge's drain deadline
+    pause_budget_ms: float = 250.0
+    reconnect_window_s: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific settings
+    journal: bool = True  # write STATE/journal.jsonl
 
 
 def pick(from_legacy: bool, to_legacy: bool) -> tuple[str, str]:
-    """The best strategy the two releases allow, and why."""
-    if not from_legacy and not to_legacy:
-        return "handoff", ("both releases speak the handoff protocol: use `swapctl swap` "
-                           "(zero disconnects, zero loss)")
-    if from_legacy and not to_legacy:
-        return "takeover", ("the old release is legacy and the new one speaks the handoff "
-                            "protocol: takeover moves every connection (0 disconnects; "
-                            "bytes inside the frozen relay cannot move and are counted)")
-    return "bridge", ("the new release cannot adopt connections: bridge keeps every client "
-                      "connected and loses nothing while old clients drain (restart would "
-                      "disconnect them all)")
+    """The best strategy the two releases allow, and why (the one selector's)."""
+    return choose.best(from_legacy, to_legacy)
 
 
 def old_relay(layout: lay.Layout) -> tuple[str, dict[str, Any]] | None:
@@ -94,35 +92,164 @@ def old_relay(layout: lay.Layout) -> tuple[str, dict[str, Any]] | None:
     return None if state is None else (name, state)
 
 
+class PidHandle:
+    """A relay this command did not start, known by pid and create time."""
+
+    def __init__(self, pid: int, create_time: float | None = None) -> None:
+        self.pid = pid
+        self.create_time = create_time or 0.0
+
+    def alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.status() != psutil.STATUS_ZOMBIE and (
+                not self.create_time or abs(proc.create_time() - self.create_time) < 0.01)
+        except psutil.Error:
+            return False
+
+    def describe_exit(self) -> str:
+        return "exited" if not self.alive() else "running"
+
+    def stop(self, timeout: float = 2.0) -> int | None:
+        if self.alive():
+            stop_relay(self.pid, timeout)
+        return None
+
+    def kill(self) -> None:
+        self.stop(0.1)
+
+
+class _NoLink:
+    hello: dict[str, Any] = {}
+
+    def close(self) -> None:
+        return None
+
+
+class LayoutPlace:
+    """A standalone swap's relays: slots of a private layout behind the public link."""
+
+    def __init__(self, layout: lay.Layout, old: Relay, service: Service, *,
+                 log_dir: Path, settings: RestartSettings, old_slot: str) -> None:
+        self.layout, self.old, self.service = layout, old, service
+        self.log_dir, self.settings, self.old_slot = log_dir, settings, old_slot
+        self.started: list[Any] = []
+
+    def start(self, release: Release, timeout: float) -> Relay:
+        settings = RestartSettings(min(timeout, self.settings.ready_timeout),
+                                   self.settings.probe_timeout, self.settings.stop_grace,
+                                   self.settings.domain_byte, self.settings.echo)
+        legacy = not release.handoff  # (ReleaseSpec's Release carries no compiled path)
+        started = start_candidate(self.layout, release, legacy=legacy,
+                                  service=self.service, settings=settings,
+                                  log_dir=self.log_dir)
+        sock = self.layout.slot_socket(started.slot)
+        bound = str(self.layout.compiled) if legacy else str(sock)
+        return Relay(started.pid, sock, bound, started)
+
+    def flip(self, target: Path) -> None:
+        lay.point(self.layout, target)
+
+    def stop(self, relay: Relay) -> None:
+        if relay.handle is not None:
+            relay.handle.stop()
+        else:
+            stop_relay(relay.pid, self.settings.stop_grace)
+
+    def committed(self, run: SwapRun, new: Relay | None) -> None:
+        """After a takeover the old slot's socket is served by the candidate."""
+        if new is None and run.cand is not None:
+            pid = run.cand.handle.pid
+            lay.write_state(self.layout, self.old_slot, {
+                "pid": pid, "create_time": psutil.Process(pid).create_time(),
+                "command": list(run.release.command), "kind": "handoff"})
+
+
 def run_strategy(strategy: str, request: LegacySwap, *, load: LoadSession | None = None,
-                 service: Service | None = None) -> StrategyReport:
-    """Run `strategy` (takeover, restart, bridge or auto) and return its report."""
+                 service: Service | None = None, journal_watchers: list[Any] | None = None,
+                 requests: Requests | None = None) -> dict[str, Any]:
+    """Run `strategy` (takeover, restart, bridge or auto); return the swap report.
+    `requests` is polled by the phases that wait (a bridge's drain): "rollback"."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    current = _ensure_old(request)
-    name, state = current
+    name, state = _ensure_old(request)
     from_legacy = state.get("kind") == "legacy"
-    why = ""
-    if strategy == "auto":
-        strategy, why = pick(from_legacy, request.to.legacy)
-    _check_allowed(strategy, from_legacy, request.to.legacy)
+    chosen, why = choose.choose(from_legacy, request.to.legacy, strategy)
+    if chosen == "handoff":
+        raise UsageError("both releases speak the handoff protocol: use `swapctl swap "
+                         "--socket S --from CMD --to CMD`")
+    if chosen == "takeover" and (request.to.legacy or not from_legacy):
+        raise UsageError("takeover needs a legacy old relay and a handoff-capable new release "
+                         "(--to-handoff); use bridge or restart")
     own_service = service is None
     if service is None:
         service = _service(request)
-    report: StrategyReport | None = None
+    actions = _actions(chosen, request, name, state, service)
+    old_release = request.from_.release if request.from_ else Release(
+        name, tuple(state.get("command", ())), handoff=not from_legacy)
+    service.active = Slot(old_release, name, PidHandle(int(state["pid"]),
+                                                       state.get("create_time")),
+                          _no_link())
     canary = _start_canary(request)
+    journal = Journal(request.state_dir / "journal.jsonl" if request.journal else None,
+                      journal_watchers)
     try:
-        report = _dispatch(strategy, request, int(state["pid"]), service, canary)
-        if why:
-            report.details["chosen_because"] = why
-        _record_new_state(request, name, report)
+        run = SwapRun(service, request.to.release, _settings(request), canary=canary,
+                      journal=journal, domain_byte=request.domain_byte, actions=actions,
+                      requests=requests or (lambda: None))
+        run.run()
+        final = _stop_canary(canary, run)
+        checkers = _stop_load(load, run)
+        report = swap_report.build(run, final, checkers)
+        report["chosen_because"] = why
+        return report
     finally:
-        _finish_checkers(canary, load, report)
+        journal.close()
+        if canary is not None:
+            canary.close()
+        service.active = None
         if own_service and service.control is not None:
             service.control.close()
-    if report.pause_ms is None and report.outcome == "completed":
-        report.pause_ms = client_pause(report)  # restart: the clients' own reconnect time
-    return report
+
+
+def _settings(request: LegacySwap) -> SwapSettings:
+    timeout = request.ready_timeout
+    drain = request.extra.get("drain_deadline")  # the bridge's drain deadline: soaking's
+    soak = request.soak if drain is None else float(drain)
+    deadlines = Deadlines(starting=timeout, probing=max(2.0, timeout / 2), soaking=soak,
+                          freezing=5.0, committing=10.0)
+    return SwapSettings(deadlines=deadlines, probe_echo=request.echo,
+                        pause_budget_ms=request.pause_budget_ms,
+                        reconnect_window_s=request.reconnect_window_s)
+
+
+def _actions(strategy: str, request: LegacySwap, slot: str, state: dict[str, Any],
+             service: Service) -> Any:
+    layout = request.layout
+    old_socket = layout.public.resolve() if layout.public.is_symlink() else layout.public
+    kind_legacy = state.get("kind") == "legacy"
+    bound = str(layout.compiled) if kind_legacy else str(layout.slot_socket(slot))
+    old = Relay(int(state["pid"]), old_socket, bound)
+    settings = RestartSettings(request.ready_timeout, 2.0, 2.0, request.domain_byte,
+                               request.echo)
+    place = LayoutPlace(layout, old, service, log_dir=request.state_dir / "logs",
+                        settings=settings, old_slot=slot)
+    extra = dict(request.extra)
+    takeover = TakeoverSettings(ready_timeout=request.ready_timeout,
+                                domain_byte=request.domain_byte, echo=request.echo,
+                                **{k: v for k, v in extra.items()
+                                   if k in TakeoverSettings.__dataclass_fields__})
+    extra.setdefault("drain_deadline", request.soak)
+    bridge = BridgeSettings(ready_timeout=request.ready_timeout,
+                            domain_byte=request.domain_byte, echo=request.echo,
+                            **{k: v for k, v in extra.items()
+                               if k in BridgeSettings.__dataclass_fields__})
+    return actions_for(strategy, place, takeover=takeover, bridge=bridge)
+
+
+def _no_link() -> RelayLink:
+    link: Any = _NoLink()
+    return link  # type: ignore[no-any-return]
 
 
 def _ensure_old(request: LegacySwap) -> tuple[str, dict[str, Any]]:
@@ -142,53 +269,12 @@ def _ensure_old(request: LegacySwap) -> tuple[str, dict[str, Any]]:
     return found
 
 
-def _check_allowed(strategy: str, from_legacy: bool, to_legacy: bool) -> None:
-    if strategy == "handoff":
-        raise UsageError("both releases speak the handoff protocol: use `swapctl swap`")
-    if strategy == "takeover" and (to_legacy or not from_legacy):
-        raise UsageError("takeover needs a legacy old relay and a handoff-capable new release "
-                         "(--to-handoff); use bridge or restart")
-
-
 def _service(request: LegacySwap) -> Service:
-    request.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(request.state_dir)
     service = Service(request.layout.public, request.state_dir,
                       SubprocessSpawner(request.state_dir / "logs"))
     service.control = ControlServer(request.state_dir / "control.sock")
     return service
-
-
-def _dispatch(strategy: str, request: LegacySwap, old_pid: int, service: Service,
-              canary: Canary | None) -> StrategyReport:
-    if strategy == "takeover":
-        settings = TakeoverSettings(ready_timeout=request.ready_timeout,
-                                    domain_byte=request.domain_byte, echo=request.echo,
-                                    **request.extra)
-        return Takeover(service, old_pid, str(request.layout.compiled), request.to.release,
-                        settings).run().report
-    if strategy == "restart":
-        settings_r = RestartSettings(ready_timeout=request.ready_timeout,
-                                     domain_byte=request.domain_byte, echo=request.echo)
-        report, _ = restart(request.layout, old_pid, request.to.release,
-                            legacy=request.to.legacy, service=service, settings=settings_r,
-                            log_dir=request.state_dir / "logs")
-        return report
-    try:
-        bridge = importlib.import_module("swapctl.legacy.bridge")
-        run_bridge = bridge.run_bridge
-    except (ImportError, AttributeError):
-        raise UsageError("the bridge strategy is not available in this build") from None
-    result: StrategyReport = run_bridge(request, old_pid, service=service, canary=canary)
-    return result
-
-
-def _record_new_state(request: LegacySwap, old_slot: str, report: StrategyReport) -> None:
-    """After a takeover the old slot's socket is served by the candidate."""
-    if report.strategy == "takeover" and report.outcome == "completed":
-        pid = int(report.details["candidate_pid"])
-        lay.write_state(request.layout, old_slot, {
-            "pid": pid, "create_time": psutil.Process(pid).create_time(),
-            "command": list(request.to.command), "kind": "handoff"})
 
 
 def _start_canary(request: LegacySwap) -> Canary | None:
@@ -201,33 +287,28 @@ def _start_canary(request: LegacySwap) -> Canary | None:
     return canary
 
 
-def _finish_checkers(canary: Canary | None, load: LoadSession | None,
-                     report: StrategyReport | None) -> None:
-    """Stop every checker; add its counts and client-side gap to the report."""
-    if canary is not None:
-        try:
-            gap_ms = None if canary.final is not None else canary.health().max_gap_ms
-            final = canary.stop()  # the final audit, also when a strategy stopped it
-            if report is not None:
-                report.add_checker("canary", figures_from_canary(summarize(final)))
-                if gap_ms is not None:
-                    report.details["canary_max_gap_ms"] = round(gap_ms, 3)
-        except CanaryError as exc:
-            if report is not None:
-                report.details["canary_error"] = str(exc)
-        finally:
-            canary.close()
-    if load is not None:
-        started = time.monotonic()
-        result = load.stop()
-        if report is not None:
-            report.add_checker("load", figures_from_load(result))
-            report.details["load_max_gap_ms"] = round(result.total.max_gap_ns / 1e6, 3)
-            report.details["load_settle_s"] = round(time.monotonic() - started, 3)
+def _stop_canary(canary: Canary | None, run: SwapRun) -> dict[str, Any] | None:
+    if canary is None or run.canary_final is not None:
+        return run.canary_final
+    try:
+        run.marks.canary_gap_ms = max(run.marks.canary_gap_ms or 0.0,
+                                      canary.health().max_gap_ms)
+        return canary.stop()
+    except CanaryError as exc:
+        run.details["canary_error"] = str(exc)
+        return None
 
 
-def client_pause(report: StrategyReport) -> float | None:
-    """The largest client-side gap any checker saw (ms), for strategies that cut clients."""
-    gaps = [report.details.get(k) for k in ("canary_max_gap_ms", "load_max_gap_ms")]
-    values = [float(g) for g in gaps if g is not None]
-    return max(values) if values else None
+def _stop_load(load: LoadSession | None, run: SwapRun) -> dict[str, dict[str, int]]:
+    if load is None:
+        return {}
+    started = time.monotonic()
+    result = load.stop()
+    run.details["load_max_gap_ms"] = round(result.total.max_gap_ns / 1e6, 3)
+    run.details["load_settle_s"] = round(time.monotonic() - started, 3)
+    total = result.total
+    dead = sum(1 for c in result.consumers if c.dead)
+    return {"load": {"disconnects": result.disconnects, "lost": total.lost,
+                     "duplicated": total.duplicated, "reordered": total.reordered,
+                     "corrupted": total.corrupted + total.unexpected,
+                     "dead_consumers": dead}}

@@ -148,7 +148,7 @@ def accepts(strategy: str, state: State, request: str) -> bool:
 def refusal(strategy: str, state: State, request: str, service: str = "SERVICE") -> str:
     """Why `request` is refused in `state`, and what to do instead."""
     when = [s.value for s in REQUESTS.get(strategy, {}).get(request, ())]
-    if state is S.COMMITTING or state in (S.RETIRING, S.VERIFYING) and request != "commit":
+    if state is S.COMMITTING or (state in (S.RETIRING, S.VERIFYING) and request != "commit"):
         return (f"{state.value}: too late to {request} this {strategy} swap; swap back with "
                 f"`swapctl rollback {service}` after it ends")
     if not when:

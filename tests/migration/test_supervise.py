@@ -27,6 +27,7 @@ from swapctl.supervise.supervisord import Supervisord, SupervisordStartError
 from swapctl.swap import report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
@@ -68,7 +69,7 @@ class Stack:
 
     def swap(self, to: Release, settings: SwapSettings = FAST, **kw: Any) -> dict[str, Any]:
         run = SwapRun(self.service, to, settings, canary=self.canary, journal=self.journal,
-                      **kw).run()
+                      **kw, actions=HandoffActions()).run()
         return report.build(run)
 
     def close(self) -> None:

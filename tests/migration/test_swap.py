@@ -18,6 +18,7 @@ from swapctl.probes.load import LoadSession
 from swapctl.swap import report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal, read
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.requests import state_dir_for
@@ -55,7 +56,7 @@ class Stack:
 
     def swap(self, to: Release, settings: SwapSettings = FAST, **kw: Any) -> dict[str, Any]:
         run = SwapRun(self.service, to, settings, canary=self.canary, journal=self.journal,
-                      **kw).run()
+                      **kw, actions=HandoffActions()).run()
         return report.build(run)
 
     def final(self) -> dict[str, Any]:

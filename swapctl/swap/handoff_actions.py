@@ -1,0 +1,261 @@
+"""Strategy `handoff`: both releases speak the handoff protocol; every connection moves.
+
+Phases (swap/machine.py PATHS["handoff"]):
+  starting    the candidate starts in standby (or the warm standby is reused);
+  probing     probe connections through it, no client moved yet;
+  releasing   the whole pause: the old relay stops reading and hands over its listener,
+              connections and bytes; each manifest part goes on to the candidate as it
+              arrives; the candidate resumes. Nothing is journaled inside the pause:
+              RELEASED is recorded once the candidate reads, with the stamped times;
+  adopting    the old relay lets go of its copies and stays warm;
+  verifying   pause budget, error counters, canary messages through the candidate;
+  soaking     (the engine's loop) the candidate watched, the old release warm;
+  committing  the old release stopped (or kept warm with keep_old).
+Rollback, by where the clients are: OLD, stop the candidate; RELEASED, RESUME the old
+relay (it kept every socket and byte); CANDIDATE, hand everything back (RELEASE the
+candidate, ADOPT+RESUME the old relay, warm or started cold); a dead candidate's
+clients are handed back from the orchestrator's own copies of the sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from swapctl.errors import SwapctlError
+from swapctl.handoff.controller import HandOverFailed, hand_over
+from swapctl.handoff.manifest import ConnState, Transfer
+from swapctl.handoff.messages import ChannelClosed
+from swapctl.swap.executor import Failure, SwapRun, Where
+from swapctl.swap.machine import State
+from swapctl.swap.probe import ProbeFailed, ProbeSettings, probe
+from swapctl.swap.service import Slot, SlotError
+
+CANNOT_GUARANTEE = ("nothing noted: every connection, its unread bytes and the bytes owed "
+                    "to it move to the candidate")
+
+
+class HandoffActions:
+    strategy = "handoff"
+    could_not_guarantee = CANNOT_GUARANTEE
+
+    def begin(self, run: SwapRun) -> dict[str, Any]:
+        return {"release": run.release.name, "command": list(run.release.command),
+                "old_release": run.old.release.name, "old_token": run.old.token,
+                "soak": run.settings.deadlines.soaking, "strategy": self.strategy}
+
+    def connections(self, run: SwapRun) -> int | None:
+        return run.service.connections()
+
+    def act(self, run: SwapRun, state: State) -> dict[str, Any]:
+        if state is State.STARTING:
+            self._start_candidate(run)
+            assert run.cand is not None
+            return {"pid": run.cand.handle.pid, "token": run.cand.token,
+                    "reused": run.marks.reused}
+        if state is State.PROBING:
+            self._probe(run)
+            return {"probe_ms": round(run.marks.probe_ms, 3)}
+        if state is State.RELEASING:
+            self._hand_over(run)
+            m = run.marks
+            return {"connections": m.moved, "stopped_ns": m.stopped_ns,
+                    "resumed_ns": m.resumed_ns}
+        if state is State.ADOPTING:
+            self._let_old_go(run)
+            return {"server_pause_ms": round(run.server_pause_ms or 0, 3)}
+        if state is State.VERIFYING:
+            self._verify(run)
+            return {}
+        if state is State.COMMITTING:
+            self._commit(run)
+            return {}
+        raise AssertionError(f"handoff has no phase {state.value}")
+
+    # ----- phases ----------------------------------------------------------------
+
+    def _start_candidate(self, run: SwapRun) -> None:
+        warm = run.service.warm
+        if warm is not None and warm.release == run.release and warm.alive():
+            run.cand, run.service.warm = warm, None  # already running, in standby
+            run.marks.reused = True
+            return
+        deadline = run.clock() + run.timeout()
+        try:
+            run.cand = run.service.start_slot(run.release, deadline)
+        except SlotError as exc:
+            raise Failure(f"candidate not ready: {exc}") from None
+
+    def _probe(self, run: SwapRun) -> None:
+        assert run.cand is not None
+        settings = ProbeSettings(run.domain_byte, run.settings.probe_echo, run.timeout())
+        try:
+            run.marks.probe_ms = probe(run.cand.link, settings)
+        except ProbeFailed as exc:
+            raise Failure(f"probe failed: {exc}") from None
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise blame(run, "the probe", exc) from None
+
+    def _hand_over(self, run: SwapRun) -> None:
+        """RELEASE the old relay; each manifest part goes on to the candidate as it
+        arrives (pipelined); the candidate registers it without reading, then RESUME."""
+        assert run.cand is not None
+        run.mark_cutover()
+        run.where = Where.RELEASED  # from the release request on, the old relay may be paused
+        try:
+            hand_over(run.old.link, run.cand.link, run.settings.flush_ms, run.timeout,
+                      lambda transfer: _released(run, transfer))
+            run.marks.adopted_ns = time.monotonic_ns()
+        except HandOverFailed as exc:
+            if exc.side == "old":
+                raise Failure(f"old relay {run.old.release.name} did not release: "
+                              f"{exc.cause}") from None
+            raise blame(run, "adopt", exc.cause) from None
+        try:
+            run.marks.resumed_ns = run.cand.link.resume(run.timeout())
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise blame(run, "resume", exc) from None
+        run.where = Where.CANDIDATE
+
+    def _let_old_go(self, run: SwapRun) -> None:
+        assert run.cand is not None
+        try:
+            run.old.link.close_held(run.timeout())
+            run.service.warm = run.old
+        except (SwapctlError, TimeoutError, OSError):
+            run.service.warm = None  # the old release is gone: a rollback would be cold
+        run.service.active = run.cand
+
+    def _verify(self, run: SwapRun) -> None:
+        pause = run.server_pause_ms or 0.0
+        if pause > run.settings.pause_budget_ms:
+            raise Failure(f"pause budget exceeded: {pause:.1f} ms > "
+                          f"{run.settings.pause_budget_ms} ms")
+        run.marks.errors = error_counts(run)
+        run.verify_canary(lambda: alive_or_fail(run, "verification"))
+
+    def soak_check(self, run: SwapRun) -> None:
+        alive_or_fail(run, "soak")
+        now = error_counts(run)
+        grown = {k: v - run.marks.errors.get(k, 0) for k, v in now.items()
+                 if v > run.marks.errors.get(k, 0)}
+        if grown:
+            listed = ", ".join(f"{k} +{v}" for k, v in grown.items())
+            raise Failure(f"relay error counters grew on {run.release.name}: {listed}")
+
+    def _commit(self, run: SwapRun) -> None:
+        if not run.settings.keep_old:
+            warm, run.service.warm = run.service.warm, None
+            if warm is not None:
+                warm.stop()
+        run.service.drop_held()
+
+    # ----- rollback --------------------------------------------------------------
+
+    def roll_back(self, run: SwapRun) -> str:
+        if run.where is Where.OLD:  # (a recovery says how the old release got them back)
+            kind = run.marks.rollback_kind or "not needed (no client moved)"
+        elif run.where is Where.RELEASED:
+            run.old.link.resume(run.timeout())
+            kind = "resume (candidate never confirmed)"
+        else:
+            kind = self._hand_back(run)
+        run.service.active = run.old
+        if run.service.warm is run.old:
+            run.service.warm = None
+        return kind
+
+    def after_rollback(self, run: SwapRun) -> None:
+        self._stop_candidate(run)
+        run.service.drop_held()
+
+    def _hand_back(self, run: SwapRun) -> str:
+        """Clients are on the candidate: move them back to the old release."""
+        target = run.service.warm
+        if target is not None and not target.alive():
+            target = None
+        transfer = self._release_candidate(run)
+        kind = "warm" if target is not None else "cold"
+        if target is None:
+            target = run.service.start_slot(run.old.release, run.clock() + run.timeout())
+        run.old = target
+        target.link.adopt(transfer, run.timeout())
+        target.link.resume(run.timeout())
+        return f"{kind} handoff" + (
+            "" if transfer.meta.get("from_candidate") else " from held sockets (candidate dead)")
+
+    def _release_candidate(self, run: SwapRun) -> Transfer:
+        assert run.cand is not None
+        if run.cand.alive():
+            try:
+                transfer = run.cand.link.release(run.settings.flush_ms, min(run.timeout(), 2))
+                transfer.meta["from_candidate"] = True
+                run.marks.cand_released = True
+                run.service.held.append(transfer)
+                return transfer
+            except (SwapctlError, TimeoutError, OSError):
+                run.cand.handle.kill()
+        held = run.transfer
+        if held is None:
+            raise Failure("no sockets to hand back")
+        return Transfer(held.listener, [(ConnState(state.id), fd) for state, fd in held.conns])
+
+    def _stop_candidate(self, run: SwapRun) -> None:
+        cand = run.cand
+        if cand is not None and run.settings.keep_old and run.marks.cand_released:
+            try:
+                cand.link.close_held(2.0)
+                run.service.warm = cand  # handed back cleanly: keep it warm
+                return
+            except (SwapctlError, TimeoutError, OSError):
+                pass
+        if cand is not None:
+            cand.stop(2.0)
+            if run.service.active is cand:
+                run.service.active = None
+
+
+def _released(run: SwapRun, transfer: Transfer) -> None:
+    """The old relay described everything (inside the pause: bookkeeping only)."""
+    run.marks.manifest_ns = time.monotonic_ns()
+    run.marks.released_ns = int(transfer.meta.get("released_ns", 0))
+    run.transfer = transfer
+    run.service.held.append(transfer)
+    run.marks.stopped_ns = int(transfer.meta.get("stopped_reading_ns", 0))
+    run.marks.handoff = {k: transfer.meta.get(k) for k in
+                         ("flushed_bytes", "unsent_bytes", "pending_bytes")}
+    run.marks.moved = len(transfer.conns)
+
+
+def blame(run: SwapRun, what: str, exc: BaseException) -> Failure:
+    """Turn an error talking to the candidate into a reason an operator can act on."""
+    if isinstance(exc, ChannelClosed) and run.cand is not None:
+        _wait_exit(run.cand, 0.5)  # EOF on the channel comes just before the exit
+    if run.cand is not None and not run.cand.alive():
+        return Failure(f"candidate {run.release.name} crashed during {what} "
+                       f"({run.cand.handle.describe_exit()})")
+    if isinstance(exc, TimeoutError):
+        return Failure(f"candidate {run.release.name} did not answer {what} in time")
+    return Failure(f"{what} failed: {exc}")
+
+
+def alive_or_fail(run: SwapRun, phase: str) -> None:
+    assert run.cand is not None
+    if not run.cand.alive():
+        raise Failure(f"candidate {run.release.name} crashed during {phase} "
+                      f"({run.cand.handle.describe_exit()})")
+
+
+def error_counts(run: SwapRun) -> dict[str, int]:
+    assert run.cand is not None
+    try:
+        stats = run.cand.link.stats(min(run.timeout(), 2.0))
+    except (SwapctlError, TimeoutError, OSError) as exc:
+        raise blame(run, "stats", exc) from None
+    return {name: int(stats.get(name, 0)) for name in run.settings.error_counters}
+
+
+def _wait_exit(slot: Slot, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while slot.alive() and time.monotonic() < deadline:
+        time.sleep(0.002)
