@@ -21,7 +21,6 @@ from click.shell_completion import get_completion_class
 from swapctl.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_ROLLBACK_FAILED,
     EXIT_TIMEOUT,
     EXIT_UNHEALTHY,
     EXIT_UNKNOWN_SERVICE,
@@ -353,15 +352,9 @@ def _report_text(report: dict[str, Any]) -> str:
 
 
 def _swap_exit(report: dict[str, Any]) -> int:
-    decision = report.get("decision")
-    if decision == "failed":
-        return EXIT_ROLLBACK_FAILED
-    canary = report.get("canary") or {}
-    lost = sum(int(canary.get(k, 0) or 0) for k in ("lost", "duplicated", "reordered",
-                                                     "corrupted", "disconnects", "dead"))
-    if decision == "committed" and not lost:
-        return EXIT_OK
-    return EXIT_FAILED
+    """The report's own exit code (swap/evidence.py): 0 only when committed and every
+    figure measured and 0; 6 when the rollback failed; 1 otherwise."""
+    return swap_report.exit_code(report)
 
 
 def request_command(name: str) -> Callable[..., None]:

@@ -77,13 +77,6 @@ FORBIDDEN = {"socket", "subprocess", "asyncio", "selectors", "select", "threadin
 # TEMPORARY: import cycles the lead's rewrite of swap/, legacy/ and daemon/ removes
 # (issue 12). `test_known_cycles_are_gone` fails while any of them exists; empty this set
 # once they are gone. Never add to it: a new cycle is a design error to fix, not to list.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"daemon.attach", "daemon.legacy", "daemon.runtime"}),
-    frozenset({"legacy.bridge", "legacy.run"}),
-    # cli/ops.py's completion command imports swapctl.cli (for `main`) in a function;
-    # for whoever owns cli/ (pass the group in, or look it up from click's context)
-    frozenset({"cli", "cli.ops", "cli.playbook", "cli.swap"}),
-}
 
 
 # ----- the import graph ----------------------------------------------------------------
@@ -296,18 +289,9 @@ def test_nothing_imports_cli() -> None:
 
 
 def test_no_import_cycles() -> None:
-    new = [c for c in cycles() if c not in KNOWN_CYCLES]
+    new = cycles()
     assert not new, "import cycles (break them; never list them):\n  " + "\n  ".join(
         _show(c) for c in new)
-
-
-def test_known_cycles_are_gone() -> None:
-    """Fails while a temporarily known cycle exists, and when KNOWN_CYCLES names one
-    that is gone (then empty KNOWN_CYCLES)."""
-    present = [c for c in cycles() if c in KNOWN_CYCLES]
-    assert not present, ("known import cycles still there (issue 12):\n  "
-                         + "\n  ".join(_show(c) for c in present))
-    assert not KNOWN_CYCLES, "every known cycle is gone: empty KNOWN_CYCLES"
 
 
 def _pure_modules() -> list[str]:
