@@ -40,6 +40,7 @@ from swapctl.legacy.bridge import BridgeSettings, Drain, check_bridge
 from swapctl.legacy.bridge_client import BridgeConfig, BridgeError, BridgeProcess
 from swapctl.legacy.restart import CANNOT_GUARANTEE as RESTART_CANNOT
 from swapctl.legacy.restart import probe_socket
+from swapctl.swap.canary import CanaryError
 from swapctl.swap.executor import Failure, SwapRun, Where
 from swapctl.swap.machine import Event, State
 from swapctl.swap.probe import ProbeSettings, probe
@@ -83,6 +84,17 @@ def canary_clients(run: SwapRun) -> int:
     if run.canary is None or run.canary_final is not None:
         return 0
     return 1 + len(run.canary.consumers)
+
+
+def canary_back(run: SwapRun) -> int:
+    """Canary clients that came back after a cut (its streams not stopped for good):
+    they reconnected like the others, but are not among the others counted as cut."""
+    if run.canary is None or run.canary_final is not None:
+        return 0
+    try:
+        return sum(1 for s in run.canary.snapshot()["streams"] if not s["dead"])
+    except CanaryError:
+        return 0
 
 
 def _peer_closed(fd: int) -> bool:
@@ -442,7 +454,9 @@ class RestartActions(_Legacy):
             if ev.cut:
                 ev.reconnect_window_s = run.settings.reconnect_window_s
                 back = reconnects(run, self.new, self.before)
-                ev.reconnected = None if back is None else min(back, ev.cut)
+                if back is not None:  # the canary's own came back too: not the others'
+                    back = min(max(0, back - canary_back(run)), ev.cut)
+                ev.reconnected = back
             run.stop_canary()
             return {}
         self.place.committed(run, self.new)

@@ -1,4 +1,5 @@
-"""The slot layout (isolation for real) and the restart strategy under `swapctl load`."""
+"""The slot layout (isolation for real) and the restart strategy (run by the one swap
+engine, `run_strategy`) under `swapctl load`."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 
 from swapctl.handoff.controller import ControlServer
 from swapctl.legacy import layout as lay
-from swapctl.legacy.report import FIGURES
 from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.process import signal_group
+from swapctl.swap.evidence import FIGURES
+from swapctl.swap.report import exit_code, render_text
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import SubprocessSpawner
 from tests.clients import Client, trade
@@ -151,20 +153,38 @@ def test_restart_under_load_counts_every_cut_client(box: Box, to_legacy: bool) -
         time.sleep(0.3)
         report = run_strategy("restart", request, load=session, service=box.service)
         load = session.stop()
-    assert report.outcome == "completed", report.reason
+    assert report["strategy"] == "restart"
+    assert report["decision"] == "committed", render_text(report)
     assert not a.alive()
     assert box.layout.current() == "b" and lay.connectable(box.layout.public)
-    # restart's own count: every connection the old relay held was cut (5 load, 3 canary)
-    assert report.details["connections_cut"] == 8
-    assert report.estimated is not None and report.estimated["disconnects"] == 8
-    load_figures = report.checkers["load"]
-    canary = report.checkers["canary"]
+    # restart's own count, before the cut: every connection the old relay held that was
+    # not the swap canary's (2 publishers + 3 consumers of the load; the canary counts
+    # its own three)
+    evidence = report["evidence"]
+    assert evidence["cut"] == 5 and "restart" in evidence["cut_by"], evidence
+    load_figures = report["checkers"]["load"]
+    canary = report["canary"]
+    assert canary is not None and canary["disconnects"] > 0  # the canary was cut too
     for key in FIGURES:  # never lower than what the checkers counted
-        assert getattr(report, key) >= load_figures[key] + canary[key], key
+        value = report[key]
+        if value is None:
+            assert report["figures"][key]["unknown_because"], key
+            continue
+        own = canary["dead" if key == "dead_consumers" else key]
+        assert value >= load_figures[key] + own, key
     assert load_figures["disconnects"] == load.disconnects >= 3  # every load consumer saw EOF
     assert [c.dead for c in load.consumers if c.mode == "strategy"] == [True]
-    assert report.disconnects == max(8, load.disconnects + canary["disconnects"])
-    assert report.pause_ms is not None and report.pause_ms > 0  # the clients' own gap
+    assert report["disconnects"] == canary["disconnects"] + max(5, load.disconnects)
+    # the strategy consumer that stopped for good is in the report
+    assert load_figures["dead_consumers"] == 1
+    # restart's own count agrees: of the five cut, four came back (publishers and
+    # dashboards, not counting the canary's own that came back too), one never did
+    assert evidence["reconnected"] == 4, (evidence, report["figures"]["dead_consumers"])
+    assert report["dead_consumers"] == canary["dead"] + 1, report["figures"]["dead_consumers"]
+    # clients were cut: what they lost is not measured (unknown, never 0)
+    assert report["lost"] is None and "cut" in report["figures"]["lost"]["unknown_because"]
+    assert exit_code(report) == 1
+    assert report["client_pause_ms"] is not None and report["client_pause_ms"] > 0
 
 
 def test_restart_refuses_a_candidate_that_fails_its_probe(box: Box) -> None:
@@ -174,6 +194,10 @@ def test_restart_refuses_a_candidate_that_fails_its_probe(box: Box) -> None:
     request = LegacySwap(box.layout, ReleaseSpec("bad", tuple(sink), True),
                          box.root / "state", canary_rate=0)
     report = run_strategy("restart", request, service=box.service)
-    assert report.outcome == "failed" and "probe" in report.reason
+    # refused before any client moved: nothing to undo, the old relay never stopped
+    assert report["decision"] == "rolled_back" and "probe" in report["reason"], \
+        render_text(report)
+    assert report["rollback"]["kind"].startswith("not needed")
+    assert report["disconnects"] == 0 and exit_code(report) == 1
     assert a.alive() and box.layout.current() == "a"
     assert not lay.connectable(box.layout.slot_socket("b"))  # the candidate was stopped
