@@ -1,7 +1,9 @@
 """Legacy releases under swapctld: an isolated slot, the public link, takeover to a
-handoff-capable release with no client disconnected, restart back, and a daemon restart
-that attaches to a legacy relay. The legacy build is the reference relay with its socket
-path compiled in (tests/data/legacy_relay.py), run through the real isolation."""
+handoff-capable release with no client disconnected, a bridge back, a restart to another
+legacy build, and a daemon restart that attaches to a legacy relay. Every swap runs on
+the one engine and answers with the one report (top-level figures, exit code). The
+legacy build is the reference relay with its socket path compiled in
+(tests/data/legacy_relay.py), run through the real isolation."""
 
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
         assert report["strategy"] == "takeover" and report["decision"] == "committed", report
         assert report["connections"]["moved"] >= 4  # 2 publishers, 2 consumers (+ canary)
         assert report["server_pause_ms"] is not None
-        assert "could_not_guarantee" in report
+        assert report["could_not_guarantee"]
+        # nobody was cut: no client, and no socket swapctl's own probes had closed
+        assert report["disconnects"] == 0 and report["dead_consumers"] == 0, report["figures"]
+        assert report["evidence"]["cut"] == 0
         status = s.status()
         assert status["active"]["release"] == "v2" and not status["active"]["legacy"]
         assert status["health"]["healthy"]
@@ -76,7 +81,9 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     assert code == 0 and plan["strategy"] == "bridge", plan
     code, back = s.json("swap", "market_data", "--to", "generic", "--soak", "5s", "--yes")
     assert back["strategy"] == "bridge" and back["decision"] == "committed", back["reason"]
-    assert code == 0 and back["strategy_report"]["disconnects"] == 0, back["strategy_report"]
+    assert back["disconnects"] == 0 and back["dead_consumers"] == 0, back["figures"]
+    assert back["evidence"]["drains"][0]["deadline_hit"] is False, back["evidence"]
+    assert code == 0 and back["proven"], back["figures"]
     status = s.status()
     assert status["active"]["release"] == "generic" and status["health"]["healthy"]
 
@@ -84,7 +91,9 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     code, back = s.json("swap", "market_data", "--to", "generic2", "--strategy", "restart",
                         "--yes")
     assert back["strategy"] == "restart" and back["decision"] == "committed", back["reason"]
-    assert back["strategy_report"]["disconnects"] >= 1  # the canary's clients, cut and counted
+    assert back["disconnects"] >= 1  # the canary's clients, cut and counted
+    assert back["canary"]["disconnects"] >= 1, back["canary"]
+    assert "canary" in back["figures"]["disconnects"]["source"]
     assert code == 1, "committed, but clients were cut: the exit code says so"
     status = s.status()
     assert status["active"]["release"] == "generic2" and status["health"]["healthy"]

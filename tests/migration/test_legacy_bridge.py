@@ -1,7 +1,9 @@
-"""The bridge between two real relays, and the `bridge` swap strategy, under `swapctl load`."""
+"""The bridge between two real relays, and the `bridge` swap strategy (run by the one swap
+engine, `run_strategy`), under `swapctl load`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -153,20 +155,19 @@ def test_frames_keep_their_order_per_publisher_across_the_bridge(
     cb.close()
 
 
-# ----- the strategy ------------------------------------------------------------------
+# ----- the strategy ---------------------------------------------------------------------
 
 from swapctl.legacy import layout as lay  # noqa: E402
-from swapctl.legacy.bridge import BridgeSettings, BridgeSwap  # noqa: E402
-from swapctl.legacy.report import figures_from_load  # noqa: E402
 from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy  # noqa: E402
-from swapctl.swap.canary import Canary  # noqa: E402
+from swapctl.swap.evidence import FIGURES  # noqa: E402
+from swapctl.swap.report import exit_code, render_text  # noqa: E402
 from swapctl.swap.spawner import Release  # noqa: E402
 
 
 def legacy_release(compiled: Path) -> Release:
     """The reference relay with its socket path 'compiled in' (always this path)."""
     return Release("legacy", (sys.executable, "-m", "swapctl.relay", "--socket", str(compiled),
-                              "--log-level", "warning"))
+                              "--log-level", "warning"), handoff=False)
 
 
 @pytest.fixture
@@ -185,7 +186,16 @@ def legacy(sockdir: Path) -> Iterator[tuple[lay.Layout, lay.LegacySlot, Release]
         for name in "abcd":  # a candidate the strategy left serving
             state = lay.read_state(layout, name)
             if state is not None:
-                os.killpg(int(state["pid"]), signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(state["pid"]), signal.SIGKILL)
+
+
+def request(layout: lay.Layout, release: Release, state: Path, *, drain: float,
+            canary_rate: float = 0, **extra: Any) -> LegacySwap:
+    """A bridge to another legacy build; `drain` is the drain deadline (the soak window)."""
+    return LegacySwap(layout=layout, to=ReleaseSpec("v2", release.command, legacy=True),
+                      state_dir=state, canary_rate=canary_rate, soak=drain,
+                      extra={"drain_interval": 0.05, **extra})
 
 
 def churn(public: Path, **extra: Any) -> LoadConfig:
@@ -204,100 +214,130 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+def _wait_flipped(layout: lay.Layout, old: lay.LegacySlot, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 30
+    while layout.current() == old.name:
+        assert thread.is_alive(), "the swap ended before it flipped the public link"
+        assert time.monotonic() < deadline, "the public link was never flipped"
+        time.sleep(0.01)
+
+
 def test_strategy_consumer_survives_and_report_equals_checker(
-        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
+    """The clients leave on their own while the old relay drains: nobody is cut, the
+    report's figures are the canary's plus the load checker's, all 0, and it is proven."""
     layout, old, release = legacy
-    canary = Canary(layout.public, rate=500)
-    canary.start()
-    session = LoadSession(churn(layout.public))
-    session.start()
-    try:
-        swap = BridgeSwap(layout, old.pid, release, legacy=True, canary=canary,
-                          settings=BridgeSettings(drain_interval=0.05))
-        swap.cutover()
-        assert layout.current() != old.name  # new connections now reach the candidate
-        thread, drained = _in_thread(lambda: swap.retire_old(deadline=20.0))
+    swap = request(layout, release, sockdir / "st", drain=20.0, canary_rate=500)
+    with LoadSession(churn(layout.public)) as session:
+        thread, out = _in_thread(lambda: run_strategy("bridge", swap, load=session))
+        _wait_flipped(layout, old, thread)  # new connections now reach the candidate
         time.sleep(1.0)  # traffic keeps flowing on the old relay, bridged to the new
         load = session.stop()  # the clients leave on their own: the old relay drains
-        thread.join(25)
-    finally:
-        session.close()
-        canary.close()
-    assert drained, "the drain did not finish"
-    drain = drained[0]
-    assert not drain.deadline_hit and drain.disconnected == 0
-    counts = [n for _, n in drain.samples]
+        thread.join(60)
+    assert out, "the swap did not finish"
+    report = out[0]
+    assert report["strategy"] == "bridge"
+    assert report["decision"] == "committed", render_text(report)
+    drain = report["evidence"]["drains"][0]
+    assert drain["relay"] == "old" and not drain["deadline_hit"] and drain["disconnected"] == 0
+    counts = [n for _, n in drain["samples"]]
     assert counts[0] >= 5 and counts[-1] == 0  # 2 publishers + 3 consumers, then none
-    report = swap.finish()
     assert all(not c.dead for c in load.consumers), load.problems()
     assert load.ok, load.problems()
-    figures = figures_from_load(load)
-    for key in ("disconnects", "lost", "duplicated", "reordered", "corrupted"):
-        assert getattr(report, key) == figures[key] == 0, (key, report.to_dict())
-    report.add_checker("load", figures)
-    assert report.clean, report.render_text()
-    assert report.pause_ms is not None and report.pause_ms < 500
+    checker, canary = report["checkers"]["load"], report["canary"]
+    assert checker["lost"] == load.total.lost and checker["disconnects"] == load.disconnects
+    assert canary is not None
+    for key in FIGURES:
+        assert report[key] == checker[key] == 0, (key, report["figures"][key])
+        assert canary["dead" if key == "dead_consumers" else key] == 0, (key, canary)
+    assert report["proven"] and exit_code(report) == 0, render_text(report)
+    assert report["client_pause_ms"] is not None
+    assert report["evidence"]["cut"] == 0
     assert not old.alive()
-    crossed = report.details["bridge"]
+    crossed = report["evidence"]["bridge"]
     assert crossed["old"]["forwarded_frames"] > 1000  # the old relay's traffic crossed
     assert crossed["new"]["echo_dropped_frames"] == crossed["old"]["forwarded_frames"]
 
 
 def test_deadline_retirement_reports_the_disconnected_count(
-        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
+    """The clients never leave on their own: the drain deadline cuts all five, the
+    report counts them, names the strategy consumer that stopped for good, and does not
+    pretend to know what the cut clients lost."""
     layout, old, release = legacy
-    session = LoadSession(churn(layout.public))
-    session.start()
-    try:
-        swap = BridgeSwap(layout, old.pid, release, legacy=True,
-                          settings=BridgeSettings(drain_interval=0.05))
-        swap.cutover()
-        drain = swap.retire_old(deadline=0.3)  # the clients never leave on their own
-        time.sleep(1.0)  # publishers and dashboards reconnect (to the candidate)
-        load = session.stop()
-    finally:
-        session.close()
-    report = swap.finish()
-    assert drain.deadline_hit and drain.disconnected == 5
-    assert report.disconnects == load.disconnects == 5
-    assert sum(1 for c in load.consumers if c.dead) == 1  # the strategy consumer stopped
-    report.add_checker("load", figures_from_load(load))
-    assert report.disconnects == 5
+    swap = request(layout, release, sockdir / "st", drain=0.3)
+    with LoadSession(churn(layout.public)) as session:
+        time.sleep(0.3)
+        report = run_strategy("bridge", swap, load=session)
+        load = session.stop()  # stopped by run_strategy after the reconnect window
+    assert report["decision"] == "committed", render_text(report)
+    drain = report["evidence"]["drains"][0]
+    assert drain["deadline_hit"] and drain["disconnected"] == 5
+    assert report["evidence"]["cut"] == 5 and "drain deadline" in report["evidence"]["cut_by"]
+    assert report["disconnects"] == load.disconnects == 5
+    dead = sum(1 for c in load.consumers if c.dead)
+    assert dead == 1  # the strategy consumer stopped
+    assert report["dead_consumers"] == dead, report["figures"]["dead_consumers"]
+    assert report["lost"] is None and report["figures"]["lost"]["unknown_because"]
+    assert exit_code(report) == 1  # committed, but clients were cut
+    assert not old.alive()
 
 
 def test_rollback_flips_back_and_retires_the_candidate(
-        legacy: tuple[lay.Layout, lay.LegacySlot, Release]) -> None:
+        legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
+    """The operator asks for a rollback while the old relay drains (a `requests` poll):
+    the link flips back, the one client that had reached the candidate is cut at the
+    (rollback's) drain deadline and counted; the old relay's clients never notice."""
     layout, old, release = legacy
-    session = LoadSession(churn(layout.public, strategy_consumers=3))
-    session.start()
-    try:
-        swap = BridgeSwap(layout, old.pid, release, legacy=True,
-                          settings=BridgeSettings(drain_interval=0.05))
-        swap.cutover()
-        late = _reader(layout.public)  # reaches the candidate
-        drain = swap.roll_back(deadline=0.3)
-        assert layout.current() == old.name
-        assert drain.disconnected == 1  # the one client that had reached the candidate
-        assert late.recv(1 << 16) is not None
-        late.close()
+    late: list[socket.socket] = []
+
+    def requests() -> str | None:
+        if layout.current() == old.name:
+            return None
+        if not late:  # first poll after the flip: a client reaches the candidate
+            late.append(_reader(layout.public))
+            return None
+        return "rollback"
+
+    swap = request(layout, release, sockdir / "st", drain=1.0)
+    with LoadSession(churn(layout.public, strategy_consumers=3)) as session:
+        time.sleep(0.3)
+        report = run_strategy("bridge", swap, requests=requests)
         time.sleep(0.3)
         load = session.stop()
-    finally:
-        session.close()
-    report = swap.finish()
-    assert report.outcome == "rolled_back"
+    assert late, "the drain never polled for a request"
+    assert report["decision"] == "rolled_back", render_text(report)
+    assert report["reason"] == "operator asked for a rollback"
+    assert report["rollback"]["kind"].startswith("link flipped back")
+    assert layout.current() == old.name
+    back = report["evidence"]["drains"][-1]
+    assert back["relay"] == "candidate" and back["deadline_hit"]
+    assert back["disconnected"] == 1  # the one client that had reached the candidate
+    late[0].settimeout(10)
+    while late[0].recv(1 << 16):  # bridged traffic, then EOF: the candidate is gone
+        pass
+    late[0].close()
+    # it was cut and never came back: counted as a disconnect and a dead consumer
+    assert report["disconnects"] == 1 and report["dead_consumers"] == 1
     assert load.ok, load.problems()  # the old relay's clients never noticed
+    assert load.disconnects == 0
     assert old.alive()
+    assert exit_code(report) == 1
 
 
 def test_run_strategy_bridge_through_the_library_entry_point(
         legacy: tuple[lay.Layout, lay.LegacySlot, Release], sockdir: Path) -> None:
     layout, old, release = legacy
-    request = LegacySwap(layout=layout, to=ReleaseSpec("v2", release.command, legacy=True),
-                         state_dir=sockdir / "st", canary_rate=0,
-                         extra={"drain_deadline": 5.0, "drain_interval": 0.05})
-    report = run_strategy("bridge", request)
-    assert report.strategy == "bridge" and report.outcome == "completed", report.render_text()
-    assert report.disconnects == 0
-    assert report.details["drains"][0]["samples"][-1][1] == 0
+    swap = LegacySwap(layout=layout, to=ReleaseSpec("v2", release.command, legacy=True),
+                      state_dir=sockdir / "st", canary_rate=0,
+                      extra={"drain_deadline": 5.0, "drain_interval": 0.05})
+    report = run_strategy("bridge", swap)
+    assert report["strategy"] == "bridge"
+    assert report["decision"] == "committed", render_text(report)
+    assert report["disconnects"] == 0 and report["dead_consumers"] == 0
+    assert report["evidence"]["drains"][0]["samples"][-1][1] == 0
+    # no canary: nothing proves that nothing was lost; committed, unproven
+    assert report["lost"] is None and not report["proven"] and exit_code(report) == 1
+    assert [j["event"] for j in report["journal"]][:2] == ["begin", "ready"]
+    assert (sockdir / "st" / "journal.jsonl").exists()  # the production journal, on disk
     assert not old.alive() and layout.current() != old.name
