@@ -7,12 +7,17 @@ dashboard and a strategy consumer: the independent checker) and N - 3 idle clien
 held by a crowd process that reconnects on EOF and counts every EOF (an independent
 disconnect count). A swap canary (its own publisher and consumers) measures the
 client-side pause of each swap: the largest gap in its stream between a mark just
-before the swap and a snapshot just after. Then `swaps` swaps run back to back:
-  handoff   the swap engine, two handoff-capable releases, alternating (old kept warm)
-  takeover  a legacy relay, then each candidate in turn, taken over by the next
-  bridge    forward (candidate, bridge, flip) then rollback (flip back, candidate
-            retired once only the bridge is on it), alternating: the clients stay on the
-            relay they connected to, as they would until they leave on their own
+before the swap and a snapshot just after. Then `swaps` swaps run back to back, every
+one on the one swap engine (`SwapRun`; `run_strategy` for the legacy strategies) with
+the production journal (fsync'd, STATE/journal.jsonl in the box's temp dir):
+  handoff   two handoff-capable releases, alternating (old kept warm)
+  takeover  a legacy relay, then each candidate in turn, taken over by the next (the
+            candidate holds the legacy listener, bound at the compiled path, and is
+            recorded as the slot's legacy relay for the next takeover)
+  bridge    forward (candidate, bridge, flip) and, at the first poll of the drain, the
+            operator's rollback (flip back, candidate retired once only the bridge is
+            on it): the clients stay on the relay they connected to, as they would
+            until they leave on their own
   restart   the reference: each candidate replaces the last, clients reconnect
 A strategy whose pieces are missing, or that fails to set up, is skipped and the
 reason is printed. Every relay broadcasts to every client, so the rate is capped at
@@ -38,11 +43,8 @@ from swapctl.bench.report import Goal, conditions, percentiles, source_revision
 from swapctl.errors import SwapctlError
 from swapctl.handoff.controller import ControlServer
 from swapctl.legacy import layout as lay
-from swapctl.legacy.bridge import BridgeSettings, BridgeSwap
 from swapctl.legacy.bridge_client import BridgeConfig, BridgeProcess
-from swapctl.legacy.report import StrategyReport
-from swapctl.legacy.restart import RestartSettings, restart
-from swapctl.legacy.takeover import Takeover, TakeoverSettings
+from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.crowd import Crowd
 from swapctl.probes.load import LoadSession, run_load
@@ -52,7 +54,9 @@ from swapctl.process import stop_group
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.canary_child import LOSS_GRACE_S
+from swapctl.swap.evidence import Evidence, figures
 from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
@@ -62,8 +66,8 @@ STRATEGIES = ("handoff", "takeover", "bridge", "restart")
 DELIVERY_BUDGET = 1_500_000  # deliveries/s the 2-core machine's relay is asked for
 LOAD_CLIENTS = 3  # the checker's publisher, dashboard and strategy consumer
 PER_SWAP_DETAILS = ("freeze_attempts", "frozen_idle", "publisher_streams_resynchronised",
-                    "publisher_bytes_skipped", "consumers_backed_up_at_freeze",
-                    "accepted_since_scan", "closed_since_scan")
+                    "consumers_backed_up_at_freeze", "accepted_since_scan",
+                    "closed_since_scan")  # and publisher_bytes_skipped (unmovable_bytes)
 RELAY_ARGS = ("--log-level", "warning", "--max-backlog", "1048576")
 
 
@@ -104,17 +108,18 @@ def rate_note(settings: StrategiesBenchSettings) -> str:
 class Swapped:
     """What one swap said about itself."""
 
-    own_disconnects: int | None  # the strategy's own count
-    outcome: str
-    report: StrategyReport | None = None  # takeover: its lost is checked per swap
+    own_disconnects: int | None  # the report's top-level disconnects (None: unknown)
+    outcome: str  # the report's decision
+    report: dict[str, Any] | None = None  # takeover: its lost is checked per swap
 
 
 @dataclass(slots=True)
 class LossCheck:
-    """One swap's lost messages: the strategy's report (after the canary's counts over
-    the swap were added, as `run_strategy` does) against the canary's own count."""
+    """One swap's lost messages: the report's lost figure (swap/evidence.py, from the
+    swap's own evidence and the canary's counts over the swap, as `run_strategy` builds
+    it with its own canary) against the canary's own count."""
 
-    report_lost: int | None
+    report_lost: int | None  # None: unknown (e.g. bytes of a partial frame died)
     checker_lost: int
     own_evidence: bool  # the takeover itself saw something that can cost a message
 
@@ -130,10 +135,11 @@ class LossCheck:
 @dataclass(slots=True)
 class SwapSample:
     pause_ms: float | None
-    own_disconnects: int | None  # the strategy's own count
+    own_disconnects: int | None  # the report's count
     crowd_disconnects: int
     outcome: str
     loss: LossCheck | None = None
+    server_pause_ms: float | None = None
     stages_ms: dict[str, float] | None = None
     details: dict[str, Any] | None = None  # the strategy's own per-swap figures
 
@@ -173,10 +179,13 @@ class Box:
         if done.report is not None:
             time.sleep(max(0.0, ended + LOSS_GRACE_S - time.monotonic()))
             sample.loss = check_loss(done.report, baseline, self.canary.snapshot())
-            stages = {**done.report.details.get("freeze_stages_ms", {}),
-                      **done.report.details.get("pause_stages_ms", {})}
+            evidence = done.report["evidence"]
+            stages = {**(evidence.get("freeze_stages_ms") or {}),
+                      **(done.report.get("pause_stages_ms") or {})}
             sample.stages_ms = {k: float(v) for k, v in stages.items()}
-            sample.details = {k: done.report.details.get(k) for k in PER_SWAP_DETAILS}
+            sample.server_pause_ms = done.report.get("server_pause_ms")
+            sample.details = {**{k: evidence.get(k) for k in PER_SWAP_DETAILS},
+                              "publisher_bytes_skipped": evidence.get("unmovable_bytes")}
         return sample
 
     def finish(self) -> tuple[LoadReport, dict[str, int], int]:
@@ -197,24 +206,29 @@ class Box:
                 cleanup()
 
 
-def check_loss(report: StrategyReport, baseline: dict[str, Any],
+def check_loss(report: dict[str, Any], baseline: dict[str, Any],
                after: dict[str, Any]) -> LossCheck:
-    """Add the canary's counts over one swap to the swap's report and compare its lost
-    with the canary's: `missing` counts messages sent since the mark (just before the
-    swap), due LOSS_GRACE_S ago, never received; the rest are growth since `baseline`."""
+    """The report's lost figure with the canary's counts over one swap (the box's canary
+    watched it, not one of the swap's own: `swap/evidence.py` adds them the same way)
+    against the canary's: `missing` counts messages sent since the mark (just before
+    the swap), due LOSS_GRACE_S ago, never received; the rest are growth since
+    `baseline`."""
     base = {s["name"]: s for s in baseline["streams"]}
-    figures = {"lost": sum(int(s["missing"]) for s in after["streams"])}
+    canary = {"lost": sum(int(s["missing"]) for s in after["streams"]),
+              "dead": sum(1 for s in after["streams"]
+                          if s["dead"] and not base.get(s["name"], {}).get("dead"))}
     for key in ("duplicated", "reordered", "corrupted", "disconnects"):
-        figures[key] = sum(int(s[key]) - int(base.get(s["name"], {}).get(key, 0))
-                           for s in after["streams"])
-    report.add_checker("canary", figures)
-    d = report.details
-    evidence = bool(d.get("publisher_streams_resynchronised") or
-                    d.get("consumers_backed_up_at_freeze") or not d.get("frozen_idle", True))
-    return LossCheck(report.lost, figures["lost"], evidence)
+        canary[key] = sum(int(s[key]) - int(base.get(s["name"], {}).get(key, 0))
+                          for s in after["streams"])
+    e = report["evidence"]
+    own = Evidence(**{k: e[k] for k in Evidence.__dataclass_fields__ if k in e})
+    lost = figures(own, canary)["lost"].value
+    seen = bool(e.get("publisher_streams_resynchronised") or e.get("unmovable_bytes") or
+                e.get("consumers_backed_up_at_freeze") or not e.get("frozen_idle", True))
+    return LossCheck(lost, canary["lost"], seen)
 
 
-def _legacy_layout(box: Box) -> tuple[Any, Any, tuple[str, ...]]:
+def _legacy_layout(box: Box) -> tuple[lay.Layout, lay.LegacySlot, tuple[str, ...]]:
     layout = lay.Layout(box.public, box.root / "c" / "md.sock", box.root / "r")
     argv = (sys.executable, "-m", "swapctl.relay", "--socket", str(layout.compiled),
             *RELAY_ARGS)
@@ -262,7 +276,7 @@ def setup_handoff(box: Box) -> SwapFn:
 
     def swap() -> Swapped:
         run = SwapRun(service, releases[flip[0]], settings, canary=box.canary,
-                      journal=journal).run()
+                      journal=journal, actions=HandoffActions()).run()
         result = swap_report.build(run)
         if result["decision"] == "committed":
             flip[0] ^= 1
@@ -273,66 +287,73 @@ def setup_handoff(box: Box) -> SwapFn:
     return swap
 
 
+def _request(box: Box, layout: lay.Layout, to: ReleaseSpec, **extra: Any) -> LegacySwap:
+    """A standalone legacy swap in the box: no canary of its own (the box's watches every
+    swap), the production journal in the box's state dir."""
+    state = box.root / "state"
+    state.mkdir(exist_ok=True)
+    return LegacySwap(layout, to, state, canary_rate=0, extra=extra, journal=True)
+
+
 def setup_takeover(box: Box) -> SwapFn:
-    layout, old, _ = _legacy_layout(box)
+    layout, _, _ = _legacy_layout(box)
     service = _service(box)
-    release = Release("h", HANDOFF_RELAY)
-    current = [old.pid]
+    request = _request(box, layout, ReleaseSpec("h", HANDOFF_RELAY, legacy=False),
+                       settle_s=0.1)
 
     def swap() -> Swapped:
-        result = Takeover(service, current[0], str(layout.compiled), release,
-                          TakeoverSettings(settle_s=0.1)).run()
-        if result.report.outcome == "completed":
-            current[0] = int(result.report.details["candidate_pid"])
-        return Swapped(result.report.disconnects, result.report.outcome, result.report)
+        report = run_strategy("takeover", request, service=service)
+        if report["decision"] == "committed":
+            _serves_as_legacy(layout)
+        return Swapped(report["disconnects"], str(report["decision"]), report)
     return swap
+
+
+def _serves_as_legacy(layout: lay.Layout) -> None:
+    """The candidate a takeover left serving holds the legacy relay's listener (bound at
+    the compiled path): the next takeover takes it over the same way."""
+    name = layout.current()
+    state = None if name is None else lay.read_state(layout, name)
+    if name is None or state is None:
+        raise SwapctlError(f"after a takeover no slot serves {layout.public}")
+    lay.write_state(layout, name, {**state, "kind": "legacy"})
 
 
 def setup_bridge(box: Box) -> SwapFn:
     layout, old, argv = _legacy_layout(box)
-    release = Release("legacy", argv, handoff=False)
-    state: dict[str, Any] = {"swap": None}
-    own = 1 + 2  # the canary: a publisher and two consumers on the old relay
+    service = _service(box)
+    request = _request(box, layout, ReleaseSpec("legacy", argv, legacy=True),
+                       drain_interval=0.02)
+
+    def rollback_once_flipped() -> str | None:  # polled during the drain
+        return None if layout.current() == old.name else "rollback"
 
     def swap() -> Swapped:
-        current: BridgeSwap | None = state["swap"]
-        if current is None:  # forward: candidate, bridge, flip
-            current = BridgeSwap(layout, old.pid, release, legacy=True, foreign_own=own,
-                                 settings=BridgeSettings(drain_interval=0.02))
-            current.cutover()
-            state["swap"] = current
-            return Swapped(0, "completed")
-        drain = current.roll_back(deadline=2.0)  # back: retire the candidate
-        current.finish()
-        state["swap"] = None
-        return Swapped(drain.disconnected, "rolled_back_as_planned")
+        report = run_strategy("bridge", request, service=service,
+                              requests=rollback_once_flipped)
+        return Swapped(report["disconnects"], str(report["decision"]))
     return swap
 
 
 def setup_restart(box: Box) -> SwapFn:
-    layout, old, argv = _legacy_layout(box)
-    release = Release("legacy", argv, handoff=False)
-    current = [old.pid]
+    layout, _, argv = _legacy_layout(box)
+    service = _service(box)
+    request = _request(box, layout, ReleaseSpec("legacy", argv, legacy=True))
 
     def swap() -> Swapped:
-        report, started = restart(layout, current[0], release, legacy=True,
-                                  settings=RestartSettings(), log_dir=box.root / "logs")
-        if started is not None:
-            current[0] = started.pid
-        return Swapped(report.disconnects, report.outcome)
+        report = run_strategy("restart", request, service=service)
+        return Swapped(report["disconnects"], str(report["decision"]))
     return swap
 
 
 # Whether the swaps run with the production journal (fsync'd, in the box's temp dir).
-JOURNAL = {"handoff": "on", "takeover": "none: Takeover writes no journal",
-           "bridge": "none: BridgeSwap writes no journal",
-           "restart": "none: restart writes no journal"}
+JOURNAL = dict.fromkeys(STRATEGIES, "on")
 
 SETUPS: dict[str, tuple[str, Callable[[Box], SwapFn]]] = {
     "handoff": ("swapctl.swap.executor", setup_handoff),
-    "takeover": ("swapctl.legacy.takeover", setup_takeover),
-    "bridge": ("swapctl.legacy.bridge", setup_bridge),
-    "restart": ("swapctl.legacy.restart", setup_restart),
+    "takeover": ("swapctl.legacy.actions", setup_takeover),
+    "bridge": ("swapctl.legacy.actions", setup_bridge),
+    "restart": ("swapctl.legacy.actions", setup_restart),
 }
 
 
@@ -421,6 +442,7 @@ def _takeover_figures(samples: list[SwapSample]) -> dict[str, Any]:
         "lost_equals_checker": {
             "verdict": all(c.equal for c in checks), "swaps_checked": len(checks),
             "swaps_equal": sum(1 for c in checks if c.equal),
+            "swaps_unknown": sum(1 for c in checks if c.report_lost is None),
             "report_lost": [c.report_lost for c in checks],
             "checker_lost": [c.checker_lost for c in checks],
             "unexplained_by_takeover": sum(1 for c in checks if c.unexplained),
@@ -429,8 +451,7 @@ def _takeover_figures(samples: list[SwapSample]) -> dict[str, Any]:
                        "end, in `checker`"},
         "stages_ms": {n: _stats([st[n] for st in staged if n in st]) for n in names},
         "per_swap": [{"pause_ms": None if s.pause_ms is None else round(s.pause_ms, 3),
-                      "server_pause_ms": (s.stages_ms or {}).get("freeze_and_dup", 0.0)
-                      + sum((s.stages_ms or {}).get(k, 0.0) for k in ("adopt", "resume")),
+                      "server_pause_ms": s.server_pause_ms,
                       "lost": None if s.loss is None else s.loss.checker_lost,
                       **(s.details or {})} for s in samples],
     }
@@ -478,9 +499,10 @@ def run_strategies_bench(settings: StrategiesBenchSettings,
             delivery_budget_msgs_per_s=DELIVERY_BUDGET,
             relay_command=["python", "-m", "swapctl.relay", *RELAY_ARGS],
             note=rate_note(settings) + (
-                " Legacy relays are the reference relay with its socket path compiled in, "
-                "run in a slot. Bridge swaps alternate forward / rollback (clients stay "
-                "connected to their relay)."),
+                " Every swap runs on the one swap engine with the production journal. "
+                "Legacy relays are the reference relay with its socket path compiled in, "
+                "run in a slot. Each bridge swap goes forward and is rolled back by the "
+                "operator during its drain (clients stay connected to their relay)."),
             source=source_revision("swapctl")),
         "results": rows,
         "skipped": skipped,
