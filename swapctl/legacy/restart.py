@@ -1,14 +1,19 @@
 """Strategy `restart`: today's practice (stop the old relay, clients reconnect), made safe.
 
-1. The candidate starts in a free slot, side by side with the old relay (a legacy build
-   in its own mount namespace; a handoff-capable one is given a fresh listener bound
-   at the slot's socket) and is validated there: two probe clients, a message through
-   it byte for byte, echo included. The old relay serves throughout.
-2. The old relay's connections are counted (they are about to be cut: the report's
-   own disconnect figure).
-3. The public link is flipped to the candidate's socket (only once it accepts), so
-   every reconnect lands on the candidate; then the old relay is stopped (SIGTERM to
-   its group, SIGKILL after a grace period). Readiness is always a probe, never a sleep.
+The phases are `RestartActions` in legacy/actions.py, run by the one swap engine
+(swap/executor.py); this module holds what they use (also the bridge's and standalone
+swaps' candidates: `start_candidate`, `probe_socket`, `stop_relay`):
+1. starting, probing: the candidate starts in a free slot, side by side with the old
+   relay (a legacy build in its own mount namespace; a handoff-capable one is given a
+   fresh listener bound at the slot's socket, `start_candidate`) and is validated
+   there: two probe clients, a message through it byte for byte, echo included
+   (`probe_socket`). The old relay serves throughout.
+2. flipping: the public link is flipped to the candidate's socket (only once it
+   accepts), so every reconnect lands on the candidate.
+3. retiring: the old relay's connections are counted (they are about to be cut: the
+   report's evidence), then it is stopped (`stop_relay`: SIGTERM to its group, SIGKILL
+   after a grace period); verifying: who of the cut came back. Readiness is always a
+   probe, never a sleep.
 Clients see EOF: publishers reconnect with backoff and lose what was in flight, a
 dashboard reconnects at once, a strategy consumer stops for good.
 """
@@ -25,7 +30,6 @@ from pathlib import Path
 from swapctl.errors import SwapctlError
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
-from swapctl.legacy.report import StrategyReport
 from swapctl.legacy.takeover import signal_relay
 from swapctl.probes.ident import make_sequence, make_tag
 from swapctl.protocol import encode_message
@@ -44,7 +48,7 @@ PROBE_TAG = make_tag(0x7EEE)  # not the swap probe's, not a load run's
 
 
 class RestartError(SwapctlError):
-    """The restart could not be done; the old relay was left serving."""
+    """A candidate could not be started in its slot, or failed its probe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,38 +148,3 @@ def stop_relay(pid: int, grace: float) -> None:
 
 def _gone(pid: int) -> bool:
     return sockets.proc_state(pid) in ("Z", "X", "gone")
-
-
-def restart(layout: lay.Layout, old_pid: int, release: Release, *, legacy: bool,
-            service: Service | None = None, settings: RestartSettings | None = None,
-            log_dir: Path | None = None) -> tuple[StrategyReport, Started | None]:
-    """Run the restart strategy; the old relay is `old_pid` (serving the public path)."""
-    s = settings or RestartSettings()
-    report = StrategyReport("restart", could_not_guarantee=CANNOT_GUARANTEE)
-    try:
-        cand = start_candidate(layout, release, legacy=legacy, service=service,
-                               settings=s, log_dir=log_dir)
-    except (SwapctlError, TimeoutError, OSError) as exc:
-        report.outcome, report.reason = "failed", f"candidate not started: {exc}"
-        return report, None
-    try:
-        report.details["probe_ms"] = round(probe_socket(layout.slot_socket(cand.slot),
-                                                        s.domain_byte, s.echo,
-                                                        s.probe_timeout), 3)
-    except (SwapctlError, OSError) as exc:
-        cand.stop()
-        report.outcome, report.reason = "failed", f"candidate failed its probe: {exc}"
-        return report, None
-    try:
-        cut = len(sockets.find(old_pid, str(layout.compiled)).connections)
-    except (SwapctlError, OSError):
-        cut = None  # cannot look: the checker's figure is all there is
-    lay.point(layout, layout.slot_socket(cand.slot))
-    stopped = time.monotonic()
-    stop_relay(old_pid, s.stop_grace)
-    report.details["old_stop_ms"] = round((time.monotonic() - stopped) * 1000, 3)
-    report.details.update({"slot": cand.slot, "candidate_pid": cand.pid, "old_pid": old_pid,
-                           "connections_cut": cut})
-    report.disconnects = cut
-    report.unmovable_bytes = None  # whatever the old relay held: not measurable
-    return report, cand

@@ -1,27 +1,28 @@
-"""Strategy `takeover`: a legacy relay's sockets moved to a handoff-capable candidate.
+"""Strategy `takeover`, its mechanics: a legacy relay frozen, its sockets copied out.
 
-How it works:
-1. Start the candidate in standby (it connects to our control socket) and probe it.
-2. While the legacy relay still runs, find its listener and accepted connections
-   (/proc/PID/fd joined with the Unix socket table) and take duplicates with
-   pidfd_getfd (`sockets.Copies`): a duplicate is the same open file, so taking it early
-   changes nothing for the relay or its clients, and the slow part is out of the pause.
-3. Freeze it with SIGSTOP and wait until every thread is stopped. If a thread was not
-   parked in a waiting system call (it may have been half way through a read or a
-   write), let it run again briefly and retry, a bounded number of times (a busy try
-   costs only the stop and the threads' syscall files). Once it is idle, re-read only
-   its descriptor links: copies of sockets closed since are dropped, sockets accepted
-   since are duplicated and checked one by one. If a client's kernel buffer is backed
-   up (the relay may hold bytes for it), retry too.
-4. ADOPT them into the candidate as a transfer with empty `pending_in`/`unsent_out`
-   (nothing of the legacy relay's memory can be read from outside), RESUME it and
-   confirm (stats answer, state active). Each stage is timed (`freeze_stages_ms`,
-   `pause_stages_ms`).
-5. SIGKILL the legacy relay while it is still stopped: it never reads or writes again.
-   Its copies close with it; the clients stay connected through the candidate's.
-If anything fails before the candidate confirms, the candidate is killed first (so
-it reads nothing more), the shared file flags are put back, and the legacy relay
-gets SIGCONT: it carries on with every socket and byte it had.
+The strategy itself (the candidate started and probed, freeze, adopt, retire, verify,
+roll back) is `TakeoverActions` in legacy/actions.py, run by the one swap engine
+(swap/executor.py); this module holds what those phases do to the legacy relay:
+1. `freeze`: while the legacy relay still runs, find its listener and accepted
+   connections (/proc/PID/fd joined with the Unix socket table) and take duplicates
+   with pidfd_getfd (`sockets.Copies`): a duplicate is the same open file, so taking
+   it early changes nothing for the relay or its clients, and the slow part is out of
+   the pause. Then stop it with SIGSTOP and wait until every thread is stopped. If a
+   thread was not parked in a waiting system call (it may have been half way through a
+   read or a write), let it run again briefly and retry, a bounded number of times (a
+   busy try costs only the stop and the threads' syscall files). Once it is idle,
+   re-read only its descriptor links: copies of sockets closed since are dropped,
+   sockets accepted since are duplicated and checked one by one. If a client's kernel
+   buffer is backed up (the relay may hold bytes for it), retry too. Each stage is
+   timed (`Frozen.stages_ms`).
+2. The candidate adopts the copies (non-blocking: `_make_nonblocking`, remembered so
+   that a rollback can put the shared file flags back with `_restore_flags`) with
+   empty `pending_in`/`unsent_out`: nothing of the legacy relay's memory can be read
+   from outside.
+3. `end_relay`: SIGKILL the legacy relay while it is still stopped: it never reads or
+   writes again. Its copies close with it; the clients stay connected through the
+   candidate's. Before that point a rollback kills the candidate first and the legacy
+   relay gets SIGCONT (`signal_relay`): it carries on with every socket and byte.
 
 What cannot move: bytes the legacy relay had read but not forwarded (a partial frame
 in its memory) and bytes it owed a consumer (a frame it had half written). The
@@ -40,15 +41,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from swapctl.errors import SwapctlError
-from swapctl.handoff.manifest import ConnState, Transfer
 from swapctl.legacy import sockets
-from swapctl.legacy.report import StrategyReport
-from swapctl.swap.probe import ProbeSettings, probe
-from swapctl.swap.service import Service, Slot
-from swapctl.swap.spawner import Release
 
 CANNOT_GUARANTEE = (
     "bytes the legacy relay had read but not yet forwarded, and bytes it owed a consumer "
@@ -108,12 +103,6 @@ class Frozen:
     def close(self) -> None:
         self.copies.close()
         self.conns = []
-
-
-@dataclass(slots=True)
-class TakeoverResult:
-    report: StrategyReport
-    candidate: Slot | None  # serving the clients when the takeover completed
 
 
 def signal_relay(pid: int, sig: int) -> None:
@@ -270,101 +259,3 @@ def end_relay(pid: int, timeout: float = 2.0) -> None:
 
 def _zombie(pid: int) -> bool:
     return sockets.proc_state(pid) in ("Z", "gone")
-
-
-class Takeover:
-    """One takeover of the legacy relay `pid` (socket bound at `path` as it sees it)."""
-
-    def __init__(self, service: Service, pid: int, path: str, candidate: Release,
-                 settings: TakeoverSettings | None = None) -> None:
-        self.service = service
-        self.pid = pid
-        self.path = path
-        self.release = candidate
-        self.settings = settings or TakeoverSettings()
-        self.report = StrategyReport("takeover", could_not_guarantee=CANNOT_GUARANTEE)
-        self.cand: Slot | None = None
-        self.frozen: Frozen | None = None
-        self.baseline: dict[str, Any] = {}
-
-    def run(self) -> TakeoverResult:
-        report = self.report
-        try:
-            self._start_candidate()
-            resumed_ns = self._move()
-        except (SwapctlError, TimeoutError, OSError) as exc:
-            report.outcome = "rolled_back" if self.frozen is not None else "failed"
-            report.reason = str(exc)
-            report.moved = 0
-            self._roll_back()
-            return TakeoverResult(report, None)
-        assert self.frozen is not None and self.cand is not None
-        end_relay(self.pid)
-        self.frozen.close()  # the candidate holds its own copies
-        report.pause_ms = (resumed_ns - self.frozen.stopped_ns) / 1e6
-        self._account()
-        return TakeoverResult(report, self.cand)
-
-    def _start_candidate(self) -> None:
-        s = self.settings
-        self.cand = self.service.start_slot(self.release, time.monotonic() + s.ready_timeout)
-        self.report.details["probe_ms"] = round(
-            probe(self.cand.link, ProbeSettings(s.domain_byte, s.echo, s.probe_timeout)), 3)
-        self.baseline = self.cand.link.stats(s.probe_timeout)  # counters include the probe
-
-    def _move(self) -> int:
-        """Freeze, duplicate, adopt, resume, confirm; returns the candidate's resumed_ns."""
-        assert self.cand is not None
-        s = self.settings
-        self.frozen = frozen = freeze(self.pid, self.path, s)
-        _make_nonblocking(frozen)
-        frozen_ns = time.monotonic_ns()
-        transfer = Transfer(frozen.listener,
-                            [(ConnState(i + 1), fd) for i, fd in enumerate(frozen.conns)],
-                            {"source": "takeover", "legacy_pid": self.pid})
-        deadline = time.monotonic() + s.adopt_timeout
-        self.cand.link.adopt(transfer, max(0.01, deadline - time.monotonic()))
-        adopted_ns = time.monotonic_ns()
-        resumed_ns = self.cand.link.resume(max(0.01, deadline - time.monotonic()))
-        self.report.details["pause_stages_ms"] = {  # where the pause went
-            "freeze_and_dup": _ms(frozen_ns - frozen.stopped_ns),
-            "adopt": _ms(adopted_ns - frozen_ns), "resume": _ms(resumed_ns - adopted_ns)}
-        self.report.details["freeze_stages_ms"] = frozen.stages_ms
-        stats = self.cand.link.stats(max(0.01, deadline - time.monotonic()))
-        if stats.get("state") != "active" or not self.cand.alive():
-            raise TakeoverError(f"candidate did not confirm: state {stats.get('state')}")
-        self.report.moved = len(frozen.conns)
-        self.report.details["confirmed_connections"] = int(stats["connections_open"])
-        return resumed_ns
-
-    def _roll_back(self) -> None:
-        if self.cand is not None:
-            self.cand.stop(1.0)  # first: it must read nothing more
-        if self.frozen is not None:
-            _restore_flags(self.frozen)
-            self.frozen.close()
-            signal_relay(self.pid, signal.SIGCONT)
-
-    def _account(self) -> None:
-        """What could not be moved, as far as it can be known (see the module doc)."""
-        assert self.frozen is not None and self.cand is not None
-        f, report = self.frozen, self.report
-        time.sleep(self.settings.settle_s)  # let every publisher's next frame arrive
-        stats: dict[str, Any] = {}
-        with contextlib.suppress(SwapctlError, TimeoutError, OSError):
-            stats = self.cand.link.stats(2.0)
-        def grown(key: str) -> int:
-            return int(stats.get(key, 0)) - int(self.baseline.get(key, 0))
-        skipped = grown("skipped_bytes")
-        report.unmovable_bytes = skipped if stats else None
-        report.disconnects = grown("disconnects") if stats else None  # upper bound
-        report.details.update({
-            "legacy_pid": self.pid, "candidate_pid": self.cand.handle.pid,
-            "freeze_attempts": f.attempts, "frozen_idle": f.quiescent,
-            "publisher_streams_resynchronised": grown("resyncs"),
-            "publisher_bytes_skipped": skipped,
-            "consumers_backed_up_at_freeze": f.backed_up,
-            "kernel_bytes_moved_in": f.inq, "kernel_bytes_moved_out": f.outq,
-            "accepted_since_scan": f.accepted_since_scan,
-            "closed_since_scan": f.closed_since_scan,
-        })
