@@ -174,7 +174,7 @@ def test_candidate_crash_leaves_the_legacy_relay_serving_everyone(
 def test_takeover_refuses_a_legacy_candidate(box: LegacyBox) -> None:
     req = LegacySwap(box.layout, ReleaseSpec("v2", tuple(HANDOFF_RELAY), legacy=True),
                      box.root / "state", canary_rate=0)
-    with pytest.raises(UsageError, match="takeover does not fit .*use --strategy bridge"):
+    with pytest.raises(UsageError, match=r"takeover does not fit .*use --strategy bridge"):
         run_strategy("takeover", req, service=box.service)
     assert process_state(box.slot.pid) in ("S", "R")
 
