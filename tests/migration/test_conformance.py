@@ -5,14 +5,20 @@ breaks the frame semantics (the suite must say so)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from swapctl.conformance.rig import Peer, message
 from swapctl.conformance.suite import ALL_CASES
+from swapctl.process import stop_group
+from tests.conftest import wait_connectable
 from tests.rust import example_relay
 
 SWAPCTL = [sys.executable, "-m", "swapctl"]
@@ -66,3 +72,44 @@ def test_usage_errors_exit_2() -> None:
                               "--case", "echo"], capture_output=True, text=True, timeout=60,
                              check=False)
     assert missing.returncode == 2 and "cannot run" in missing.stderr
+
+
+def test_rust_relay_in_legacy_mode_serves_its_compiled_path(sockdir: Path) -> None:
+    """`--legacy --socket PATH`: no handoff, deletes and binds its path like the real
+    relays, a multi-threaded tokio runtime, broadcast with echo of whole frames."""
+    path = sockdir / "alphapulse" / "market_data.sock"
+    path.parent.mkdir()
+    path.write_bytes(b"")  # a stale file at the path: replaced, as the real relays do
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPCTL_")}
+    proc = subprocess.Popen([str(example_relay()), "--legacy", "--socket", str(path)],
+                            env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_connectable(path, proc, 10)
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) > 1  # tokio multi-thread
+        sub = Peer(_connect(path))
+        sub.send(message(100))
+        sub.expect(message(100), "echo (sub is served)")
+        pub = Peer(_connect(path))
+        pub.send(message(101))
+        pub.expect(message(101), "echo (pub is served)")
+        frame = message(1)
+        pub.send(frame[:10])
+        pub.send(frame[10:] + message(2))
+        sub.expect(message(100) + message(101) + frame + message(2), "broadcast, whole frames")
+        pub.expect(message(101) + frame + message(2), "echo of whole frames")
+    finally:
+        stop_group(proc, 5)
+    bad = subprocess.run([str(example_relay()), "--legacy"], capture_output=True, text=True,
+                         timeout=30, check=False, env=env)
+    assert bad.returncode == 2 and "--socket" in bad.stderr
+    unmanaged = subprocess.run([str(example_relay())], capture_output=True, text=True,
+                               timeout=30, check=False, env=env)
+    assert unmanaged.returncode == 2 and "SWAPCTL_HANDOFF is not set" in unmanaged.stderr
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    return sock
