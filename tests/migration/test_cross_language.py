@@ -66,7 +66,10 @@ class StandaloneSwap:
     def wait_state(self, state: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while state not in self.states():
-            assert self.proc.poll() is None, f"swap ended early: {self.stderr()}"
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read() if self.proc.stdout else b""
+                raise AssertionError(f"swap ended before {state}: {out[-3000:]!r} "
+                                     f"{self.stderr()} journal: {self.states()}")
             assert time.monotonic() < deadline, f"no {state} in {self.states()}"
             time.sleep(0.02)
 
@@ -77,7 +80,8 @@ class StandaloneSwap:
         return result
 
     def stderr(self) -> str:
-        self.err.flush()
+        if not self.err.closed:
+            self.err.flush()
         return Path(self.err.name).read_text(errors="replace")[-2000:]
 
     def request(self, what: str) -> None:
@@ -164,15 +168,18 @@ def test_committed_swap_under_independent_load(sockdir: Path, from_: str, to: st
         if load is not None:
             load.close()
         swap.close()
-    assert swap.proc.returncode == 0, swap.stderr()
     assert result["decision"] == "committed", (result.get("reason"), swap.stderr())
+    canary = result["canary"]
+    assert swap.proc.returncode == 0, (result.get("proven"), result.get("evidence"),
+                                       {k: v for k, v in canary.items() if k != "streams"},
+                                       [{k: v for k, v in s.items() if k != "publishers"}
+                                        for s in canary["streams"]])
     assert verdict.ok, verdict.problems()
     assert verdict.sent > 0 and verdict.disconnects == 0 and verdict.total.lost == 0
     strategy = [c for c in verdict.consumers if c.mode == "strategy"]
     assert strategy and not any(c.dead for c in strategy)
     # the load's 5 clients and the plain one were on the old relay and moved
     assert result["connections"]["moved"] >= 6
-    canary = result["canary"]
     assert canary["lost"] == canary["disconnects"] == canary["dead"] == 0
 
 

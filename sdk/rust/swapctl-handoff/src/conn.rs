@@ -20,8 +20,15 @@ use crate::framing::Inbound;
 use crate::hub::{Counters, Decision, Export, Hub, Phase};
 use crate::table::Carried;
 
-/// Read buffer per connection (the real relays' 64 KiB).
+/// Bytes read at most at once (the real relays' 64 KiB buffer).
 pub const READ_SIZE: usize = 65_536;
+
+thread_local! {
+    // one read buffer per worker thread, not per connection: a read and what is done
+    // with it are synchronous, and a handoff adopting thousands of connections must
+    // not allocate and zero 64 KiB for each
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_SIZE]);
+}
 
 /// A client connection handed to the relay by `Handoff::accept`: accepted, adopted
 /// from the previous relay (with its carried state) or a probe client.
@@ -58,7 +65,6 @@ impl Conn {
             owed = Owed::Some(M::from(carried_out), 0);
         }
         let mut carried_in = std::mem::take(&mut self.carried.pending_in);
-        let mut buf = vec![0u8; READ_SIZE];
         let handed_over = loop {
             match hub.phase() {
                 Phase::Hold => {
@@ -89,7 +95,8 @@ impl Conn {
                     if ready.is_err() {
                         break false;
                     }
-                    match self.read_once(&mut buf, &mut inbound, &tx) {
+                    let read = READ_BUF.with(|buf| self.read_once(&mut buf.borrow_mut(), &mut inbound, &tx));
+                    match read {
                         Ok(true) | Err(_) => break false,
                         Ok(false) => {}
                     }

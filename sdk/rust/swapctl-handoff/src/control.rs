@@ -25,6 +25,7 @@ pub const PROTOCOL_VERSION: u64 = 1;
 const CONNECT_FOR: Duration = Duration::from_secs(10);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 const PART_TIMEOUT: Duration = Duration::from_secs(5);
+const TAKE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The four environment variables the orchestrator sets.
 #[derive(Clone, Debug)]
@@ -54,6 +55,11 @@ pub struct Control {
 }
 
 type Reply = Result<Option<Value>, String>;
+
+fn forget_gone(hub: &Hub, remaining: &mut HashSet<u64>) {
+    let live = hub.live.lock().unwrap();
+    remaining.retain(|id| live.contains(id));
+}
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -195,6 +201,7 @@ impl Control {
             connections += n;
             listener |= l;
         }
+        self.wait_taken();
         log("adopted", format!("connections={} listener={}", connections, listener));
         Ok(Some(json!({"type": "adopted", "connections": connections, "listener": listener})))
     }
@@ -241,7 +248,21 @@ impl Control {
         let stream = tokio::net::UnixStream::from_std(std_stream)?;
         carried.id = self.hub.register(if carried.id == 0 { None } else { Some(carried.id) });
         let conn = Conn { stream, hub: self.hub.clone(), carried };
-        self.hub.incoming.send(conn).map_err(|_| io::Error::new(io::ErrorKind::Other, "relay stopped accepting"))
+        if self.hub.queue(conn) {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::Other, "relay stopped accepting"))
+        }
+    }
+
+    /// Before answering ADOPT or PROBE: every connection queued is in the relay's hands
+    /// (subscribed to its broadcast channel), so nothing broadcast after the answer is
+    /// missed by one of them.
+    fn wait_taken(&self) {
+        if !self.hub.wait_taken(TAKE_DEADLINE) {
+            log("slow_accept", "the relay did not take every handed-over connection within 2 s: \
+                 call accept() in a loop, subscribing each connection before the next call".into());
+        }
     }
 
     fn release(&self, msg: &Message, id: &Value) -> Reply {
@@ -263,17 +284,22 @@ impl Control {
         self.hub.wake();
         let hub = self.hub.clone();
         let got = self.rt.block_on(async move {
+            // every connection live at the stop exports itself, or ends (client gone)
             let limit = tokio::time::Instant::from_std(deadline + Duration::from_secs(2));
-            let mut got: Vec<Export> = Vec::new();
-            loop {
-                let have: HashSet<u64> = got.iter().map(|e| e.carried.id).collect();
-                let live = hub.live.lock().unwrap().clone();
-                if expected.iter().all(|id| have.contains(id) || !live.contains(id)) {
-                    break;
-                }
+            let mut remaining = expected;
+            let mut got: Vec<Export> = Vec::with_capacity(remaining.len());
+            while !remaining.is_empty() {
                 tokio::select! {
-                    export = exports.recv() => if let Some(export) = export { got.push(export) },
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    export = exports.recv() => if let Some(export) = export {
+                        remaining.remove(&export.carried.id);
+                        got.push(export);
+                        while let Ok(more) = exports.try_recv() {
+                            remaining.remove(&more.carried.id);
+                            got.push(more);
+                        }
+                    },
+                    _ = hub.gone.notified() => forget_gone(&hub, &mut remaining),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => forget_gone(&hub, &mut remaining),
                     _ = tokio::time::sleep_until(limit) => break,
                 }
             }
@@ -379,6 +405,7 @@ impl Control {
         for fd in fds.iter() {
             self.add_conn(Carried::default(), *fd).map_err(|e| format!("probe connection: {}", e))?;
         }
+        self.wait_taken();
         Ok(Some(json!({"type": "probing", "fds": fds.len()})))
     }
 

@@ -13,8 +13,8 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixListener as StdListener;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -75,6 +75,13 @@ pub struct Hub {
     pub exports: Mutex<Option<mpsc::UnboundedSender<Export>>>,
     pub parked: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
     pub incoming: mpsc::UnboundedSender<crate::Conn>,
+    /// Connections queued for `Handoff::accept` (adopted, probes) and how many the
+    /// relay has taken: it subscribes each to its broadcast channel before it calls
+    /// `accept` again, so ADOPT and PROBE are answered only once all were taken.
+    queued: AtomicU64,
+    taken: AtomicU64,
+    taken_lock: Mutex<()>,
+    taken_cv: Condvar,
     pub counters: Counters,
     next_id: AtomicU64,
     pub started: Instant,
@@ -93,6 +100,10 @@ impl Hub {
             exports: Mutex::new(None),
             parked: Mutex::new(HashMap::new()),
             incoming,
+            queued: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            taken_lock: Mutex::new(()),
+            taken_cv: Condvar::new(),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
@@ -139,6 +150,41 @@ impl Hub {
             Counters::add(counter, 1);
         }
         self.gone.notify_waiters();
+    }
+
+    /// Queue a connection for `Handoff::accept`.
+    pub fn queue(&self, conn: crate::Conn) -> bool {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.incoming.send(conn).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The relay took one queued connection (and came back to `accept`); the waiter
+    /// is woken once, when the last one is taken.
+    pub fn taken(&self) {
+        let taken = self.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        if taken >= self.queued.load(Ordering::SeqCst) {
+            let _guard = self.taken_lock.lock().unwrap();
+            self.taken_cv.notify_all();
+        }
+    }
+
+    /// Wait until the relay has taken every queued connection (at most `limit`).
+    pub fn wait_taken(&self, limit: Duration) -> bool {
+        let want = self.queued.load(Ordering::SeqCst);
+        let deadline = Instant::now() + limit;
+        let mut guard = self.taken_lock.lock().unwrap();
+        while self.taken.load(Ordering::SeqCst) < want {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self.taken_cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+        true
     }
 
     pub fn connections(&self) -> usize {

@@ -58,6 +58,7 @@ pub struct Handoff {
     incoming: mpsc::UnboundedReceiver<Conn>,
     wake: watch::Receiver<u64>,
     control: Option<Arc<Control>>,
+    took_queued: bool,
 }
 
 impl Handoff {
@@ -65,7 +66,7 @@ impl Handoff {
         let (sender, incoming) = mpsc::unbounded_channel();
         let hub = Hub::new(sender);
         let wake = hub.wakeups();
-        Handoff { hub, incoming, wake, control: None }
+        Handoff { hub, incoming, wake, control: None, took_queued: false }
     }
 
     /// Join the orchestrator named by SWAPCTL_HANDOFF (connect, HELLO, WELCOME),
@@ -115,8 +116,18 @@ impl Handoff {
         }
     }
 
-    /// The next connection to serve (accepted, adopted or a probe client).
+    /// The next connection to serve (accepted, adopted or a probe client). Subscribe
+    /// it to the broadcast channel before calling `accept` again: an ADOPT or PROBE is
+    /// answered once the relay has come back for more after its last connection.
     pub async fn accept(&mut self) -> Conn {
+        if self.took_queued {
+            self.took_queued = false;
+            self.hub.taken();
+        }
+        if let Ok(conn) = self.incoming.try_recv() {
+            self.took_queued = true;
+            return conn;
+        }
         loop {
             let listener = self.hub.listener.lock().unwrap().clone();
             let accepting = listener.is_some() && self.hub.phase() == Phase::Run;
@@ -125,6 +136,7 @@ impl Handoff {
                 biased;
                 conn = self.incoming.recv() => {
                     if let Some(conn) = conn {
+                        self.took_queued = true;
                         return conn;
                     }
                 }
