@@ -35,7 +35,8 @@ from swapctl.daemon import requests_model as rq
 from swapctl.daemon.api import ApiServer
 from swapctl.daemon.metrics import DaemonMetrics
 from swapctl.daemon.paths import Paths, layout_of, read_json
-from swapctl.daemon.runtime import ServiceRuntime, Unhealthy
+from swapctl.daemon.plan import Unhealthy
+from swapctl.daemon.runtime import ServiceRuntime
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.logs import event
 from swapctl.supervise.client import SupervisorClient, SupervisorError

@@ -1,19 +1,42 @@
-"""A swap as swapctld runs it: its identity, its phase, and the records waiters follow.
+"""A swap as swapctld runs it: its identity, its phase, the records waiters follow, its thread.
 
-Every swap, whatever its strategy, is driven by a `SwapRun` (the one engine); its
-journal records reach `add`, and its report reaches `finish`.
+How it works. Every swap, whatever its strategy, is driven by a `SwapRun` (the one
+engine) in a thread of its own (`run_in_thread`) that holds the service's lock for the
+swap's whole life: the relays' control links carry one request at a time. The thread
+starts the canary, runs the body (a new swap's `SwapRun.run`, or a recovered swap's
+`resume`), builds the report (swap/report.py) and writes it to STATE/reports, refreshes
+the service's health and only then hands the report to `finish`: whoever follows the
+job sees the service as the swap left it. A crash inside is a "failed" report, never a
+waiter left hanging. The swap's journal records reach `add` meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from swapctl.swap.canary import Canary
+from swapctl.daemon.paths import Paths, write_json
+from swapctl.daemon.requests_model import Refusal
+from swapctl.daemon.steer import Steering
+from swapctl.logs import event
+from swapctl.swap import report as swap_report
+from swapctl.swap.canary import Canary, CanaryError
 from swapctl.swap.executor import SwapRun
+from swapctl.swap.service import Service
+
+log = logging.getLogger("swapctl.daemon")
+Body = Callable[[], SwapRun | dict[str, Any]]  # runs the swap; a dict is a finished report
+
+
+class Busy(Refusal):
+    """A swap is already running on this service, or a run holds it (its lease)."""
+
+    code = "busy"
 
 
 @dataclass
@@ -72,6 +95,103 @@ class SwapJob:
             if report is not None and seen == len(self.records):
                 yield {"report": report}
                 return
+
+
+class Host(Protocol):
+    """What of a service's runtime a swap's thread uses (daemon/runtime.py has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def service(self) -> Service: ...
+
+    @property
+    def paths(self) -> Paths: ...
+
+    @property
+    def lock(self) -> contextlib.AbstractContextManager[Any]: ...
+
+    @property
+    def on_finished(self) -> Callable[[str, dict[str, Any]], None] | None: ...
+
+    def remember(self, release: str) -> None: ...
+
+    def refresh(self) -> dict[str, Any]: ...
+
+
+def run_in_thread(host: Host, job: SwapJob, body: Body, steering: Steering) -> None:
+    """Run `job` in a thread of its own under the host's lock; `steering` (the operator's
+    requests to it) ends with it."""
+    def main() -> None:
+        with host.lock:
+            try:
+                run_job(host, job, body)
+            finally:
+                steering.ended()
+
+    threading.Thread(target=main, name=f"swap-{host.name}", daemon=True).start()
+
+
+def run_job(host: Host, job: SwapJob, body: Body) -> None:
+    """Run the swap and file its report: STATE/reports, the last good release, the
+    health, then the job's waiters and the host's `on_finished`."""
+    report = _outcome(host.name, job, body)
+    active = host.service.active
+    report.update(service=host.name, kind=job.kind, strategy=job.strategy,
+                  started=job.started, ended=time.time(),
+                  active=active.release.name if active else None)
+    write_json(host.paths.report(job.swap_id), report)
+    if active is not None and report.get("decision") in ("committed", "rolled_back"):
+        host.remember(active.release.name)
+    host.refresh()
+    job.finish(report)
+    if host.on_finished is not None:
+        host.on_finished(host.name, report)
+
+
+def _outcome(service: str, job: SwapJob, body: Body) -> dict[str, Any]:
+    """The body run between the canary's start and stop, and its report; a crash is a
+    failed report."""
+    canary = job.canary
+    audit = None
+    try:
+        if canary is not None:
+            try:
+                canary.start()
+            except CanaryError as exc:
+                job.canary = canary = None
+                if job.run is not None:
+                    job.run.canary = None
+                event(log, logging.WARNING, "daemon.canary_failed", service=service,
+                      error=str(exc))
+        result = body()
+        if canary is not None:
+            with contextlib.suppress(CanaryError):
+                audit = canary.stop()
+        report = report_of(result, audit)
+    except Exception as exc:  # a bug must not leave waiters hanging forever
+        log.exception("swap %s crashed", job.swap_id)
+        report = {"swap_id": job.swap_id, "decision": "failed",
+                  "reason": f"internal error: {exc}", "from": job.from_release,
+                  "to": job.to_release}
+    finally:
+        if canary is not None:
+            canary.close()
+    return report
+
+
+def report_of(result: SwapRun | dict[str, Any], audit: dict[str, Any] | None
+              ) -> dict[str, Any]:
+    """The swap's report (swap/report.py), with the canary's `audit`."""
+    if isinstance(result, dict):
+        return result
+    report = swap_report.build(result, audit)
+    if report.get("server_pause_ms") is None:  # measured before a daemon restart
+        adopted = [r for r in report["journal"] if r.get("event") == "adopted"]
+        if adopted:
+            report["server_pause_ms"] = adopted[-1].get("server_pause_ms")
+    return report
 
 
 class GoneHandle:
