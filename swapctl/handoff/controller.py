@@ -2,8 +2,12 @@
 
 `ControlServer` listens on a Unix socket (owner-only), accepts relays, checks who they
 are (SO_PEERCRED pid against the pid it started, and the token it gave them) and
-answers HELLO. `RelayLink` sends one request at a time and waits for its reply within
-a deadline; a closed channel means the relay is gone.
+answers HELLO (granting the extensions both sides speak). `RelayLink` sends one request
+at a time and waits for its reply within a deadline; a closed channel means the relay
+is gone. `hand_over` pipelines a RELEASE into an ADOPT; with the pre-copy extension,
+`pre_copy` first moves every fd while the old relay serves, the RELEASE names it and
+carries only the delta, and `forward_backlog` passes the owed bytes' memfd on after
+the candidate resumed (fds through here, never the bytes).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.handoff.manifest import Assembler, Transfer, to_parts
-from swapctl.handoff.messages import PROTOCOL_VERSION, Envelope, HandoffError
+from swapctl.handoff.messages import PRECOPY, PROTOCOL_VERSION, Envelope, HandoffError, granted
 from swapctl.handoff.wire import Channel, close_fds
 from swapctl.unixsock import open_listener
 
@@ -42,6 +46,12 @@ class RelayLink:
         self.token = str(hello.get("token", ""))
         self.ready = False
         self._next_id = 1
+        self.extensions = granted(hello.get("extensions"))
+        self.backlog_due: int | None = None  # a pre-copy RELEASE still owes its BACKLOG
+
+    @property
+    def precopy(self) -> bool:
+        return PRECOPY in self.extensions
 
     def close(self) -> None:
         self.channel.close()
@@ -133,14 +143,69 @@ class HandOverFailed(HandoffError):
         self.transfer = transfer  # what arrived from the old relay (the orchestrator's copy)
 
 
+def pre_copy(old: RelayLink, new: RelayLink, remaining: Callable[[], float]) -> Transfer:
+    """PRECOPY (extension): the old relay, still serving, sends its listener and every
+    connection's fd; each part goes on to the new relay as PREADOPT (it stages them, not
+    reading). Returns the orchestrator's own copies (its rollback duplicates), with the
+    pre-copy's `generation` in meta. On failure raises HandOverFailed; nothing moved."""
+    rid_old = old._send({"type": "precopy"})
+    rid_new = new._take_id()
+    assembler = Assembler("precopied")
+    forward_error: BaseException | None = None
+    while not assembler.done:
+        try:
+            env = old._reply(rid_old, remaining())
+        except (HandoffError, TimeoutError, OSError) as exc:
+            raise HandOverFailed("old", exc, assembler.transfer) from None
+        if forward_error is None:
+            msg = {k: v for k, v in env.msg.items() if k != "re"}
+            try:
+                new.channel.send({**msg, "type": "preadopt", "id": rid_new}, env.blob, env.fds)
+            except HandoffError as exc:
+                forward_error = exc
+        assembler.feed(env)
+    if forward_error is not None:
+        raise HandOverFailed("new", forward_error, assembler.transfer)
+    try:
+        new._reply(rid_new, remaining())
+    except (HandoffError, TimeoutError, OSError) as exc:
+        raise HandOverFailed("new", exc, assembler.transfer) from None
+    return assembler.transfer
+
+
+def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
+    """After a pre-copy RELEASE, once the new relay resumed: the old relay's BACKLOG
+    (a memfd of the bytes owed to clients) goes on to the new relay; returns how many
+    connections it covered (0 when nothing was owed)."""
+    rid, old.backlog_due = old.backlog_due, None
+    if rid is None:
+        return 0
+    env = old._reply(rid, timeout)
+    if env.type != "backlog":
+        close_fds(env)
+        raise HandoffError(f"relay {old.token}: expected backlog, got {env.type}")
+    msg = {k: v for k, v in env.msg.items() if k != "re"}
+    try:
+        reply = new.request(msg, timeout, fds=env.fds)
+    finally:
+        close_fds(env)  # our copy of the memfd: the bytes now belong to the new relay
+    return int(reply.msg.get("connections", 0))
+
+
 def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
               remaining: Callable[[], float],
-              on_released: Callable[[Transfer], None]) -> Transfer:
+              on_released: Callable[[Transfer], None],
+              *, precopy: int | None = None) -> Transfer:
     """RELEASE the old relay and forward each manifest part to the new relay as an ADOPT
     part the moment it arrives (old relay, orchestrator and new relay work in a
     pipeline); returns the orchestrator's copy of everything once the new relay adopted.
-    The new relay is not resumed here."""
-    rid_old = old._send({"type": "release", "flush_ms": flush_ms})
+    The new relay is not resumed here. With `precopy` (a pre-copy's generation) the
+    RELEASE asks only for the delta since then; any BACKLOG it owes is left for
+    `forward_backlog`."""
+    request: dict[str, Any] = {"type": "release", "flush_ms": flush_ms}
+    if precopy is not None:
+        request["precopy"] = precopy
+    rid_old = old._send(request)
     rid_new = new._take_id()
     assembler = Assembler("manifest")
     forward_error: BaseException | None = None
@@ -156,6 +221,8 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
             except HandoffError as exc:
                 forward_error = exc  # keep draining: the old relay's parts must all arrive
         assembler.feed(env)
+    if precopy is not None and assembler.transfer.meta.get("backlog"):
+        old.backlog_due = rid_old
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)
@@ -220,7 +287,8 @@ class ControlServer:
                 channel.send({"type": "error", "message": "expected hello with version 1"})
                 channel.close()
                 return
-            channel.send({"type": "welcome", "version": PROTOCOL_VERSION})
+            channel.send({"type": "welcome", "version": PROTOCOL_VERSION,
+                          "extensions": granted(hello.msg.get("extensions"))})
         except HandoffError:
             channel.close()
             return

@@ -8,6 +8,10 @@ from typing import Any
 from swapctl.errors import SwapctlError
 
 PROTOCOL_VERSION = 1
+# Optional extensions, name -> version, offered in HELLO and granted in WELCOME (a peer
+# that does not know the key ignores it and gets the plain version-1 handoff).
+PRECOPY = "precopy"
+EXTENSIONS: dict[str, int] = {PRECOPY: 1}
 MAX_FDS = 253  # the kernel's SCM_MAX_FD: file descriptors in one message
 
 
@@ -17,6 +21,14 @@ class HandoffError(SwapctlError):
 
 class ChannelClosed(HandoffError):
     """The peer closed the control channel (often: it exited)."""
+
+
+def granted(offered: object) -> dict[str, int]:
+    """The extensions both sides speak, from the peer's offer (a HELLO's `extensions`)."""
+    if not isinstance(offered, dict):
+        return {}
+    return {name: version for name, version in EXTENSIONS.items()
+            if offered.get(name) == version}
 
 
 @dataclass(slots=True)

@@ -6,19 +6,33 @@ creates a `Participant`, registers `participant.fileno()` in its event loop and 
 orchestrator's control socket, introduces itself (HELLO), says READY, then answers
 requests one at a time: ADOPT, RELEASE, RESUME, CLOSE, PROBE, STATS. If the
 orchestrator goes away the relay keeps serving and `reconnect()` tries again later.
+
+A host that also implements `PreCopyHost` offers the pre-copy extension in its HELLO
+(docs/handoff-protocol.md section 10): PRECOPY (send every fd ahead, keep serving),
+PREADOPT (stage them, not reading), a RELEASE naming the pre-copy (send the delta, then
+the owed bytes as a BACKLOG memfd) and BACKLOG (queue them in front, resume writing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from swapctl.handoff.manifest import Assembler, Transfer, to_parts
-from swapctl.handoff.messages import PROTOCOL_VERSION, Envelope, HandoffError
+from swapctl.handoff.manifest import DELTA_FORMAT, Assembler, Transfer, to_parts
+from swapctl.handoff.messages import (
+    EXTENSIONS,
+    PRECOPY,
+    PROTOCOL_VERSION,
+    Envelope,
+    HandoffError,
+    granted,
+)
 from swapctl.handoff.wire import Channel, close_fds
 from swapctl.logs import event
 
@@ -37,6 +51,19 @@ class HandoffHost(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class PreCopyHost(Protocol):
+    """The hooks of the pre-copy extension (a host without them gets version 1)."""
+
+    def handoff_precopy(self) -> Transfer: ...
+    def handoff_preadopt(self, transfer: Transfer, first: bool) -> None: ...
+    def handoff_freeze(self, generation: int) -> Transfer: ...
+    def handoff_adopt_delta(self, transfer: Transfer, first: bool) -> None: ...
+    def handoff_backlog_export(self) -> tuple[dict[str, Any], int | None]: ...
+    def handoff_backlog_import(self, fd: int | None, msg: dict[str, Any]) -> int: ...
+    def handoff_control_lost(self) -> None: ...
+
+
 class Participant:
     def __init__(self, path: Path, host: HandoffHost, token: str, release: str = "") -> None:
         self.path = path
@@ -46,6 +73,8 @@ class Participant:
         self.channel: Channel | None = None
         self.ready_sent = False
         self.awaiting_welcome = False
+        self.precopy = isinstance(host, PreCopyHost)
+        self.extensions: dict[str, int] = {}  # granted by the orchestrator's WELCOME
 
     def fileno(self) -> int:
         return -1 if self.channel is None else self.channel.fileno()
@@ -82,6 +111,7 @@ class Participant:
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": os.getpid(),
             "token": self.token, "release": self.release, "state": self.host.handoff_state(),
             "connections": self.host.stats().get("connections_open", 0),
+            "extensions": dict(EXTENSIONS) if self.precopy else {},
         })
         self.awaiting_welcome = True
         return True
@@ -90,6 +120,7 @@ class Participant:
         if reply.type != "welcome" or reply.msg.get("version") != PROTOCOL_VERSION:
             raise HandoffError(f"orchestrator refused HELLO: {reply.msg}")
         self.awaiting_welcome = False
+        self.extensions = granted(reply.msg.get("extensions")) if self.precopy else {}
         event(log, logging.INFO, "handoff.connected", control=str(self.path), token=self.token)
         if self.ready_sent:
             self.send_ready()
@@ -121,6 +152,8 @@ class Participant:
             event(log, logging.WARNING, "handoff.control_lost", error=str(exc))
             self.channel.close()
             self.channel = None
+            if isinstance(self.host, PreCopyHost):
+                self.host.handoff_control_lost()
             return False
         return True
 
@@ -157,20 +190,50 @@ class Participant:
         if kind == "listener":
             self._send_listener(env)
             return None
+        if kind in ("precopy", "preadopt", "backlog"):
+            return self._precopy_request(env)
         raise HandoffError(f"unknown request type {kind!r}")
 
-    def _adopt(self, first: Envelope) -> dict[str, Any]:
+    def _precopy_host(self) -> PreCopyHost:
+        if PRECOPY not in self.extensions or not isinstance(self.host, PreCopyHost):
+            raise HandoffError("the precopy extension was not negotiated on this channel")
+        return self.host
+
+    def _precopy_request(self, env: Envelope) -> dict[str, Any] | None:
+        assert self.channel is not None
+        host = self._precopy_host()
+        if env.type == "precopy":
+            transfer = host.handoff_precopy()
+            for msg, blob, fds in to_parts(transfer, "precopied"):
+                msg["re"] = env.msg.get("id")
+                self.channel.send(msg, blob, fds)
+            return None
+        if env.type == "preadopt":
+            return self._adopt(env, "preadopt", host.handoff_preadopt)
+        fd = env.fds[0] if env.fds else None
+        try:
+            count = host.handoff_backlog_import(fd, env.msg)
+        finally:
+            close_fds(env)
+        return {"type": "backlogged", "connections": count}
+
+    def _adopt(self, first: Envelope, kind: str = "adopt",
+               take: Callable[[Transfer, bool], None] | None = None) -> dict[str, Any]:
         """Adopt each part as it arrives: the orchestrator forwards parts while the old
         relay is still sending them, so the three processes work in a pipeline."""
         assert self.channel is not None
-        assembler = Assembler("adopt")
-        self.host.handoff_adopt(assembler.feed(first), first=True)
+        assembler = Assembler(kind)
+        part = assembler.feed(first)
+        if take is None:
+            take = self.host.handoff_adopt
+            if part.table == DELTA_FORMAT:
+                take = self._precopy_host().handoff_adopt_delta
+        take(part, True)
         while not assembler.done:
-            self.host.handoff_adopt(assembler.feed(self.channel.recv(timeout=PART_TIMEOUT)),
-                                    first=False)
+            take(assembler.feed(self.channel.recv(timeout=PART_TIMEOUT)), False)
         transfer = assembler.transfer
-        return {"type": "adopted", "connections": len(transfer.conns),
-                "listener": transfer.listener is not None}
+        return {"type": "adopted" if kind == "adopt" else "preadopted",
+                "connections": len(transfer.conns), "listener": transfer.listener is not None}
 
     def _send_listener(self, env: Envelope) -> None:
         """A copy of the listening socket, for an orchestrator rebuilding its fd store."""
@@ -182,8 +245,24 @@ class Participant:
 
     def _release(self, env: Envelope) -> None:
         assert self.channel is not None
-        flush_ms = float(env.msg.get("flush_ms", 10.0))
-        transfer = self.host.handoff_release(flush_ms)
+        rid = env.msg.get("id")
+        generation = env.msg.get("precopy")
+        if generation is None:
+            transfer = self.host.handoff_release(float(env.msg.get("flush_ms", 10.0)))
+        else:
+            transfer = self._precopy_host().handoff_freeze(int(generation))
         for msg, blob, fds in to_parts(transfer, "manifest"):
-            msg["re"] = env.msg.get("id")
+            msg["re"] = rid
             self.channel.send(msg, blob, fds)
+        if generation is None:
+            return
+        # after the manifest: the candidate resumes while the owed bytes are copied
+        fields, fd = self._precopy_host().handoff_backlog_export()
+        try:
+            if transfer.meta.get("backlog"):
+                self.channel.send({"type": "backlog", "re": rid, **fields},
+                                  fds=[fd] if fd is not None else [])
+        finally:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)

@@ -21,6 +21,7 @@ class Connection:
     closed: bool = False
     registered: bool = False  # in the relay's epoll set
     carried_in: bytes = b""  # a partial frame handed over, fed at resume
+    hold: bool = False  # handoff: bytes owed to it are still on their way; write nothing
     bytes_in: int = 0
     frames_in: int = 0
     frames_out: int = 0

@@ -230,7 +230,7 @@ class Relay:
         return conn
 
     def _mask(self, conn: Connection) -> int:
-        return (_IN if self.reading else 0) | (_OUT if conn.out else 0)
+        return (_IN if self.reading else 0) | (_OUT if conn.out and not conn.hold else 0)
 
     def _register(self, conn: Connection) -> None:
         self.epoll.register(conn.fd, self._mask(conn))
@@ -346,7 +346,7 @@ class Relay:
     def _deliver(self, conn: Connection, data: bytes, frames: int) -> None:
         self.counters.frames_out += frames
         conn.frames_out += frames
-        if conn.out:
+        if conn.out or conn.hold:
             conn.out.append((data, frames))
             conn.backlog += len(data)
             if conn.backlog > self.config.max_backlog:
@@ -368,6 +368,8 @@ class Relay:
 
     def _flush(self, conn: Connection) -> bool:
         """Write what is queued for `conn`; True once its backlog is empty."""
+        if conn.hold:  # a handoff still owes it older bytes (handoff_host.py)
+            return False
         while conn.out:
             data, _ = conn.out[0]
             try:

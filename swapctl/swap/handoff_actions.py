@@ -3,28 +3,41 @@
 Phases (swap/machine.py PATHS["handoff"]):
   starting    the candidate starts in standby (or the warm standby is reused);
   probing     probe connections through it, no client moved yet;
-  releasing   the whole pause: the old relay stops reading and hands over its listener,
-              connections and bytes; each manifest part goes on to the candidate as it
-              arrives; the candidate resumes. Nothing is journaled inside the pause:
-              RELEASED is recorded once the candidate reads, with the stamped times;
+  releasing   with the pre-copy extension (both relays offer it), first, while the old
+              relay serves: every fd goes to the candidate, staged, and the orchestrator
+              keeps its rollback duplicates. Then the whole pause: the old relay stops
+              reading and hands over its listener, connections and bytes (with pre-copy:
+              only what changed since, the bytes owed following as a memfd after the
+              resume); each manifest part goes on to the candidate as it arrives; the
+              candidate resumes. Nothing is journaled inside the pause: RELEASED is
+              recorded once the candidate reads, with the stamped times;
   adopting    the old relay lets go of its copies and stays warm;
   verifying   pause budget, error counters, canary messages through the candidate;
   soaking     (the engine's loop) the candidate watched, the old release warm;
   committing  the old release stopped (or kept warm with keep_old).
 Rollback, by where the clients are: OLD, stop the candidate; RELEASED, RESUME the old
 relay (it kept every socket and byte); CANDIDATE, hand everything back (RELEASE the
-candidate, ADOPT+RESUME the old relay, warm or started cold); a dead candidate's
-clients are handed back from the orchestrator's own copies of the sockets.
+candidate, ADOPT+RESUME the old relay, warm or started cold; with pre-copy the same
+two steps in reverse); a dead candidate's clients are handed back from the
+orchestrator's own copies of the sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
 
 from swapctl.errors import SwapctlError
-from swapctl.handoff.controller import HandOverFailed, hand_over
-from swapctl.handoff.manifest import ConnState, Transfer
+from swapctl.handoff.controller import (
+    HandOverFailed,
+    RelayLink,
+    forward_backlog,
+    hand_over,
+    pre_copy,
+)
+from swapctl.handoff.manifest import DELTA_FORMAT, ConnState, Transfer
 from swapctl.handoff.messages import ChannelClosed
 from swapctl.swap.executor import Failure, SwapRun, Where
 from swapctl.swap.machine import State
@@ -38,6 +51,9 @@ CANNOT_GUARANTEE = ("nothing noted: every connection, its unread bytes and the b
 class HandoffActions:
     strategy = "handoff"
     could_not_guarantee = CANNOT_GUARANTEE
+
+    def __init__(self, precopy: bool = True) -> None:
+        self.precopy = precopy  # use the pre-copy extension when both relays offer it
 
     def begin(self, run: SwapRun) -> dict[str, Any]:
         return {"release": run.release.name, "command": list(run.release.command),
@@ -97,14 +113,17 @@ class HandoffActions:
             raise blame(run, "the probe", exc) from None
 
     def _hand_over(self, run: SwapRun) -> None:
-        """RELEASE the old relay; each manifest part goes on to the candidate as it
-        arrives (pipelined); the candidate registers it without reading, then RESUME."""
+        """(Pre-copy, old relay serving.) RELEASE the old relay; each manifest part goes
+        on to the candidate as it arrives (pipelined); the candidate registers it
+        without reading, then RESUME; then any bytes owed, as a memfd."""
         assert run.cand is not None
+        base = self._pre_copy(run, run.old.link, run.cand.link)
         run.mark_cutover()
         run.where = Where.RELEASED  # from the release request on, the old relay may be paused
+        generation = None if base is None else int(base.meta["generation"])
         try:
-            hand_over(run.old.link, run.cand.link, run.settings.flush_ms, run.timeout,
-                      lambda transfer: _released(run, transfer))
+            delta = hand_over(run.old.link, run.cand.link, run.settings.flush_ms, run.timeout,
+                              lambda transfer: _released(run, transfer), precopy=generation)
             run.marks.adopted_ns = time.monotonic_ns()
         except HandOverFailed as exc:
             if exc.side == "old":
@@ -116,6 +135,30 @@ class HandoffActions:
         except (SwapctlError, TimeoutError, OSError) as exc:
             raise blame(run, "resume", exc) from None
         run.where = Where.CANDIDATE
+        if base is not None:
+            run.transfer = _merged(base, delta)
+            try:
+                run.marks.handoff["backlog_connections"] = forward_backlog(
+                    run.old.link, run.cand.link, run.timeout())
+            except (SwapctlError, TimeoutError, OSError) as exc:
+                raise blame(run, "backlog", exc) from None
+
+    def _pre_copy(self, run: SwapRun, old: RelayLink, new: RelayLink) -> Transfer | None:
+        """Every fd to `new` ahead of the freeze (None: a relay does not offer it)."""
+        if not (self.precopy and old.precopy and new.precopy):
+            return None
+        start = time.monotonic_ns()
+        try:
+            base = pre_copy(old, new, run.timeout)
+        except HandOverFailed as exc:
+            run.service.held.append(exc.transfer)  # (closed with the rest of the copies)
+            if exc.side == "old":
+                raise Failure(f"relay {old.token} did not pre-copy: {exc.cause}") from None
+            raise blame(run, "pre-adopt", exc.cause) from None
+        run.service.held.append(base)
+        run.marks.handoff.update(precopy_ms=round((time.monotonic_ns() - start) / 1e6, 3),
+                                 precopied=len(base.conns))
+        return base
 
     def _let_old_go(self, run: SwapRun) -> None:
         assert run.cand is not None
@@ -174,8 +217,15 @@ class HandoffActions:
         target = run.service.warm
         if target is not None and not target.alive():
             target = None
-        transfer = self._release_candidate(run)
         kind = "warm" if target is not None else "cold"
+        cand = run.cand
+        if cand is not None and cand.alive() and self.precopy and cand.link.precopy:
+            if target is None:
+                target = run.service.start_slot(run.old.release, run.clock() + run.timeout())
+            run.old = target
+            if target.link.precopy and self._hand_back_precopy(run, target):
+                return f"{kind} handoff"
+        transfer = self._release_candidate(run)
         if target is None:
             target = run.service.start_slot(run.old.release, run.clock() + run.timeout())
         run.old = target
@@ -183,6 +233,30 @@ class HandoffActions:
         target.link.resume(run.timeout())
         return f"{kind} handoff" + (
             "" if transfer.meta.get("from_candidate") else " from held sockets (candidate dead)")
+
+    def _hand_back_precopy(self, run: SwapRun, target: Slot) -> bool:
+        """The swap's two steps in reverse: pre-copy candidate -> old release, then the
+        freeze's delta; False (target cleared again) if the candidate failed first."""
+        assert run.cand is not None
+        cand = run.cand.link
+        try:
+            base = self._pre_copy(run, cand, target.link)
+            assert base is not None
+            run.transfer = Transfer(base.listener, [(ConnState(s.id), fd)
+                                                    for s, fd in base.conns])
+            hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
+                      run.service.held.append, precopy=int(base.meta["generation"]))
+        except (Failure, HandOverFailed) as exc:
+            if isinstance(exc, HandOverFailed):
+                run.service.held.append(exc.transfer)
+                if exc.side != "old":
+                    raise
+            target.link.close_held(run.timeout())  # let go of what it staged
+            return False
+        run.marks.cand_released = True
+        target.link.resume(run.timeout())
+        forward_backlog(cand, target.link, run.timeout())
+        return True
 
     def _release_candidate(self, run: SwapRun) -> Transfer:
         assert run.cand is not None
@@ -222,9 +296,29 @@ def _released(run: SwapRun, transfer: Transfer) -> None:
     run.transfer = transfer
     run.service.held.append(transfer)
     run.marks.stopped_ns = int(transfer.meta.get("stopped_reading_ns", 0))
-    run.marks.handoff = {k: transfer.meta.get(k) for k in
-                         ("flushed_bytes", "unsent_bytes", "pending_bytes")}
-    run.marks.moved = len(transfer.conns)
+    run.marks.handoff.update({k: transfer.meta.get(k) for k in
+                              ("flushed_bytes", "unsent_bytes", "pending_bytes")})
+    if transfer.table == DELTA_FORMAT:  # the pre-copied, less the closed, plus the new
+        run.marks.moved = (int(run.marks.handoff.get("precopied", 0)) - len(transfer.closed)
+                           + sum(fd >= 0 for _, fd in transfer.conns))
+    else:
+        run.marks.moved = len(transfer.conns)
+
+
+def _merged(base: Transfer, delta: Transfer) -> Transfer:
+    """The orchestrator's copies after a pre-copy swap: the pre-copied sockets but the
+    ones closed since (their copies closed now, after the pause), plus the new ones."""
+    closed = set(delta.closed)
+    keep: list[tuple[ConnState, int]] = []
+    for state, fd in base.conns:
+        if state.id in closed:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        else:
+            keep.append((ConnState(state.id), fd))
+    base.conns = keep  # (held: drop_held closes what is left)
+    new = [(ConnState(state.id), fd) for state, fd in delta.conns if fd >= 0]
+    return Transfer(base.listener, keep + new, delta.meta)
 
 
 def blame(run: SwapRun, what: str, exc: BaseException) -> Failure:
