@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from swapctl.conformance import cases, handoff_cases
+from swapctl.conformance import cases, handoff_cases, precopy_cases
 from swapctl.conformance.cases import Case
 from swapctl.conformance.rig import CaseFailed, Rig
 from swapctl.errors import SwapctlError, UsageError
@@ -21,7 +21,8 @@ from swapctl.handoff.messages import HandoffError
 
 # every case, in order: cases.py registers its own, then handoff_cases.py adds its
 ALL_CASES: tuple[Case, ...] = tuple(cases.CASES)
-assert handoff_cases.META and len({c.name for c in ALL_CASES}) == len(ALL_CASES)
+assert handoff_cases.META and precopy_cases.__name__  # (imported for their cases)
+assert len({c.name for c in ALL_CASES}) == len(ALL_CASES)
 
 
 @dataclass(frozen=True, slots=True)

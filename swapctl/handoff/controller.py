@@ -47,7 +47,7 @@ class RelayLink:
         self.ready = False
         self._next_id = 1
         self.extensions = granted(hello.get("extensions"))
-        self.backlog_due: int | None = None  # a pre-copy RELEASE still owes its BACKLOG
+        self.backlog_due = False  # a pre-copy RELEASE said bytes are owed: ask OWED
 
     @property
     def precopy(self) -> bool:
@@ -174,13 +174,14 @@ def pre_copy(old: RelayLink, new: RelayLink, remaining: Callable[[], float]) -> 
 
 
 def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
-    """After a pre-copy RELEASE, once the new relay resumed: the old relay's BACKLOG
-    (a memfd of the bytes owed to clients) goes on to the new relay; returns how many
+    """After a pre-copy RELEASE, once the new relay resumed: OWED asks the old relay for
+    its BACKLOG (a memfd of the bytes owed to clients; written now, so not competing
+    for the CPU inside the pause), which goes on to the new relay; returns how many
     connections it covered (0 when nothing was owed)."""
-    rid, old.backlog_due = old.backlog_due, None
-    if rid is None:
+    due, old.backlog_due = old.backlog_due, False
+    if not due:
         return 0
-    env = old._reply(rid, timeout)
+    env = old.request({"type": "owed"}, timeout)
     if env.type != "backlog":
         close_fds(env)
         raise HandoffError(f"relay {old.token}: expected backlog, got {env.type}")
@@ -222,7 +223,7 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
                 forward_error = exc  # keep draining: the old relay's parts must all arrive
         assembler.feed(env)
     if precopy is not None and assembler.transfer.meta.get("backlog"):
-        old.backlog_due = rid_old
+        old.backlog_due = True
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)

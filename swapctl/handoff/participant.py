@@ -9,13 +9,13 @@ orchestrator goes away the relay keeps serving and `reconnect()` tries again lat
 
 A host that also implements `PreCopyHost` offers the pre-copy extension in its HELLO
 (docs/handoff-protocol.md section 10): PRECOPY (send every fd ahead, keep serving),
-PREADOPT (stage them, not reading), a RELEASE naming the pre-copy (send the delta, then
-the owed bytes as a BACKLOG memfd) and BACKLOG (queue them in front, resume writing).
+PREADOPT (stage them, not reading), a RELEASE naming the pre-copy (send the delta),
+OWED (the frozen relay's owed bytes as a BACKLOG memfd, asked after the candidate
+resumed) and BACKLOG (the adopter queues them in front and resumes writing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -190,7 +190,7 @@ class Participant:
         if kind == "listener":
             self._send_listener(env)
             return None
-        if kind in ("precopy", "preadopt", "backlog"):
+        if kind in ("precopy", "preadopt", "backlog", "owed"):
             return self._precopy_request(env)
         raise HandoffError(f"unknown request type {kind!r}")
 
@@ -210,6 +210,15 @@ class Participant:
             return None
         if env.type == "preadopt":
             return self._adopt(env, "preadopt", host.handoff_preadopt)
+        if env.type == "owed":  # asked once the candidate resumed: no copy in the pause
+            fields, memfd = host.handoff_backlog_export()
+            try:
+                self.channel.send({"type": "backlog", "re": env.msg.get("id"), **fields},
+                                  fds=[memfd] if memfd is not None else [])
+            finally:
+                if memfd is not None:
+                    os.close(memfd)
+            return None
         fd = env.fds[0] if env.fds else None
         try:
             count = host.handoff_backlog_import(fd, env.msg)
@@ -254,15 +263,3 @@ class Participant:
         for msg, blob, fds in to_parts(transfer, "manifest"):
             msg["re"] = rid
             self.channel.send(msg, blob, fds)
-        if generation is None:
-            return
-        # after the manifest: the candidate resumes while the owed bytes are copied
-        fields, fd = self._precopy_host().handoff_backlog_export()
-        try:
-            if transfer.meta.get("backlog"):
-                self.channel.send({"type": "backlog", "re": rid, **fields},
-                                  fds=[fd] if fd is not None else [])
-        finally:
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)

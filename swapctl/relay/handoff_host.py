@@ -195,6 +195,7 @@ class RelayHandoff:
             raise HandoffError(f"nothing to resume in state {self.handoff_state()}")
         if self.staged is not None:
             return self._resume_staged(self.staged)
+        self._retire()  # (a frozen relay taken back: its sockets are re-registered below)
         relay.paused = relay.adopting = False
         if relay.listener is not None:
             relay.epoll.register(relay.listener.fileno(), select.EPOLLIN)
@@ -296,7 +297,7 @@ class RelayHandoff:
         return Transfer(None, records, meta, DELTA_FORMAT, closed, flagged)
 
     def handoff_backlog_export(self) -> tuple[dict[str, Any], int | None]:
-        """After the frozen manifest went out: the owed units into a memfd, and the
+        """OWED, once the candidate resumed: the owed units into a memfd, and the
         bookkeeping the freeze left for later (the retired epoll set)."""
         owed, self.owed = self.owed, []
         fields, fd = write_backlogs([(c.id, c.head_sent, list(c.out)) for c in owed])

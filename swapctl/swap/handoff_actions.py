@@ -244,8 +244,8 @@ class HandoffActions:
             assert base is not None
             run.transfer = Transfer(base.listener, [(ConnState(s.id), fd)
                                                     for s, fd in base.conns])
-            hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
-                      run.service.held.append, precopy=int(base.meta["generation"]))
+            delta = hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
+                              run.service.held.append, precopy=int(base.meta["generation"]))
         except (Failure, HandOverFailed) as exc:
             if isinstance(exc, HandOverFailed):
                 run.service.held.append(exc.transfer)
@@ -254,7 +254,10 @@ class HandoffActions:
             target.link.close_held(run.timeout())  # let go of what it staged
             return False
         run.marks.cand_released = True
-        target.link.resume(run.timeout())
+        resumed_ns = target.link.resume(run.timeout())
+        stopped_ns = int(delta.meta.get("stopped_reading_ns", 0))
+        if stopped_ns:
+            run.marks.handoff["rollback_pause_ms"] = round((resumed_ns - stopped_ns) / 1e6, 3)
         forward_backlog(cand, target.link, run.timeout())
         return True
 
@@ -299,8 +302,9 @@ def _released(run: SwapRun, transfer: Transfer) -> None:
     run.marks.handoff.update({k: transfer.meta.get(k) for k in
                               ("flushed_bytes", "unsent_bytes", "pending_bytes")})
     if transfer.table == DELTA_FORMAT:  # the pre-copied, less the closed, plus the new
-        run.marks.moved = (int(run.marks.handoff.get("precopied", 0)) - len(transfer.closed)
-                           + sum(fd >= 0 for _, fd in transfer.conns))
+        new = sum(fd >= 0 for _, fd in transfer.conns)
+        run.marks.handoff.update(delta_new=new, delta_closed=len(transfer.closed))
+        run.marks.moved = int(run.marks.handoff.get("precopied", 0)) - len(transfer.closed) + new
     else:
         run.marks.moved = len(transfer.conns)
 
