@@ -130,6 +130,14 @@ def _message(error: Any, loc: Loc, model: type[BaseModel], annotation: Any) -> s
     if kind in ("greater_than_equal", "greater_than"):
         bound = error["ctx"].get("ge", error["ctx"].get("gt"))
         return f"must be at least {bound:g}, not {value}"
+    if kind in ("less_than_equal", "less_than"):
+        bound = error["ctx"].get("le", error["ctx"].get("lt"))
+        return f"must be at most {bound:g}, not {value}"
+    if kind == "too_long":
+        return (f"has {error['ctx'].get('actual_length', 'too many')} items: at most "
+                f"{error['ctx']['max_length']}")
+    if kind == "string_too_long":
+        return f"is too long: at most {error['ctx']['max_length']} characters"
     return str(error["msg"])
 
 

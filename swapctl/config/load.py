@@ -21,9 +21,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from swapctl.config.dirs import dir_problem
 from swapctl.config.errors import ConfigError, Problem, did_you_mean, translate
 from swapctl.config.model import DaemonConfig, ServiceConfig, unknown_release
-from swapctl.config.yamlfile import read_yaml
+from swapctl.config.yamlfile import Lines, read_yaml
 from swapctl.errors import UsageError
 
 DAEMON_FILE = "swapctld.yaml"
@@ -31,6 +32,7 @@ ENV_DIR = "SWAPCTL_CONFIG_DIR"
 REPO_DIR = Path("configs")
 SYSTEM_DIR = Path("/etc/swapctl")
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+MAX_PROBLEMS = 50  # per file; a list of 100,000 wrong items is one mistake
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -91,14 +93,16 @@ def check_config(directory: Path | None = None, services: Sequence[str] = ()) ->
     daemon_path = directory / DAEMON_FILE
     daemon = None
     if daemon_path.is_file():
-        daemon = _validate(daemon_path, DaemonConfig, {}, problems)
+        daemon, lines = _validate(daemon_path, DaemonConfig, {}, problems)
+        if daemon is not None:
+            problems += _dir_problems(daemon_path, daemon, lines)
     else:
         problems.append(Problem(daemon_path, "", "missing: the daemon's settings (state_dir, "
                                                  "log_dir, control, supervisord) go here; "
                                                  "see docs/config.md"))
     loaded: dict[str, ServiceConfig] = {}
     for name, path in paths.items():
-        model = _validate(path, ServiceConfig, {"service": name}, problems)
+        model, _ = _validate(path, ServiceConfig, {"service": name}, problems)
         if model is not None:
             loaded[name] = model
     problems += _across_files(directory, daemon, loaded)
@@ -131,19 +135,34 @@ def _service_files(directory: Path, wanted: Sequence[str],
 
 
 def _validate(path: Path, model: type[M], names: dict[str, str],
-              problems: list[Problem]) -> M | None:
+              problems: list[Problem]) -> tuple[M | None, Lines]:
+    """The file's model (None if it is not valid: `problems` says why) and its key lines."""
     document, found = read_yaml(path)
     problems += found
     if document is None:
-        return None
+        return None, {}
     data = {} if document.data is None else document.data
     try:
-        return model.model_validate(data, context={**names, "source": path})
+        return model.model_validate(data, context={**names, "source": path}), document.lines
     except ValidationError as exc:
-        problems += translate(exc, model, path, document.lines, names)
+        found = translate(exc, model, path, document.lines, names)
         if model is ServiceConfig:
-            problems += _active_despite(exc, data, path, document.lines)
-        return None
+            found += _active_despite(exc, data, path, document.lines)
+        problems += found[:MAX_PROBLEMS]
+        if len(found) > MAX_PROBLEMS:
+            problems.append(Problem(path, "", f"and {len(found) - MAX_PROBLEMS} more problems "
+                                              "like these: fix those first"))
+        return None, document.lines
+
+
+def _dir_problems(path: Path, daemon: DaemonConfig, lines: Lines) -> list[Problem]:
+    """state_dir and log_dir: directories swapctld could own (checked, never created)."""
+    problems = []
+    for key, directory in (("state_dir", daemon.state_dir), ("log_dir", daemon.log_dir)):
+        problem = dir_problem(directory)
+        if problem is not None:
+            problems.append(Problem(path, key, problem, lines.get((key,))))
+    return problems
 
 
 def _active_despite(exc: ValidationError, data: object, path: Path,

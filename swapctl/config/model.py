@@ -36,6 +36,13 @@ from swapctl.swap.canary import Canary
 from swapctl.swap.executor import SwapSettings
 from swapctl.swap.machine import Deadlines
 
+# Ranges of every count (durations: types.MAX_DURATION_S). A value past them is a typo.
+MAX_RELEASES = 64
+MAX_ENV = 256
+MAX_CANARY_RATE = 100_000.0  # messages per second
+MAX_CANARY_CONSUMERS = 8
+MAX_DRILL_WINDOWS = 64
+
 _DEADLINES = Deadlines()
 _SETTINGS = SwapSettings()
 _CANARY = inspect.signature(Canary).parameters
@@ -71,7 +78,7 @@ class ReleaseConfig(_Model):
                     "; only such releases can be swapped with no client disconnected.",
         examples=["true"])
     env: dict[str, str] = Field(
-        default_factory=dict,
+        default_factory=dict, max_length=MAX_ENV,
         description="Extra environment of the release (the Rust relays log only with "
                     "RUST_LOG=info); SWAPCTL_* variables are set by swapctl.",
         examples=["{RUST_LOG: info}"])
@@ -133,7 +140,7 @@ class ProbeConfig(_Model):
 
 class RollbackConfig(_Model):
     auto_on: list[Annotated[Trigger, Field(strict=False)]] = Field(
-        default_factory=lambda: list(Trigger),
+        default_factory=lambda: list(Trigger), max_length=2 * len(Trigger),
         description="Triggers that roll a swap back on their own; "
                     + ", ".join(t.value for t in ALWAYS_AUTOMATIC)
                     + " cannot be left out (the engine cannot go on after them).",
@@ -157,11 +164,12 @@ class RollbackConfig(_Model):
 
 class CanaryConfig(_Model):
     rate: float = Field(
-        default=_CANARY["rate"].default, ge=0, allow_inf_nan=False,
+        default=_CANARY["rate"].default, ge=0, le=MAX_CANARY_RATE, allow_inf_nan=False,
         description="Canary messages per second during a swap (0: no canary).",
         examples=["2000"])
     consumers: list[Literal["strategy", "dashboard"]] = Field(
         default_factory=lambda: list(_CANARY["consumers"].default), min_length=1,
+        max_length=MAX_CANARY_CONSUMERS,
         description="Canary consumers: strategy stops for good on EOF (like the arbitrage "
                     "strategy), dashboard reconnects.",
         examples=["[strategy, dashboard]"])
@@ -179,7 +187,7 @@ class ServiceConfig(_Model):
                     "torq).",
         examples=["alphapulse"])
     releases: dict[Name, ReleaseConfig] = Field(
-        min_length=1, description="Release name -> how to run it.",
+        min_length=1, max_length=MAX_RELEASES, description="Release name -> how to run it.",
         examples=["{v2: {command: [/opt/relay/v2/{service}_relay], handoff: true}}"])
     active: str = Field(
         description="The release serving now (one of releases).", examples=["v2"])
@@ -277,7 +285,7 @@ class DrillWindow(_Model):
     """A time of the week in which rollback drills are refused (docs/playbooks.md)."""
 
     days: list[Day] = Field(
-        default_factory=lambda: list(_DAYS), min_length=1,
+        default_factory=lambda: list(_DAYS), min_length=1, max_length=len(_DAYS),
         description="Days the window opens on (its start's day).", examples=["[mon, tue, wed]"])
     start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
                        description="Local time the window opens, HH:MM.", examples=['"09:30"'])
@@ -286,7 +294,7 @@ class DrillWindow(_Model):
                      examples=['"16:00"'])
     timezone: str = Field(default="UTC", description="IANA time zone of start and end.",
                           examples=["America/New_York"])
-    reason: str = Field(default="", description="Said when a drill is refused.",
+    reason: str = Field(default="", max_length=500, description="Said when a drill is refused.",
                         examples=["US equity market hours"])
 
     @field_validator("timezone")
@@ -303,7 +311,8 @@ class DrillWindow(_Model):
 
 class DrillsConfig(_Model):
     refuse: list[DrillWindow] = Field(
-        default_factory=list, description="Windows in which `swapctl drill` refuses to run "
+        default_factory=list, max_length=MAX_DRILL_WINDOWS,
+        description="Windows in which `swapctl drill` refuses to run "
         "(unless --override-window), e.g. market hours.",
         examples=['[{days: [mon, tue, wed, thu, fri], start: "09:30", end: "16:00", '
                   'timezone: America/New_York}]'])

@@ -18,6 +18,12 @@ from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+# The longest duration anything takes: a config key, a CLI option (`--soak`, `--timeout`)
+# or a control API request. Longer is a typo (`soak: 99999999999999999999h` was accepted,
+# and a soak of 1e308 s ran until aborted).
+MAX_DURATION_S = 24 * 3600.0
+
+MAX_COMMAND_WORDS = 1024
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(-?(?:\d+(?:\.\d+)?|\.\d+))\s*(ms|s|m|h)?")
@@ -29,7 +35,8 @@ def _fail(kind: str, message: str, **context: object) -> PydanticCustomError:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from `30s`, `250ms`, `2m`, `1h` or a bare number of seconds; positive."""
+    """Seconds from `30s`, `250ms`, `2m`, `1h` or a bare number of seconds; positive and
+    at most `MAX_DURATION_S`."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _fail("duration", "must be a duration such as 30s, 250ms or 2m, not {value}",
                     value=str(value).lower() if isinstance(value, bool) else repr(value))
@@ -44,6 +51,9 @@ def parse_duration(value: object) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise _fail("duration", "must be a positive duration such as 30s or 250ms, not {value}",
                     value=value)
+    if seconds > MAX_DURATION_S:
+        raise _fail("duration", "must be at most {limit}, not {value}",
+                    limit=format_duration(MAX_DURATION_S), value=value)
     return seconds
 
 
@@ -51,6 +61,8 @@ def format_duration(seconds: float) -> str:
     """The inverse of `parse_duration`, for docs and summaries: 0.25 -> 250ms, 30.0 -> 30s."""
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
     if seconds >= 60 and seconds % 60 == 0:
         return f"{seconds / 60:g}m"
     return f"{seconds:g}s"
@@ -82,6 +94,10 @@ def _command(value: object) -> list[str]:
             {"example": example} if example else {}))
     if not isinstance(value, list) or not value:
         raise _fail("command", problem)
+    if len(value) > MAX_COMMAND_WORDS:
+        raise _fail("command", "has {count} words: at most {limit}; a longer argument list is "
+                    "a mistake (or belongs in a file the release reads)", count=len(value),
+                    limit=MAX_COMMAND_WORDS)
     for index, word in enumerate(value):
         if not isinstance(word, str) or not word:
             raise _fail("command", problem + ": item {index} is {word}",

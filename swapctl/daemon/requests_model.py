@@ -24,10 +24,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from swapctl.config.errors import did_you_mean, key_path
-from swapctl.config.types import parse_duration
+from swapctl.config.types import MAX_DURATION_S, parse_duration
 from swapctl.errors import UsageError
 
-MAX_SOAK_S = 24 * 3600.0  # a soak longer than a day is a typo (1e308 soaked until aborted)
+MAX_SOAK_S = MAX_DURATION_S  # one bound with the CLI and the configs (1e308 soaked for ever)
 MAX_TTL_S = 3600.0
 MAX_TEXT = 256  # names, holders, swap ids
 STRATEGIES = ("auto", "handoff", "takeover", "bridge", "restart")
