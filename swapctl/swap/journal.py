@@ -16,6 +16,17 @@ How it works:
 - Read: `scan()` skips and counts lines that are not a JSON object instead of stopping at
   the first one, so a damaged line never hides the records after it. A whole record
   glued behind a torn prefix (journals written before the repair existed) is recovered.
+- Rotate: once the file passes `Rotation.max_bytes`, it is compacted (`compact`): every
+  record of a swap with no terminal record, of the last swap of each service (recovery
+  reads the last one: attach._unfinished), of the last `keep_finished` finished swaps
+  (older ones live on in their reports, STATE/reports/ID.json) and the last `keep_events`
+  records of no swap, in their order. The compacted file is written beside the journal,
+  fsync'd, renamed over it and the directory fsync'd: a crash leaves the old journal or
+  the new one, never a mix. Every Journal open on the path (swapctld has one per service)
+  notices the rename before its next write and moves its descriptor to the new file
+  (dup2 onto the same number, so a concurrent fsync never meets a closed descriptor).
+  The records kept in memory (`records`, read by the swap reports) are compacted the
+  same way, so a long-lived daemon holds a bounded number.
 """
 
 from __future__ import annotations
@@ -34,10 +45,12 @@ from typing import Any
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.fsutil import ensure_private_dir
 from swapctl.logs import event
-from swapctl.swap.machine import Transition
+from swapctl.swap.machine import State, Transition
 
 log = logging.getLogger("swapctl.journal")
 HEAD = 200  # characters of a cut tail kept in the report
+_TERMINAL = frozenset(s.value for s in State if s.terminal)
+_MEMORY_RECORDS = 2000  # records kept in memory before they are compacted
 _TAIL_CHUNK = 64 * 1024
 _APPEND = threading.RLock()  # one record (or repair) at a time in a process: the daemon
 # has one Journal per service on the same file
@@ -47,17 +60,58 @@ class JournalError(SwapctlError):
     """The journal could not be written: the swap cannot be recorded."""
 
 
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """When the journal file is compacted and what it keeps (see the module's comment)."""
+
+    max_bytes: int = 4 * 1024 * 1024  # ~2,000 swaps at ~1.8 KB each
+    keep_finished: int = 200
+    keep_events: int = 500
+    memory_finished: int = 32  # finished swaps whose records stay in `records`
+
+
+def compact(records: list[dict[str, Any]], keep_finished: int,
+            keep_events: int) -> list[dict[str, Any]]:
+    """The records worth keeping, in their order: every record of an unfinished swap, of
+    the last swap of each service and of the last `keep_finished` finished swaps, and the
+    last `keep_events` records that belong to no swap."""
+    finished: set[str] = set()
+    last_at: dict[str, int] = {}  # swap -> index of its last record
+    last_of_service: dict[Any, str] = {}
+    events: list[int] = []
+    for index, record in enumerate(records):
+        swap = record.get("swap")
+        if not isinstance(swap, str):
+            events.append(index)
+            continue
+        last_at[swap] = index
+        if record.get("event") == "begin":
+            last_of_service[record.get("service")] = swap
+        if record.get("to") in _TERMINAL:
+            finished.add(swap)
+    done = sorted((s for s in last_at if s in finished), key=last_at.__getitem__)
+    keep = {s for s in last_at if s not in finished} | set(last_of_service.values()) \
+        | set(done[max(0, len(done) - keep_finished):])
+    kept_events = set(events[max(0, len(events) - keep_events):])
+    return [r for i, r in enumerate(records) if i in kept_events or r.get("swap") in keep]
+
+
 class Journal:
     def __init__(self, path: Path | None,
                  watchers: list[Callable[[dict[str, Any]], None]] | None = None,
-                 fields: dict[str, Any] | None = None) -> None:
+                 fields: dict[str, Any] | None = None,
+                 rotation: Rotation | None = None) -> None:
         self.path = path
         self.watchers = watchers or []  # told of every record once the kernel has it
         self.fields = fields  # added to every record (e.g. the service), with wall time
         self.records: list[dict[str, Any]] = []
         self.repaired: dict[str, Any] | None = None  # the torn tail found on open
+        self.rotation = rotation or Rotation()
+        self.compactions: list[dict[str, Any]] = []  # what each rotation by this one did
         self._fd: int | None = None
         self._unsynced = False
+        self._rotate_at = self.rotation.max_bytes  # raised if compaction cannot get below
+        self._memory_limit = _MEMORY_RECORDS
         if path is not None:
             ensure_private_dir(path.parent)
             self._fd = _open(path)
@@ -76,13 +130,69 @@ class Journal:
         if self.fields is not None:
             record = {**self.fields, "time": round(time.time(), 3), **record}
         self.records.append(record)
-        if self._fd is not None:
-            _append(self._fd, (json.dumps(record, default=str) + "\n").encode(), self.path)
-            self._unsynced = True
+        if len(self.records) > self._memory_limit:
+            self._compact_memory()
+        if self._fd is not None and self.path is not None:
+            with _APPEND:
+                self._follow(self._fd, self.path)
+                size = _append(self._fd, (json.dumps(record, default=str) + "\n").encode(),
+                               self.path)
+                self._unsynced = True
+                if size > self._rotate_at:
+                    self._rotate(self._fd, self.path)
             if sync:
                 self.sync()
         for watch in self.watchers:
             watch(record)
+
+    def _compact_memory(self) -> None:
+        keep = compact(self.records, self.rotation.memory_finished, self.rotation.keep_events)
+        self.records = keep  # a new list: a report iterating the old one is undisturbed
+        self._memory_limit = max(_MEMORY_RECORDS, 2 * len(keep))
+
+    def _follow(self, fd: int, path: Path) -> None:
+        """Move `fd` onto the file now at `path` if a rotation renamed a new one there."""
+        try:
+            now = os.stat(path)
+        except OSError:
+            return  # removed under us: keep writing where we were, as before rotation
+        mine = os.fstat(fd)
+        if (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+            new = _open(path)
+            try:
+                os.dup2(new, fd, inheritable=False)
+            finally:
+                os.close(new)
+
+    def _rotate(self, fd: int, path: Path) -> None:
+        """Compact the file (under _APPEND): write, fsync, rename, fsync the directory."""
+        before = os.fstat(fd).st_size
+        found = scan(path)
+        kept = compact(found.records, self.rotation.keep_finished, self.rotation.keep_events)
+        data = b"".join((json.dumps(r, default=str) + "\n").encode() for r in kept)
+        spare = path.with_name(path.name + ".compact")
+        try:
+            out = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            try:
+                _append(out, data, spare)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(spare, path)
+            _fsync_dir(path.parent)
+        except (OSError, JournalError) as exc:
+            event(log, logging.WARNING, "journal.rotate_failed", path=str(path),
+                  error=str(exc))
+            self._rotate_at = 2 * before  # try again later, not at every record
+            return
+        self._follow(fd, path)
+        self._rotate_at = max(self.rotation.max_bytes, 2 * len(data))
+        done = {"path": str(path), "bytes_before": before, "bytes_after": len(data),
+                "records_before": len(found.records), "records_after": len(kept),
+                "bad_lines": len(found.bad_lines)}
+        self.compactions.append(done)
+        event(log, logging.INFO, "journal.compacted", **done)
 
     def sync(self) -> None:
         """fsync what `write(..., sync=False)` left in the kernel (nothing: no syscall)."""
@@ -138,8 +248,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _append(fd: int, data: bytes, path: Path | None) -> None:
-    """All of `data` at the end of the file, or none of it (a failed write is cut back)."""
+def _append(fd: int, data: bytes, path: Path | None) -> int:
+    """All of `data` at the end of the file, or none of it (a failed write is cut back);
+    the file's size after it."""
     with _APPEND:
         start = os.fstat(fd).st_size
         view = memoryview(data)
@@ -155,6 +266,7 @@ def _append(fd: int, data: bytes, path: Path | None) -> None:
             raise JournalError(
                 f"cannot write the journal {path}: {exc.strerror}; free space on its file "
                 "system (the swap cannot be recorded)") from None
+        return start + len(data)
 
 
 def _repair(fd: int, path: Path) -> dict[str, Any] | None:
