@@ -190,9 +190,11 @@ class Relay:
             self._on_signals()
 
     def _on_connection(self, conn: Connection, mask: int) -> None:
+        if self.paused:  # (an event polled before a release: its bytes are handed over)
+            return
         if mask & _OUT:
             self._flush(conn)
-        if conn.closed or self.paused:
+        if conn.closed:
             return
         if self.reading and mask & (_IN | _HUP):
             self._read(conn)
