@@ -13,7 +13,7 @@ from swapctl import logs
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.protocol.profiles import Domain, Profile
 from swapctl.relay import Faults, Forwarding, RelayConfig, run
-from swapctl.relay.config import DEFAULT_MAX_BACKLOG
+from swapctl.relay.config import DEFAULT_MAX_BACKLOG, DEFAULT_MAX_PARTIAL_TOTAL, SlowConsumer
 from swapctl.relay.stats import read_stats
 
 _domains = click.Choice([d.value for d in Domain])
@@ -36,8 +36,21 @@ _profiles = click.Choice([p.value for p in Profile])
               help="Read and count, forward nothing (like the old signal/execution relays).")
 @click.option("--no-echo", is_flag=True, help="Do not send a publisher its own messages.")
 @click.option("--max-backlog", type=click.IntRange(min=65536), default=DEFAULT_MAX_BACKLOG,
-              show_default=True, help="Bytes queued for one slow consumer before its oldest "
-                                      "whole units are dropped.")
+              show_default=True, help="Bytes queued for one client before --on-slow-consumer "
+                                      "applies.")
+@click.option("--on-slow-consumer", type=click.Choice([p.value for p in SlowConsumer]),
+              default=SlowConsumer.DROP_OLDEST.value, show_default=True,
+              help="A consumer whose backlog passes --max-backlog: drop-oldest sheds its "
+                   "oldest whole frames (counted: lag_drops_frames; the real relays' way); "
+                   "disconnect cuts it (slow_disconnects); block stops reading the "
+                   "publishers until it is back under half the bound (lossless; "
+                   "block_episodes, blocked_s). A client that has sent anything is a "
+                   "publisher: never waited for nor cut, its unread echo past the bound is "
+                   "shed (echo_shed_frames), never what it sends to others.")
+@click.option("--max-partial-total", type=click.IntRange(min=1 << 20),
+              default=DEFAULT_MAX_PARTIAL_TOTAL, show_default=True,
+              help="Bytes of partial frames held for all clients together; the client whose "
+                   "read takes the total past it is disconnected (partial_refused).")
 @click.option("--stats", "stats_path", type=click.Path(path_type=Path),
               help="Serve counters as one JSON line to whoever connects to this socket.")
 @click.option("--listen-fd", type=int, help="Serve an inherited listening socket instead.")
@@ -107,6 +120,8 @@ def _config(o: dict[str, Any]) -> RelayConfig:
         forwarding,
         echo=not o["no_echo"],
         max_backlog=o["max_backlog"],
+        on_slow_consumer=SlowConsumer(o["on_slow_consumer"]),
+        max_partial_total=o["max_partial_total"],
         stats_socket=o["stats_path"],
         listen_fd=o["listen_fd"],
         handoff=o["handoff_path"],

@@ -11,6 +11,17 @@ from swapctl.protocol.profiles import Domain, Profile, domain_byte
 
 READ_SIZE = 65_536  # the real relays' read buffer per connection
 DEFAULT_MAX_BACKLOG = 16 * 1024 * 1024  # bytes queued for one slow consumer before shedding
+DEFAULT_MAX_PARTIAL_TOTAL = 64 * 1024 * 1024  # bytes of partial frames held, all clients
+MAX_DRAIN_READS = 64  # reads of what a closing client had sent (4 MiB) before closing it
+
+
+class SlowConsumer(enum.Enum):
+    """What the relay does with a consumer whose backlog passes `max_backlog`
+    (docs/relay.md: "Bounds and the slow consumer")."""
+
+    DROP_OLDEST = "drop-oldest"  # shed its oldest whole units, counted (the real relays)
+    DISCONNECT = "disconnect"  # cut it, counted
+    BLOCK = "block"  # stop reading publishers until it has caught up (lossless)
 
 
 class Forwarding(enum.Enum):
@@ -54,6 +65,8 @@ class RelayConfig:
     echo: bool = True
     max_message: int = MAX_MESSAGE
     max_backlog: int = DEFAULT_MAX_BACKLOG
+    on_slow_consumer: SlowConsumer = SlowConsumer.DROP_OLDEST
+    max_partial_total: int = DEFAULT_MAX_PARTIAL_TOTAL
     stats_socket: Path | None = None
     listen_fd: int | None = None
     handoff: Path | None = None  # orchestrator's control socket: listener and clients come from it

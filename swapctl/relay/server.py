@@ -6,9 +6,18 @@ from the framer; CHUNK/RAW: each read as is) and each unit is fanned out, in the
 order units were read, to every connection (the sender too unless echo is off), so
 all receivers see one global order. A write that would block queues the rest of the
 unit in that consumer's backlog and arms EPOLLOUT. A consumer whose backlog passes
-`max_backlog` bytes sheds its *oldest whole units* that have not started going out
-(the real relays also drop the oldest), so framing is never broken, publishers are
-never blocked and nobody is disconnected; each shed is counted and logged.
+`max_backlog` bytes is dealt with by the slow-consumer policy: drop-oldest (the
+default, like the real relays) sheds its *oldest whole units* that have not started
+going out, so framing is never broken; disconnect cuts it; block stops reading every
+connection (EPOLLIN off) until its backlog is back under half the bound. A connection
+that has sent anything is a *publisher*: whatever the policy it is never waited for
+nor cut for being slow; what is queued for it past the bound (its unread echo) is
+shed and counted apart (echo_shed). Everything is counted and logged.
+A connection whose write side fails (the client closed) or that is cut is taken out
+of the fan-out at once, and after the current event what it had already sent is read
+and forwarded before it is closed: a publisher's last messages are never lost.
+Bytes held in partial frames are bounded in total (`max_partial_total`): the
+connection whose read takes the total past it is cut and counted (partial_refused).
 Signals only wake the loop (set_wakeup_fd); the loop decides what to do.
 With `--handoff`, the listener and connections come from the orchestrator and can
 be handed on (see relay/handoff_host.py and docs/handoff-protocol.md).
@@ -30,7 +39,7 @@ from swapctl.handoff.participant import Participant
 from swapctl.logs import RateLimit, event
 from swapctl.protocol import Framer, Frames, Rejected, Skipped, WrongDomain, split_frames
 from swapctl.protocol.header import MAGIC
-from swapctl.relay.config import READ_SIZE, Forwarding, RelayConfig
+from swapctl.relay.config import MAX_DRAIN_READS, READ_SIZE, Forwarding, RelayConfig, SlowConsumer
 from swapctl.relay.connection import Connection
 from swapctl.relay.counters import Counters
 from swapctl.relay.faults import FaultInjector
@@ -67,6 +76,12 @@ class Relay:
         self.handoff = RelayHandoff(self)
         self._domain = config.domain_byte
         self._framed_mode = config.forwarding in (Forwarding.FRAME, Forwarding.SINK)
+        self._max_backlog = config.max_backlog
+        self._low_water = config.max_backlog // 2  # block: publishers are read again below
+        self._policy = config.on_slow_consumer
+        self.blocked = False  # block policy: a consumer is over the bound, nothing is read
+        self._blocked_since = 0.0
+        self._closing: list[tuple[Connection, str]] = []  # read their last bytes, close
 
     # ----- life cycle -------------------------------------------------------------
 
@@ -86,6 +101,8 @@ class Relay:
         event(log, logging.INFO, "relay.started", socket=str(cfg.socket),
               domain=cfg.domain.value, profile=cfg.profile.value, domain_byte=cfg.domain_byte,
               forwarding=cfg.forwarding.value, echo=cfg.echo, pid=os.getpid(),
+              on_slow_consumer=cfg.on_slow_consumer.value, max_backlog=cfg.max_backlog,
+              max_partial_total=cfg.max_partial_total,
               handoff=str(cfg.handoff) if cfg.handoff else None)
 
     def ready(self) -> None:
@@ -121,6 +138,8 @@ class Relay:
             while self.running:
                 for fd, mask in self.epoll.poll(self._timeout()):
                     self._dispatch(fd, mask)
+                    if self._closing and not self.paused:
+                        self._finish_closing()
                 self._timers()
         finally:
             self.close()
@@ -145,6 +164,9 @@ class Relay:
                 self.epoll.register(part.fileno(), _IN)
 
     def close(self) -> None:
+        for conn, reason in self._closing:
+            self._drop(conn, reason)
+        self._closing.clear()
         for conn in list(self.conns.values()):
             self._drop(conn, "relay stopping")
         for sock in (self.listener, self.stats_listener):
@@ -194,10 +216,10 @@ class Relay:
             return
         if mask & _OUT:
             self._flush(conn)
-        if conn.closed:
+        if conn.closed or conn.closing:
             return
-        if self.reading and mask & (_IN | _HUP):
-            self._read(conn)
+        if self.reading and (mask & _HUP or (mask & _IN and not self.blocked)):
+            self._read(conn)  # (read on a hang-up even while blocked: its last bytes)
         elif mask & _HUP:
             self._drop(conn, "hang-up while stalled")
 
@@ -232,7 +254,8 @@ class Relay:
         return conn
 
     def _mask(self, conn: Connection) -> int:
-        return (_IN if self.reading else 0) | (_OUT if conn.out and not conn.hold else 0)
+        reading = self.reading and not self.blocked
+        return (_IN if reading else 0) | (_OUT if conn.out and not conn.hold else 0)
 
     def _register(self, conn: Connection) -> None:
         self.epoll.register(conn.fd, self._mask(conn))
@@ -282,9 +305,14 @@ class Relay:
         """Process bytes that `conn` sent, as read or carried over in a handoff."""
         mode = self.config.forwarding
         if self._framed_mode:
-            if conn.framer is None:
-                conn.framer = Framer(max_message=self.config.max_message, domain=self._domain)
-            self._framed(conn, conn.framer.feed(data), forward=mode is Forwarding.FRAME)
+            framer = conn.framer
+            if framer is None:
+                framer = conn.framer = Framer(max_message=self.config.max_message,
+                                              domain=self._domain)
+            self._framed(conn, framer.feed(data), forward=mode is Forwarding.FRAME)
+            held = framer.buffered
+            if held != conn.partial:
+                self._partial(conn, held)
         elif mode is Forwarding.CHUNK:
             self._chunk(conn, data)
         else:
@@ -324,6 +352,23 @@ class Relay:
         if self._warn.allow((conn.id, "chunk")):
             event(log, logging.WARNING, "chunk.dropped", conn=conn.id, length=len(data))
 
+    def _partial(self, conn: Connection, held: int) -> None:
+        """Account for `conn`'s partial frame; cut it if it takes the total over the bound."""
+        c = self.counters
+        c.partial_bytes += held - conn.partial
+        grew = held > conn.partial
+        conn.partial = held
+        if not grew or c.partial_bytes <= self.config.max_partial_total or conn.closed:
+            return
+        c.partial_refused += 1
+        c.partial_refused_bytes += held
+        event(log, logging.WARNING, "input.partial_refused", conn=conn.id, held=held,
+              partial_bytes=c.partial_bytes, max_partial_total=self.config.max_partial_total,
+              advice="partial frames of all clients together passed --max-partial-total; "
+                     "this client (the one that grew past it) is disconnected; raise the "
+                     "bound if clients send large messages slowly")
+        self._drop(conn, "partial frames over --max-partial-total")
+
     def _malformed(self, conn: Connection, what: str, error: Exception, length: int) -> None:
         if self._warn.allow((conn.id, what)):
             event(log, logging.WARNING, f"input.{what}", conn=conn.id, length=length,
@@ -341,7 +386,7 @@ class Relay:
         self.counters.frames_in += frames
         echo = self.config.echo
         for conn in list(self.conns.values()):
-            if conn.closed or (conn is sender and not echo):
+            if conn.closed or conn.closing or (conn is sender and not echo):
                 continue
             self._deliver(conn, data, frames)
 
@@ -351,15 +396,15 @@ class Relay:
         if conn.out or conn.hold:
             conn.out.append((data, frames))
             conn.backlog += len(data)
-            if conn.backlog > self.config.max_backlog:
-                self._shed(conn)
+            if conn.backlog > self._max_backlog:
+                self._over_bound(conn)
             return
         try:
             sent = conn.sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._drop(conn, f"write error: {exc}")
+            self._output_failed(conn, f"write error: {exc}")
             return
         self.counters.bytes_out += sent
         if sent < len(data):
@@ -377,23 +422,38 @@ class Relay:
             try:
                 sent = conn.sock.send(memoryview(data)[conn.head_sent :])
             except BlockingIOError:
-                return False
+                break
             except OSError as exc:
-                self._drop(conn, f"write error: {exc}")
+                self._output_failed(conn, f"write error: {exc}")
                 return True
             self.counters.bytes_out += sent
             conn.backlog -= sent
             conn.head_sent += sent
             if conn.head_sent < len(data):
-                return False
+                break
             conn.out.popleft()
             conn.head_sent = 0
+        if conn.blocking and conn.backlog <= self._low_water:
+            self._unblock(conn)
+        if conn.out:
+            return False
         self._update(conn)
         if conn.lagging:
             conn.lagging = False
             self.counters.lagging_consumers -= 1
             event(log, logging.INFO, "consumer.caught_up", conn=conn.id)
         return True
+
+    def _over_bound(self, conn: Connection) -> None:
+        """`conn`'s backlog just passed the bound: the slow-consumer policy decides."""
+        policy = self._policy
+        if policy is SlowConsumer.DROP_OLDEST or conn.publisher:
+            self._shed(conn)
+        elif policy is SlowConsumer.BLOCK:
+            if not conn.blocking:
+                self._block(conn)
+        else:
+            self._cut(conn)
 
     def _shed(self, conn: Connection) -> None:
         """Drop the oldest whole units not yet started until under the bound."""
@@ -412,11 +472,97 @@ class Relay:
             shed_frames += frames
             shed_bytes += len(data)
         conn.lag_drops += shed_frames
-        c.lag_drops_frames += shed_frames
-        c.lag_drops_bytes += shed_bytes
+        if conn.publisher:  # its unread echo (and what others sent it): counted apart
+            c.echo_shed_frames += shed_frames
+            c.echo_shed_bytes += shed_bytes
+        else:
+            c.lag_drops_frames += shed_frames
+            c.lag_drops_bytes += shed_bytes
         if self._warn.allow((conn.id, "lag")):
-            event(log, logging.WARNING, "consumer.lagging", conn=conn.id,
-                  backlog_bytes=conn.backlog, dropped_frames_total=conn.lag_drops)
+            event(log, logging.WARNING,
+                  "publisher.echo_shed" if conn.publisher else "consumer.lagging",
+                  conn=conn.id, backlog_bytes=conn.backlog, dropped_frames_total=conn.lag_drops)
+
+    def _block(self, conn: Connection) -> None:
+        """Block policy: stop reading every connection until `conn` has caught up."""
+        c = self.counters
+        conn.blocking = True
+        c.block_episodes += 1
+        c.blocking_consumers += 1
+        if not self.blocked:
+            self.blocked = True
+            self._blocked_since = time.monotonic()
+            for other in self.conns.values():
+                self._update(other)
+        if self._warn.allow((conn.id, "block")):
+            event(log, logging.WARNING, "consumer.blocking", conn=conn.id,
+                  backlog_bytes=conn.backlog, episodes=c.block_episodes)
+
+    def _unblock(self, conn: Connection) -> None:
+        c = self.counters
+        conn.blocking = False
+        c.blocking_consumers -= 1
+        if c.blocking_consumers == 0 and self.blocked:
+            self.blocked = False
+            c.blocked_s += time.monotonic() - self._blocked_since
+            for other in self.conns.values():
+                self._update(other)
+
+    def _cut(self, conn: Connection) -> None:
+        """Disconnect policy: the slow consumer is cut (after its last bytes are read)."""
+        c = self.counters
+        c.slow_disconnects += 1
+        c.slow_disconnect_bytes += conn.backlog
+        event(log, logging.WARNING, "consumer.disconnected", conn=conn.id,
+              backlog_bytes=conn.backlog, max_backlog=self._max_backlog,
+              reason="slow consumer: backlog over --max-backlog (--on-slow-consumer disconnect)")
+        self._output_failed(conn, "slow consumer cut")
+
+    # ----- closing: a client's last bytes are read before it is dropped ------------
+
+    def _output_failed(self, conn: Connection, reason: str) -> None:
+        """Nothing more can (or will) be written to `conn`: take it out of the fan-out
+        and, after the current event, read what it had sent, forward it, close it."""
+        if conn.closing or conn.closed:
+            return
+        self.counters.unsent_at_close_bytes += conn.backlog
+        conn.out.clear()
+        conn.backlog = conn.head_sent = 0
+        if conn.blocking:
+            self._unblock(conn)
+        if self.paused:  # a handoff holds the socket: the next relay finds it closed
+            return
+        conn.closing = True
+        if conn.registered:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(conn.fd)
+            conn.registered = False
+        self._closing.append((conn, reason))
+
+    def _finish_closing(self) -> None:
+        while self._closing:
+            conn, reason = self._closing.pop(0)
+            if self.reading and self.conns.get(conn.fd) is conn:
+                self._drain(conn)
+            self._drop(conn, reason)
+
+    def _drain(self, conn: Connection) -> None:
+        """Read and forward what `conn` sent, until none is left (bounded)."""
+        c = self.counters
+        for _ in range(MAX_DRAIN_READS):
+            try:
+                data = conn.sock.recv(READ_SIZE)
+            except OSError:  # (BlockingIOError: all read; others: nothing more to read)
+                return
+            if not data:
+                return
+            c.reads += 1
+            c.bytes_in += len(data)
+            c.drained_at_close_bytes += len(data)
+            conn.bytes_in += len(data)
+            self.ingest(conn, data)
+            if conn.closed:
+                return
 
     # ----- stalls and disconnects ------------------------------------------------
 
@@ -434,6 +580,8 @@ class Relay:
         if conn.closed:
             return
         conn.closed = True
+        if conn.blocking:
+            self._unblock(conn)
         if conn.framer is not None and conn.framer.buffered:
             self.counters.truncated += 1
             self._malformed(conn, "truncated", RuntimeError("partial frame at disconnect"),
@@ -454,4 +602,7 @@ class Relay:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(conn.fd)
             conn.registered = False
+        if conn.partial:
+            self.counters.partial_bytes -= conn.partial
+            conn.partial = 0
         conn.sock.close()
