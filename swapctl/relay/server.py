@@ -367,6 +367,7 @@ class Relay:
               advice="partial frames of all clients together passed --max-partial-total; "
                      "this client (the one that grew past it) is disconnected; raise the "
                      "bound if clients send large messages slowly")
+        conn.framer = None  # (counted here, not again as truncated)
         self._drop(conn, "partial frames over --max-partial-total")
 
     def _malformed(self, conn: Connection, what: str, error: Exception, length: int) -> None:
