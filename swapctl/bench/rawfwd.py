@@ -4,9 +4,12 @@
 same shape as the reference relay, minus everything Protocol V2: one epoll loop,
 64 KiB reads, each read broadcast as is to every connection *including the sender*
 (echo), a write that would block queued with EPOLLOUT armed, and a consumer queue
-over `--max-backlog` bytes shedding its oldest unsent reads (as the relay does, so
-both do the same work). SIGTERM ends it; so does EOF on stdin when stdin is a pipe
-(the benchmark that started it has gone away).
+over `--max-backlog` bytes dealt with as the relay's `--on-slow-consumer` does, so
+both do the same work: `drop-oldest` sheds its oldest unsent reads; `block` stops
+reading every connection (EPOLLIN off, a hang-up still read) until that consumer is
+back under half the bound. As in the relay, a connection that has sent anything is a
+publisher, never waited for: its queue is shed. SIGTERM ends it; so does EOF on stdin
+when stdin is a pipe (the benchmark that started it has gone away).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 
 READ_SIZE = 65_536
 DEFAULT_MAX_BACKLOG = 16 * 1024 * 1024
-_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_IN, _OUT, _HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP | select.EPOLLERR
+POLICIES = ("drop-oldest", "block")
 
 
 @dataclass(slots=True, eq=False)
@@ -32,15 +36,20 @@ class Conn:
     sock: socket.socket
     out: deque[memoryview] = field(default_factory=deque)
     backlog: int = 0
+    publisher: bool = False  # has sent something: its queue is shed, never waited for
+    blocking: bool = False  # block: over the bound, nothing is read until it catches up
 
 
 class RawForwarder:
-    def __init__(self, listener: socket.socket, max_backlog: int) -> None:
+    def __init__(self, listener: socket.socket, max_backlog: int,
+                 policy: str = "drop-oldest") -> None:
         self.listener = listener
         self.max_backlog = max_backlog
+        self.block = policy == "block"
         self.epoll = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.reads = self.bytes_in = self.shed_bytes = 0
+        self.blocking = self.block_episodes = 0  # consumers over the bound; times it began
         self.epoll.register(listener.fileno(), _IN)
 
     def serve(self, stop_fd: int | None) -> None:
@@ -56,7 +65,7 @@ class RawForwarder:
                 elif (conn := self.conns.get(fd)) is not None:
                     if mask & _OUT:
                         self._flush(fd, conn)
-                    if mask & ~_OUT and fd in self.conns:
+                    if fd in self.conns and (mask & _HUP or (mask & _IN and not self.blocking)):
                         self._read(fd, conn)
 
     def _accept(self) -> None:
@@ -67,7 +76,7 @@ class RawForwarder:
                 return
             sock.setblocking(False)
             self.conns[sock.fileno()] = Conn(sock)
-            self.epoll.register(sock.fileno(), _IN)
+            self.epoll.register(sock.fileno(), 0 if self.blocking else _IN)
 
     def _read(self, fd: int, conn: Conn) -> None:
         try:
@@ -81,6 +90,7 @@ class RawForwarder:
             return
         self.reads += 1
         self.bytes_in += len(data)
+        conn.publisher = True
         for other_fd, other in list(self.conns.items()):
             self._deliver(other_fd, other, data)
 
@@ -88,6 +98,10 @@ class RawForwarder:
         if conn.out:
             conn.out.append(memoryview(data))
             conn.backlog += len(data)
+            if conn.backlog > self.max_backlog and self.block and not conn.publisher:
+                if not conn.blocking:
+                    self._set_blocking(conn, True)
+                return
             while conn.backlog > self.max_backlog and len(conn.out) > 1:
                 dropped = conn.out[1]  # out[0] may be half written: keep it
                 del conn.out[1]
@@ -104,25 +118,44 @@ class RawForwarder:
         if sent < len(data):
             conn.out.append(memoryview(data)[sent:])
             conn.backlog = len(data) - sent
-            self.epoll.modify(fd, _IN | _OUT)
+            self.epoll.modify(fd, self._mask(conn))
 
     def _flush(self, fd: int, conn: Conn) -> None:
         while conn.out:
             try:
                 sent = conn.sock.send(conn.out[0])
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self._close(fd, conn)
                 return
             conn.backlog -= sent
             if sent < len(conn.out[0]):
                 conn.out[0] = conn.out[0][sent:]
-                return
+                break
             conn.out.popleft()
-        self.epoll.modify(fd, _IN)
+        if conn.blocking and conn.backlog <= self.max_backlog // 2:
+            self._set_blocking(conn, False)
+        if not conn.out:
+            self.epoll.modify(fd, self._mask(conn))
+
+    def _mask(self, conn: Conn) -> int:
+        return (0 if self.blocking else _IN) | (_OUT if conn.out else 0)
+
+    def _set_blocking(self, conn: Conn, on: bool) -> None:
+        """A consumer crossed the bound (on) or caught up (off): when the first starts or
+        the last ends, every connection stops or starts being read."""
+        conn.blocking = on
+        was = self.blocking
+        self.blocking += 1 if on else -1
+        self.block_episodes += on
+        if bool(was) != bool(self.blocking):
+            for fd, other in self.conns.items():
+                self.epoll.modify(fd, self._mask(other))
 
     def _close(self, fd: int, conn: Conn) -> None:
+        if conn.blocking:
+            self._set_blocking(conn, False)
         self.conns.pop(fd, None)
         self.epoll.unregister(fd)
         conn.sock.close()
@@ -140,16 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m swapctl.bench.rawfwd")
     p.add_argument("--socket", required=True)
     p.add_argument("--max-backlog", type=int, default=DEFAULT_MAX_BACKLOG)
+    p.add_argument("--on-slow-consumer", choices=POLICIES, default="drop-oldest")
     args = p.parse_args(argv)
     stdin_fd = sys.stdin.fileno()
     stop_fd = stdin_fd if stat.S_ISFIFO(os.fstat(stdin_fd).st_mode) else None
-    fwd = RawForwarder(_listen(args.socket), args.max_backlog)
+    fwd = RawForwarder(_listen(args.socket), args.max_backlog, args.on_slow_consumer)
     try:
         fwd.serve(stop_fd)
     except KeyboardInterrupt:
         pass
     finally:
-        counters = {"reads": fwd.reads, "bytes_in": fwd.bytes_in, "shed_bytes": fwd.shed_bytes}
+        counters = {"reads": fwd.reads, "bytes_in": fwd.bytes_in, "shed_bytes": fwd.shed_bytes,
+                    "block_episodes": fwd.block_episodes}
         print(json.dumps({"event": "rawfwd.stopped", **counters}), file=sys.stderr)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)

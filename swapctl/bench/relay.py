@@ -9,6 +9,11 @@ told to go.
 - Throughput, one target at a time: 74-byte messages written 885 at a time (64 KiB)
   for `duration` seconds; the figure is messages delivered intact divided by the
   time from the first write to the last read.
+- Slow consumer, one target at a time (the relay and the raw forwarder, both with
+  `--on-slow-consumer block`): the throughput publisher against a consumer slower
+  than it, the latency consumer, which splits and checks every message in Python.
+  Both servers must hold the publisher back to the consumer's pace and lose nothing;
+  the figure is again messages delivered / window, and relay / raw is like with like.
 - Latency, all targets in one run: a single publisher sends one message per write
   on one schedule of `rate` msg/s, switching target every `block` seconds, so that
   whatever else the machine is doing falls on every target alike. Each target has
@@ -35,8 +40,12 @@ from swapctl.bench.stream import MESSAGE_SIZE
 from swapctl.relay.stats import read_stats
 
 TARGETS = ("direct", "raw", "relay")
+SLOW = "slow_consumer"  # the mode of the block-mode runs
+SLOW_TARGETS = ("raw", "relay")
+SLOW_POLICY = ("--on-slow-consumer", "block")
 RELAY_COUNTERS = ("reads", "frames_in", "frames_out", "bytes_out", "lag_drops_frames",
-                  "lag_episodes", "skipped_bytes", "rejected_domain")
+                  "lag_episodes", "skipped_bytes", "rejected_domain", "echo_shed_frames",
+                  "block_episodes", "blocked_s", "slow_disconnects")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,10 @@ class RelayBenchSettings:
     def batch_bytes(self) -> int:
         return max(1, self.batch // MESSAGE_SIZE) * MESSAGE_SIZE
 
+    @property
+    def slow_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in SLOW_TARGETS if t in self.targets)
+
     def count(self, mode: str) -> int:
         if mode == "latency":
             return max(1, round(self.rate * self.duration))
@@ -70,13 +83,14 @@ class RelayBenchSettings:
         return min(round(self.rate * self.warmup), self.count("latency") // 2)
 
 
-def server_command(target: str, sock: Path, stats: Path,
-                   relay_args: tuple[str, ...] = ()) -> list[str] | None:
+def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, ...] = (),
+                   policy: tuple[str, ...] = ()) -> list[str] | None:
+    """The server's command line; `policy` (e.g. SLOW_POLICY) is given to both."""
     if target == "relay":
         return [sys.executable, "-m", "swapctl.relay", "--socket", str(sock),
-                "--stats", str(stats), "--log-level", "warning", *relay_args]
+                "--stats", str(stats), "--log-level", "warning", *relay_args, *policy]
     if target == "raw":
-        return [sys.executable, "-m", "swapctl.bench.rawfwd", "--socket", str(sock)]
+        return [sys.executable, "-m", "swapctl.bench.rawfwd", "--socket", str(sock), *policy]
     return None
 
 
@@ -98,6 +112,10 @@ def run_relay_bench(settings: RelayBenchSettings,
                 say(f"relay: throughput via {target}")
                 run = _run(scope, workdir, "throughput", (target,), settings)
                 results["throughput"][target] = run[target]
+            for target in settings.slow_targets:
+                say(f"relay: block mode via {target}, slow consumer")
+                run = _run(scope, workdir, SLOW, (target,), settings)
+                results.setdefault(SLOW, {})[target] = run[target]
             say(f"relay: latency via {', '.join(settings.targets)}, interleaved")
             results["latency"] = _run(scope, workdir, "latency", settings.targets, settings)
     finally:
@@ -143,14 +161,19 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
                   s: RelayBenchSettings) -> _Target:
     """The server (if any) accepting, and a consumer connected (or listening) and ready."""
     sock, stats = workdir / f"{name}-{mode}.sock", workdir / f"{name}-{mode}.stats"
-    command = server_command(name, sock, stats, s.relay_args)
+    command = server_command(name, sock, stats, s.relay_args,
+                             SLOW_POLICY if mode == SLOW else ())
     server = scope.start(name, command, talks=False) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)
+    # the slow consumer is the latency consumer (every message split and checked), its
+    # latency left out (the stream carries no timestamps): all its samples are warm-up
+    consumer_mode = "latency" if mode == SLOW else mode
+    warmup = s.count(mode) if mode == SLOW else s.warmup_messages
     consumer = scope.start(f"consumer-{name}", [
-        *_LOADGEN, "consume", "--socket", str(sock), "--mode", mode,
+        *_LOADGEN, "consume", "--socket", str(sock), "--mode", consumer_mode,
         "--count", str(s.count(mode)), "--idle-timeout", str(s.idle_timeout),
-        "--warmup", str(s.warmup_messages), *(["--listen"] if server is None else [])])
+        "--warmup", str(warmup), *(["--listen"] if server is None else [])])
     consumer.read_event(120)
     return _Target(name, sock, stats, server, consumer)
 
@@ -159,7 +182,8 @@ _LOADGEN = (sys.executable, "-m", "swapctl.bench.loadgen")
 
 
 def _publisher_args(mode: str, targets: list[_Target], s: RelayBenchSettings) -> list[str]:
-    args = [*_LOADGEN, "publish", "--mode", mode, "--count", str(s.count(mode)),
+    pub_mode = "throughput" if mode == SLOW else mode
+    args = [*_LOADGEN, "publish", "--mode", pub_mode, "--count", str(s.count(mode)),
             "--idle-timeout", str(s.idle_timeout), "--duration", str(s.duration),
             "--batch", str(s.batch_bytes), "--rate", str(s.rate),
             "--block", str(s.block_messages)]
@@ -178,7 +202,7 @@ def _relay_counters(stats: Path) -> dict[str, Any]:
 def _figures(mode: str, name: str, pub: Event, con: Event, *, cpu: dict[str, Any],
              counters: dict[str, Any] | None) -> dict[str, Any]:
     sent = pub["targets"][name]
-    out = _throughput(sent, con) if mode == "throughput" else _latency(pub, sent, con)
+    out = _latency(pub, sent, con) if mode == "latency" else _throughput(sent, con)
     out.update(_exactness(sent, con))
     out.update(_cpu_figures(mode, name, sent, con, cpu))
     if "echo" in sent:
@@ -217,7 +241,7 @@ def _cpu_figures(mode: str, name: str, sent: Event, con: Event,
     out: dict[str, Any] = {}
     if name in seconds and con["delivered"]:
         out["server_cpu_us_per_message"] = round(seconds[name] / con["delivered"] * 1e6, 3)
-    if mode == "throughput":
+    if mode != "latency":
         window = max(1e-9, con["t_last"] - sent["t_start"])
         share = {"publisher": seconds["publisher"], "consumer": seconds[f"consumer-{name}"]}
         if name in seconds:

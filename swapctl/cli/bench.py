@@ -83,7 +83,8 @@ def codec_command(output: str, messages: int, repeats: int) -> None:
                    "what did not arrive counting as lost.")
 def relay_command(output: str, duration: float, rate: int, relay_args: tuple[str, ...],
                   idle_timeout: float) -> None:
-    """Reference relay vs raw byte forwarder vs direct link: throughput and latency."""
+    """Reference relay vs raw byte forwarder vs direct link: throughput, block mode with a
+    consumer slower than the publisher (relay vs raw, both lossless), and latency."""
     settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args,
                                   idle_timeout=idle_timeout)
     results = run_relay_bench(settings, progress)

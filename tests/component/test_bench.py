@@ -123,7 +123,13 @@ def test_bench_relay_json_verified() -> None:
     assert set(report["comparison"]["latency_added_by_relay_us"]) == {"p50", "p99", "p99.9"}
     assert [g["name"] for g in report["goals"]] == [
         "relay throughput vs raw forwarder", "relay throughput",
-        "p99 latency the relay adds over the direct link"]
+        "p99 latency the relay adds over the direct link",
+        "block mode, slow consumer: relay throughput vs raw forwarder",
+        "block mode, slow consumer: messages the relay lost"]
+    for target in ("raw", "relay"):  # block mode, a consumer slower than the publisher
+        slow = report["slow_consumer"][target]
+        assert slow["verified"] is True and slow["lost"] == 0 and slow["messages_per_s"] > 0
+    assert report["comparison"]["slow_consumer_relay_vs_raw"] > 0
     assert all(g["measured"] is not None for g in report["goals"])
 
 
