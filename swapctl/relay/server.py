@@ -581,8 +581,6 @@ class Relay:
         if conn.closed:
             return
         conn.closed = True
-        if conn.blocking:
-            self._unblock(conn)
         if conn.framer is not None and conn.framer.buffered:
             self.counters.truncated += 1
             self._malformed(conn, "truncated", RuntimeError("partial frame at disconnect"),
@@ -592,13 +590,12 @@ class Relay:
         c = self.counters
         c.connections_open -= 1
         c.disconnects += 1
-        if conn.lagging:
-            c.lagging_consumers -= 1
         event(log, logging.DEBUG, "connection.closed", conn=conn.id, reason=reason,
               unsent_bytes=conn.backlog)
 
     def _forget(self, conn: Connection) -> None:
-        """Unregister, then close: another process may hold the same socket (handoff)."""
+        """Unregister, then close: another process may hold the same socket (handoff).
+        Whatever it weighed in the relay's gauges goes with it (dropped or handed over)."""
         if conn.registered:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(conn.fd)
@@ -606,4 +603,9 @@ class Relay:
         if conn.partial:
             self.counters.partial_bytes -= conn.partial
             conn.partial = 0
+        if conn.blocking:
+            self._unblock(conn)
+        if conn.lagging:
+            conn.lagging = False
+            self.counters.lagging_consumers -= 1
         conn.sock.close()
