@@ -16,6 +16,7 @@ from swapctl.cli import (
     bench_daemon,
     bench_drill,
     bench_handoff,
+    bench_soak,
     bench_strategies,
     config,
     conformance,
@@ -53,5 +54,6 @@ def main() -> None:
 
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
-                bench_drill, bench_daemon, diff, demo, config, playbook, conformance):
+                bench_drill, bench_daemon, bench_soak, diff, demo, config, playbook,
+                conformance):
     _module.register(main)

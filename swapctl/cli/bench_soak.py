@@ -1,0 +1,61 @@
+"""`swapctl bench soak` (added to the `bench` group on import, as `bench daemon` is)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from swapctl.bench.soak import SoakSettings, run_soak
+from swapctl.bench.soak_plot import check_plot_path, write_plot
+from swapctl.cli.bench import bench, emit, output_option, progress
+from swapctl.cli.exits import EXIT_FAILED
+
+D = SoakSettings()
+
+
+@bench.command("soak")
+@output_option
+@click.option("--minutes", type=click.FloatRange(min=0.1, max=24 * 60), default=D.minutes,
+              show_default=True, help="Length of the run (fractions allowed: 0.5).")
+@click.option("--faults", is_flag=True,
+              help="Every few steps a fault instead: swapctld SIGKILLed at a random moment of "
+                   "a swap, the warm old relay SIGKILLed while a swap soaks, signal's active "
+                   "relay SIGKILLed (swapctld restarts it).")
+@click.option("--rate", type=click.IntRange(min=100), default=D.rate, show_default=True,
+              help="Messages/s of the independent load on market_data.")
+@click.option("--every", type=click.FloatRange(min=0.5), default=D.every, show_default=True,
+              help="Seconds from the start of one step (swap, rollback, fault) to the next.")
+@click.option("--sample-every", type=click.FloatRange(min=1.0), default=D.sample_every,
+              show_default=True, help="Seconds between RSS/fd samples (a short run takes "
+                                      "at least 6).")
+@click.option("--seed", type=int, default=None, help="Seed of the random fault moments.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write memory, fds and pauses over time to FILE (.png, .svg, .pdf; needs "
+                   "matplotlib: pip install 'swapctl[plot]').")
+def soak_command(output: str, plot: Path | None, **o: Any) -> None:
+    """The operators' production simulation: real clients, swaps, rollbacks and faults.
+
+    Exit 1 when the load checker saw a loss, duplicate, reorder or disconnect, or a step
+    did not end as designed (the figures are printed anyway).
+    """
+    if plot is not None:
+        check_plot_path(plot)
+    settings = SoakSettings(minutes=o["minutes"], faults=o["faults"], rate=o["rate"],
+                            every=o["every"], sample_every=o["sample_every"], seed=o["seed"])
+    report = run_soak(settings, progress)
+    if plot is not None:
+        write_plot(report, plot)
+        report["plot"] = str(plot)
+    emit("swapctl bench soak", report, output)
+    if not report["ok"]:
+        progress("not clean: " + "; ".join(
+            report["failures"] + ((report["load"] or {}).get("problems") or [])))
+        sys.exit(EXIT_FAILED)
+
+
+def register(group: click.Group) -> None:
+    """The command is attached to the `bench` group on import."""
+    del group
