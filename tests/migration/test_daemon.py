@@ -151,7 +151,9 @@ PHASES = [
     ("starting", "rolled_back", "v1"),
     ("probing", "rolled_back", "v1"),
     ("releasing", "rolled_back", "v1"),
-    ("adopting", "rolled_back", "v1"),
+    # adopting is journaled once the candidate reads (nothing is written inside the
+    # pause): the clients are on the candidate, so the swap goes on
+    ("adopting", "committed", "v2"),
     ("verifying", "committed", "v2"),
     ("soaking", "committed", "v2"),
     ("committing", "committed", "v2"),
