@@ -13,7 +13,7 @@ from swapctl.errors import UsageError
 from swapctl.probes.ident import make_tag, split_sequence
 from swapctl.probes.traffic import Kind, MessageFactory, Mix
 from swapctl.protocol import checksum_ok, decode_message, split_frames
-from tests.unit.test_layering import FORBIDDEN, _imports
+from tests.unit.test_layering import FORBIDDEN, stdlib_imports
 
 TAG = make_tag(77)
 PURE = ["ident.py", "latency.py", "tracker.py", "traffic.py", "audit.py"]
@@ -22,7 +22,7 @@ PURE = ["ident.py", "latency.py", "tracker.py", "traffic.py", "audit.py"]
 def test_probe_cores_do_no_io() -> None:
     root = Path(swapctl.__file__).parent / "probes"
     for name in PURE:
-        bad = _imports(root / name) & FORBIDDEN
+        bad = stdlib_imports(root / name) & FORBIDDEN
         assert not bad, f"probes/{name} imports {sorted(bad)}: keep I/O out of it"
 
 
