@@ -45,7 +45,7 @@ def test_a_relay_slow_to_say_hello_is_not_dropped(sockdir: Path) -> None:
     finally:
         thread.join(10)
         control.close()
-    assert welcome == [{"type": "welcome", "version": 1}]
+    assert welcome == [{"type": "welcome", "version": 1, "extensions": {}}]  # it asked for none
 
 
 def test_a_registration_from_another_pid_is_refused(sockdir: Path) -> None:

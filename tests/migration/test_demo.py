@@ -83,7 +83,9 @@ def test_demo_runs_clean_and_leaves_nothing_behind(tmpdir_env: Path) -> None:
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"
     assert out.count("decision: COMMITTED") == 2, out
-    assert out.count("lost 0, duplicated 0, reordered 0, corrupted 0, disconnects 0") == 2, out
+    clean = "lost 0, duplicated 0, reordered 0, corrupted 0, disconnects 0, dead consumers 0"
+    assert out.count(f"result:   {clean}") == 2, out  # the swap's and the rollback's verdict
+    assert out.count("canary:   ") == 2 and out.count(clean) == 4, out
     root = _root(out)
     assert root.parent == tmpdir_env
     _assert_nothing_left(tmpdir_env, root)

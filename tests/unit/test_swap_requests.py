@@ -94,7 +94,7 @@ def test_legacy_request_reaches_legacy_swap_whole(tmp_path: Path,
     and --soak is the bridge's drain deadline."""
     seen: list[tuple[str, LegacySwap]] = []
     monkeypatch.setattr(swap_run, "run_strategy",
-                        lambda strategy, swap: seen.append((strategy, swap)))
+                        lambda strategy, swap, **_: seen.append((strategy, swap)))
     o = options(socket_path=tmp_path / "md.sock", from_cmd="old", from_legacy=True,
                 to="new", to_legacy=True, soak=4.0, canary_rate=300.0, domain="signal",
                 profile="torq", state_dir=tmp_path / "st")
