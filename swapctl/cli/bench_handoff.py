@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from swapctl.bench.handoff import HandoffBenchSettings, run_handoff_bench
+from swapctl.bench.handoff_table import side_by_side
+from swapctl.bench.report import render_text
+from swapctl.bench.rust_relay import ENV, RELAYS, relays_asked
 from swapctl.cli.bench import bench, emit, output_option, progress
 
 
@@ -21,16 +25,37 @@ from swapctl.cli.bench import bench, emit, output_option, progress
 @click.option("--rollbacks", type=click.IntRange(min=1), default=10, show_default=True,
               help="Warm and cold rollbacks timed.")
 @click.option("--no-load", is_flag=True, help="Skip the runs under background load.")
+@click.option("--no-never-reader", is_flag=True,
+              help="Leave out the never-reading publisher (by default its full echo backlog "
+                   "is on the relay in every row): the pause is then the connections' alone.")
+@click.option("--relay", "relay", type=click.Choice([*RELAYS, "both"]), default="both",
+              show_default=True,
+              help="Relays measured: the Python reference relay, the Rust example relay "
+                   "(sdk/rust), or both, each client count for each relay in turn. 'both' "
+                   "and 'rust' need the Rust binary (exit 2 if it is not built: build it "
+                   "with scripts/ensure-tools, or ask for --relay python).")
+@click.option("--rust-relay", "rust_relay", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The Rust example relay's binary [default: $" + ENV + ", else "
+                   "sdk/rust/target/release/swapctl-example-relay of this checkout].")
 def handoff_command(output: str, **o: Any) -> None:
-    """Pause of a hot swap (server and client side) by clients and load; rollback times."""
+    """Pause of a hot swap (server and client side) by clients and load, for the Python and
+    the Rust relay side by side; cost per moved connection against the kernel's SCM_RIGHTS
+    cost measured in the same run; rollback times."""
     try:
         counts = tuple(int(c) for c in o["clients"].split(",") if c.strip())
     except ValueError:
         raise click.BadParameter("give client counts like 10,100,1000",
                                  param_hint="--clients") from None
     settings = HandoffBenchSettings(counts, o["swaps"], o["load_rate"], o["rollbacks"],
-                                    loaded=not o["no_load"])
-    emit("swapctl bench handoff", run_handoff_bench(settings, progress), output)
+                                    loaded=not o["no_load"], relays=relays_asked(o["relay"]),
+                                    never_reader=not o["no_never_reader"],
+                                    rust_binary=o["rust_relay"])
+    report = run_handoff_bench(settings, progress)
+    if output == "json":
+        emit("swapctl bench handoff", report, output)
+    else:
+        click.echo(side_by_side(report) + "\n\n" + render_text("swapctl bench handoff", report))
 
 
 def register(group: click.Group) -> None:

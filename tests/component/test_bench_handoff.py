@@ -1,34 +1,92 @@
-"""`swapctl bench handoff` in a tiny configuration: it runs, reports, loses nothing."""
+"""`swapctl bench handoff` in a tiny configuration: it runs, reports, loses nothing; the
+Rust example relay beside the Python one when its binary is built."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+
+from swapctl.bench.fdpass import FdPassSettings, measure_scm_rights
+from swapctl.bench.handoff_table import side_by_side
+from swapctl.bench.rust_relay import default_binary
+
+
+def bench_handoff(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "swapctl", "bench", "handoff", *args],
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def assert_clean(row: dict[str, Any]) -> None:
+    """A measured row: clients moved, a positive pause and its cost, nothing lost or cut."""
+    assert row["committed"] >= 1, row["not_committed_reasons"]
+    assert row["connections_moved"] >= row["clients"]
+    assert row["server_pause_ms"]["n"] == row["committed"] and row["server_pause_ms"]["p50"] > 0
+    assert row["per_connection_us"] > 0
+    assert row["canary"]["lost"] == 0 and row["canary"]["disconnects"] == 0
+    assert row["crowd_disconnects"] == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_bench_handoff_small_run_reports_every_figure() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "swapctl", "bench", "handoff", "--clients", "3,20",
-         "--swaps", "3", "--rollbacks", "2", "--load-rate", "5000", "-o", "json"],
-        capture_output=True, timeout=170, check=False)
+    done = bench_handoff("--relay", "python", "--clients", "3,20", "--swaps", "3",
+                         "--rollbacks", "2", "--load-rate", "5000", "-o", "json")
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["benchmark"] == "handoff" and report["conditions"]["swaps_per_config"] == 3
+    assert report["conditions"]["relays"] == ["python"]
+    assert report["scm_rights_reference"]["us_per_fd"] > 0
     for row in report["idle"] + report["under_load"]:
+        assert row["relay"] == "python" and row["handoff_mode"] == "precopy"
         assert row["committed"] == 3, row["not_committed_reasons"]
-        assert row["connections_moved"] >= row["clients"]
-        assert row["server_pause_ms"]["n"] == 3 and row["server_pause_ms"]["p50"] > 0
+        assert_clean(row)
         assert set(row["pause_stages_p50_ms"]) == {"export", "transfer", "adopt", "resume"}
-        assert row["canary"]["lost"] == 0 and row["canary"]["disconnects"] == 0
-        assert row["crowd_disconnects"] == 0
     for row in report["under_load"]:
-        assert row["load"]["ok"] and row["load"]["sent"] > 0
-    warm, cold = report["rollback"]["warm"], report["rollback"]["cold"]
+        assert row["load"]["ok"] and row["load"]["sent"] > 0 and row["load"]["lost"] == 0
+    warm, cold = report["rollback"]["python"]["warm"], report["rollback"]["python"]["cold"]
     assert warm["kind"] == ["warm handoff"] and cold["kind"] == ["cold handoff"]
     assert warm["rollbacks"] == cold["rollbacks"] == 2
-    assert {g["name"] for g in report["goals"]} >= {"cost per extra connection"}
+    assert {g["name"] for g in report["goals"]} >= {"python relay: cost per extra connection"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not default_binary().exists(),
+                    reason="the Rust example relay is not built (scripts/ensure-tools)")
+def test_bench_handoff_measures_rust_beside_python() -> None:
+    done = bench_handoff("--relay", "both", "--clients", "5", "--swaps", "2", "--rollbacks", "1",
+                         "--no-load", "-o", "json", timeout=110)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    report = json.loads(done.stdout)
+    assert report["conditions"]["relays"] == ["python", "rust"]
+    assert report["conditions"]["relay_commands"]["rust"] == [str(default_binary())]
+    assert [(r["relay"], r["clients"]) for r in report["idle"]] == [("python", 5), ("rust", 5)]
+    assert report["under_load"] == []
+    rust = report["idle"][1]
+    assert_clean(rust)
+    assert rust["handoff_mode"] == "v1"  # the crate has no pre-copy: every fd in the pause
+    assert rust["never_reader"] and rust["unsent_bytes_p50"] > 0  # its backlog was carried
+    for relay in ("python", "rust"):
+        for mode in ("warm", "cold"):
+            assert report["rollback"][relay][mode]["rollbacks"] == 1
+            assert report["rollback"][relay][mode]["canary"]["lost"] == 0
+    assert set(report["per_connection_cost_us"]) == {"python", "rust"}
+    table = side_by_side(report)
+    assert "python" in table and "rust" in table and "SCM_RIGHTS" in table
+
+
+def test_missing_rust_relay_is_a_usage_error() -> None:
+    done = bench_handoff("--relay", "rust", "--rust-relay", "/nonexistent/relay",
+                         "--clients", "3", timeout=30)
+    assert done.returncode == 2
+    assert "build it with scripts/ensure-tools" in done.stderr.decode()
+
+
+def test_scm_rights_reference_passes_every_fd() -> None:
+    result = measure_scm_rights(FdPassSettings(count=300, batch=100, repeats=2))
+    assert result["fds"] == 300 and result["fds_per_message"] == 100
+    assert 0 < result["best_us_per_fd"] <= result["us_per_fd"]
