@@ -75,7 +75,8 @@ def execute_legacy(request: LegacyRequest) -> dict[str, Any]:
         ReleaseSpec("from", request.from_cmd, request.from_legacy)
     swap = LegacySwap(request.layout, ReleaseSpec("to", request.to_cmd, request.to_legacy),
                       request.state_dir, from_=from_, canary_rate=request.canary.rate,
-                      domain_byte=request.canary.domain_byte, extra=extra)
+                      domain_byte=request.canary.domain_byte, extra=extra,
+                      adopt=request.adopt)
     return run_strategy(request.strategy, swap, journal_watchers=_progress(request.output))
 
 
@@ -132,6 +133,8 @@ def _progress(output: str) -> list[Callable[[dict[str, Any]], None]]:
     started: list[float] = []
 
     def show(record: dict[str, Any]) -> None:
+        if "from" not in record or "to" not in record:
+            return  # not a phase change (e.g. a candidate's "spawned" note)
         if not started:
             started.append(float(record["at"]))
         click.echo(report.progress_line(record, started[0]), err=True)
