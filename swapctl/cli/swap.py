@@ -81,6 +81,10 @@ _output = click.option("-o", "--output", type=click.Choice(["text", "json"]), de
               help="Standalone: the running release is a legacy build (no handoff protocol).")
 @click.option("--to-legacy/--to-handoff", default=False, show_default=True,
               help="Standalone: the new release is a legacy build.")
+@click.option("--old-pid", type=click.IntRange(min=1), metavar="PID",
+              help="Standalone legacy: adopt the relay serving --socket that swapctl did "
+                   "not start (a takeover moves its clients) [default: the process holding "
+                   "the socket's listener, when a socket is there and no slot serves it].")
 @click.option("--compiled", type=click.Path(path_type=Path),
               help="Standalone legacy: the socket path compiled into the legacy builds "
                    "[default: --socket].")
@@ -94,6 +98,8 @@ def swap_command(ctx: click.Context, /, **o: Any) -> None:
     Standalone handoff: swapctl swap --socket S --from CMD --to CMD [--dry-run]
     Standalone legacy:  swapctl swap --socket S --to CMD --strategy takeover|bridge|restart
                         (or --from-legacy/--to-legacy with --strategy auto) [--dry-run]
+    First swap of a box: swapctl swap --socket S --to CMD [--old-pid PID] [--dry-run]
+                        (a relay swapctl did not start serves S: taken over, 0 cut)
     An option that does not apply to the chosen mode is refused (exit 2), saying why.
     Exit 0 when committed and proven clean (every figure measured and 0); 1 when rolled
     back, anything was lost or cut, or a figure is unknown (--canary-rate 0: committed,

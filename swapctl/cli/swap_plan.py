@@ -62,8 +62,15 @@ def _state(state_dir: Path) -> dict[str, Any]:
 
 
 def _old(request: LegacyRequest) -> dict[str, Any]:
-    """The relay the swap starts from: the one serving the public link's slot, or, on a
-    fresh box, --from started in a free slot first (what `run_strategy` does)."""
+    """The relay the swap starts from: the one serving the public link's slot, a relay
+    swapctl did not start (adopted: found when the request was built), or, on a fresh
+    box, --from started in a free slot first (what `run_strategy` does)."""
+    if request.adopt is not None:
+        adopted = request.adopt
+        return {"release": "from", "command": list(adopted.command), "legacy": True,
+                "serving": None, "adopt": adopted.to_dict(), "started_by_swap": False,
+                "after": f"{request.layout.public} becomes swapctl's link to a slot of "
+                         f"{request.layout.root / 'slots'}, the candidate serving it"}
     current = old_relay(request.layout)
     if current is not None:
         slot, state = current
@@ -81,6 +88,19 @@ def _old(request: LegacyRequest) -> dict[str, Any]:
             "serving": None, "started_by_swap": True}
 
 
+def _from_line(old: dict[str, Any]) -> str:
+    kind = "legacy" if old["legacy"] else "handoff-capable"
+    if old.get("adopt"):
+        a = old["adopt"]
+        where = (f"pid {a['pid']}, not started by swapctl: adopted (found by "
+                 f"{a['found_by']}), its listener {a['listener']}")
+    elif old["serving"]:
+        where = f"serving in slot {old['serving']['slot']}, pid {old['serving']['pid']}"
+    else:
+        where = "started first by this swap"
+    return f"  from:      {' '.join(old['command']) or '?'} ({kind}; {where})"
+
+
 def _canary(canary: Canary) -> dict[str, Any]:
     return {"rate": canary.rate, "domain": canary.domain.value,
             "profile": canary.profile.value, "domain_byte": canary.domain_byte,
@@ -91,16 +111,12 @@ def text(p: dict[str, Any]) -> str:
     """The plan for a terminal."""
     old, new = p["from"], p["to"]
     kind = {True: "legacy", False: "handoff-capable"}
-    if old["serving"]:
-        start = f"serving in slot {old['serving']['slot']}, pid {old['serving']['pid']}"
-    else:
-        start = "started first by this swap"
     state = "exists" if p["state_dir_exists"] else "not created by a dry run"
     canary = p["canary"]
     lines = [
         f"plan (dry run: nothing started, nothing written): {p['mode']}",
         f"  strategy:  {p['strategy']} ({p['why']})",
-        f"  from:      {' '.join(old['command']) or '?'} ({kind[old['legacy']]}; {start})",
+        _from_line(old),
         f"  to:        {' '.join(new['command'])} ({kind[new['legacy']]})",
         f"  socket:    {p['socket']}"
         + (f" (compiled-in path {p['compiled']})" if p["compiled"] else ""),
@@ -110,6 +126,8 @@ def text(p: dict[str, Any]) -> str:
         "  rollback possible through: " + ", ".join(
             ph["phase"] for ph in p["phases"] if ph["can_roll_back"]),
     ]
+    if old.get("after"):
+        lines.append(f"  after:     {old['after']}")
     if p["soak_s"] is not None:
         lines.append(f"  soak {p['soak_s']:g}s; pause budget {p['pause_budget_ms']:g} ms"
                      + ("" if p["rollback_after_s"] is None else

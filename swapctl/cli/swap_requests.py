@@ -1,8 +1,9 @@
 """`swapctl swap`'s three modes as typed requests, and the refusal of what does not apply.
 
 How it works: the mode follows from what was given: SERVICE -> through swapctld
-(`DaemonSwap`); otherwise a legacy flag (--from-legacy/--to-legacy) or a legacy strategy
-(--strategy takeover|bridge|restart) -> standalone legacy (`LegacyRequest`); otherwise
+(`DaemonSwap`); otherwise a legacy flag (--from-legacy/--to-legacy), a legacy strategy
+(--strategy takeover|bridge|restart), --old-pid, or --socket without --from (the relay
+serving SOCKET now is the old one) -> standalone legacy (`LegacyRequest`); otherwise
 standalone handoff (`HandoffRequest`). `NOT_HERE` says, option by option, in which modes
 it means nothing, why, and what to use instead. `build` refuses every option the operator
 gave (click's parameter source, not its value) that does not apply: all of them in one
@@ -11,7 +12,10 @@ gave (click's parameter source, not its value) that does not apply: all of them 
 A legacy request's strategy is resolved here (`--strategy auto` reads which slot serves
 the public link and what kind of relay it is: a read, nothing is written), because which
 options apply depends on it: --soak is the bridge's drain deadline, while a takeover or a
-restart has no soak at all.
+restart has no soak at all. So is the relay to adopt: when no slot serves the public
+path but a process listens on it (a relay swapctl did not start), it is found here
+(legacy/adopt.py: by --old-pid, checked, or by the listener's owner) and only a takeover
+into a handoff-capable release may adopt it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from swapctl.errors import UsageError
+from swapctl.legacy import adopt as adopting
 from swapctl.legacy import layout as lay
 from swapctl.legacy.bridge import BridgeSettings
 from swapctl.legacy.run import old_relay, pick
@@ -33,8 +38,8 @@ Mode = Literal["daemon", "handoff", "legacy"]
 MODE_NAMES: dict[Mode, str] = {
     "daemon": "a swap through swapctld (SERVICE given)",
     "handoff": "a standalone handoff swap (--socket --from --to)",
-    "legacy": "a standalone legacy swap (--from-legacy/--to-legacy or --strategy "
-              "takeover|bridge|restart)",
+    "legacy": "a standalone legacy swap (--from-legacy/--to-legacy, --strategy "
+              "takeover|bridge|restart, --old-pid, or --socket without --from)",
 }
 LEGACY_STRATEGIES = ("takeover", "bridge", "restart")
 DEFAULT_LEGACY_STATE = Path("/var/lib/swapctl/legacy")
@@ -96,6 +101,8 @@ NOT_HERE: dict[str, dict[Mode, tuple[str, str]]] = {
     "config_dir": {m: ("a standalone swap reads no configuration",
                        "drop --config-dir, or give SERVICE to swap through swapctld")
                    for m in ("handoff", "legacy")},
+    "old_pid": {"daemon": ("swapctld adopts a running relay from the service file (adopt:)",
+                           "set adopt: on the service (docs/legacy.md), drop --old-pid")},
 }
 # Options that apply to a legacy swap only for some strategies (resolved first).
 NOT_FOR_STRATEGY: dict[str, dict[str, tuple[str, str]]] = {
@@ -103,10 +110,14 @@ NOT_FOR_STRATEGY: dict[str, dict[str, tuple[str, str]]] = {
                  + ("moved" if s == "takeover" else "cut") + ", so nothing stays warm",
                  "drop --soak, or use --strategy bridge (where --soak is the drain deadline)")
              for s in ("takeover", "restart")},
+    "old_pid": {s: (f"a relay swapctl did not start is adopted by a takeover only (a {s} "
+                    "would cut its clients)",
+                    "use --strategy takeover (or auto) with a handoff-capable --to")
+                for s in ("bridge", "restart")},
 }
 FLAGS = {"socket_path": "--socket", "from_cmd": "--from", "from_legacy": "--from-legacy/"
          "--from-handoff", "to_legacy": "--to-legacy/--to-handoff", "yes": "--yes",
-         "config_dir": "--config-dir"}
+         "config_dir": "--config-dir", "old_pid": "--old-pid"}
 
 
 def flag(name: str) -> str:
@@ -202,8 +213,12 @@ class LegacyRequest:
     canary: Canary
     dry_run: bool
     output: str
+    adopt: adopting.Adopted | None = None  # the running relay swapctl did not start
 
     def __post_init__(self) -> None:
+        if self.adopt is not None and self.strategy != "takeover":
+            raise UsageError(f"adopting pid {self.adopt.pid} needs a takeover, not a "
+                             f"{self.strategy}")
         if self.strategy not in LEGACY_STRATEGIES:
             raise UsageError(f"strategy {self.strategy!r} is not a legacy strategy: use one "
                              f"of {', '.join(LEGACY_STRATEGIES)}")
@@ -233,8 +248,11 @@ def command(option: str, text: str) -> tuple[str, ...]:
 def mode_of(o: dict[str, Any]) -> Mode:
     if o["service"] is not None:
         return "daemon"
-    if o["from_legacy"] or o["to_legacy"] or o["strategy"] in LEGACY_STRATEGIES:
+    if o["from_legacy"] or o["to_legacy"] or o["strategy"] in LEGACY_STRATEGIES \
+            or o.get("old_pid") is not None:
         return "legacy"
+    if o["socket_path"] and not o["from_cmd"] and o["strategy"] == "auto":
+        return "legacy"  # no --from: the relay serving the socket now is the old one
     return "handoff"
 
 
@@ -317,15 +335,65 @@ def drain_deadline(strategy: str, soak: float | None) -> float | None:
     return BridgeSettings().drain_deadline if soak is None else float(soak)
 
 
+def adoption(layout: lay.Layout, old_pid: int | None,
+             from_cmd: str | None) -> adopting.Adopted | None:
+    """The relay to adopt: none when a slot serves the public link (an --old-pid must then
+    be its pid) or on a fresh box; else the process serving the public path (a read of
+    /proc and the kernel's socket table; nothing is touched)."""
+    current = old_relay(layout)
+    if current is not None:
+        pid = current[1].get("pid")
+        if old_pid is not None and old_pid != pid:
+            raise UsageError(f"--old-pid {old_pid}: {layout.public} is served by swapctl's "
+                             f"slot {current[0]} (pid {pid}), not by pid {old_pid}; drop "
+                             "--old-pid")
+        return None
+    public = layout.public
+    if old_pid is None and not (public.exists() or public.is_symlink()):
+        return None  # a fresh box: --from is started in a slot (or refused later)
+    adopted = adopting.find(public, old_pid)
+    if from_cmd:
+        raise UsageError(f"--from does not apply to adopting the relay serving {public} "
+                         f"(pid {adopted.pid}): it is already running (--from starts the old "
+                         "release only on a fresh box); drop --from")
+    return adopted
+
+
 def _legacy(o: dict[str, Any], given: set[str], canary: Canary) -> LegacyRequest:
     layout = legacy_layout(o["socket_path"], o["compiled"], o["state_dir"])
-    strategy, why = resolve(o["strategy"], layout, o["from_legacy"], o["to_legacy"])
+    asked = o["strategy"]  # refused before anything is looked up, when asked for
+    _refuse([refusal(name, f"this standalone legacy swap (strategy {asked})",
+                     *NOT_FOR_STRATEGY[name][asked])
+             for name in sorted(given) if asked in NOT_FOR_STRATEGY.get(name, {})])
+    adopt = adoption(layout, o.get("old_pid"), o["from_cmd"])
+    from_legacy = o["from_legacy"]
+    if adopt is not None:
+        if "from_legacy" in given and not from_legacy:
+            raise UsageError(f"--from-handoff does not apply to adopting pid {adopt.pid}: "
+                             "a relay swapctl did not start has no control link, so it is "
+                             "taken over as a legacy relay; drop --from-handoff")
+        from_legacy = True
+        if o["to_legacy"]:
+            raise UsageError(
+                f"{layout.public} is served by pid {adopt.pid}, which swapctl did not start: "
+                "it is adopted by a takeover, which moves its clients only into a release "
+                "that speaks the handoff protocol; give a handoff-capable --to (then swap "
+                "to the legacy build from the slot layout)")
+    strategy, why = resolve(o["strategy"], layout, from_legacy, o["to_legacy"])
     where = f"this standalone legacy swap (strategy {strategy})"
     _refuse([refusal(name, where, *NOT_FOR_STRATEGY[name][strategy])
              for name in sorted(given) if strategy in NOT_FOR_STRATEGY.get(name, {})])
+    if adopt is not None and strategy != "takeover":
+        raise UsageError(
+            f"{layout.public} is served by pid {adopt.pid}, which swapctl did not start: it "
+            f"is adopted by a takeover only (a {strategy} would cut its clients); use "
+            "--strategy takeover (or auto) with a handoff-capable --to")
+    if adopt is not None:
+        why = f"{why}; adopting pid {adopt.pid} (found by {adopt.found_by}), which " \
+              "swapctl did not start"
     return LegacyRequest(
         layout=layout, from_cmd=command("--from", o["from_cmd"]) if o["from_cmd"] else None,
-        from_legacy=o["from_legacy"], to_cmd=command("--to", o["to"]),
+        from_legacy=from_legacy, to_cmd=command("--to", o["to"]),
         to_legacy=o["to_legacy"], strategy=strategy, why=why,
         drain_deadline=drain_deadline(strategy, o["soak"]),
-        canary=canary, dry_run=o["dry_run"], output=o["output"])
+        canary=canary, dry_run=o["dry_run"], output=o["output"], adopt=adopt)

@@ -9,7 +9,9 @@ The old relay is whatever serves the public link's slot (its pid is recorded in 
 slot's state file by `layout.start_legacy`; pid + create time are checked). If no slot
 serves and `request.from_` is given and the public path does not exist yet, the old
 release is started in a slot first (a fresh box). A box whose public path is still
-the relay's own socket must be migrated once first (`layout.migrate`, docs/legacy.md).
+the relay's own socket (a relay swapctl did not start) is swapped by adopting that
+relay (`request.adopt`, legacy/adopt.py: found by pid or by the listener's owner): a
+takeover moves its clients, then the box is given the slot layout (`adopt.into_layout`).
 
 The swap is a `SwapRun` with the strategy's actions (legacy/actions.py) and a
 `LayoutPlace`: candidates start in the layout's free slot, the public link is flipped
@@ -27,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from swapctl.errors import UsageError
+from swapctl.errors import SwapctlError, UsageError
 from swapctl.fsutil import ensure_private_dir
 from swapctl.handoff.controller import ControlServer, RelayLink
+from swapctl.legacy import adopt as adopting
 from swapctl.legacy import layout as lay
 from swapctl.legacy.actions import Relay, actions_for
 from swapctl.legacy.bridge import BridgeSettings
@@ -76,6 +79,7 @@ class LegacySwap:
     reconnect_window_s: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific settings
     journal: bool = True  # write STATE/journal.jsonl
+    adopt: adopting.Adopted | None = None  # a relay swapctl did not start, serving public
 
 
 def pick(from_legacy: bool, to_legacy: bool) -> tuple[str, str]:
@@ -127,12 +131,15 @@ class _NoLink:
 
 
 class LayoutPlace:
-    """A standalone swap's relays: slots of a private layout behind the public link."""
+    """A standalone swap's relays: slots of a private layout behind the public link
+    (`adopted`: the old relay serves the public path itself, outside the layout)."""
 
     def __init__(self, layout: lay.Layout, old: Relay, service: Service, *,
-                 log_dir: Path, settings: RestartSettings, old_slot: str) -> None:
+                 log_dir: Path, settings: RestartSettings, old_slot: str,
+                 adopted: bool = False) -> None:
         self.layout, self.old, self.service = layout, old, service
         self.log_dir, self.settings, self.old_slot = log_dir, settings, old_slot
+        self.adopted = adopted
         self.started: list[Any] = []
 
     def start(self, release: Release, timeout: float) -> Relay:
@@ -157,12 +164,23 @@ class LayoutPlace:
             stop_relay(relay.pid, self.settings.stop_grace)
 
     def committed(self, run: SwapRun, new: Relay | None) -> None:
-        """After a takeover the old slot's socket is served by the candidate."""
-        if new is None and run.cand is not None:
-            pid = run.cand.handle.pid
-            lay.write_state(self.layout, self.old_slot, {
-                "pid": pid, "create_time": psutil.Process(pid).create_time(),
-                "command": list(run.release.command), "kind": "handoff"})
+        """After a takeover the old slot's socket is served by the candidate (an adopted
+        relay's: the box is given the slot layout now, `adopt.into_layout`)."""
+        if new is not None or run.cand is None:
+            return
+        pid = run.cand.handle.pid
+        state = {"pid": pid, "create_time": psutil.Process(pid).create_time(),
+                 "command": list(run.release.command), "kind": "handoff",
+                 "bound": self.old.bound}  # the listener's name: it moved with the socket
+        if not self.adopted:
+            lay.write_state(self.layout, self.old_slot, state)
+            return
+        try:
+            run.details["layout"] = adopting.into_layout(self.layout, state)
+        except (SwapctlError, OSError) as exc:  # the clients moved: only the link is missing
+            run.details["layout_error"] = (
+                f"{exc}; the candidate (pid {pid}) serves {self.layout.public} itself: the "
+                "next swap adopts it again (--old-pid)")
 
 
 def run_strategy(strategy: str, request: LegacySwap, *, load: LoadSession | None = None,
@@ -228,12 +246,13 @@ def _actions(strategy: str, request: LegacySwap, slot: str, state: dict[str, Any
     layout = request.layout
     old_socket = layout.public.resolve() if layout.public.is_symlink() else layout.public
     kind_legacy = state.get("kind") == "legacy"
-    bound = str(layout.compiled) if kind_legacy else str(layout.slot_socket(slot))
+    bound = str(state.get("bound") or (layout.compiled if kind_legacy
+                                       else layout.slot_socket(slot)))
     old = Relay(int(state["pid"]), old_socket, bound)
     settings = RestartSettings(request.ready_timeout, 2.0, 2.0, request.domain_byte,
                                request.echo)
     place = LayoutPlace(layout, old, service, log_dir=request.state_dir / "logs",
-                        settings=settings, old_slot=slot)
+                        settings=settings, old_slot=slot, adopted=bool(state.get("adopted")))
     extra = dict(request.extra)
     takeover = TakeoverSettings(ready_timeout=request.ready_timeout,
                                 domain_byte=request.domain_byte, echo=request.echo,
@@ -254,19 +273,35 @@ def _no_link() -> RelayLink:
 
 def _ensure_old(request: LegacySwap) -> tuple[str, dict[str, Any]]:
     current = old_relay(request.layout)
+    if request.adopt is not None:
+        return _adopted(request, current)
     if current is not None:
         return current
     layout, old = request.layout, request.from_
     if old is None or not old.legacy or layout.public.exists() or layout.public.is_symlink():
         raise UsageError(
-            f"no relay of a swapctl slot serves {layout.public}: migrate this box to the slot "
-            "layout once first (docs/legacy.md), or give --from for a fresh box")
+            f"no relay of a swapctl slot serves {layout.public}: adopt the relay serving it "
+            "(`swapctl swap --socket PATH --to CMD [--old-pid PID]`, docs/legacy.md), or "
+            "give --from for a fresh box")
     slot = lay.start_legacy(layout, layout.free_slot(), list(old.command),
                             request.state_dir / "logs", request.ready_timeout)
     lay.point(layout, slot.socket)
     found = old_relay(layout)
     assert found is not None
     return found
+
+
+def _adopted(request: LegacySwap,
+             current: tuple[str, dict[str, Any]] | None) -> tuple[str, dict[str, Any]]:
+    """The old relay of an adoption: still the process found, still outside the layout."""
+    adopted = request.adopt
+    assert adopted is not None
+    if current is not None:
+        raise UsageError(f"{request.layout.public} is served by slot {current[0]} (pid "
+                         f"{current[1].get('pid')}) now: nothing to adopt; drop --old-pid")
+    if not adopting.alive(adopted):
+        raise UsageError(f"the relay to adopt (pid {adopted.pid}) is gone")
+    return "adopted", adopted.state()
 
 
 def _service(request: LegacySwap) -> Service:

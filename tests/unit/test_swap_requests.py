@@ -5,6 +5,8 @@ requests validate what they hold, and a legacy request reaches `LegacySwap` whol
 from __future__ import annotations
 
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,8 @@ def test_every_option_is_decided_for_every_mode() -> None:
 
 @pytest.mark.parametrize(("given", "mode"), [
     ({"service": "md", "socket_path": Path("s")}, "daemon"),
-    ({"socket_path": Path("s")}, "handoff"),
+    ({"socket_path": Path("s"), "from_cmd": "old"}, "handoff"),
+    ({"socket_path": Path("s")}, "legacy"),  # no --from: the relay serving it now
     ({"strategy": "handoff", "socket_path": Path("s")}, "handoff"),
     ({"strategy": "restart"}, "legacy"),
     ({"to_legacy": True}, "legacy"),
@@ -115,3 +118,57 @@ def test_takeover_to_a_legacy_build_is_refused_before_anything_runs(tmp_path: Pa
                 to_legacy=True, strategy="takeover", state_dir=tmp_path / "st")
     with pytest.raises(UsageError, match="takeover needs"):
         build(o, {"socket_path", "from_legacy", "to", "to_legacy", "strategy", "state_dir"})
+
+
+def test_without_from_the_relay_serving_the_socket_is_the_old_one() -> None:
+    """--socket with no --from cannot be a standalone handoff (which starts --from): the
+    relay serving the socket now is the old one, a legacy swap (adopting it if needed)."""
+    assert mode_of(options(socket_path=Path("s"), to="new")) == "legacy"
+    assert mode_of(options(socket_path=Path("s"), to="new", old_pid=7)) == "legacy"
+    assert mode_of(options(socket_path=Path("s"), to="new", from_cmd="old")) == "handoff"
+    assert mode_of(options(socket_path=Path("s"), to="new", strategy="handoff")) == "handoff"
+    assert mode_of(options(old_pid=7, from_cmd="old")) == "legacy"
+
+
+def test_old_pid_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--old-pid does not apply to a swap through "
+                                         r"swapctld.*adopt:"):
+        build(options(service="md", old_pid=7), {"service", "old_pid"})
+    for strategy in ("bridge", "restart"):  # refused before any process is looked up
+        o = options(socket_path=tmp_path / "none.sock", to="new", old_pid=7,
+                    strategy=strategy, state_dir=tmp_path / "st")
+        with pytest.raises(UsageError, match=rf"--old-pid does not apply.*a {strategy} "
+                                             r"would cut its clients"):
+            build(o, {"socket_path", "to", "old_pid", "strategy", "state_dir"})
+    o = options(socket_path=tmp_path / "none.sock", to="new", old_pid=7,
+                state_dir=tmp_path / "st")
+    with pytest.raises(UsageError, match=r"no relay to adopt at .*none\.sock: nothing is there"):
+        build(o, {"socket_path", "to", "old_pid", "state_dir"})
+    assert not (tmp_path / "st").exists()
+
+
+def test_adopting_needs_a_handoff_capable_release_and_no_from(tmp_path: Path) -> None:
+    """A listener this test holds stands for a relay swapctl did not start."""
+    public = tmp_path / "md.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(public))
+        sock.listen()
+        given = {"socket_path", "to", "state_dir"}
+        base = {"socket_path": public, "to": "new", "state_dir": tmp_path / "st"}
+        request = build(options(**base), given)
+        assert isinstance(request, LegacyRequest) and request.strategy == "takeover"
+        assert request.adopt is not None and request.adopt.pid == os.getpid()
+        assert request.adopt.found_by == "the listener's owner" and request.from_legacy
+        assert request.adopt.bound == str(public)
+        with pytest.raises(UsageError, match="adopted by a takeover, which moves its clients "
+                                             "only into a release that speaks the handoff"):
+            build(options(**base, to_legacy=True), given | {"to_legacy"})
+        with pytest.raises(UsageError, match="--from does not apply to adopting"):
+            build(options(**base, from_cmd="old", from_legacy=True),
+                  given | {"from_cmd", "from_legacy"})
+        with pytest.raises(UsageError, match="--from-handoff does not apply"):
+            build(options(**base, from_legacy=False), given | {"from_legacy"})
+        with pytest.raises(UsageError, match=rf"--old-pid 1 does not hold the listener.*pid "
+                                             rf"{os.getpid()} .*does"):
+            build(options(**base, old_pid=1), given | {"old_pid"})
+    assert not (tmp_path / "st").exists()
