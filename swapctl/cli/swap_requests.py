@@ -30,7 +30,7 @@ from swapctl.errors import UsageError
 from swapctl.legacy import adopt as adopting
 from swapctl.legacy import layout as lay
 from swapctl.legacy.bridge import BridgeSettings
-from swapctl.legacy.run import old_relay, pick
+from swapctl.legacy.run import old_relay, pick, steerable_as_legacy
 from swapctl.protocol.profiles import Domain, Profile, domain_byte
 from swapctl.swap.requests import state_dir_for
 
@@ -314,12 +314,15 @@ def resolve(strategy: str, layout: lay.Layout, from_legacy: bool,
         raise UsageError("--strategy handoff needs two handoff-capable releases: drop "
                          "--from-legacy/--to-legacy, or choose takeover, bridge or restart")
     current = old_relay(layout)
+    orphan = None if current is None else steerable_as_legacy(*current)
     if current is not None:
-        from_legacy = current[1].get("kind") == "legacy"
+        from_legacy = current[1].get("kind") == "legacy" or orphan is not None
     if strategy == "auto":
         strategy, why = pick(from_legacy, to_legacy)
         if strategy == "handoff":
             raise UsageError(f"--strategy auto: {why}; drop --from-legacy/--to-legacy")
+        if orphan is not None and strategy == "takeover":
+            why = orphan
     else:
         why = f"asked for with --strategy {strategy}"
     if strategy == "takeover" and (to_legacy or not from_legacy):

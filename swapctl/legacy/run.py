@@ -87,6 +87,18 @@ def pick(from_legacy: bool, to_legacy: bool) -> tuple[str, str]:
     return choose.best(from_legacy, to_legacy)
 
 
+def steerable_as_legacy(slot: str, state: dict[str, Any]) -> str | None:
+    """Why a slot's handoff-capable relay is swapped like a legacy one here (None for a
+    legacy relay): it outlived the standalone command that started it (a restart or bridge
+    candidate, or a takeover's), so no standalone swap holds its control link; its sockets
+    can still be taken over (freeze, pidfd_getfd) with no client cut."""
+    if state.get("kind") != "handoff":
+        return None
+    return (f"slot {slot}'s relay (pid {state.get('pid')}) speaks the handoff protocol but its "
+            "control link ended with the command that started it: its sockets are taken "
+            "over like a legacy relay's, no client is disconnected")
+
+
 def old_relay(layout: lay.Layout) -> tuple[str, dict[str, Any]] | None:
     """The slot serving the public link and its recorded state (pid, kind...)."""
     name = layout.current()
@@ -192,11 +204,14 @@ def run_strategy(strategy: str, request: LegacySwap, *, load: LoadSession | None
         raise UsageError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     name, state = _ensure_old(request)
     from_legacy = state.get("kind") == "legacy"
-    chosen, why = choose.choose(from_legacy, request.to.legacy, strategy)
+    orphan = steerable_as_legacy(name, state)  # no control link: a legacy relay to us
+    chosen, why = choose.choose(from_legacy or orphan is not None, request.to.legacy, strategy)
+    if orphan is not None and chosen == "takeover":
+        why = orphan
     if chosen == "handoff":
         raise UsageError("both releases speak the handoff protocol: use `swapctl swap "
                          "--socket S --from CMD --to CMD`")
-    if chosen == "takeover" and (request.to.legacy or not from_legacy):
+    if chosen == "takeover" and (request.to.legacy or not (from_legacy or orphan)):
         raise UsageError("takeover needs a legacy old relay and a handoff-capable new release "
                          "(--to-handoff); use bridge or restart")
     own_service = service is None

@@ -176,6 +176,32 @@ def test_first_swap_adopts_the_running_relay_with_no_client_cut(
 
 
 @pytest.mark.parametrize("box", ["rust"], indirect=True)
+def test_the_next_swap_starts_from_the_slot(box: Box, procs: Processes) -> None:
+    """After the adoption the box is an ordinary slot layout: the next `swapctl swap
+    --socket P --to CMD` (no --old-pid) starts from the slot's relay, whose control link
+    ended with the first command, takes it over too, and cuts no one."""
+    code, out, err = box.swap(procs, to_command("rust"), "--canary-rate", "500", "-o", "json")
+    assert code == 0, err
+    first = json.loads(out)
+    session = LoadSession(load_config(box.public))
+    session.start()
+    try:
+        code, out, err = box.swap(procs, to_command("python"), "--canary-rate", "500",
+                                  "-o", "json")
+        verdict = session.stop()
+    finally:
+        session.close()
+    assert "adopting" not in err and "control link ended" in err
+    report = json.loads(out)
+    judge(report, code, verdict, err)
+    assert report["evidence"]["legacy_pid"] == first["evidence"]["candidate_pid"]
+    assert report["connections"]["moved"] >= 7, report["connections"]
+    assert box.layout.current() == "a" and lay.connectable(box.public)
+    state = lay.read_state(box.layout, "a")
+    assert state is not None and state["pid"] == report["evidence"]["candidate_pid"]
+
+
+@pytest.mark.parametrize("box", ["rust"], indirect=True)
 def test_every_thread_of_the_rust_relay_is_frozen_and_seen_idle(box: Box) -> None:
     """The idle check looks at every thread of a multi-threaded (tokio) relay: stopped
     together, each parked in a waiting system call."""
