@@ -7,8 +7,9 @@ steals the path from the first. The reference relay refuses when the path is liv
 A relay's only readiness signal is that its path accepts connections, so whoever
 starts one (a benchmark, a test, a swap) waits with `connect` or `wait_connectable`:
 one retry loop (tenacity) for every such wait, retrying refused or missing paths
-every `interval` until `timeout`, and asking `alive` first on each try so that a
-server that died ends the wait at once with the caller's own error.
+(and a full backlog: each try has a timeout, so it fails at once with EAGAIN
+instead of blocking) every `interval` until `timeout`, and asking `alive` first on
+each try so that a server that died ends the wait at once with the caller's own error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from swapctl.errors import SwapctlError, UsageError
 
 LISTEN_BACKLOG = 4096
 MAX_UNIX_PATH = 107
+ATTEMPT_TIMEOUT = 0.5  # any timeout makes a full backlog fail at once (EAGAIN), not block
 
 
 class SocketInUse(SwapctlError):
@@ -90,20 +92,23 @@ def adopt_listener(fd: int) -> socket.socket:
 
 def connect(path: str | Path, timeout: float, *, alive: Callable[[], None] | None = None,
             interval: float = 0.01) -> socket.socket:
-    """A blocking connection to `path`, retried every `interval` s while the path refuses
-    or is missing, until `timeout` (0: one try). `alive` runs before each try and raises
-    if the server is gone. Past the timeout, the last OSError is raised."""
+    """A blocking connection to `path`, retried every `interval` s while the path refuses,
+    is missing or its backlog is full, until `timeout` (0: one try). `alive` runs before
+    each try and raises if the server is gone. Past the timeout, the last OSError is
+    raised."""
     for attempt in Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval),
                             retry=retry_if_exception_type(OSError), reraise=True):
         with attempt:
             if alive is not None:
                 alive()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(ATTEMPT_TIMEOUT)
             try:
                 sock.connect(str(path))
             except OSError:
                 sock.close()
                 raise
+            sock.settimeout(None)
             return sock
     raise AssertionError("unreachable: tenacity either returns or re-raises")
 

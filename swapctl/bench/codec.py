@@ -23,7 +23,7 @@ from typing import Any
 
 from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.report import Goal, Report, conditions
-from swapctl.bench.stream import DOMAIN, MESSAGE_SIZE, SOURCE
+from swapctl.probes.bulk.stream import DOMAIN, MESSAGE_SIZE, SOURCE
 from swapctl.probes.traffic import Kind, MessageFactory, Mix
 from swapctl.protocol import Framer, Trade, encode_message
 

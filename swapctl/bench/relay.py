@@ -2,10 +2,10 @@
 
 How it works: every process (`python -m swapctl.relay`, `python -m
 swapctl.bench.rawfwd`, and the publisher and consumers of `python -m
-swapctl.bench.loadgen`) runs in its own session inside one ProcessScope and a private
-temporary directory. Both sides build their traffic before the clock starts; once
-each consumer is connected (or, for the direct link, listening) the publisher is
-told to go.
+swapctl.probes.bulk.loadgen`, the probes' bulk traffic) runs in its own session
+inside one ProcessScope and a private temporary directory. Both sides build their
+traffic before the clock starts; once each consumer is connected (or, for the direct
+link, listening) the publisher is told to go.
 - Throughput, one target at a time: 74-byte messages written 885 at a time (64 KiB)
   for `duration` seconds; the figure is messages delivered intact divided by the
   time from the first write to the last read.
@@ -20,7 +20,8 @@ told to go.
   its own consumer and its own stream; latency is the consumer's read time minus
   the header timestamp.
 The servers echo to the publisher, which drains and checks its echo; the direct
-link has no echo. Every run checks exactness (lost, corrupted, duplicated all 0) and
+link has no echo. Every run checks exactness with the load checker's tracker (lost,
+duplicated, reordered, corrupted all 0; see swapctl/probes/bulk/stream.py) and
 reports the CPU each process used and what the rest of the machine used meanwhile.
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 
 from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.procs import Child, ProcessScope, wait_connectable
-from swapctl.bench.stream import MESSAGE_SIZE
+from swapctl.probes.bulk.stream import MESSAGE_SIZE
 from swapctl.relay.stats import read_stats
 
 TARGETS = ("direct", "raw", "relay")
@@ -178,7 +179,7 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
     return _Target(name, sock, stats, server, consumer)
 
 
-_LOADGEN = (sys.executable, "-m", "swapctl.bench.loadgen")
+_LOADGEN = (sys.executable, "-m", "swapctl.probes.bulk.loadgen")
 
 
 def _publisher_args(mode: str, targets: list[_Target], s: RelayBenchSettings) -> list[str]:
@@ -226,13 +227,21 @@ def _latency(pub: Event, sent: Event, con: Event) -> dict[str, Any]:
 
 
 def _exactness(sent: Event, con: Event) -> dict[str, Any]:
+    """The consumer's tracker verdict (probes/tracker.py), completed with the publisher's
+    count: without END the consumer judged up to the highest number it saw, and the
+    numbers from there to `sent` are lost too (what PublisherTrack.result(sent) counts)."""
     count, delivered = sent["sent"], con["delivered"]
-    lost = max(0, count - delivered - con["corrupted"])
-    verified = (delivered == count and con["end_count"] == count and not con["corrupted"]
-                and not con["duplicated"])
-    return {"verified": verified, "sent": count, "delivered": delivered, "lost": lost,
-            "corrupted": con["corrupted"], "duplicated": con["duplicated"],
-            "consumer_ended_by": con["ended"]}
+    lost = con["lost"] + max(0, count - con["audited_against"])
+    verified = (delivered == count and not lost and con["end_count"] == count
+                and not any(con[k] for k in ("corrupted", "duplicated", "reordered",
+                                             "unexpected")))
+    out = {"verified": verified, "sent": count, "delivered": delivered, "lost": lost,
+           "corrupted": con["corrupted"], "duplicated": con["duplicated"],
+           "reordered": con["reordered"], "unexpected": con["unexpected"],
+           "consumer_ended_by": con["ended"]}
+    if con["lost_samples"]:  # the first numbers the consumer found missing
+        out["lost_samples"] = con["lost_samples"]
+    return out
 
 
 def _cpu_figures(mode: str, name: str, sent: Event, con: Event,

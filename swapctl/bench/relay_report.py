@@ -11,7 +11,7 @@ from typing import Any
 
 from swapctl.bench.relay import SLOW, SLOW_POLICY, RelayBenchSettings
 from swapctl.bench.report import Goal, Report, conditions, source_revision
-from swapctl.bench.stream import MESSAGE_SIZE
+from swapctl.probes.bulk.stream import MESSAGE_SIZE
 
 GOAL_VS_RAW_PERCENT = 80.0
 GOAL_THROUGHPUT = 1_000_000

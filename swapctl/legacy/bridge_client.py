@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swapctl import unixsock
 from swapctl.errors import SwapctlError
 from swapctl.legacy.bridge_echo import EchoFilter, frame_ends
 from swapctl.process import stop_group
@@ -98,19 +99,13 @@ class Side:
 
 
 def connect(path: Path, timeout: float) -> socket.socket:
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            if time.monotonic() >= deadline:
-                raise BridgeError(f"bridge cannot connect to {path}: {exc}") from None
-            time.sleep(0.01)
-            continue
-        sock.setblocking(False)
-        return sock
+    """A non-blocking connection to `path`, retried until `timeout` (unixsock's wait)."""
+    try:
+        sock = unixsock.connect(path, timeout)
+    except OSError as exc:
+        raise BridgeError(f"bridge cannot connect to {path}: {exc}") from None
+    sock.setblocking(False)
+    return sock
 
 
 class Bridge:

@@ -29,14 +29,13 @@ import json
 import os
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from swapctl import isolation
+from swapctl import isolation, unixsock
 from swapctl.errors import SwapctlError
 from swapctl.swap.spawner import SubprocessHandle
 
@@ -117,15 +116,17 @@ def connectable(path: Path, timeout: float = 0.5) -> bool:
 
 
 def wait_connectable(path: Path, handle: SubprocessHandle | None, timeout: float) -> float:
-    """Wait until `path` accepts (the relays' only readiness signal); returns seconds."""
-    start = time.monotonic()
-    while not connectable(path):
+    """Wait until `path` accepts (the relays' only readiness signal); returns seconds.
+    The wait is `unixsock.wait_connectable`'s; the errors are this layout's."""
+
+    def alive() -> None:
         if handle is not None and not handle.alive():
             raise LayoutError(f"relay exited before {path} accepted ({handle.describe_exit()})")
-        if time.monotonic() - start > timeout:
-            raise LayoutError(f"{path} did not accept connections within {timeout} s")
-        time.sleep(POLL)
-    return time.monotonic() - start
+
+    try:
+        return unixsock.wait_connectable(path, timeout, alive=alive, interval=POLL)
+    except OSError:
+        raise LayoutError(f"{path} did not accept connections within {timeout} s") from None
 
 
 def isolated_command(layout: Layout, name: str, argv: list[str]) -> list[str]:

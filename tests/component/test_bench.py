@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from swapctl.bench.codec import REFERENCE_CONSTRUCT, REFERENCE_PARSE
-from swapctl.bench.stream import MESSAGE_SIZE, StreamCheck, build_stream, end_message
 from swapctl.cli import main
+from swapctl.probes.bulk.stream import MESSAGE_SIZE, StreamCheck, build_stream, end_message
 from swapctl.protocol import Framer
 
 TARGETS = ("direct", "raw", "relay")
@@ -35,7 +35,7 @@ def _descendants() -> set[tuple[int, float]]:
 
 
 def test_stream_is_74_byte_messages_with_unique_sequences() -> None:
-    stream = build_stream(1, 2000)
+    stream = build_stream(2000)
     framer = Framer(domain=1)
     framer.feed(stream)
     assert len(stream) == 2000 * MESSAGE_SIZE == 2000 * 74
@@ -45,29 +45,33 @@ def test_stream_is_74_byte_messages_with_unique_sequences() -> None:
 
 
 def _check(received: bytes, chunk: int = 777) -> StreamCheck:
-    check = StreamCheck(build_stream(1, 1000), 1)
+    check = StreamCheck(build_stream(1000))
     for i in range(0, len(received), chunk):
         check.feed(received[i : i + chunk])
     return check
 
 
 def test_stream_check_passes_an_exact_stream_split_anywhere() -> None:
-    check = _check(build_stream(1, 1000) + end_message(1000), chunk=1)
-    c = check.classifier
-    assert check.done and check.delivered == 1000 == c.end
-    assert (c.gaps, c.corrupted, c.duplicated) == (0, 0, 0)
+    check = _check(build_stream(1000) + end_message(1000), chunk=1)
+    audit = check.audit()
+    assert check.done and check.classifier.end == 1000
+    assert (audit.sent, audit.received) == (1000, 1000)
+    assert (audit.lost, check.classifier.corrupted, audit.duplicated, audit.reordered) == (
+        0, 0, 0, 0)
 
 
 def test_stream_check_counts_loss_corruption_and_duplicates() -> None:
-    msgs = [build_stream(1, 1000)[i * 74 : (i + 1) * 74] for i in range(1000)]
+    msgs = [build_stream(1000)[i * 74 : (i + 1) * 74] for i in range(1000)]
     bad = bytearray(msgs[10])
     bad[50] ^= 0xFF
     received = [*msgs[:10], bytes(bad), *msgs[11:500], *msgs[503:], msgs[900]]
     check = _check(b"".join(received) + end_message(1000))
-    c = check.classifier
-    assert check.done and c.end == 1000
-    assert check.delivered == 1000 - 1 - 3
-    assert (c.corrupted, c.duplicated) == (1, 1)
+    audit = check.audit()
+    assert check.done and check.classifier.end == 1000
+    assert audit.received == 1000 - 1 - 3
+    assert (audit.lost, audit.damaged, audit.duplicated) == (3, 1, 1)
+    assert check.classifier.corrupted == 1
+    assert list(audit.lost_samples) == [501, 502, 503]
 
 
 def test_bench_codec_json() -> None:

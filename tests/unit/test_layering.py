@@ -6,7 +6,9 @@ through them, everything below; nothing may import upwards or sideways unlisted)
     base       errors, logs, process, isolation, unixsock, fsutil (swapctl/*.py)
     protocol   <- base                       the Protocol V2 codec (pure)
     diff       <- protocol                   event-stream comparison (pure)
-    probes     <- protocol                   traffic, auditor, load runner, crowd
+    probes     <- protocol                   traffic, auditor, load runner, crowd, and
+                                             bulk/ (the benchmarks' traffic: probes.bulk
+                                             is probes, so it may not import bench)
     handoff    <- protocol                   the handoff wire protocol and controller
     conformance <- handoff                   the handoff conformance suite (a relay checker)
     relay      <- handoff, protocol          the reference relay

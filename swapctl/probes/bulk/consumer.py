@@ -1,4 +1,4 @@
-"""The benchmark consumer: receives until END, checks exactness, measures latency.
+"""The bulk consumer: receives until END, checks exactness, measures latency.
 
 How it works: a blocking socket with a timeout (`start_timeout` until the first
 byte, then `idle_timeout`), so a lost END or a dead relay ends the run instead of
@@ -10,14 +10,14 @@ message's header timestamp; the first `warmup` samples are left out.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from swapctl.bench.report import percentiles
-from swapctl.bench.stream import Classifier, Reassembler, StreamCheck
+from swapctl.probes.bulk.stream import Classifier, Reassembler, StreamCheck
 
 RECV_SIZE = 262_144
 LATENCY_POINTS = (50, 90, 99, 99.9)
@@ -100,11 +100,11 @@ def latency_summary(samples_ns: array[int], warmup: int) -> dict[str, Any]:
     kept = samples_ns[warmup:]
     if not kept:
         return {"samples": 0, "warmup_left_out": min(warmup, len(samples_ns))}
-    us = [v / 1000 for v in kept]
+    us = sorted(v / 1000 for v in kept)
     out: dict[str, Any] = {"samples": len(us), "warmup_left_out": warmup}
-    for name, value in percentiles(us, LATENCY_POINTS).items():
-        out[f"{name}_us"] = round(value, 1)
-    out["min_us"] = round(min(us), 1)
-    out["max_us"] = round(max(us), 1)
+    for point in LATENCY_POINTS:  # nearest rank, exact (every sample is kept)
+        out[f"p{point:g}_us"] = round(us[max(1, math.ceil(point / 100 * len(us))) - 1], 1)
+    out["min_us"] = round(us[0], 1)
+    out["max_us"] = round(us[-1], 1)
     out["mean_us"] = round(sum(us) / len(us), 1)
     return out

@@ -1,4 +1,4 @@
-"""The benchmark publisher: writes a prebuilt stream, drains and checks its own echo.
+"""The bulk publisher: writes a prebuilt stream, drains and checks its own echo.
 
 How it works: the socket is non-blocking and one `poll` drives both directions, so
 echo is read as soon as it arrives and the relay never has to queue (or shed) it.
@@ -19,7 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from swapctl.bench.stream import MESSAGE_SIZE, TS_OFFSET
+from swapctl.probes.bulk.stream import MESSAGE_SIZE, TS_OFFSET
 
 _TS = struct.Struct("<Q")
 _IN, _OUT = select.POLLIN, select.POLLOUT

@@ -1,6 +1,6 @@
-"""`python -m swapctl.bench.loadgen publish|consume`: one side of a relay benchmark.
+"""`python -m swapctl.probes.bulk.loadgen publish|consume`: one side of a bulk run.
 
-The parent (`swapctl.bench.relay`) talks to each process with JSON lines: the process
+The parent (`swapctl bench relay`) talks to each process with JSON lines: the process
 prints {"event": "ready"} once its traffic is built and (consumer) its socket is
 connected or listening; the publisher then waits for a `go` line on stdin; each
 prints one {"event": "result", ...} (or {"event": "error", ...}) and exits. If the
@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
-from swapctl.bench.consumer import Consumer, Received, latency_summary
-from swapctl.bench.publisher import (
+from swapctl.probes.bulk.consumer import Consumer, Received, latency_summary
+from swapctl.probes.bulk.publisher import (
     Echo,
     Lane,
     Publisher,
@@ -26,10 +26,9 @@ from swapctl.bench.publisher import (
     paced,
     tighten_timer_slack,
 )
-from swapctl.bench.stream import Classifier, StreamCheck, build_stream, end_message
+from swapctl.probes.bulk.stream import Classifier, StreamCheck, build_stream, end_message
+from swapctl.probes.tracker import PublisherAudit
 from swapctl.unixsock import connect
-
-FIRST_SEQUENCE = 1
 
 
 def emit(**fields: Any) -> None:
@@ -42,7 +41,7 @@ def publish(args: argparse.Namespace) -> None:
     latency = args.mode == "latency"
     if not latency and len(targets) != 1:
         raise SystemExit("throughput mode publishes to exactly one --target")
-    streams = {name: build_stream(FIRST_SEQUENCE, args.count) for name in targets}
+    streams = {name: build_stream(args.count) for name in targets}
     slack = tighten_timer_slack() if latency else None
     emit(event="ready")
     if sys.stdin.readline().strip() != "go":
@@ -82,8 +81,7 @@ def _finish(pub: Publisher, sent: Sent, idle: float) -> dict[str, Any]:
 
 def consume(args: argparse.Namespace) -> None:
     latency = args.mode == "latency"
-    check = None if latency else StreamCheck(build_stream(FIRST_SEQUENCE, args.count),
-                                             FIRST_SEQUENCE)
+    check = None if latency else StreamCheck(build_stream(args.count))
     if args.listen:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
             listener.bind(args.socket)
@@ -96,24 +94,29 @@ def consume(args: argparse.Namespace) -> None:
         emit(event="ready")
     consumer = Consumer(sock, args.start_timeout, args.idle_timeout)
     if check is None:
-        classifier = Classifier(FIRST_SEQUENCE)
+        classifier = Classifier()
         got = consumer.latency(classifier)
-        delivered = classifier.delivered
+        audit = classifier.audit()
     else:
         classifier = check.classifier
         got = consumer.throughput(check)
-        delivered = check.delivered
+        audit = check.audit()
     sock.close()
     emit(event="result", cpu_total_s=time.process_time(),
-         **_consumed(got, classifier, delivered, args.warmup if latency else 0, latency))
+         **_consumed(got, classifier, audit, args.warmup if latency else 0, latency))
 
 
-def _consumed(got: Received, c: Classifier, delivered: int, warmup: int,
+def _consumed(got: Received, c: Classifier, audit: PublisherAudit, warmup: int,
               latency: bool) -> dict[str, Any]:
+    """The run as this consumer saw it; lost/duplicated/reordered are the tracker's,
+    judged against `audited_against` (END's count, else the highest number seen)."""
     out: dict[str, Any] = {
         "ended": got.ended, "bytes": got.bytes, "t_first": got.t_first, "t_last": got.t_last,
-        "cpu_s": round(got.cpu_s, 4), "delivered": delivered, "gaps": c.gaps,
-        "duplicated": c.duplicated, "corrupted": c.corrupted, "end_count": c.end,
+        "cpu_s": round(got.cpu_s, 4), "delivered": audit.received, "lost": audit.lost,
+        "duplicated": audit.duplicated, "reordered": audit.reordered,
+        "damaged": audit.damaged, "unexpected": audit.unexpected, "corrupted": c.corrupted,
+        "end_count": c.end, "audited_against": audit.sent,
+        "lost_samples": list(audit.lost_samples),
     }
     if latency:
         out["latency"] = latency_summary(got.latency_ns, warmup)
@@ -121,7 +124,7 @@ def _consumed(got: Received, c: Classifier, delivered: int, warmup: int,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m swapctl.bench.loadgen")
+    p = argparse.ArgumentParser(prog="python -m swapctl.probes.bulk.loadgen")
     sub = p.add_subparsers(dest="role", required=True)
     for role in ("publish", "consume"):
         s = sub.add_parser(role)
