@@ -191,6 +191,15 @@ class ServiceConfig(_Model):
         examples=["{v2: {command: [/opt/relay/v2/{service}_relay], handoff: true}}"])
     active: str = Field(
         description="The release serving now (one of releases).", examples=["v2"])
+    adopt: bool = Field(
+        default=False,
+        description="The active release already runs outside swapctl, serving socket itself "
+                    "(a box running today's relays): at start, when supervisord runs none of "
+                    "the service's relays, swapctld adopts the process whose listener serves "
+                    "socket instead of starting one, and the first swap to a handoff-capable "
+                    "release takes it over with no client cut (docs/legacy.md). active must "
+                    "be a legacy release.",
+        examples=["true"])
     start_timeout: Duration = Field(
         default=_DEADLINES.starting,
         description="Time a candidate has to start and say ready.", examples=["10s"])
@@ -232,6 +241,18 @@ class ServiceConfig(_Model):
         if problem:
             raise PydanticCustomError("swapctl_active", problem)
         return active
+
+    @field_validator("adopt")
+    @classmethod
+    def _adopts_a_legacy_release(cls, adopt: bool, info: ValidationInfo) -> bool:
+        release = (info.data.get("releases") or {}).get(info.data.get("active"))
+        if adopt and release is not None and not release.legacy:
+            raise PydanticCustomError(
+                "swapctl_adopt", "adopt: true adopts a relay swapctl did not start, which "
+                "binds its own socket: the active release ({active}) must be declared legacy "
+                "(legacy: true, handoff: false, compiled_socket:)",
+                {"active": info.data.get("active")})
+        return adopt
 
 
 def unknown_release(active: str, names: list[str]) -> str | None:

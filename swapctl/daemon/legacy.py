@@ -15,6 +15,13 @@ actions (legacy/actions.py: takeover, bridge, restart; docs/legacy.md has their
 guarantees); `DaemonPlace` tells them where swapctld's relays live: candidates start in
 a free supervisord slot (`start`), the public link is swapctld's (`point`), and a
 committed swap leaves the service's active slot, slot socket and listener in step.
+
+A service with `adopt: true` whose active (legacy) release already runs outside swapctl,
+serving the public socket itself, starts by adopting it (`start_adopted`): the process
+holding the socket's listener (legacy/adopt.py) becomes the active slot, nothing is
+started, bound or linked; the first swap to a handoff-capable release is then a takeover
+(`DaemonPlace` over that slot), after which swapctld holds the listener at the public
+path like any handoff service's.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ from typing import Any, Protocol, cast
 
 import psutil
 
+from swapctl.config.model import ServiceConfig
+from swapctl.errors import SwapctlError
 from swapctl.handoff.controller import RelayLink
+from swapctl.legacy import adopt as adopting
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
 from swapctl.legacy.actions import Relay, actions_for
 from swapctl.legacy.bridge import BridgeSettings
 from swapctl.legacy.restart import probe_socket, stop_relay
+from swapctl.legacy.run import PidHandle
 from swapctl.legacy.takeover import TakeoverSettings
 from swapctl.supervise.spawner import SupervisorSpawner
 from swapctl.swap.executor import SwapRun
@@ -63,6 +74,19 @@ class Host(Protocol):
 
     @property
     def probe_echo(self) -> bool: ...
+
+
+class AdoptHost(Host, Protocol):
+    """What adopting a running relay at start-up uses of a service's runtime."""
+
+    name: str
+    config: ServiceConfig
+
+    def remember(self, release: str) -> None: ...
+
+    def journal_event(self, kind: str, **details: Any) -> None: ...
+
+    def refresh(self) -> dict[str, Any]: ...
 
 
 class NoLink:
@@ -126,6 +150,43 @@ def _sweep(spawner: SupervisorSpawner, release: Release) -> None:
         for folder in spawner.private_dir(program, "x").parent.glob("root-*"):
             if not lay.connectable(folder / name):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def adopted_slot(socket: Path, release: Release) -> Slot | None:
+    """The relay swapctl did not start that serves `socket` (the one holding its
+    listener), as a slot of the legacy `release`; None if nothing listens there. Two
+    holders, or none this user can see, are refused (adopt.AdoptError)."""
+    if not lay.connectable(socket):
+        return None
+    found = adopting.find(socket, None)
+    as_running = Release(release.name, release.command, handoff=False, env=release.env,
+                         compiled=found.bound)  # where it bound: its sockets carry that name
+    return Slot(as_running, f"{release.name}-adopted-{found.pid}",
+                PidHandle(found.pid, found.create_time), no_link())
+
+
+def start_adopted(rt: AdoptHost, release: Release) -> dict[str, Any] | None:
+    """A fresh start of a service with `adopt: true`: its active `release` already runs
+    outside swapctl at the public socket; make that process the active slot. None when
+    there is nothing to adopt (adopt is off, the release is not legacy, or nothing serves
+    the socket): the caller then starts the release as usual."""
+    if not rt.config.adopt or not release.legacy:
+        return None
+    svc = rt.service
+    try:
+        slot = adopted_slot(svc.socket_path, release)
+    except SwapctlError as exc:
+        rt.journal_event("adopt_refused", release=release.name, error=str(exc))
+        raise
+    if slot is None:
+        return None
+    svc.active, rt.legacy_socket = slot, svc.socket_path
+    rt.remember(release.name)
+    rt.journal_event("adopted", release=release.name, pid=slot.handle.pid,
+                     listener=slot.release.compiled)
+    rt.refresh()
+    return {"service": rt.name, "action": "adopted", "release": release.name,
+            "pid": slot.handle.pid}
 
 
 def point(service: Service, release: Release, target: Path, root: Path) -> None:

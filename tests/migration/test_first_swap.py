@@ -13,6 +13,12 @@ both must say 0. Afterwards the box is in swapctl's slot layout: the public path
 link into a slot whose state file names the candidate. Refusals (an --old-pid that does
 not hold the listener, a socket nobody listens on, a listener held by two processes) exit
 2 with their message; --dry-run names the adopted pid and starts and writes nothing.
+
+swapctld's side (`adopt: true` in the service file) is checked on its own pieces, as
+swapctld calls them: `daemon.legacy.start_adopted` makes the running relay the service's
+active slot, and the first swap, the engine with `daemon.legacy.actions` (DaemonPlace),
+takes it over under load and leaves swapctld holding the listener. (The candidate is
+started by a subprocess spawner here, not supervisord.)
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 
+from swapctl.config.convert import to_release
+from swapctl.config.model import ServiceConfig
+from swapctl.daemon import legacy as daemon_legacy
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
 from swapctl.legacy.takeover import TakeoverSettings, freeze, signal_relay
@@ -39,6 +49,13 @@ from swapctl.probes.config import LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.probes.report import LoadReport
 from swapctl.process import signal_group
+from swapctl.swap import report as swap_report
+from swapctl.swap.canary import Canary
+from swapctl.swap.executor import SwapRun, SwapSettings
+from swapctl.swap.journal import Journal
+from swapctl.swap.machine import Deadlines
+from swapctl.swap.service import Service
+from swapctl.swap.spawner import SubprocessSpawner
 from tests.conftest import Processes, wait_connectable
 from tests.migration.legacy_support import HANDOFF_RELAY, build_legacy
 from tests.rust import example_relay
@@ -273,3 +290,93 @@ def test_a_listener_held_by_two_processes_is_refused_naming_both(
     assert code == 2, err
     assert "2 processes hold the listener" in err and "--old-pid" in err
     assert f"pid {os.getpid()} (" in err and f"pid {child.pid} (" in err
+
+
+class DaemonHost:
+    """The parts of swapctld's ServiceRuntime that adoption and the legacy strategies
+    use (daemon/legacy.py `AdoptHost`), around a real Service."""
+
+    def __init__(self, box: Box, config: ServiceConfig) -> None:
+        self.name, self.config = "md", config
+        state = box.root / "daemon"
+        self.service = Service(box.public, state, SubprocessSpawner(state / "logs"))
+        self.service.open_control()
+        self.spawner: Any = None  # supervisord's: a takeover starts its candidate by service
+        self.legacy_socket: Path | None = None
+        self.stored: list[int] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.remembered = ""
+
+    def listener_store(self, fd: int) -> None:
+        self.stored.append(fd)
+
+    @property
+    def legacy_root(self) -> Path:
+        return self.service.state_dir / "legacy"
+
+    domain_byte, start_timeout, probe_echo = 1, 10.0, True
+
+    def remember(self, release: str) -> None:
+        self.remembered = release
+
+    def journal_event(self, kind: str, **details: Any) -> None:
+        self.events.append((kind, details))
+
+    def refresh(self) -> dict[str, Any]:
+        return {}
+
+
+def service_config(box: Box, to: str) -> ServiceConfig:
+    return ServiceConfig.model_validate({
+        "socket": str(box.public), "domain": "market_data", "profile": "alphapulse",
+        "releases": {
+            "today": {"command": legacy_command(box.kind, box.root, box.public),
+                      "handoff": False, "legacy": True, "compiled_socket": str(box.public)},
+            "v2": {"command": shlex.split(to_command(to)), "handoff": True}},
+        "active": "today", "adopt": True}, context={"service": "md"})
+
+
+@pytest.mark.parametrize("box", ["rust"], indirect=True)
+def test_swapctld_adopts_the_running_relay_and_its_first_swap_takes_it_over(
+        box: Box) -> None:
+    host = DaemonHost(box, service_config(box, "python"))
+    session = LoadSession(load_config(box.public))
+    canary = Canary(box.public, 500.0, domain_byte=1)
+    try:
+        started = daemon_legacy.start_adopted(host, to_release(host.config, "today"))
+        assert started == {"service": "md", "action": "adopted", "release": "today",
+                           "pid": box.relay.pid}
+        active = host.service.active
+        assert active is not None and active.release.legacy and active.handle.pid == \
+            box.relay.pid and host.legacy_socket == box.public
+        assert host.events[0][0] == "adopted" and host.remembered == "today"
+        session.start()
+        canary.start()
+        canary.mark()
+        release = to_release(host.config, "v2")
+        run = SwapRun(host.service, release, SwapSettings(deadlines=Deadlines()),
+                      canary=canary, journal=Journal(None), domain_byte=1,
+                      actions=daemon_legacy.actions(host, "takeover", release, 5.0)).run()
+        final = run.canary_final if run.canary_final is not None else canary.stop()
+        verdict = session.stop()
+        report = swap_report.build(run, final)
+    finally:
+        canary.close()
+        session.close()
+        host.service.close()
+    judge(report, 0 if report["decision"] == "committed" else 1, verdict, "")
+    assert report["connections"]["moved"] >= 7, report["connections"]
+    assert box.relay.wait(5) is not None
+    assert len(host.stored) == 1 and host.legacy_socket is None  # swapctld holds P's listener
+
+
+def test_adopt_is_only_for_a_legacy_active_release(sockdir: Path) -> None:
+    data = {"socket": str(sockdir / "md.sock"), "domain": "market_data",
+            "profile": "alphapulse", "releases": {"v2": {"command": ["relay"],
+                                                         "handoff": True}},
+            "active": "v2", "adopt": True}
+    with pytest.raises(ValueError, match="the active release \\(v2\\) must be declared legacy"):
+        ServiceConfig.model_validate(data)
+    config = ServiceConfig.model_validate({**data, "adopt": False})
+    host: Any = SimpleNamespace(config=config)  # adopt off: nothing else is looked at
+    assert daemon_legacy.start_adopted(host, to_release(config, "v2")) is None
