@@ -1,11 +1,13 @@
-"""`swapctl bench relay`: the reference relay against a raw forwarder and a direct link.
+"""`swapctl bench relay`: the reference relay and the Rust example relay against a raw
+forwarder and a direct link.
 
-How it works: every process (`python -m swapctl.relay`, `python -m
-swapctl.bench.rawfwd`, and the publisher and consumers of `python -m
-swapctl.probes.bulk.loadgen`, the probes' bulk traffic) runs in its own session
-inside one ProcessScope and a private temporary directory. Both sides build their
-traffic before the clock starts; once each consumer is connected (or, for the direct
-link, listening) the publisher is told to go.
+How it works: every process (`python -m swapctl.relay`, the Rust example relay of
+sdk/rust as target `rust` (`swapctl-example-relay --legacy --socket P`: no handoff, its
+own path; see rust_relay.py), `python -m swapctl.bench.rawfwd`, and the publisher and
+consumers of `python -m swapctl.probes.bulk.loadgen`, the probes' bulk traffic) runs in
+its own session inside one ProcessScope and a private temporary directory. Both sides
+build their traffic before the clock starts; once each consumer is connected (or, for
+the direct link, listening) the publisher is told to go.
 - Throughput, one target at a time: 74-byte messages written 885 at a time (64 KiB)
   for `duration` seconds; the figure is messages delivered intact divided by the
   time from the first write to the last read.
@@ -14,6 +16,8 @@ link, listening) the publisher is told to go.
   than it, the latency consumer, which splits and checks every message in Python.
   Both servers must hold the publisher back to the consumer's pace and lose nothing;
   the figure is again messages delivered / window, and relay / raw is like with like.
+  The Rust relay has no block policy (a consumer that falls behind its queue loses
+  the oldest messages, as the real relays): it has no run here.
 - Latency, all targets in one run: a single publisher sends one message per write
   on one schedule of `rate` msg/s, switching target every `block` seconds, so that
   whatever else the machine is doing falls on every target alike. Each target has
@@ -37,10 +41,12 @@ from typing import Any
 
 from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.procs import Child, ProcessScope, wait_connectable
+from swapctl.bench.rust_relay import rust_relay_binary
 from swapctl.probes.bulk.stream import MESSAGE_SIZE
 from swapctl.relay.stats import read_stats
 
-TARGETS = ("direct", "raw", "relay")
+TARGETS = ("direct", "raw", "relay", "rust")  # relay: the Python reference relay
+RELAY_TARGETS = ("relay", "rust")  # the relays under test, each compared with raw and direct
 SLOW = "slow_consumer"  # the mode of the block-mode runs
 SLOW_TARGETS = ("raw", "relay")
 SLOW_POLICY = ("--on-slow-consumer", "block")
@@ -59,6 +65,7 @@ class RelayBenchSettings:
     max_pool: int = 10_000_000  # 740 MB in the publisher and again in the consumer
     targets: tuple[str, ...] = TARGETS
     relay_args: tuple[str, ...] = ()  # extra options for `python -m swapctl.relay`
+    rust_binary: Path | None = None  # None: rust_relay.default_binary()
     idle_timeout: float = 2.0  # a stream or echo silent this long is over (some was lost)
     block: float = 0.05  # latency: seconds of traffic to one target before the next
 
@@ -85,8 +92,12 @@ class RelayBenchSettings:
 
 
 def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, ...] = (),
-                   policy: tuple[str, ...] = ()) -> list[str] | None:
-    """The server's command line; `policy` (e.g. SLOW_POLICY) is given to both."""
+                   policy: tuple[str, ...] = (), *,
+                   rust: Path | None = None) -> list[str] | None:
+    """The server's command line; `policy` (e.g. SLOW_POLICY) is given to relay and raw
+    (the Rust relay has none); `rust` is its binary (rust_relay_binary checks it)."""
+    if target == "rust":
+        return [str(rust_relay_binary(rust)), "--legacy", "--socket", str(sock)]
     if target == "relay":
         return [sys.executable, "-m", "swapctl.relay", "--socket", str(sock),
                 "--stats", str(stats), "--log-level", "warning", *relay_args, *policy]
@@ -105,6 +116,8 @@ def run_relay_bench(settings: RelayBenchSettings,
 
     Returns {mode: {target: figures}}."""
     say = progress or (lambda _: None)
+    if "rust" in settings.targets:
+        rust_relay_binary(settings.rust_binary)  # missing: a usage error before any process
     workdir = Path(tempfile.mkdtemp(prefix="swb-"))
     results: Results = {"throughput": {}}
     try:
@@ -163,7 +176,7 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
     """The server (if any) accepting, and a consumer connected (or listening) and ready."""
     sock, stats = workdir / f"{name}-{mode}.sock", workdir / f"{name}-{mode}.stats"
     command = server_command(name, sock, stats, s.relay_args,
-                             SLOW_POLICY if mode == SLOW else ())
+                             SLOW_POLICY if mode == SLOW else (), rust=s.rust_binary)
     server = scope.start(name, command, talks=False) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)

@@ -1,38 +1,49 @@
 """The report of `swapctl bench relay`: conditions, figures, comparisons and goals.
 
-The comparisons are made only between figures of the same run: relay against the
-raw forwarder (what parsing and framing cost) and against the direct link (what the
-extra hop costs, and the ceiling of the load generator itself).
+The comparisons are made only between figures of the same run: each relay (`relay`,
+the Python reference relay; `rust`, the Rust example relay) against the raw forwarder
+(what parsing and framing cost) and against the direct link (what the extra hop costs,
+and the ceiling of the load generator itself). `summary` puts the targets side by side:
+throughput, its share of the raw forwarder's, and the latency each adds to the direct
+link (p50/p99) against the operators' < 35 us.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from swapctl.bench.relay import SLOW, SLOW_POLICY, RelayBenchSettings
+from swapctl.bench.relay import RELAY_TARGETS, SLOW, SLOW_POLICY, RelayBenchSettings
 from swapctl.bench.report import Goal, Report, conditions, source_revision
+from swapctl.bench.rust_relay import rust_relay_binary
 from swapctl.probes.bulk.stream import MESSAGE_SIZE
 
 GOAL_VS_RAW_PERCENT = 80.0
 GOAL_THROUGHPUT = 1_000_000
 GOAL_ADDED_P99_US = 35.0
 POINTS = ("p50", "p99", "p99.9")
+NAMES = {"direct": "direct link (no server)", "raw": "raw forwarder",
+         "relay": "Python reference relay", "rust": "Rust example relay"}
+GOAL_PREFIX = {"relay": "relay", "rust": "rust relay"}
 
 
 def relay_report(s: RelayBenchSettings, results: dict[str, dict[str, dict[str, Any]]]) -> Report:
     throughput, latency, slow = results["throughput"], results["latency"], results.get(SLOW, {})
-    comparison = _comparison(throughput, latency)
+    relays = [t for t in RELAY_TARGETS if t in s.targets]
+    comparison = _comparison(throughput, latency, relays)
     comparison["slow_consumer_relay_vs_raw"] = _ratio(_rate(slow, "relay"), _rate(slow, "raw"))
     runs = [r for mode in results.values() for r in mode.values()]
+    goals = [g for relay in relays for g in _goals(relay, throughput, comparison)]
+    if "relay" in relays:
+        goals += _slow_goals(slow, comparison)
     return {
         "conditions": _conditions(s),
+        "summary": _summary(s.targets, throughput, latency, comparison),
         "throughput": throughput,
         SLOW: slow,
         "latency": latency,
         "comparison": comparison,
         "verified": all(r["verified"] for r in runs),
-        "goals": [g.to_dict() for g in _goals(throughput, comparison) + _slow_goals(slow,
-                                                                                  comparison)],
+        "goals": [g.to_dict() for g in goals],
     }
 
 
@@ -58,30 +69,60 @@ def _added(latency: dict[str, dict[str, Any]], target: str,
     return out
 
 
-def _comparison(throughput: dict[str, dict[str, Any]],
-                latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    relay, raw, direct = (_rate(throughput, t) for t in ("relay", "raw", "direct"))
-    return {
-        "throughput_relay_vs_raw": _ratio(relay, raw),
-        "throughput_relay_vs_direct": _ratio(relay, direct),
-        "throughput_raw_vs_direct": _ratio(raw, direct),
-        "latency_added_by_relay_us": _added(latency, "relay"),
-        "latency_added_by_raw_us": _added(latency, "raw"),
-        "latency_relay_minus_raw_us": _added(latency, "relay", "raw"),
-        "note": "added latency = the server's percentile minus the direct link's, same run; "
-                "relay minus raw = what the relay's own work adds to a hop",
-    }
+def _comparison(throughput: dict[str, dict[str, Any]], latency: dict[str, dict[str, Any]],
+                relays: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for relay in relays:
+        rate = _rate(throughput, relay)
+        out[f"throughput_{relay}_vs_raw"] = _ratio(rate, _rate(throughput, "raw"))
+        out[f"throughput_{relay}_vs_direct"] = _ratio(rate, _rate(throughput, "direct"))
+    out["throughput_raw_vs_direct"] = _ratio(_rate(throughput, "raw"),
+                                             _rate(throughput, "direct"))
+    if len(relays) > 1:
+        out["throughput_rust_vs_relay"] = _ratio(_rate(throughput, "rust"),
+                                                 _rate(throughput, "relay"))
+    for relay in relays:
+        out[f"latency_added_by_{relay}_us"] = _added(latency, relay)
+    out["latency_added_by_raw_us"] = _added(latency, "raw")
+    for relay in relays:
+        out[f"latency_{relay}_minus_raw_us"] = _added(latency, relay, "raw")
+    out["note"] = ("added latency = the server's percentile minus the direct link's, same "
+                   "run; relay minus raw = what the relay's own work adds to a hop; relay is "
+                   "the Python reference relay, rust the Rust example relay")
+    return out
 
 
-def _goals(throughput: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> list[Goal]:
-    vs_raw = comparison["throughput_relay_vs_raw"]
+def _summary(targets: tuple[str, ...], throughput: dict[str, dict[str, Any]],
+             latency: dict[str, dict[str, Any]],
+             comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per target, side by side: what the goals read, and whether it was exact."""
+    rows = []
+    for target in targets:
+        added = _added(latency, target) if target != "direct" else {}
+        rows.append({
+            "target": target, "server": NAMES.get(target, target),
+            "messages_per_s": _rate(throughput, target),
+            "vs_raw": comparison.get(f"throughput_{target}_vs_raw",
+                                     1.0 if target == "raw" else None),
+            "added_p50_us": added.get("p50"), "added_p99_us": added.get("p99"),
+            "added_p99_goal_us": GOAL_ADDED_P99_US if target in RELAY_TARGETS else None,
+            "verified": all(run[target]["verified"] for run in (throughput, latency)
+                            if target in run),
+        })
+    return rows
+
+
+def _goals(relay: str, throughput: dict[str, dict[str, Any]],
+           comparison: dict[str, Any]) -> list[Goal]:
+    vs_raw = comparison[f"throughput_{relay}_vs_raw"]
+    name = GOAL_PREFIX[relay]
     return [
-        Goal.at_least("relay throughput vs raw forwarder",
+        Goal.at_least(f"{name} throughput vs raw forwarder",
                       None if vs_raw is None else round(vs_raw * 100, 1),
                       GOAL_VS_RAW_PERCENT, "%"),
-        Goal.at_least("relay throughput", _rate(throughput, "relay"), GOAL_THROUGHPUT, "msg/s"),
-        Goal.below("p99 latency the relay adds over the direct link",
-                   comparison["latency_added_by_relay_us"]["p99"], GOAL_ADDED_P99_US, "us"),
+        Goal.at_least(f"{name} throughput", _rate(throughput, relay), GOAL_THROUGHPUT, "msg/s"),
+        Goal.below(f"p99 latency the {name} adds over the direct link",
+                   comparison[f"latency_added_by_{relay}_us"]["p99"], GOAL_ADDED_P99_US, "us"),
     ]
 
 
@@ -110,6 +151,10 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
                      + " (64 KiB reads; frame mode and echo unless the options say otherwise)",
             "raw": "python -m swapctl.bench.rawfwd --socket P (64 KiB reads, echo, parses "
                    "nothing)",
+            **({"rust": f"{rust_relay_binary(s.rust_binary)} --legacy --socket P (tokio "
+                        "multi-thread, a worker per core; 64 KiB reads, whole frames, echo; a "
+                        "queue of 16,384 reads per consumer; no stats, no block mode)"}
+               if "rust" in s.targets else {}),
             "direct": "no server: the consumer owns the listener, the publisher connects",
         },
         echo="the relay and the raw forwarder send everything back to the publisher, "
@@ -135,7 +180,8 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
                        "written just before the send (one host clock)",
         },
         slow_consumer={
-            "servers": f"the relay and the raw forwarder, both with {' '.join(SLOW_POLICY)}",
+            "servers": f"the relay and the raw forwarder, both with {' '.join(SLOW_POLICY)} "
+                       "(the Rust relay has no block mode: not run)",
             "publisher": "as in throughput (64 KiB writes of the prebuilt stream, echo "
                          "drained and checked)",
             "consumer": "slower than the publisher: the latency consumer, which splits "
@@ -147,5 +193,5 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
         cpu="cpu_percent_of_window: % of one core during the throughput window; "
             "background_cpu_percent: what other processes on the machine used meanwhile; "
             "steal_percent: time the hypervisor took",
-        relay_source=source_revision("swapctl/relay", "swapctl/protocol"),
+        relay_source=source_revision("swapctl/relay", "swapctl/protocol", "sdk/rust"),
     )

@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from swapctl.bench.codec import CodecSettings, run_codec
-from swapctl.bench.relay import RelayBenchSettings, run_relay_bench
+from swapctl.bench.relay import RELAY_TARGETS, RelayBenchSettings, run_relay_bench
 from swapctl.bench.relay_report import relay_report
 from swapctl.bench.report import render_text
+from swapctl.bench.rust_relay import ENV as RUST_ENV
+from swapctl.bench.rust_relay import RELAYS, relays_asked
 from swapctl.cli.exits import EXIT_FAILED
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,23 +73,38 @@ def codec_command(output: str, messages: int, repeats: int) -> None:
 @click.option("--duration", type=click.FloatRange(min=0.1), default=RelayBenchSettings().duration,
               show_default=True,
               help="Seconds per throughput window (one per target), and seconds of latency "
-                   "traffic per target (the targets interleaved: 3x this in all).")
+                   "traffic per target (the targets interleaved).")
 @click.option("--rate", type=click.IntRange(min=100, max=100_000),
               default=RelayBenchSettings().rate, show_default=True,
               help="Latency runs: messages per second, one per write.")
+@click.option("--relay", "relay", type=click.Choice([*RELAYS, "both"]), default="both",
+              show_default=True,
+              help="Relays measured beside the raw forwarder and the direct link: the Python "
+                   "reference relay (target 'relay'), the Rust example relay of sdk/rust "
+                   "(target 'rust', no block mode), or both. 'both' and 'rust' need the Rust "
+                   "binary (exit 2 if it is not built: build it with scripts/ensure-tools, or "
+                   "ask for --relay python).")
+@click.option("--rust-relay", "rust_relay", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The Rust example relay's binary [default: $" + RUST_ENV + ", else "
+                   "sdk/rust/target/release/swapctl-example-relay of this checkout].")
 @click.option("--relay-arg", "relay_args", multiple=True, metavar="ARG",
-              help="Extra option for the relay under test, repeatable "
+              help="Extra option for the Python relay under test, repeatable "
                    "(e.g. --relay-arg=--framing --relay-arg=chunk).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1),
               default=RelayBenchSettings().idle_timeout, show_default=True,
               help="Seconds of silence after which a stream (or an echo) is taken as over, "
                    "what did not arrive counting as lost.")
-def relay_command(output: str, duration: float, rate: int, relay_args: tuple[str, ...],
+def relay_command(output: str, *, duration: float, rate: int, relay: str,
+                  rust_relay: Path | None, relay_args: tuple[str, ...],
                   idle_timeout: float) -> None:
-    """Reference relay vs raw byte forwarder vs direct link: throughput, block mode with a
-    consumer slower than the publisher (relay vs raw, both lossless), and latency."""
+    """Reference relay and Rust example relay vs raw byte forwarder vs direct link:
+    throughput, block mode with a consumer slower than the publisher (Python relay vs raw,
+    both lossless), and latency, every target in the same run."""
+    relays = tuple(RELAY_TARGETS[RELAYS.index(name)] for name in relays_asked(relay))
     settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args,
-                                  idle_timeout=idle_timeout)
+                                  idle_timeout=idle_timeout, rust_binary=rust_relay,
+                                  targets=("direct", "raw", *relays))
     results = run_relay_bench(settings, progress)
     report = relay_report(settings, results)
     emit("swapctl bench relay", report, output)

@@ -18,11 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from swapctl.bench.codec import REFERENCE_CONSTRUCT, REFERENCE_PARSE
+from swapctl.bench.rust_relay import default_binary
 from swapctl.cli import main
 from swapctl.probes.bulk.stream import MESSAGE_SIZE, StreamCheck, build_stream, end_message
 from swapctl.protocol import Framer
 
-TARGETS = ("direct", "raw", "relay")
+RUST_BUILT = default_binary().exists()  # ./run test builds it (scripts/ensure-tools)
+TARGETS = ("direct", "raw", "relay", *(("rust",) if RUST_BUILT else ()))
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -109,9 +111,11 @@ def _assert_run(run: dict[str, Any], target: str) -> None:
 
 
 def test_bench_relay_json_verified() -> None:
-    code, out = _invoke("relay", "--duration", "0.3", "-o", "json")
+    code, out = _invoke("relay", "--duration", "0.3", "-o", "json",
+                        "--relay", "both" if RUST_BUILT else "python")
     assert code == 0
     report = json.loads(out)
+    assert [row["target"] for row in report["summary"]] == list(TARGETS)
     assert report["verified"] is True
     assert report["conditions"]["cores_usable"] >= 1
     assert report["conditions"]["throughput"]["messages_per_write"] == 885
@@ -125,9 +129,11 @@ def test_bench_relay_json_verified() -> None:
         assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p99.9_us"]
     assert report["comparison"]["throughput_relay_vs_raw"] > 0
     assert set(report["comparison"]["latency_added_by_relay_us"]) == {"p50", "p99", "p99.9"}
+    rust_goals = ["rust relay throughput vs raw forwarder", "rust relay throughput",
+                  "p99 latency the rust relay adds over the direct link"]
     assert [g["name"] for g in report["goals"]] == [
         "relay throughput vs raw forwarder", "relay throughput",
-        "p99 latency the relay adds over the direct link",
+        "p99 latency the relay adds over the direct link", *(rust_goals if RUST_BUILT else []),
         "block mode, slow consumer: relay throughput vs raw forwarder",
         "block mode, slow consumer: messages the relay lost"]
     for target in ("raw", "relay"):  # block mode, a consumer slower than the publisher
@@ -135,11 +141,24 @@ def test_bench_relay_json_verified() -> None:
         assert slow["verified"] is True and slow["lost"] == 0 and slow["messages_per_s"] > 0
     assert report["comparison"]["slow_consumer_relay_vs_raw"] > 0
     assert all(g["measured"] is not None for g in report["goals"])
+    if RUST_BUILT:  # the Rust relay side by side: its own figures, no block-mode run
+        assert report["comparison"]["throughput_rust_vs_raw"] > 0
+        assert set(report["comparison"]["latency_added_by_rust_us"]) == {"p50", "p99", "p99.9"}
+        assert "rust" not in report["slow_consumer"]
+        rust = next(row for row in report["summary"] if row["target"] == "rust")
+        assert rust["verified"] and rust["messages_per_s"] > 0 and rust["added_p99_goal_us"] == 35
+
+
+def test_bench_relay_without_the_rust_binary_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["bench", "relay", "--relay", "rust",
+                                       "--rust-relay", "/nonexistent/relay"])
+    assert result.exit_code == 2
+    assert "build it with scripts/ensure-tools" in result.stderr
 
 
 def test_bench_relay_reports_loss_and_exits_1() -> None:
-    code, out = _invoke("relay", "--duration", "0.2", "-o", "json", "--idle-timeout", "0.5",
-                        "--relay-arg=--drop-every", "--relay-arg=500")
+    code, out = _invoke("relay", "--relay", "python", "--duration", "0.2", "-o", "json",
+                        "--idle-timeout", "0.5", "--relay-arg=--drop-every", "--relay-arg=500")
     assert code == 1
     report = json.loads(out)
     assert report["verified"] is False
@@ -150,7 +169,7 @@ def test_bench_relay_reports_loss_and_exits_1() -> None:
 
 
 def test_bench_relay_names_a_relay_that_fails_to_start() -> None:
-    result = CliRunner().invoke(main, ["bench", "relay", "--duration", "0.2",
+    result = CliRunner().invoke(main, ["bench", "relay", "--relay", "python", "--duration", "0.2",
                                        "--relay-arg=--no-such-option"])
     assert result.exit_code == 3
     assert "relay exited with code 2" in result.stderr
