@@ -317,7 +317,9 @@ def _progress_printer(output: str) -> Callable[[dict[str, Any] | None, dict[str,
             return
         assert record is not None
         if "to" not in record:
-            click.echo(f"  ({record.get('event')}: {record.get('reason', '')})", err=True)
+            reason = record.get("reason")
+            click.echo(f"  ({record.get('event')}{': ' + str(reason) if reason else ''})",
+                       err=True)
             return
         if not started:
             started.append(float(record["at"]))

@@ -172,9 +172,10 @@ def _unfinished(rt: ServiceRuntime) -> dict[str, Any] | None:
         if record.get("event") == "begin":
             last = {"swap": record["swap"], "begin": record, "state": "starting",
                     "at": record["at"], "token": ""}
-        elif last is not None and record["swap"] == last["swap"] and "to" in record:
-            last["state"], last["at"] = record["to"], record["at"]
-            if record.get("token"):
+        elif last is not None and record["swap"] == last["swap"]:
+            if "to" in record:
+                last["state"], last["at"] = record["to"], record["at"]
+            if record.get("token"):  # the candidate's slot (spawned, then ready)
                 last["token"] = record["token"]
     if last is None or State(last["state"]).terminal:
         return None
@@ -193,6 +194,9 @@ def _finish(rt: ServiceRuntime, unfinished: dict[str, Any], slots: dict[str, Slo
         rt.release(begin.get("old_release") or rt.config.active, configured=False), old_token,
         GoneHandle(), legacy.no_link())  # gone: only a name for a cold restart
     cand = slots.get(cand_token)
+    for token, slot in slots.items():  # neither side of this swap: a stray, never served
+        if token not in (serving, old_token, cand_token):
+            slot.stop(2.0)
     svc.active, svc.warm = old, None
     target = rt.release(str(begin.get("release", "")), configured=False,
                         command=tuple(begin.get("command", ())))

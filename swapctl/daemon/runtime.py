@@ -244,7 +244,7 @@ class ServiceRuntime:
     # ----- the journal -----------------------------------------------------------
 
     def _journaled(self, record: dict[str, Any]) -> None:
-        if self.crash_at and record.get("to") == self.crash_at:
+        if self.crash_at and self.crash_at in (record.get("to"), record.get("event")):
             event(log, logging.WARNING, "daemon.crash_injected", state=self.crash_at)
             os.kill(os.getpid(), signal.SIGKILL)
         job = self.job

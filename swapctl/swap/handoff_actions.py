@@ -48,6 +48,13 @@ CANNOT_GUARANTEE = ("nothing noted: every connection, its unread bytes and the b
                     "to it move to the candidate")
 
 
+def _spawned(run: SwapRun, token: str, pid: int) -> None:
+    """Journal the candidate's slot the moment it runs: an orchestrator killed before the
+    candidate said ready then knows that process is this swap's and stops it."""
+    run.journal.write({"swap": run.swap_id, "at": round(run.clock(), 6), "event": "spawned",
+                       "token": token, "pid": pid})
+
+
 class HandoffActions:
     strategy = "handoff"
     could_not_guarantee = CANNOT_GUARANTEE
@@ -98,7 +105,8 @@ class HandoffActions:
             return
         deadline = run.clock() + run.timeout()
         try:
-            run.cand = run.service.start_slot(run.release, deadline)
+            run.cand = run.service.start_slot(run.release, deadline,
+                                              spawned=lambda token, pid: _spawned(run, token, pid))
         except SlotError as exc:
             raise Failure(f"candidate not ready: {exc}") from None
 

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,12 +82,17 @@ class Service:
         if self.control is None:
             self.control = ControlServer(self.control_path)
 
-    def start_slot(self, release: Release, deadline: float) -> Slot:
-        """Spawn `release` and wait until it connected and said READY (or raise)."""
+    def start_slot(self, release: Release, deadline: float,
+                   spawned: Callable[[str, int], None] | None = None) -> Slot:
+        """Spawn `release` and wait until it connected and said READY (or raise).
+        `spawned(token, pid)` is told as soon as the process runs, before it is ready (a
+        journal notes it, so a restarted orchestrator knows that slot is this swap's)."""
         assert self.control is not None
         # unique across restarts of the orchestrator: relays started earlier still run
         token = f"{release.name}-{uuid.uuid4().hex[:8]}"
         handle = self.spawner.spawn(release, token, self.control.path, self.socket_path)
+        if spawned is not None:
+            spawned(token, handle.pid)
         try:
             return self._connect(release, token, handle, deadline)
         except (SwapctlError, TimeoutError, OSError) as exc:

@@ -149,6 +149,9 @@ def test_bad_config_is_refused_before_anything_starts(stack_root: Stack) -> None
 # The phase each SIGKILL hits, and how the restarted daemon must end the swap.
 PHASES = [
     ("starting", "rolled_back", "v1"),
+    # the candidate runs but has not said ready: recovery stops it (it held a slot: the
+    # next swap found "both slots are busy")
+    ("spawned", "rolled_back", "v1"),
     ("probing", "rolled_back", "v1"),
     ("releasing", "rolled_back", "v1"),
     # adopting is journaled once the candidate reads (nothing is written inside the
@@ -170,7 +173,7 @@ def test_sigkill_of_swapctld_at_every_phase(stack_root: Stack, phase: str, decis
     pid = s.daemon_pid()
     load = _load(s)
     try:
-        soak = "3s" if phase == "rolling_back" else "1s"
+        soak = "30s" if phase == "rolling_back" else "1s"  # the abort must land in it
         done = s.cli("swap", "market_data", "--to", "v2", "--soak", soak, "--no-wait",
                      "-o", "json")
         assert done.returncode == 0, done.stderr
@@ -196,6 +199,9 @@ def test_sigkill_of_swapctld_at_every_phase(stack_root: Stack, phase: str, decis
     assert status["active"]["release"] == serving and status["health"]["healthy"]
     assert status["warm"] is None, "the other release was stopped"
     _clean(result)
+    if phase == "spawned":  # its slot is free again: the next swap can start a candidate
+        again = s.cli("swap", "market_data", "--to", "v2", "--soak", "1s")
+        assert again.returncode == 0, again.stdout + again.stderr
 
 
 @pytest.mark.slow
