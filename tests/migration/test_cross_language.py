@@ -45,13 +45,22 @@ def relay(name: str) -> str:
 class StandaloneSwap:
     """`swapctl swap --socket S --from A --to B -o json`, in its own process group."""
 
-    def __init__(self, root: Path, from_: str, to: str, *extra: str) -> None:
+    def __init__(self, root: Path, from_: str, to: str, *extra: str,
+                 hold: Path | None = None) -> None:
+        """`hold`: the candidate starts only once that file exists (its command waits for
+        it), so the test can connect clients to the old relay first while the swap's own
+        canary keeps running (stopping the swap process would stall the canary's readers
+        and the old relay would rightly shed what they could not read)."""
         self.public = root / "md.sock"
+        to_cmd = relay(to)
+        if hold is not None:
+            wait = f"while [ ! -e {shlex.quote(str(hold))} ]; do sleep 0.02; done"
+            to_cmd = f"sh -c {shlex.quote(f'{wait}; exec {to_cmd}')}"
         self.state = root / "state"
         self.err = (root / "swap.err").open("wb")
         self.proc = subprocess.Popen(
             [*SWAPCTL, "swap", "--socket", str(self.public), "--state-dir", str(self.state),
-             "--from", relay(from_), "--to", relay(to), "--pause-budget-ms", GENEROUS,
+             "--from", relay(from_), "--to", to_cmd, "--pause-budget-ms", GENEROUS,
              "-o", "json", *extra],
             stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL,
             start_new_session=True)
@@ -147,17 +156,16 @@ def load_config(public: Path) -> LoadConfig:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("from_", "to"), [("python", "rust"), ("rust", "python")])
 def test_committed_swap_under_independent_load(sockdir: Path, from_: str, to: str) -> None:
-    swap = StandaloneSwap(sockdir, from_, to, "--soak", "120")
+    go = sockdir / "go"
+    swap = StandaloneSwap(sockdir, from_, to, "--soak", "120", hold=go)
     load: LoadSession | None = None
     try:
         plain = serving(swap)
-        # hold the swap until the load run is connected to the old relay (it starts the
-        # candidate only after its canary has started: a wide window)
-        os.killpg(swap.proc.pid, signal.SIGSTOP)
+        # the candidate waits for `go`: the load run connects to the old relay first
         load = LoadSession(load_config(swap.public))
         load.start()
         plain.send(message(2)[:45])  # half a frame: carried as pending_in
-        os.killpg(swap.proc.pid, signal.SIGCONT)
+        go.touch()
         swap.wait_state("soaking")
         plain.send(message(2)[45:] + message(3))
         assert until_plain(plain, 3) == [message(1), message(2), message(3)]
