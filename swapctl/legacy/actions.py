@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from swapctl import sockdiag
 from swapctl.errors import SwapctlError
 from swapctl.handoff.manifest import ConnState, Transfer
 from swapctl.legacy import sockets
@@ -72,9 +73,15 @@ class Place(Protocol):
 
 
 def clients(relay: Relay, own: int = 0) -> int | None:
-    """Accepted connections of `relay` that are not swapctl's (None: cannot look)."""
+    """Accepted connections of `relay` that are not swapctl's (None: cannot look). A
+    connection whose peer has already closed (a probe just done, a client just gone, the
+    relay not yet at its EOF) is nobody's: counted, it made a reconnect window see one
+    client fewer come back on a busy machine."""
     try:
-        return max(0, len(sockets.find(relay.pid, relay.bound).connections) - own)
+        inodes = sockets.fd_inodes(relay.pid)
+        found = sockets.classify(inodes, sockets.unix_table(relay.pid), relay.bound)
+        conns = {inodes[fd] for fd in found.connections}
+        return max(0, len(conns - sockdiag.peer_gone(conns)) - own)
     except (SwapctlError, OSError):
         return None
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swapctl import sockdiag
 from swapctl.capture.format import FLAG_WAIT, Kind, Record, open_data
 from swapctl.diff.tokens import Stream
 from swapctl.errors import SwapctlError
-from swapctl.scenarios import sockdiag
 from swapctl.scenarios.model import (
     Client,
     Connect,
