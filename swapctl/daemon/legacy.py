@@ -37,6 +37,7 @@ from typing import Any, Protocol, cast
 
 import psutil
 
+from swapctl import unixsock
 from swapctl.config.model import ServiceConfig
 from swapctl.errors import SwapctlError
 from swapctl.handoff.controller import RelayLink
@@ -125,14 +126,18 @@ def start(rt: Host, release: Release) -> tuple[Slot, Path]:
     slot = Slot(release, token, handle, no_link())
     sock = slot_socket(spawner, slot)
     deadline = time.monotonic() + timeout
+
+    def alive() -> None:
+        if not handle.alive():
+            raise SlotError(f"{release.name} exited before {sock} accepted "
+                            f"({handle.describe_exit()})")
+
     try:
-        while not lay.connectable(sock):
-            if not handle.alive():
-                raise SlotError(f"{release.name} exited before {sock} accepted "
-                                f"({handle.describe_exit()})")
-            if time.monotonic() >= deadline:
-                raise SlotError(f"{release.name}: {sock} did not accept within {timeout:g}s")
-            time.sleep(0.005)
+        try:
+            unixsock.wait_connectable(sock, timeout, alive=alive, interval=0.005)
+        except OSError:
+            raise SlotError(f"{release.name}: {sock} did not accept within {timeout:g}s"
+                            ) from None
         probe_socket(sock, rt.domain_byte, rt.probe_echo,
                      max(0.5, deadline - time.monotonic()))
     except Exception:
