@@ -255,10 +255,17 @@ class ServiceRuntime:
             self._pause_if_asked(str(record.get("to", "")))
 
     def _pause_if_asked(self, state: str) -> None:
-        name, _, seconds = self.pause_at.partition(":")
-        if state and name == state:
-            event(log, logging.WARNING, "daemon.pause_injected", state=state, seconds=seconds)
-            time.sleep(float(seconds or 1))
+        """Fault injection: SWAPCTL_DAEMON_PAUSE_AT=STATE[:SECONDS[:FILE]] holds the swap
+        as it enters STATE for SECONDS (1), or until FILE exists."""
+        name, _, rest = self.pause_at.partition(":")
+        if not state or name != state:
+            return
+        seconds, _, until = rest.partition(":")
+        event(log, logging.WARNING, "daemon.pause_injected", state=state, seconds=seconds,
+              until=until)
+        deadline = time.monotonic() + float(seconds or 1)
+        while time.monotonic() < deadline and not (until and os.path.exists(until)):
+            time.sleep(0.02)
 
     def journal_event(self, kind: str, **details: Any) -> None:
         self.journal.write({"event": kind, "at": round(time.monotonic(), 6), **details})

@@ -114,7 +114,8 @@ def test_a_rollback_during_soak_is_honoured(stack_root: Stack) -> None:
 
 def test_a_late_rollback_while_committing_is_refused(stack_root: Stack) -> None:
     s = stack_root
-    s.up(env={PAUSE_AT: f"committing:{COMMITTING_S}"})
+    go_on = s.root / "go-on"  # the swap leaves committing once this exists
+    s.up(env={PAUSE_AT: f"committing:{COMMITTING_S}:{go_on}"})
     swap_id = _start(s, "1s")
     s.wait_state("committing")
 
@@ -125,6 +126,7 @@ def test_a_late_rollback_while_committing_is_refused(stack_root: Stack) -> None:
     code, refusal = s.json("abort", "market_data")
     assert code == 2 and refusal["error"] == "too_late" and refusal["phase"] == "committing"
     assert s.status()["swap"]["state"] == "committing", f"raise {COMMITTING_S} s"
+    go_on.touch()
 
     report = s.wait_report(swap_id, timeout=COMMITTING_S + 60)
     assert report["decision"] == "committed", "the refused rollback changed nothing"

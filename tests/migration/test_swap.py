@@ -85,9 +85,12 @@ def assert_clean(final: dict[str, int]) -> None:
     assert final["received_min"] == final["sent"] > 0
 
 
+SWAPS = 40  # the hour of swaps is `swapctl bench soak`'s, not the suite's
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
+def test_forty_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     """Judged three ways: the canary, an independent `swapctl load` run (with a strategy
     consumer), and a plain client that never reconnects."""
     pub, strategy = Client(stack.public, plain_only=True), Client(stack.public, plain_only=True)
@@ -97,11 +100,11 @@ def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     listener_inode = stack.public.stat().st_ino
     reports = []
     try:
-        for i in range(100):
+        for i in range(SWAPS):
             pub.send(trade(i + 1))
             reports.append(stack.swap(V2 if i % 2 == 0 else V1))
             strategy.recv_frames(i + 1)  # keep reading, as a live consumer does
-        pub.send(trade(101))
+        pub.send(trade(SWAPS + 1))
         verdict = load.stop()
     finally:
         load.close()
@@ -114,9 +117,9 @@ def test_a_hundred_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     assert all(r["server_pause_ms"] is not None for r in reports)  # measured every time
     assert_clean(stack.final())
     # a plain client that never reconnects saw every message, in order, once
-    assert strategy.recv_frames(101) == [trade(i) for i in range(1, 102)]
+    assert strategy.recv_frames(SWAPS + 1) == [trade(i) for i in range(1, SWAPS + 2)]
     journal = read(stack.root / "journal.jsonl")
-    assert sum(1 for r in journal if r["to"] == "committed") == 100
+    assert sum(1 for r in journal if r.get("to") == "committed") == SWAPS
 
 
 @pytest.mark.slow
