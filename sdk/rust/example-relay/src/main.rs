@@ -5,12 +5,13 @@
 //!   swapctl-example-relay --legacy --socket P   no handoff: deletes and binds P, like
 //!                                               the real relays with a compiled-in path
 //! Options: --domain-byte N (relay_domain to forward, default 1), --any-domain,
-//! --threads N (runtime worker threads, default: one per core).
+//! --threads N (runtime worker threads, default: one per core), --no-precopy (offer
+//! swapctl plain version 1 of the handoff, without the pre-copy extension).
 
 use std::process::exit;
 use std::sync::Arc;
 
-use swapctl_handoff::{Handoff, V2Frames};
+use swapctl_handoff::{Handoff, Options as Offer, V2Frames};
 use tokio::sync::broadcast;
 
 const QUEUE: usize = 16_384; // chunks queued per consumer, as the real relays
@@ -19,16 +20,17 @@ struct Options {
     legacy: Option<String>,
     domain: Option<u8>,
     threads: Option<usize>,
+    precopy: bool,
 }
 
 fn usage(text: &str) -> ! {
     eprintln!("swapctl-example-relay: error: {}", text);
-    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N]");
+    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N] [--no-precopy]");
     exit(2)
 }
 
 fn options() -> Options {
-    let mut o = Options { legacy: None, domain: Some(1), threads: None };
+    let mut o = Options { legacy: None, domain: Some(1), threads: None, precopy: true };
     let mut legacy = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -38,6 +40,7 @@ fn options() -> Options {
             "--socket" => o.legacy = Some(value("--socket")),
             "--domain-byte" => o.domain = Some(value("--domain-byte").parse().unwrap_or_else(|_| usage("--domain-byte: use 0-255"))),
             "--any-domain" => o.domain = None,
+            "--no-precopy" => o.precopy = false,
             "--threads" => o.threads = Some(value("--threads").parse().unwrap_or_else(|_| usage("--threads: use a count"))),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {:?}", other)),
@@ -52,7 +55,7 @@ fn options() -> Options {
 async fn run(o: Options) -> std::io::Result<()> {
     let mut relay = match &o.legacy {
         Some(path) => Handoff::bind(path)?,
-        None => match Handoff::join().await? {
+        None => match Handoff::join_with(Offer { precopy: o.precopy }).await? {
             Some(relay) => relay,
             None => usage("SWAPCTL_HANDOFF is not set: start me through swapctl, or use --legacy --socket PATH"),
         },

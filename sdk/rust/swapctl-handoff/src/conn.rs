@@ -1,14 +1,20 @@
 //! One client connection and its task: read, broadcast, write what the broadcast
-//! channel brings, and take part in a handoff (see hub.rs for the gate).
+//! channel brings, and take part in a handoff (see hub.rs for the gate and slots).
 //!
-//! Output is written with `try_write` one message at a time, keeping the offset of
-//! the message in flight, so at a release the exact bytes still owed are known: the
-//! rest of the message in flight plus everything queued in the broadcast receiver.
-//! The socket is never shut down: dropping a tokio `UnixStream` deregisters it from
-//! epoll, then closes this process's descriptor only.
+//! Output goes through a small queue of units (`Out`): a unit taken from the
+//! broadcast receiver, or one carried from the previous relay (a version-1
+//! `unsent_out`, or a pre-copy BACKLOG's units written straight from its memfd
+//! mapping). The queue keeps how much of its first unit was written, so at a release
+//! the exact bytes still owed are known: the rest of the queue plus everything still
+//! in the broadcast receiver. A version-1 release copies them into the manifest; a
+//! pre-copy freeze only says that they are owed, and OWED later hands the units over
+//! without copying them. The socket is never shut down: dropping a tokio `UnixStream`
+//! deregisters it from epoll, then closes this process's descriptor only.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,9 +22,10 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::oneshot;
 
+use crate::backlog::{Entry, MappedUnit, Owned};
 use crate::framing::Inbound;
-use crate::hub::{Counters, Decision, Export, Hub, Phase};
-use crate::table::Carried;
+use crate::hub::{Cmd, Counters, Decision, Export, Gone, Hub, Phase, Slot, OWES, PENDING};
+use crate::table::{Carried, DEFERRED, HEAD_STARTED};
 
 /// Bytes read at most at once (the real relays' 64 KiB buffer).
 pub const READ_SIZE: usize = 65_536;
@@ -36,11 +43,98 @@ pub struct Conn {
     pub(crate) stream: UnixStream,
     pub(crate) hub: Arc<Hub>,
     pub(crate) carried: Carried,
+    pub(crate) slot: Arc<Slot>,
+    /// Pre-copy adopter: bytes owed to this client are on their way (BACKLOG); write
+    /// nothing to it until they arrive.
+    pub(crate) held: bool,
 }
 
-enum Owed<M> {
-    Nothing,
-    Some(M, usize),
+enum Piece<M> {
+    Msg(M),
+    Mapped(MappedUnit),
+}
+
+impl<M: AsRef<[u8]>> Piece<M> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Msg(m) => m.as_ref(),
+            Piece::Mapped(u) => u.as_ref(),
+        }
+    }
+}
+
+/// What is owed to the client, in order; `head_sent` bytes of the first unit are written.
+struct Out<M> {
+    queue: VecDeque<(Piece<M>, u32)>,
+    head_sent: usize,
+    /// The first unit may start mid-frame (carried by a version-1 handoff, which has
+    /// no frame boundaries): it counts as started, so it is never shed.
+    pinned: bool,
+    held: bool,
+    /// Bytes queued and not yet written.
+    bytes: u64,
+}
+
+impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
+    fn push(&mut self, piece: Piece<M>, frames: u32) {
+        self.bytes += piece.bytes().len() as u64;
+        self.queue.push_back((piece, frames));
+    }
+
+    /// Bytes carried without their frame boundaries (a version-1 `unsent_out`).
+    fn push_carried(&mut self, m: M) {
+        if self.queue.is_empty() {
+            self.pinned = true;
+        }
+        self.push(Piece::Msg(m), 1);
+    }
+
+    /// A BACKLOG's units, in front of anything queued since the resume.
+    fn prepend(&mut self, units: Vec<MappedUnit>, head_sent: usize) {
+        for unit in units.into_iter().rev() {
+            self.bytes += unit.len as u64;
+            let frames = unit.frames;
+            self.queue.push_front((Piece::Mapped(unit), frames));
+        }
+        self.bytes -= head_sent as u64;
+        self.head_sent = head_sent;
+        self.pinned = false;
+    }
+
+    fn started(&self) -> bool {
+        !self.queue.is_empty() && (self.head_sent > 0 || self.pinned)
+    }
+
+    /// Every byte owed, as one buffer (a version-1 manifest's `unsent_out`).
+    fn concat(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.bytes as usize);
+        for (i, (piece, _)) in self.queue.iter().enumerate() {
+            all.extend_from_slice(&piece.bytes()[if i == 0 { self.head_sent } else { 0 }..]);
+        }
+        all
+    }
+
+    /// The units for a BACKLOG (clones: this relay keeps its own until CLOSE). A pinned
+    /// first unit that nothing of was written gets one placeholder byte, counted as
+    /// written, so the adopter treats it as started too.
+    fn units(&self) -> (usize, Vec<(Owned, u32)>) {
+        let mut head_sent = self.head_sent;
+        let mut units: Vec<(Owned, u32)> = Vec::with_capacity(self.queue.len());
+        for (i, (piece, frames)) in self.queue.iter().enumerate() {
+            let unit: Owned = match piece {
+                Piece::Msg(_) if i == 0 && self.pinned && head_sent == 0 => {
+                    head_sent = 1;
+                    let mut bytes = vec![0u8];
+                    bytes.extend_from_slice(piece.bytes());
+                    Box::new(bytes)
+                }
+                Piece::Msg(m) => Box::new(m.clone()),
+                Piece::Mapped(u) => Box::new(u.clone()),
+            };
+            units.push((unit, *frames));
+        }
+        (head_sent, units)
+    }
 }
 
 impl Conn {
@@ -58,62 +152,149 @@ impl Conn {
         M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
         let hub = self.hub.clone();
+        let slot = self.slot.clone();
         let mut wake = hub.wakeups();
-        let mut owed = Owed::Nothing;
+        let mut out = Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: self.held, bytes: 0 };
         let carried_out = std::mem::take(&mut self.carried.unsent_out);
         if !carried_out.is_empty() {
-            owed = Owed::Some(M::from(carried_out), 0);
+            out.push_carried(M::from(carried_out));
         }
         let mut carried_in = std::mem::take(&mut self.carried.pending_in);
-        let handed_over = loop {
+        let how = loop {
+            if let Some(how) = self.commands(&mut out, &mut rx, &inbound, &mut carried_in) {
+                break how;
+            }
             match hub.phase() {
-                Phase::Hold => {
-                    if wake.changed().await.is_err() {
-                        break false;
+                Phase::Hold | Phase::Frozen => {
+                    // neither read nor write: wait for the phase to change or a command
+                    tokio::select! {
+                        changed = wake.changed() => if changed.is_err() { break Gone::Disconnected },
+                        _ = slot.notify.notified() => {}
                     }
                     continue;
                 }
-                Phase::Flush(deadline) => match self.release(deadline, &mut owed, &mut rx, &inbound, &carried_in).await {
+                Phase::Closing => break Gone::HandedOver,
+                Phase::Flush(deadline) => match self.release(deadline, &mut out, &mut rx, &inbound, &carried_in).await {
                     Some(Decision::Resume) => continue,
-                    Some(Decision::Close) => break true,
-                    None => break false,
+                    Some(Decision::Close) => break Gone::HandedOver,
+                    None => break Gone::Disconnected,
                 },
                 Phase::Run => {}
             }
             if !carried_in.is_empty() {
                 // resumed: the carried partial frame goes to the framer before any read
-                let data = std::mem::take(&mut carried_in);
-                self.ingest(&data, &mut inbound, &tx);
+                let gate = hub.gate.read().unwrap();
+                if *gate == Phase::Run {
+                    let data = std::mem::take(&mut carried_in);
+                    self.ingest(&data, &mut inbound, &tx);
+                }
+                drop(gate);
             }
-            if self.write_now(&mut owed, &mut rx).is_err() {
-                break false;
+            if self.write_now(&mut out, &mut rx).is_err() {
+                break Gone::Disconnected;
             }
-            let waiting = matches!(owed, Owed::Nothing);
+            let waiting = out.queue.is_empty() && !out.held;
+            let writing = !out.queue.is_empty() && !out.held;
             tokio::select! {
                 _ = wake.changed() => {}
+                _ = slot.notify.notified() => {}
                 ready = self.stream.readable() => {
                     if ready.is_err() {
-                        break false;
+                        break Gone::Disconnected;
                     }
                     let read = READ_BUF.with(|buf| self.read_once(&mut buf.borrow_mut(), &mut inbound, &tx));
                     match read {
-                        Ok(true) | Err(_) => break false,
+                        Ok(true) | Err(_) => break Gone::Disconnected,
                         Ok(false) => {}
                     }
                 }
                 msg = rx.recv(), if waiting => match msg {
-                    Ok(m) => owed = Owed::Some(m, 0),
+                    Ok(m) => out.push(Piece::Msg(m), 1),
                     Err(RecvError::Lagged(n)) => self.lagged(n),
-                    Err(RecvError::Closed) => break false,
+                    Err(RecvError::Closed) => break Gone::Disconnected,
                 },
-                ready = self.stream.writable(), if !waiting => {
+                ready = self.stream.writable(), if writing => {
                     if ready.is_err() {
-                        break false;
+                        break Gone::Disconnected;
                     }
                 }
             }
         };
-        hub.forget(self.carried.id, handed_over);
+        hub.forget(self.carried.id, how);
+    }
+
+    /// Do what the control thread asked (see `Cmd`); Some: the task ends.
+    fn commands<I: Inbound, M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>, inbound: &I,
+                               carried_in: &mut Vec<u8>) -> Option<Gone>
+    where
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
+    {
+        for cmd in self.slot.take() {
+            match cmd {
+                Cmd::Export => self.export_frozen(out, rx, inbound, carried_in),
+                Cmd::Owed(reply) => {
+                    self.drain(out, rx);
+                    let (head_sent, units) = out.units();
+                    let _ = reply.send(Entry { id: self.carried.id, head_sent, units });
+                }
+                Cmd::Carry { pending_in, unsent_out, counters, hold } => {
+                    if !pending_in.is_empty() {
+                        *carried_in = pending_in;
+                    }
+                    if !unsent_out.is_empty() {
+                        out.push_carried(M::from(unsent_out));
+                    }
+                    self.carried.counters = counters;
+                    out.held |= hold;
+                }
+                Cmd::Backlog { units, head_sent } => {
+                    out.prepend(units, head_sent);
+                    out.held = false;
+                }
+                Cmd::Unhold => out.held = false,
+                Cmd::Unstage => return Some(Gone::Unstaged),
+                Cmd::Disconnect => return Some(Gone::Disconnected),
+            }
+        }
+        None
+    }
+
+    /// Frozen by a pre-copy RELEASE: describe this connection (no bytes owed copied).
+    fn export_frozen<I: Inbound, M>(&mut self, out: &Out<M>, rx: &broadcast::Receiver<M>, inbound: &I,
+                                    carried_in: &[u8])
+    where
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
+    {
+        let mut pending = carried_in.to_vec();
+        pending.extend_from_slice(inbound.pending());
+        let owes = !out.queue.is_empty() || out.held || !rx.is_empty();
+        let mut flags = if owes { DEFERRED } else { 0 };
+        if out.started() {
+            flags |= HEAD_STARTED;
+        }
+        let export = Export {
+            carried: Carried { id: self.carried.id, pending_in: pending, unsent_out: Vec::new(),
+                               counters: self.carried.counters },
+            fd: self.stream.as_raw_fd(),
+            decision: None,
+            flags,
+            owed_bytes: out.bytes,
+        };
+        if let Some(sender) = self.hub.exports.lock().unwrap().clone() {
+            let _ = sender.send(export);
+        }
+    }
+
+    /// Everything left in the broadcast receiver moves to the queue (the relay is
+    /// released or frozen: nothing new arrives).
+    fn drain<M: AsRef<[u8]> + Clone + Send + 'static>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) {
+        loop {
+            match rx.try_recv() {
+                Ok(m) => out.push(Piece::Msg(m), 1),
+                Err(TryRecvError::Lagged(n)) => self.lagged(n),
+                Err(_) => break,
+            }
+        }
     }
 
     fn lagged(&mut self, n: u64) {
@@ -143,65 +324,96 @@ impl Conn {
         }
     }
 
+    /// Feed bytes to the framer and broadcast its units (under the gate).
     fn ingest<I: Inbound, M: From<Vec<u8>>>(&mut self, data: &[u8], inbound: &mut I, tx: &broadcast::Sender<M>) {
         let mut frames_in = 0;
+        let seq = &self.hub.sent_seq;
         inbound.feed(data, &mut |unit, frames| {
             frames_in += frames;
             let _ = tx.send(M::from(unit));
+            seq.fetch_add(1, Ordering::SeqCst); // after the send: see hub.rs
         });
         self.carried.counters[1] += frames_in;
         Counters::add(&self.hub.counters.frames_in, frames_in);
+        self.slot.set(PENDING, !inbound.pending().is_empty());
     }
 
-    /// Write what is owed and whatever is queued, until the socket would block.
-    fn write_now<M: AsRef<[u8]> + Clone>(&mut self, owed: &mut Owed<M>, rx: &mut broadcast::Receiver<M>) -> io::Result<()> {
+    /// Write what is owed and whatever is queued, until the socket would block. Under
+    /// the gate: nothing is written once a release holds it (a version-1 release
+    /// writes in its `Flush` phase, a pre-copy freeze writes nothing).
+    fn write_now<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) -> io::Result<()>
+    where
+        M: AsRef<[u8]> + Clone + Send + 'static,
+    {
+        let hub = self.hub.clone();
+        let gate = hub.gate.read().unwrap();
+        if !matches!(*gate, Phase::Run | Phase::Flush(_)) {
+            return Ok(());
+        }
+        let result = self.write_locked(out, rx);
+        self.slot.set(OWES, !out.queue.is_empty() || out.held);
+        drop(gate);
+        result
+    }
+
+    fn write_locked<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) -> io::Result<()>
+    where
+        M: AsRef<[u8]> + Clone + Send + 'static,
+    {
         loop {
-            if let Owed::Nothing = owed {
+            if out.queue.is_empty() {
+                if out.held {
+                    return Ok(());
+                }
+                // read the sequence before finding the receiver empty (see hub.rs)
+                let seq = self.hub.sent_seq.load(Ordering::SeqCst);
                 match rx.try_recv() {
-                    Ok(m) => *owed = Owed::Some(m, 0),
-                    Err(TryRecvError::Lagged(n)) => {
-                        self.lagged(n);
-                        continue;
+                    Ok(m) => out.push(Piece::Msg(m), 1),
+                    Err(TryRecvError::Lagged(n)) => self.lagged(n),
+                    Err(TryRecvError::Empty) => {
+                        self.slot.drained.store(seq, Ordering::SeqCst);
+                        return Ok(());
                     }
-                    Err(_) => return Ok(()),
+                    Err(TryRecvError::Closed) => return Ok(()),
                 }
+                continue;
             }
-            let done = match owed {
-                Owed::Some(m, sent) => {
-                    let data = &m.as_ref()[*sent..];
-                    match self.stream.try_write(data) {
-                        Ok(n) => {
-                            Counters::add(&self.hub.counters.bytes_out, n as u64);
-                            *sent += n;
-                            n == data.len()
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(e) => return Err(e),
-                    }
+            let (written, whole) = {
+                let (piece, _) = out.queue.front().expect("queue not empty");
+                let data = &piece.bytes()[out.head_sent..];
+                match self.stream.try_write(data) {
+                    Ok(n) => (n, n == data.len()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
                 }
-                Owed::Nothing => return Ok(()),
             };
-            if done {
-                *owed = Owed::Nothing;
-                self.carried.counters[2] += 1;
-                Counters::add(&self.hub.counters.frames_out, 1);
+            Counters::add(&self.hub.counters.bytes_out, written as u64);
+            out.bytes -= written as u64;
+            out.head_sent += written;
+            if whole {
+                let (_, frames) = out.queue.pop_front().expect("queue not empty");
+                out.head_sent = 0;
+                out.pinned = false;
+                self.carried.counters[2] += frames as u64;
+                Counters::add(&self.hub.counters.frames_out, frames as u64);
             }
         }
     }
 
-    /// RELEASE: write what is owed until `deadline`, export the rest, park until the
-    /// orchestrator decides. None: the client went away meanwhile.
-    async fn release<I: Inbound, M>(&mut self, deadline: Instant, owed: &mut Owed<M>,
+    /// RELEASE (version 1): write what is owed until `deadline`, export the rest, park
+    /// until the orchestrator decides. None: the client went away meanwhile. The queue
+    /// stays as it was, so a RESUME carries on where it stopped.
+    async fn release<I: Inbound, M>(&mut self, deadline: Instant, out: &mut Out<M>,
                                     rx: &mut broadcast::Receiver<M>, inbound: &I,
                                     carried_in: &[u8]) -> Option<Decision>
     where
-        M: AsRef<[u8]> + From<Vec<u8>> + Clone,
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
         loop {
-            if self.write_now(owed, rx).is_err() {
+            if self.write_now(out, rx).is_err() {
                 return None;
             }
-            if let Owed::Nothing = owed {
+            if out.queue.is_empty() {
                 break;
             }
             let until = tokio::time::Instant::from_std(deadline);
@@ -211,37 +423,23 @@ impl Conn {
                 Err(_) => break,
             }
         }
-        let mut unsent = Vec::new();
-        if let Owed::Some(m, sent) = std::mem::replace(owed, Owed::Nothing) {
-            unsent.extend_from_slice(&m.as_ref()[sent..]);
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(m) => unsent.extend_from_slice(m.as_ref()),
-                Err(TryRecvError::Lagged(n)) => self.lagged(n),
-                Err(_) => break,
-            }
-        }
+        self.drain(out, rx);
         let mut pending = carried_in.to_vec();
         pending.extend_from_slice(inbound.pending());
         let (decide, decision) = oneshot::channel();
         let export = Export {
-            carried: Carried { id: self.carried.id, pending_in: pending, unsent_out: unsent.clone(),
+            carried: Carried { id: self.carried.id, pending_in: pending, unsent_out: out.concat(),
                                counters: self.carried.counters },
             fd: self.stream.as_raw_fd(),
-            decision: decide,
+            decision: Some(decide),
+            flags: 0,
+            owed_bytes: 0,
         };
         let exports = self.hub.exports.lock().unwrap().clone();
         match exports {
             Some(sender) if sender.send(export).is_ok() => {}
             _ => return Some(Decision::Resume), // no release is collecting: keep serving
         }
-        let decided = decision.await.unwrap_or(Decision::Resume);
-        if let Decision::Resume = decided {
-            if !unsent.is_empty() {
-                *owed = Owed::Some(M::from(unsent), 0);
-            }
-        }
-        Some(decided)
+        Some(decision.await.unwrap_or(Decision::Resume))
     }
 }

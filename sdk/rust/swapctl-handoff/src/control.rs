@@ -1,7 +1,9 @@
 //! The control channel to the orchestrator, on a thread of its own (blocking I/O,
 //! so the data path never waits on it): HELLO/WELCOME, READY, then one request at a
-//! time: ADOPT, RELEASE, RESUME, CLOSE, PROBE, STATS, LISTENER. If the orchestrator
-//! goes away the relay keeps serving and says HELLO again every 0.5 s.
+//! time: ADOPT, RELEASE, RESUME, CLOSE, PROBE, STATS, LISTENER, and, when the
+//! orchestrator granted the `precopy` extension, PRECOPY, PREADOPT, OWED and BACKLOG
+//! (precopy.rs). If the orchestrator goes away the relay keeps serving and says HELLO
+//! again every 0.5 s.
 
 use std::collections::HashSet;
 use std::io;
@@ -17,7 +19,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::hub::{Counters, Decision, Export, Hub, Phase};
-use crate::table::{self, Carried};
+use crate::precopy::{PreState, PRECOPY, PRECOPY_VERSION};
+use crate::table::{self, Carried, Record, NO_FD};
 use crate::wire::{self, Message, MAX_FDS};
 use crate::Conn;
 
@@ -34,6 +37,8 @@ pub struct Settings {
     pub token: String,
     pub socket: String,
     pub release: String,
+    /// Offer the `precopy` extension in HELLO.
+    pub precopy: bool,
 }
 
 impl Settings {
@@ -42,23 +47,26 @@ impl Settings {
         let control = std::env::var_os("SWAPCTL_HANDOFF")?;
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
-                        socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE") })
+                        socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true })
     }
 }
 
 pub struct Control {
-    settings: Settings,
-    hub: Arc<Hub>,
-    rt: tokio::runtime::Handle,
+    pub(crate) settings: Settings,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) rt: tokio::runtime::Handle,
     writer: Mutex<Option<StdStream>>,
     ready_sent: AtomicBool,
+    /// The orchestrator granted `precopy` on the current channel.
+    pub(crate) precopy_granted: AtomicBool,
+    pub(crate) pre: Mutex<PreState>,
 }
 
-type Reply = Result<Option<Value>, String>;
+pub(crate) type Reply = Result<Option<Value>, String>;
 
 fn forget_gone(hub: &Hub, remaining: &mut HashSet<u64>) {
     let live = hub.live.lock().unwrap();
-    remaining.retain(|id| live.contains(id));
+    remaining.retain(|id| live.contains_key(id));
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -67,7 +75,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn log(event: &str, detail: String) {
+pub(crate) fn log(event: &str, detail: String) {
     eprintln!("swapctl-handoff: {} {}", event, detail);
 }
 
@@ -76,7 +84,9 @@ impl Control {
     /// thread of its own. Blocks: call it from `spawn_blocking`.
     pub fn start(settings: Settings, hub: Arc<Hub>, rt: tokio::runtime::Handle) -> io::Result<Arc<Control>> {
         let control = Arc::new(Control { settings, hub, rt, writer: Mutex::new(None),
-                                         ready_sent: AtomicBool::new(false) });
+                                         ready_sent: AtomicBool::new(false),
+                                         precopy_granted: AtomicBool::new(false),
+                                         pre: Mutex::new(PreState::default()) });
         let deadline = Instant::now() + CONNECT_FOR;
         let sock = loop {
             match control.connect() {
@@ -95,10 +105,11 @@ impl Control {
 
     fn connect(&self) -> io::Result<StdStream> {
         let sock = StdStream::connect(&self.settings.control)?;
+        let offered = if self.settings.precopy { json!({PRECOPY: PRECOPY_VERSION}) } else { json!({}) };
         let hello = json!({
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": std::process::id(),
             "token": self.settings.token, "release": self.settings.release,
-            "state": self.hub.state(), "connections": self.hub.connections(),
+            "state": self.hub.state(), "connections": self.hub.connections(), "extensions": offered,
         });
         wire::send(&sock, &hello, &[], &[])?;
         let reply = wire::recv(&sock, Some(Duration::from_secs(5)))?;
@@ -106,8 +117,14 @@ impl Control {
             return Err(io::Error::new(io::ErrorKind::ConnectionRefused,
                                       format!("orchestrator refused HELLO: {}", reply.json)));
         }
+        // only an exact name and version match counts; an orchestrator that does not
+        // know the extension sends none, and this relay speaks plain version 1
+        let granted = self.settings.precopy
+            && reply.json.pointer("/extensions/precopy").and_then(Value::as_u64) == Some(PRECOPY_VERSION);
+        self.precopy_granted.store(granted, Ordering::SeqCst);
         *self.writer.lock().unwrap() = Some(sock.try_clone()?);
-        log("connected", format!("control={} token={}", self.settings.control.display(), self.settings.token));
+        log("connected", format!("control={} token={} precopy={}", self.settings.control.display(),
+                                 self.settings.token, granted));
         if self.ready_sent.load(Ordering::SeqCst) {
             self.send_ready();
         }
@@ -124,7 +141,7 @@ impl Control {
         let _ = self.send(&json!({"type": "ready", "state": self.hub.state()}), &[], &[]);
     }
 
-    fn send(&self, msg: &Value, blob: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    pub(crate) fn send(&self, msg: &Value, blob: &[u8], fds: &[RawFd]) -> io::Result<()> {
         match self.writer.lock().unwrap().as_ref() {
             Some(sock) => wire::send(sock, msg, blob, fds),
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "no control channel")),
@@ -137,6 +154,8 @@ impl Control {
             if let Err(e) = outcome {
                 log("control_lost", e.to_string());
                 *self.writer.lock().unwrap() = None;
+                self.precopy_granted.store(false, Ordering::SeqCst);
+                self.control_lost();
                 sock = loop {
                     std::thread::sleep(RECONNECT_EVERY);
                     if let Ok(again) = self.connect() {
@@ -150,14 +169,27 @@ impl Control {
     fn dispatch(&self, sock: &StdStream, mut msg: Message) -> io::Result<()> {
         let id = msg.json.get("id").cloned().unwrap_or(Value::Null);
         let kind = msg.kind().to_string();
+        let precopy = msg.json.get("table").and_then(Value::as_str) == Some(table::DELTA)
+            || msg.json.get("precopy").map_or(false, |g| !g.is_null())
+            || matches!(kind.as_str(), "precopy" | "preadopt" | "owed" | "backlog");
         let reply = match kind.as_str() {
+            _ if precopy && !self.precopy_granted.load(Ordering::SeqCst) => {
+                msg.close_fds();
+                Err("the precopy extension was not negotiated on this channel".into())
+            }
+            "adopt" if precopy => self.adopt_delta(sock, msg),
             "adopt" => self.adopt(sock, msg),
+            "release" if precopy => self.freeze(&msg, &id),
             "release" => self.release(&msg, &id),
             "resume" => self.resume(),
             "close" => self.close(),
             "probe" => self.probe(msg),
             "stats" => Ok(Some(json!({"type": "stats", "stats": self.stats()}))),
             "listener" => self.send_listener(&id),
+            "precopy" => self.precopy(&id),
+            "preadopt" => self.preadopt(sock, msg),
+            "owed" => self.owed(&id),
+            "backlog" => self.backlog(msg),
             _ => {
                 msg.close_fds();
                 Err(format!("unknown request type {:?}", kind))
@@ -176,7 +208,7 @@ impl Control {
         }
     }
 
-    fn standby(&self) -> bool {
+    pub(crate) fn standby(&self) -> bool {
         self.hub.phase() == Phase::Run && !self.hub.has_listener() && self.hub.connections() == 0
     }
 
@@ -185,28 +217,42 @@ impl Control {
             first.close_fds();
             return Err(format!("cannot adopt in state {}: not standby", self.hub.state()));
         }
-        let parts = first.json.get("parts").and_then(Value::as_u64).unwrap_or(1);
         self.hub.set_phase(Phase::Hold);
-        let (mut connections, mut listener) = (0usize, false);
-        let mut msg = first;
-        for part in 0..parts {
-            if part > 0 {
-                msg = wire::recv(sock, Some(PART_TIMEOUT)).map_err(|e| format!("adopt part {}: {}", part, e))?;
-                if msg.kind() != "adopt" || msg.json.get("part").and_then(Value::as_u64) != Some(part) {
-                    msg.close_fds();
-                    return Err(format!("expected adopt part {}, got {} {}", part, msg.kind(), msg.json));
-                }
-            }
-            let (n, l) = self.adopt_part(&mut msg)?;
-            connections += n;
-            listener |= l;
-        }
+        let (connections, listener) = self.each_part(sock, first, "adopt", |msg| self.adopt_part(msg))?;
         self.wait_taken();
         log("adopted", format!("connections={} listener={}", connections, listener));
         Ok(Some(json!({"type": "adopted", "connections": connections, "listener": listener})))
     }
 
-    fn adopt_part(&self, msg: &mut Message) -> Result<(usize, bool), String> {
+    /// The parts of one transfer, `first` then the rest as they arrive (the
+    /// orchestrator forwards each as soon as the other relay sent it), each given to
+    /// `take`; the sums of what it returned (connections, listener).
+    pub(crate) fn each_part<F>(&self, sock: &StdStream, first: Message, kind: &str, mut take: F)
+                               -> Result<(usize, bool), String>
+    where
+        F: FnMut(&mut Message) -> Result<(usize, bool), String>,
+    {
+        let parts = first.json.get("parts").and_then(Value::as_u64).unwrap_or(1);
+        let (mut connections, mut listener) = (0usize, false);
+        let mut msg = first;
+        for part in 0..parts {
+            if part > 0 {
+                msg = wire::recv(sock, Some(PART_TIMEOUT)).map_err(|e| format!("{} part {}: {}", kind, part, e))?;
+                if msg.kind() != kind || msg.json.get("part").and_then(Value::as_u64) != Some(part) {
+                    msg.close_fds();
+                    return Err(format!("expected {} part {}, got {} {}", kind, part, msg.kind(), msg.json));
+                }
+            }
+            let (n, l) = take(&mut msg)?;
+            connections += n;
+            listener |= l;
+        }
+        Ok((connections, listener))
+    }
+
+    /// One conn-v1 part (ADOPT, or PREADOPT of a pre-copy): the listener and every
+    /// connection, registered and queued for `accept`, neither read nor written.
+    pub(crate) fn adopt_part(&self, msg: &mut Message) -> Result<(usize, bool), String> {
         if msg.json.get("table").and_then(Value::as_str) != Some(table::TABLE) {
             msg.close_fds();
             return Err(format!("unknown connection table format {}", msg.json["table"]));
@@ -228,12 +274,13 @@ impl Control {
         }
         Counters::add(&self.hub.counters.adopted, conns.len() as u64);
         for (carried, fd) in conns.iter() {
-            self.add_conn(carried.clone(), *fd).map_err(|e| format!("adopting connection {}: {}", carried.id, e))?;
+            self.add_conn(carried.clone(), *fd, false)
+                .map_err(|e| format!("adopting connection {}: {}", carried.id, e))?;
         }
         Ok((conns.len(), listener_index.is_some()))
     }
 
-    fn set_listener(&self, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn set_listener(&self, fd: RawFd) -> io::Result<()> {
         let listener = unsafe { StdListener::from_raw_fd(fd) };
         listener.set_nonblocking(true)?;
         *self.hub.listener.lock().unwrap() = Some(Arc::new(AsyncFd::new(listener)?));
@@ -241,13 +288,15 @@ impl Control {
         Ok(())
     }
 
-    /// A connection from a descriptor (adopted or probe), queued for `Handoff::accept`.
-    fn add_conn(&self, mut carried: Carried, fd: RawFd) -> io::Result<()> {
+    /// A connection from a descriptor (adopted or probe), queued for `Handoff::accept`;
+    /// `held`: write nothing to it until its BACKLOG (pre-copy).
+    pub(crate) fn add_conn(&self, mut carried: Carried, fd: RawFd, held: bool) -> io::Result<()> {
         let std_stream = unsafe { StdStream::from_raw_fd(fd) };
         std_stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(std_stream)?;
-        carried.id = self.hub.register(if carried.id == 0 { None } else { Some(carried.id) });
-        let conn = Conn { stream, hub: self.hub.clone(), carried };
+        let (id, slot) = self.hub.register(if carried.id == 0 { None } else { Some(carried.id) }, fd);
+        carried.id = id;
+        let conn = Conn { stream, hub: self.hub.clone(), carried, slot, held };
         if self.hub.queue(conn) {
             Ok(())
         } else {
@@ -258,7 +307,7 @@ impl Control {
     /// Before answering ADOPT or PROBE: every connection queued is in the relay's hands
     /// (subscribed to its broadcast channel), so nothing broadcast after the answer is
     /// missed by one of them.
-    fn wait_taken(&self) {
+    pub(crate) fn wait_taken(&self) {
         if !self.hub.wait_taken(TAKE_DEADLINE) {
             log("slow_accept", "the relay did not take every handed-over connection within 2 s: \
                  call accept() in a loop, subscribing each connection before the next call".into());
@@ -269,6 +318,7 @@ impl Control {
         if self.hub.phase() != Phase::Run {
             return Err(format!("cannot release in state {}: already released or not resumed", self.hub.state()));
         }
+        self.refuse_if_holding()?;
         let flush_ms = msg.json.get("flush_ms").and_then(Value::as_f64).unwrap_or(10.0).max(0.0);
         let stopped_ns = monotonic_ns();
         let bytes_out = self.hub.counters.bytes_out.load(Ordering::Relaxed);
@@ -276,16 +326,33 @@ impl Control {
         *self.hub.exports.lock().unwrap() = Some(sender);
         let deadline = Instant::now() + Duration::from_secs_f64(flush_ms / 1000.0);
         let expected: HashSet<u64> = {
-            let mut gate = self.hub.gate.write().unwrap(); // waits for reads in flight
+            let mut gate = self.hub.gate.write().unwrap(); // waits for reads and writes in flight
             *gate = Phase::Flush(deadline);
-            let live = self.hub.live.lock().unwrap().clone();
+            let live = self.hub.live.lock().unwrap().keys().copied().collect();
             live
         };
         self.hub.wake();
+        let got = self.collect(&mut exports, expected, deadline + Duration::from_secs(2));
+        *self.hub.exports.lock().unwrap() = None;
+        self.send_manifest(got, id, stopped_ns, bytes_out)?;
+        Ok(None)
+    }
+
+    pub(crate) fn refuse_if_holding(&self) -> Result<(), String> {
+        let holding = self.hub.holding.lock().unwrap().len();
+        if holding > 0 {
+            return Err(format!("{} clients still wait for bytes carried from the previous relay \
+                                (BACKLOG not received)", holding));
+        }
+        Ok(())
+    }
+
+    /// Every connection in `expected` exports itself, or ends (client gone), until `limit`.
+    pub(crate) fn collect(&self, exports: &mut mpsc::UnboundedReceiver<Export>, expected: HashSet<u64>,
+                          limit: Instant) -> Vec<Export> {
         let hub = self.hub.clone();
-        let got = self.rt.block_on(async move {
-            // every connection live at the stop exports itself, or ends (client gone)
-            let limit = tokio::time::Instant::from_std(deadline + Duration::from_secs(2));
+        self.rt.block_on(async move {
+            let limit = tokio::time::Instant::from_std(limit);
             let mut remaining = expected;
             let mut got: Vec<Export> = Vec::with_capacity(remaining.len());
             while !remaining.is_empty() {
@@ -307,10 +374,7 @@ impl Control {
                 got.push(export);
             }
             got
-        });
-        *self.hub.exports.lock().unwrap() = None;
-        self.send_manifest(got, id, stopped_ns, bytes_out)?;
-        Ok(None)
+        })
     }
 
     fn send_manifest(&self, got: Vec<Export>, id: &Value, stopped_ns: u64, bytes_out: u64) -> Reply {
@@ -318,7 +382,9 @@ impl Control {
         let mut parked = self.hub.parked.lock().unwrap();
         let mut conns: Vec<(Carried, RawFd)> = Vec::with_capacity(got.len());
         for export in got {
-            parked.insert(export.carried.id, export.decision);
+            if let Some(decision) = export.decision {
+                parked.insert(export.carried.id, decision);
+            }
             conns.push((export.carried, export.fd));
         }
         drop(parked);
@@ -329,16 +395,36 @@ impl Control {
             "pending_bytes": conns.iter().map(|(c, _)| c.pending_in.len()).sum::<usize>(),
         });
         log("released", format!("connections={} {}", conns.len(), meta));
+        let records = conns.into_iter()
+            .map(|(carried, fd)| (Record { carried, ..Record::default() }, Some(fd)))
+            .collect();
+        self.send_parts("manifest", id, table::TABLE, &meta, listener, &[], records)?;
+        Ok(None)
+    }
+
+    /// A transfer as `kind` messages of at most 253 fds each: part 0 has `meta`, the
+    /// listener (fd 0), the closed ids and every record without an fd (delta-v1).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_parts(&self, kind: &str, id: &Value, format: &str, meta: &Value, listener: Option<RawFd>,
+                             closed: &[u64], records: Vec<(Record, Option<RawFd>)>) -> Result<(), String> {
+        let (fdless, with_fd): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, fd)| fd.is_none());
         let first_room = MAX_FDS - usize::from(listener.is_some());
-        let mut chunks: Vec<&[(Carried, RawFd)]> = vec![&conns[..first_room.min(conns.len())]];
-        if conns.len() > first_room {
-            chunks.extend(conns[first_room..].chunks(MAX_FDS));
+        let mut chunks: Vec<Vec<(Record, Option<RawFd>)>> = vec![fdless];
+        let mut rest = with_fd.into_iter();
+        chunks[0].extend(rest.by_ref().take(first_room));
+        loop {
+            let chunk: Vec<_> = rest.by_ref().take(MAX_FDS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
         }
         let parts = chunks.len();
         for (index, chunk) in chunks.into_iter().enumerate() {
             let mut fds: Vec<RawFd> = Vec::with_capacity(chunk.len() + 1);
-            let mut msg = json!({"type": "manifest", "re": id, "part": index, "parts": parts,
-                                 "table": table::TABLE, "connections": chunk.len(), "listener": null});
+            let mut msg = json!({"type": kind, "re": id, "part": index, "parts": parts,
+                                 "table": format, "connections": chunk.len(), "listener": null});
+            let mut head: &[u64] = &[];
             if index == 0 {
                 if let (Some(object), Some(extra)) = (msg.as_object_mut(), meta.as_object()) {
                     for (k, v) in extra {
@@ -349,20 +435,34 @@ impl Control {
                     msg["listener"] = json!(0);
                     fds.push(fd);
                 }
+                head = closed;
             }
-            let carried: Vec<Carried> = chunk.iter().map(|(c, _)| c.clone()).collect();
-            let blob = table::encode(&carried, fds.len() as u32);
-            fds.extend(chunk.iter().map(|(_, fd)| *fd));
-            self.send(&msg, &blob, &fds).map_err(|e| format!("sending manifest part {}: {}", index, e))?;
+            if format == table::DELTA {
+                msg["closed"] = json!(head.len());
+            }
+            let mut records = Vec::with_capacity(chunk.len());
+            for (mut record, fd) in chunk {
+                record.fd_index = match fd {
+                    Some(fd) => {
+                        fds.push(fd);
+                        (fds.len() - 1) as u32
+                    }
+                    None => NO_FD,
+                };
+                records.push(record);
+            }
+            let blob = table::encode_delta(head, &records);
+            self.send(&msg, &blob, &fds).map_err(|e| format!("sending {} part {}: {}", kind, index, e))?;
         }
-        Ok(None)
+        Ok(())
     }
 
     fn resume(&self) -> Reply {
         match self.hub.phase() {
-            Phase::Run => return Err(format!("nothing to resume in state {}", self.hub.state())),
-            Phase::Hold | Phase::Flush(_) => self.hub.set_phase(Phase::Run),
+            Phase::Run | Phase::Closing => return Err(format!("nothing to resume in state {}", self.hub.state())),
+            Phase::Hold | Phase::Flush(_) | Phase::Frozen => self.hub.set_phase(Phase::Run),
         }
+        self.pre.lock().unwrap().resumed();
         let parked: Vec<_> = self.hub.parked.lock().unwrap().drain().collect();
         let resumed_ns = monotonic_ns();
         for (_, decide) in parked {
@@ -373,9 +473,12 @@ impl Control {
     }
 
     fn close(&self) -> Reply {
-        if let Phase::Flush(_) = self.hub.phase() {
-        } else {
-            return Err(format!("close without release, in state {}", self.hub.state()));
+        let staged = self.pre.lock().unwrap().staged;
+        match self.hub.phase() {
+            Phase::Flush(_) => {}
+            Phase::Frozen => return self.close_all(),
+            Phase::Hold if staged => return self.close_all(),
+            _ => return Err(format!("close without release, in state {}", self.hub.state())),
         }
         let parked: Vec<_> = self.hub.parked.lock().unwrap().drain().collect();
         let ids: Vec<u64> = parked.iter().map(|(id, _)| *id).collect();
@@ -385,7 +488,7 @@ impl Control {
         let hub = self.hub.clone();
         self.rt.block_on(async move {
             let limit = tokio::time::Instant::now() + Duration::from_secs(2);
-            while ids.iter().any(|id| hub.live.lock().unwrap().contains(id)) && tokio::time::Instant::now() < limit {
+            while ids.iter().any(|id| hub.live.lock().unwrap().contains_key(id)) && tokio::time::Instant::now() < limit {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
@@ -403,7 +506,7 @@ impl Control {
         let fds = std::mem::take(&mut msg.fds);
         let _runtime = self.rt.enter();
         for fd in fds.iter() {
-            self.add_conn(Carried::default(), *fd).map_err(|e| format!("probe connection: {}", e))?;
+            self.add_conn(Carried::default(), *fd, false).map_err(|e| format!("probe connection: {}", e))?;
         }
         self.wait_taken();
         Ok(Some(json!({"type": "probing", "fds": fds.len()})))

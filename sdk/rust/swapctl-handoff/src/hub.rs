@@ -8,17 +8,28 @@
 //! then writes what it owes until the flush deadline, exports its state (fd, partial
 //! frame read, bytes still owed) and parks until the orchestrator says RESUME or CLOSE.
 //! Adopted connections start in `Hold`: registered, neither reading nor writing,
-//! until RESUME switches the gate to `Run`.
+//! until RESUME switches the gate to `Run`. Writes are taken under the gate too, so
+//! once RELEASE holds it for writing no byte moves on any connection.
+//!
+//! Pre-copy (docs/handoff-protocol.md section 10) keeps the freeze O(what changed):
+//! every live connection has a `Slot` (its fd, what its task last said about itself,
+//! a mailbox of `Cmd`s). The freeze switches the gate to `Frozen` without waking every
+//! task, reads the slots and sends commands only to the connections it must describe:
+//! new since the pre-copy, holding a partial frame (`PENDING`), owing bytes (`OWES`),
+//! or that may have been sent a unit since they last found their receiver empty
+//! (`drained` < `sent_seq`: every broadcast through `Conn::serve` bumps `sent_seq`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixListener as StdListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::backlog::{Entry, MappedUnit};
 use crate::table::Carried;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +40,10 @@ pub enum Phase {
     Hold,
     /// Released: write what is owed until the deadline, export, park.
     Flush(Instant),
+    /// Released after a pre-copy: read nothing, write nothing, answer commands.
+    Frozen,
+    /// Told to close after a release: every task lets go of its socket.
+    Closing,
 }
 
 /// The orchestrator's word to a parked (released) connection.
@@ -38,11 +53,81 @@ pub enum Decision {
     Close,
 }
 
-/// A released connection's state, sent by its task to the control thread.
+/// A released connection's state, sent by its task to the control thread. A frozen
+/// connection (pre-copy) has no decision to wait for: the phase tells it what next.
 pub struct Export {
     pub carried: Carried,
     pub fd: i32,
-    pub decision: oneshot::Sender<Decision>,
+    pub decision: Option<oneshot::Sender<Decision>>,
+    /// delta-v1 flags (DEFERRED, HEAD_STARTED) and the bytes it owes that it counted
+    /// without walking its broadcast receiver (what is queued there follows in OWED).
+    pub flags: u32,
+    pub owed_bytes: u64,
+}
+
+/// Slot flags: what a connection's task last said about itself.
+pub const PENDING: u32 = 1; // its framer holds part of a frame
+pub const OWES: u32 = 2; // bytes are queued for it (or held for a backlog)
+
+/// What the control thread asks of one connection's task.
+pub enum Cmd {
+    /// Freeze: describe yourself (an `Export` on `Hub::exports`).
+    Export,
+    /// OWED: every unit still owed, with how far the first was written.
+    Owed(std::sync::mpsc::Sender<Entry>),
+    /// A pre-copy delta's state for a staged connection.
+    Carry { pending_in: Vec<u8>, unsent_out: Vec<u8>, counters: [u64; 4], hold: bool },
+    /// BACKLOG: these units go in front of anything queued; writing starts again.
+    Backlog { units: Vec<MappedUnit>, head_sent: usize },
+    /// Nothing is owed after all (or the orchestrator was lost): write again.
+    Unhold,
+    /// Staged, then closed by the previous relay before the freeze: let go, uncounted.
+    Unstage,
+    /// Cut the client (its carried bytes were lost mid-frame).
+    Disconnect,
+}
+
+/// One live connection as the control thread sees it.
+pub struct Slot {
+    pub fd: RawFd,
+    pub flags: AtomicU32,
+    /// `Hub::sent_seq` as read before the task last found its receiver empty.
+    pub drained: AtomicU64,
+    cmds: Mutex<Vec<Cmd>>,
+    pub notify: Notify,
+}
+
+impl Slot {
+    fn new(fd: RawFd) -> Slot {
+        Slot { fd, flags: AtomicU32::new(0), drained: AtomicU64::new(0), cmds: Mutex::new(Vec::new()),
+               notify: Notify::new() }
+    }
+
+    pub fn send(&self, cmd: Cmd) {
+        self.cmds.lock().unwrap().push(cmd);
+        self.notify.notify_one();
+    }
+
+    pub fn take(&self) -> Vec<Cmd> {
+        std::mem::take(&mut *self.cmds.lock().unwrap())
+    }
+
+    pub fn set(&self, flag: u32, on: bool) {
+        if on {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!flag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a connection left the relay (for the counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    Disconnected,
+    HandedOver,
+    /// Staged by a pre-copy, closed by the previous relay before the freeze.
+    Unstaged,
 }
 
 /// Process-wide counters (stats).
@@ -70,7 +155,7 @@ pub struct Hub {
     wake_tx: watch::Sender<u64>,
     wake_rx: watch::Receiver<u64>,
     pub listener: Mutex<Option<Arc<AsyncFd<StdListener>>>>,
-    pub live: Mutex<HashSet<u64>>,
+    pub live: Mutex<HashMap<u64, Arc<Slot>>>,
     pub gone: Notify,
     pub exports: Mutex<Option<mpsc::UnboundedSender<Export>>>,
     pub parked: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
@@ -84,6 +169,10 @@ pub struct Hub {
     taken_cv: Condvar,
     pub counters: Counters,
     next_id: AtomicU64,
+    /// Units broadcast through `Conn::serve` so far (see the module header).
+    pub sent_seq: AtomicU64,
+    /// Adopter, pre-copy: connections written nothing until their BACKLOG (id -> flags).
+    pub holding: Mutex<HashMap<u64, u32>>,
     pub started: Instant,
 }
 
@@ -95,7 +184,7 @@ impl Hub {
             wake_tx,
             wake_rx,
             listener: Mutex::new(None),
-            live: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashMap::new()),
             gone: Notify::new(),
             exports: Mutex::new(None),
             parked: Mutex::new(HashMap::new()),
@@ -106,6 +195,8 @@ impl Hub {
             taken_cv: Condvar::new(),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            sent_seq: AtomicU64::new(0),
+            holding: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
     }
@@ -129,8 +220,12 @@ impl Hub {
         self.wake_rx.clone()
     }
 
-    /// A new connection id (or keep `id` from a handoff); the connection is live.
-    pub fn register(&self, id: Option<u64>) -> u64 {
+    /// A new connection id (or keep `id` from a handoff); the connection is live. Ids
+    /// are given under the `live` lock, so a pre-copy's snapshot and its watermark
+    /// (`next_id`) agree: every id below the watermark is in the snapshot or gone.
+    pub fn register(&self, id: Option<u64>, fd: RawFd) -> (u64, Arc<Slot>) {
+        let slot = Arc::new(Slot::new(fd));
+        let mut live = self.live.lock().unwrap();
         let id = match id {
             Some(id) => {
                 self.next_id.fetch_max(id + 1, Ordering::Relaxed);
@@ -138,18 +233,36 @@ impl Hub {
             }
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
-        self.live.lock().unwrap().insert(id);
+        live.insert(id, slot.clone());
+        drop(live);
         Counters::add(&self.counters.connections_total, 1);
-        id
+        (id, slot)
     }
 
-    /// The connection ended (client gone, or closed after a handoff).
-    pub fn forget(&self, id: u64, handed_over: bool) {
-        if self.live.lock().unwrap().remove(&id) {
-            let counter = if handed_over { &self.counters.handed_over } else { &self.counters.disconnects };
-            Counters::add(counter, 1);
+    /// The next id this relay will give (read under the `live` lock).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// The connection ended (client gone, closed after a handoff, or unstaged). Called
+    /// before its socket is dropped, so a descriptor found in `live` is still open.
+    pub fn forget(&self, id: u64, how: Gone) {
+        if self.live.lock().unwrap().remove(&id).is_some() {
+            match how {
+                Gone::Disconnected => Counters::add(&self.counters.disconnects, 1),
+                Gone::HandedOver => Counters::add(&self.counters.handed_over, 1),
+                Gone::Unstaged => {
+                    self.counters.adopted.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.connections_total.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
         }
+        self.holding.lock().unwrap().remove(&id);
         self.gone.notify_waiters();
+    }
+
+    pub fn slot(&self, id: u64) -> Option<Arc<Slot>> {
+        self.live.lock().unwrap().get(&id).cloned()
     }
 
     /// Queue a connection for `Handoff::accept`.
@@ -199,7 +312,7 @@ impl Hub {
     pub fn state(&self) -> &'static str {
         match self.phase() {
             Phase::Hold => "adopted",
-            Phase::Flush(_) => "released",
+            Phase::Flush(_) | Phase::Frozen | Phase::Closing => "released",
             Phase::Run if self.has_listener() => "active",
             Phase::Run if self.connections() > 0 => "probing",
             Phase::Run => "standby",

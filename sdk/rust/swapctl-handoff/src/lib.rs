@@ -27,11 +27,20 @@
 //! carried state, or the orchestrator's probe clients. `Conn::serve` reads, forwards
 //! through `Inbound`, writes what the broadcast channel brings, and takes part in
 //! RELEASE / RESUME / CLOSE on its own. The control channel runs on a thread.
+//!
+//! The relay offers the `precopy` extension (docs/handoff-protocol.md section 10):
+//! under an orchestrator that grants it, every descriptor moves before the pause, the
+//! pause carries only what changed, and the bytes owed to clients follow after the
+//! new relay resumed, as a memfd. `Handoff::join_with(Options { precopy: false })`
+//! offers plain version 1. Every broadcast must go through `Conn::serve` (the freeze
+//! finds the connections that may owe bytes by counting them).
 
+pub mod backlog;
 mod conn;
 mod control;
 pub mod framing;
 mod hub;
+mod precopy;
 pub mod table;
 pub mod wire;
 
@@ -46,11 +55,25 @@ use tokio::sync::{mpsc, watch};
 
 pub use conn::{Conn, READ_SIZE};
 pub use control::{monotonic_ns, Settings, PROTOCOL_VERSION};
+pub use precopy::PRECOPY_VERSION;
 pub use framing::{Chunks, Inbound, V2Frames};
 pub use table::Carried;
 
 use control::Control;
-use hub::{Hub, Phase};
+use hub::{Gone, Hub, Phase};
+
+/// What a relay offers the orchestrator.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Offer the `precopy` extension (section 10). Default: true.
+    pub precopy: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { precopy: true }
+    }
+}
 
 /// A relay's link to its listener, its connections and (in handoff mode) swapctl.
 pub struct Handoff {
@@ -72,10 +95,16 @@ impl Handoff {
     /// Join the orchestrator named by SWAPCTL_HANDOFF (connect, HELLO, WELCOME),
     /// with no listener yet; None when the variable is unset. Call `ready` next.
     pub async fn join() -> io::Result<Option<Handoff>> {
-        let settings = match Settings::from_env() {
+        Handoff::join_with(Options::default()).await
+    }
+
+    /// `join`, offering what `options` says.
+    pub async fn join_with(options: Options) -> io::Result<Option<Handoff>> {
+        let mut settings = match Settings::from_env() {
             Some(settings) => settings,
             None => return Ok(None),
         };
+        settings.precopy = options.precopy;
         let mut relay = Handoff::with_hub();
         let hub = relay.hub.clone();
         let rt = tokio::runtime::Handle::current();
@@ -168,12 +197,15 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
             return Ok(None);
         }
         match listener.get_ref().accept() {
-            Ok((sock, _)) => Some((sock, hub.register(None))),
+            Ok((sock, _)) => {
+                let registered = hub.register(None, sock.as_raw_fd());
+                Some((sock, registered))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             Err(e) => return Err(e),
         }
     };
-    let (sock, id) = match accepted {
+    let (sock, (id, slot)) = match accepted {
         Some(pair) => pair,
         None => {
             ready.clear_ready();
@@ -182,9 +214,10 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
     };
     let made = sock.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(sock));
     match made {
-        Ok(stream) => Ok(Some(Conn { stream, hub: hub.clone(), carried: Carried { id, ..Carried::default() } })),
+        Ok(stream) => Ok(Some(Conn { stream, hub: hub.clone(), carried: Carried { id, ..Carried::default() },
+                                     slot, held: false })),
         Err(e) => {
-            hub.forget(id, false);
+            hub.forget(id, Gone::Disconnected);
             Err(e)
         }
     }

@@ -1,0 +1,405 @@
+//! The `precopy` extension, version 1 (docs/handoff-protocol.md section 10): a pause
+//! that grows with neither clients nor backlogs. Requests served on the control thread.
+//!
+//! Serving relay:
+//! - PRECOPY: the listener and a duplicate of every connection's fd go out (`precopied`
+//!   parts, conn-v1) while it keeps serving; it notes the ids sent and the next id it
+//!   will give (the watermark), under one lock, so the two agree.
+//! - RELEASE naming that pre-copy (the freeze): the gate goes to `Frozen` (no read,
+//!   write or accept from then on) without waking the tasks; only the connections
+//!   that changed are asked to describe themselves (hub.rs says how they are found):
+//!   new ones (id >= watermark) with their fds, ones holding a partial frame, ones
+//!   owed bytes (DEFERRED: the bytes stay where they are). Closed ids are found only
+//!   when the counts disagree. Nothing is flushed or copied.
+//! - OWED (asked once the candidate resumed): each DEFERRED connection's task hands
+//!   over its units (references, no copy) and the control thread writes them into a
+//!   memfd (backlog.rs), sent as BACKLOG. The relay keeps its own until CLOSE.
+//!
+//! Adopting relay:
+//! - PREADOPT: like ADOPT (registered, queued for `accept`, held in `Hold`), staged.
+//! - ADOPT of a delta-v1: closed ids are unstaged (their tasks end), carried state
+//!   goes to each staged connection's task as a command, new connections are added;
+//!   a DEFERRED one is held: nothing is written to it until its BACKLOG.
+//! - RESUME: as version 1. BACKLOG: maps the memfd; each held connection gets its
+//!   units in front of anything newer and writes again. A relay that loses the
+//!   orchestrator while holding cuts the clients whose stream stopped mid-frame and
+//!   serves the others without the lost bytes.
+
+use std::collections::HashSet;
+use std::os::unix::io::RawFd;
+use std::os::unix::net::UnixStream as StdStream;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::backlog::{self, Entry};
+use crate::control::{log, monotonic_ns, Control, Reply};
+use crate::hub::{Cmd, Counters, Export, Phase};
+use crate::table::{self, Carried, Record, DEFERRED, HEAD_STARTED, NO_FD};
+use crate::wire::Message;
+
+pub const PRECOPY: &str = "precopy";
+pub const PRECOPY_VERSION: u64 = 1;
+const ASK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the last PRECOPY sent: the freeze's delta is computed against it.
+#[derive(Clone, Debug)]
+pub struct PreCopy {
+    pub generation: u64,
+    pub watermark: u64,
+    pub ids: HashSet<u64>,
+}
+
+/// The extension's state on the control thread.
+#[derive(Default)]
+pub struct PreState {
+    generation: u64,
+    precopied: Option<PreCopy>,
+    /// Frozen relay: the DEFERRED connections, whose units OWED will ask for.
+    owed: Vec<u64>,
+    /// Adopter: pre-adopted, not resumed.
+    pub staged: bool,
+}
+
+impl PreState {
+    pub fn resumed(&mut self) {
+        self.owed.clear();
+        self.staged = false;
+    }
+}
+
+fn close_fds(fds: &[RawFd]) {
+    for fd in fds {
+        unsafe { libc::close(*fd) };
+    }
+}
+
+impl Control {
+    // ----- the serving relay ---------------------------------------------------------
+
+    /// PRECOPY: every fd and the listener, while this relay keeps serving.
+    pub(crate) fn precopy(&self, id: &Value) -> Reply {
+        if self.hub.phase() != Phase::Run || !self.hub.has_listener() {
+            return Err(format!("pre-copy needs an active relay, this one is {}", self.hub.state()));
+        }
+        let listener = self.hub.listener.lock().unwrap().clone().ok_or("no listener")?;
+        let (mut records, mut dups) = (Vec::new(), Vec::new());
+        let watermark = {
+            // a descriptor found in `live` is open (a task forgets itself before it
+            // closes): duplicate it under the lock, so it cannot be closed and reused
+            let live = self.hub.live.lock().unwrap();
+            for (conn_id, slot) in live.iter() {
+                let dup = unsafe { libc::fcntl(slot.fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    let e = std::io::Error::last_os_error();
+                    close_fds(&dups);
+                    return Err(format!("duplicating connection {}'s fd: {}", conn_id, e));
+                }
+                dups.push(dup);
+                records.push((Record { carried: Carried { id: *conn_id, ..Carried::default() }, ..Record::default() },
+                              Some(dup)));
+            }
+            self.hub.next_id()
+        };
+        let generation = {
+            let mut pre = self.pre.lock().unwrap();
+            pre.generation += 1;
+            let ids = records.iter().map(|(r, _)| r.carried.id).collect();
+            pre.precopied = Some(PreCopy { generation: pre.generation, watermark, ids });
+            pre.generation
+        };
+        let count = records.len();
+        let fd = listener.get_ref();
+        let sent = self.send_parts("precopied", id, table::TABLE, &json!({"generation": generation}),
+                                   Some(std::os::unix::io::AsRawFd::as_raw_fd(fd)), &[], records);
+        close_fds(&dups);
+        sent?;
+        log("precopied", format!("connections={} generation={}", count, generation));
+        Ok(None)
+    }
+
+    /// RELEASE naming a pre-copy: stop reading, writing and accepting; describe only
+    /// what changed since the pre-copy.
+    pub(crate) fn freeze(&self, msg: &Message, id: &Value) -> Reply {
+        if self.hub.phase() != Phase::Run {
+            return Err(format!("cannot release in state {}: already released or not resumed", self.hub.state()));
+        }
+        let generation = msg.json.get("precopy").and_then(Value::as_u64);
+        let pre = {
+            let mut state = self.pre.lock().unwrap();
+            match &state.precopied {
+                Some(pre) if Some(pre.generation) == generation => {}
+                other => {
+                    let last = other.as_ref().map_or("none".to_string(), |p| p.generation.to_string());
+                    return Err(format!("no pre-copy {} here (the last was {}): pre-copy again",
+                                       msg.json["precopy"], last));
+                }
+            }
+            self.refuse_if_holding()?;
+            state.precopied.take().expect("checked above")
+        };
+        let stopped_ns = monotonic_ns();
+        let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
+        *self.hub.exports.lock().unwrap() = Some(sender);
+        let (asked, closed) = {
+            let mut gate = self.hub.gate.write().unwrap(); // waits for reads and writes in flight
+            *gate = Phase::Frozen;
+            let live = self.hub.live.lock().unwrap();
+            let seq = self.hub.sent_seq.load(Ordering::SeqCst);
+            let mut asked = HashSet::new();
+            let mut new = 0usize;
+            for (conn_id, slot) in live.iter() {
+                let is_new = *conn_id >= pre.watermark;
+                new += usize::from(is_new);
+                if is_new || slot.flags.load(Ordering::Relaxed) != 0 || slot.drained.load(Ordering::SeqCst) < seq {
+                    asked.insert(*conn_id);
+                    slot.send(Cmd::Export);
+                }
+            }
+            let closed: Vec<u64> = if live.len() - new != pre.ids.len() {
+                pre.ids.iter().filter(|i| !live.contains_key(i)).copied().collect()
+            } else {
+                Vec::new()
+            };
+            (asked, closed)
+        };
+        let got = self.collect(&mut exports, asked, Instant::now() + ASK_DEADLINE);
+        *self.hub.exports.lock().unwrap() = None;
+        self.send_delta(got, &pre, closed, id, stopped_ns, generation.unwrap_or(0))
+    }
+
+    fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, id: &Value, stopped_ns: u64,
+                  generation: u64) -> Reply {
+        let mut records: Vec<(Record, Option<RawFd>)> = Vec::new();
+        let mut owed = Vec::new();
+        let (mut unsent, mut pending) = (0u64, 0usize);
+        let mut answered = HashSet::new();
+        for export in got {
+            let conn_id = export.carried.id;
+            answered.insert(conn_id);
+            let is_new = conn_id >= pre.watermark;
+            if !(is_new || export.flags != 0 || !export.carried.pending_in.is_empty()) {
+                continue; // asked, nothing to say: its socket is already staged
+            }
+            if export.flags & DEFERRED != 0 {
+                owed.push(conn_id);
+                unsent += export.owed_bytes;
+            }
+            pending += export.carried.pending_in.len();
+            let record = Record { carried: export.carried, fd_index: NO_FD, flags: export.flags,
+                                  owed: export.owed_bytes };
+            records.push((record, if is_new { Some(export.fd) } else { None }));
+        }
+        // (a pre-copied connection that ended before it answered is closed too)
+        let live = self.hub.live.lock().unwrap();
+        let vanished: Vec<u64> = pre.ids.iter()
+            .filter(|i| !answered.contains(i) && !live.contains_key(i) && !closed.contains(i)).copied().collect();
+        drop(live);
+        closed.extend(vanished);
+        let meta = json!({
+            "stopped_reading_ns": stopped_ns, "released_ns": monotonic_ns(), "flushed_bytes": 0,
+            "unsent_bytes": unsent, "pending_bytes": pending, "backlog": owed.len(), "generation": generation,
+        });
+        log("frozen", format!("records={} closed={} {}", records.len(), closed.len(), meta));
+        self.pre.lock().unwrap().owed = owed;
+        self.send_parts("manifest", id, table::DELTA, &meta, None, &closed, records)?;
+        Ok(None)
+    }
+
+    /// OWED, once the candidate resumed: the DEFERRED connections' units as a memfd.
+    pub(crate) fn owed(&self, id: &Value) -> Reply {
+        if self.hub.phase() != Phase::Frozen {
+            return Err(format!("owed needs a relay released after a pre-copy, this one is {}", self.hub.state()));
+        }
+        let ids = std::mem::take(&mut self.pre.lock().unwrap().owed);
+        let (reply, entries) = std::sync::mpsc::channel::<Entry>();
+        let mut expected = 0usize;
+        for conn_id in ids {
+            if let Some(slot) = self.hub.slot(conn_id) {
+                slot.send(Cmd::Owed(reply.clone()));
+                expected += 1;
+            }
+        }
+        drop(reply); // a task that ends drops its copy: the wait below ends with the last
+        let deadline = Instant::now() + ASK_DEADLINE;
+        let mut got: Vec<Entry> = Vec::with_capacity(expected);
+        while got.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match entries.recv_timeout(left) {
+                Ok(entry) => got.push(entry),
+                Err(_) => break,
+            }
+        }
+        let (table_bytes, data_bytes, memfd) = backlog::write_memfd(&got).map_err(|e| e.to_string())?;
+        let msg = json!({"type": "backlog", "re": id, "connections": got.len(),
+                         "table_bytes": table_bytes, "data_bytes": data_bytes});
+        let fds: Vec<RawFd> = memfd.into_iter().collect();
+        let sent = self.send(&msg, &[], &fds);
+        close_fds(&fds);
+        sent.map_err(|e| format!("sending the backlog: {}", e))?;
+        log("owed", format!("connections={} bytes={}", got.len(), data_bytes));
+        Ok(None)
+    }
+
+    /// CLOSE of a frozen relay, or of a staged one whose pre-copy never became a
+    /// handoff: every task lets go of its socket, the listener goes, back to standby.
+    pub(crate) fn close_all(&self) -> Reply {
+        self.hub.set_phase(Phase::Closing);
+        let hub = self.hub.clone();
+        self.rt.block_on(async move {
+            let limit = tokio::time::Instant::now() + Duration::from_secs(2);
+            while hub.connections() > 0 && tokio::time::Instant::now() < limit {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        *self.hub.listener.lock().unwrap() = None;
+        self.hub.holding.lock().unwrap().clear();
+        {
+            let mut pre = self.pre.lock().unwrap();
+            pre.precopied = None;
+            pre.resumed();
+        }
+        self.hub.set_phase(Phase::Run);
+        log("closed", format!("state={} connections={}", self.hub.state(), self.hub.connections()));
+        Ok(Some(json!({"type": "closed"})))
+    }
+
+    // ----- the adopting relay --------------------------------------------------------
+
+    /// PREADOPT: stage the pre-copied listener and connections (nothing read or written).
+    pub(crate) fn preadopt(&self, sock: &StdStream, mut first: Message) -> Reply {
+        if !self.standby() || first.json.get("part").and_then(Value::as_u64) != Some(0) {
+            first.close_fds();
+            return Err(format!("cannot pre-adopt in state {}: not standby", self.hub.state()));
+        }
+        self.hub.set_phase(Phase::Hold);
+        self.pre.lock().unwrap().staged = true;
+        let (connections, listener) = self.each_part(sock, first, "preadopt", |msg| self.adopt_part(msg))?;
+        self.wait_taken();
+        log("preadopted", format!("connections={} listener={}", connections, listener));
+        Ok(Some(json!({"type": "preadopted", "connections": connections, "listener": listener})))
+    }
+
+    /// ADOPT of a delta-v1 (the freeze): close the closed, carry state, add the new.
+    pub(crate) fn adopt_delta(&self, sock: &StdStream, mut first: Message) -> Reply {
+        let staged = self.pre.lock().unwrap().staged;
+        if !(staged && self.hub.phase() == Phase::Hold) || first.json.get("part").and_then(Value::as_u64) != Some(0) {
+            first.close_fds();
+            return Err(format!("a delta needs a pre-adopt first, relay is {}", self.hub.state()));
+        }
+        let (connections, _) = self.each_part(sock, first, "adopt", |msg| self.delta_part(msg))?;
+        self.wait_taken();
+        log("adopted", format!("records={} holding={}", connections, self.hub.holding.lock().unwrap().len()));
+        Ok(Some(json!({"type": "adopted", "connections": connections, "listener": false})))
+    }
+
+    fn delta_part(&self, msg: &mut Message) -> Result<(usize, bool), String> {
+        let get = |key: &str| msg.json.get(key).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let (closed, count) = (get("closed"), get("connections"));
+        if msg.json.get("table").and_then(Value::as_str) != Some(table::DELTA) {
+            msg.close_fds();
+            return Err(format!("expected a {} part, got table {}", table::DELTA, msg.json["table"]));
+        }
+        let (closed, records) = match table::decode_delta(closed, count, &msg.blob, msg.fds.len(), true) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                msg.close_fds();
+                return Err(e);
+            }
+        };
+        let fds = std::mem::take(&mut msg.fds);
+        let mut used = vec![false; fds.len()];
+        for conn_id in closed {
+            if let Some(slot) = self.hub.slot(conn_id) {
+                slot.send(Cmd::Unstage);
+            }
+        }
+        let _runtime = self.rt.enter();
+        let mut result = Ok(());
+        for record in records.iter() {
+            if result.is_err() {
+                break;
+            }
+            result = self.take_record(record, &fds, &mut used);
+        }
+        for (fd, used) in fds.iter().zip(used) {
+            if !used {
+                unsafe { libc::close(*fd) };
+            }
+        }
+        result.map(|_| (records.len(), false))
+    }
+
+    fn take_record(&self, record: &Record, fds: &[RawFd], used: &mut [bool]) -> Result<(), String> {
+        let carried = &record.carried;
+        let hold = record.flags & DEFERRED != 0;
+        if hold {
+            self.hub.holding.lock().unwrap().insert(carried.id, record.flags);
+        }
+        if record.fd_index == NO_FD {
+            let slot = self.hub.slot(carried.id)
+                .ok_or_else(|| format!("connection {} was never pre-copied here", carried.id))?;
+            slot.send(Cmd::Carry { pending_in: carried.pending_in.clone(), unsent_out: carried.unsent_out.clone(),
+                                   counters: carried.counters, hold });
+            return Ok(());
+        }
+        let index = record.fd_index as usize;
+        used[index] = true;
+        Counters::add(&self.hub.counters.adopted, 1);
+        self.add_conn(carried.clone(), fds[index], hold)
+            .map_err(|e| format!("adopting connection {}: {}", carried.id, e))
+    }
+
+    /// BACKLOG: each held connection's units go in front of anything newer.
+    pub(crate) fn backlog(&self, mut msg: Message) -> Reply {
+        let get = |key: &str| msg.json.get(key).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let (count, table_bytes, data_bytes) = (get("connections"), get("table_bytes"), get("data_bytes"));
+        let entries = match msg.fds.first() {
+            Some(fd) => backlog::read_memfd(*fd, table_bytes, data_bytes, count),
+            None => Ok(Vec::new()),
+        };
+        msg.close_fds(); // the mapping outlives the descriptor
+        let entries = entries?;
+        let mut holding = std::mem::take(&mut *self.hub.holding.lock().unwrap());
+        let (mut queued, mut bytes) = (0usize, 0usize);
+        let n = entries.len();
+        for (conn_id, head_sent, units) in entries {
+            if holding.remove(&conn_id).is_none() {
+                continue; // (gone meanwhile)
+            }
+            if let Some(slot) = self.hub.slot(conn_id) {
+                bytes += units.iter().map(|u| u.len).sum::<usize>() - head_sent;
+                queued += 1;
+                slot.send(Cmd::Backlog { units, head_sent });
+            }
+        }
+        for conn_id in holding.keys() {
+            if let Some(slot) = self.hub.slot(*conn_id) {
+                slot.send(Cmd::Unhold); // nothing was owed after all
+            }
+        }
+        log("backlogged", format!("connections={} bytes={}", queued, bytes));
+        Ok(Some(json!({"type": "backlogged", "connections": n})))
+    }
+
+    /// The orchestrator went away before a BACKLOG came: a client whose stream stopped
+    /// mid-frame is cut (it must never see a torn frame); the others are served on
+    /// without the bytes the previous relay owed them.
+    pub(crate) fn control_lost(&self) {
+        if self.hub.phase() != Phase::Run {
+            return;
+        }
+        let holding = std::mem::take(&mut *self.hub.holding.lock().unwrap());
+        if holding.is_empty() {
+            return;
+        }
+        for (conn_id, flags) in holding.iter() {
+            if let Some(slot) = self.hub.slot(*conn_id) {
+                slot.send(if flags & HEAD_STARTED != 0 { Cmd::Disconnect } else { Cmd::Unhold });
+            }
+        }
+        log("backlog_lost", format!("connections={}", holding.len()));
+    }
+}
