@@ -2,8 +2,9 @@
 
     python -m swapctl.supervise.launcher --slot DIR
 
-reads DIR/release.json (see `slotfile`), prints one line to stderr naming the release
-(the slot's log then shows where each run begins), and `execvpe`s the release's argv
+reads DIR/release.json (see `slotfile`), records its pid in DIR/pid.json (how swapctl
+finds the relay again if supervisord dies first), prints one line to stderr naming the
+release (the slot's log then shows where each run begins), and `execvpe`s the release's argv
 with the file's environment over the inherited one. The pid supervisord reports is
 therefore the relay's own. Nothing here runs after a successful exec.
 
@@ -73,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             _fail(EXIT_OS, f"{slotfile.path_in(slot_dir)}: cwd: cannot enter {spec.cwd}: "
                            f"{exc.strerror}")
     token = spec.env.get("SWAPCTL_TOKEN", "")
+    try:  # how swapctl finds this relay again if supervisord dies before it does
+        slotfile.write_pid(slot_dir, os.getpid(), token)
+    except OSError as exc:
+        sys.stderr.write(f"{PREFIX}: warning: {slot_dir / slotfile.PID_FILENAME}: cannot "
+                         f"record the pid ({exc.strerror}): if supervisord dies, swapctl "
+                         "cannot find this relay again\n")
     sys.stderr.write(f"{PREFIX}: slot {slot_dir.name}: release {spec.release} "
                      f"(token {token}, pid {os.getpid()}): exec {' '.join(spec.argv)}\n")
     sys.stderr.flush()

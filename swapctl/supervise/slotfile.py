@@ -8,6 +8,12 @@ only: the launcher imports this module on every relay start.
      "env": {"SWAPCTL_HANDOFF": "...", "SWAPCTL_TOKEN": "...",
              "SWAPCTL_SOCKET": "...", "SWAPCTL_RELEASE": "v2"},
      "cwd": "/srv"}                                   (cwd optional)
+
+Beside it, `SLOT_DIR/pid.json` names the process that runs the slot now, written by the
+launcher just before its exec (so the pid is the relay's): {"pid", "token", "start"},
+`start` being the kernel's start time of that process (/proc/PID/stat, clock ticks since
+boot), so a reused pid is never taken for it. supervisord forgets its children when it
+dies, and they keep running: this file is how swapctl finds them again (`live_pid`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, NamedTuple
 
 FORMAT = 1
 FILENAME = "release.json"
+PID_FILENAME = "pid.json"
 REQUIRED_ENV = ("SWAPCTL_HANDOFF", "SWAPCTL_TOKEN", "SWAPCTL_SOCKET", "SWAPCTL_RELEASE")
 
 
@@ -107,3 +114,59 @@ def parse(data: object, where: str) -> SlotSpec:
     if cwd is not None and not isinstance(cwd, str):
         raise SlotFileError(f"{where}: cwd: expected a path string")
     return SlotSpec(release, tuple(argv), dict(env), cwd)
+
+
+class PidRecord(NamedTuple):
+    pid: int
+    token: str
+    start: int  # clock ticks after boot (/proc/PID/stat field 22)
+
+
+def proc_start(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks after boot, state letter) of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state is field 3
+    try:
+        return int(fields[19]), fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def write_pid(slot_dir: Path, pid: int, token: str) -> Path:
+    """Record that `pid` runs the slot now (the launcher, before its exec)."""
+    started = proc_start(pid)
+    record = {"pid": pid, "token": token, "start": started[0] if started else 0}
+    final = slot_dir / PID_FILENAME
+    tmp = slot_dir / f".{PID_FILENAME}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(record, out)
+    os.replace(tmp, final)
+    return final
+
+
+def read_pid(slot_dir: Path) -> PidRecord | None:
+    """The slot's last pid record, or None (none written, or not one swapctl writes)."""
+    try:
+        data = json.loads((slot_dir / PID_FILENAME).read_text())
+        record = PidRecord(int(data["pid"]), str(data["token"]), int(data["start"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if record.pid > 0 else None
+
+
+def live_pid(slot_dir: Path) -> PidRecord | None:
+    """The slot's pid record if that very process still runs (not a zombie, not a reused
+    pid): a relay that may have outlived the supervisord that started it."""
+    record = read_pid(slot_dir)
+    return record if record is not None and live_pid_is(record) else None
+
+
+def live_pid_is(record: PidRecord) -> bool:
+    """The recorded process still runs (same start time, not a zombie)."""
+    now = proc_start(record.pid)
+    return now is not None and now[1] not in ("Z", "X") and now[0] == record.start

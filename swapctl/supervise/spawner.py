@@ -12,6 +12,16 @@ exec'd yet: supervisord's forked child keeps supervisord's Python signal handler
 until its execve, so a SIGTERM in those first milliseconds is swallowed and the stop
 is lost. If supervisord cannot be reached, the handle signals its own process group,
 identified by pid + create time, as the subprocess spawner does.
+
+supervisord's death. Its children outlive it (each leads a process group of its own),
+and a restarted supervisord knows none of them (every program is STOPPED,
+autostart=false). A handle made before the restart is then *adopted*: swapctl still
+knows it by pid + create time, stops it by signals to its group, and tells its death
+apart from supervisord's stale log lines. The launcher's pid record (slotfile.live_pid)
+keeps a slot whose relay outlived supervisord busy (`free_slot`) and lets a restarted
+swapctld find that relay (`running`). A spawn that finds supervisord unreachable waits
+up to `reconnect_wait` for it to answer again (swapctld restarts it), then starts the
+release, or takes the relay it had started just before supervisord died.
 """
 
 from __future__ import annotations
@@ -22,15 +32,22 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from swapctl import isolation
 from swapctl.errors import UsageError
 from swapctl.supervise import slotfile
-from swapctl.supervise.client import ProcessInfo, SupervisorClient, SupervisorError
+from swapctl.supervise.client import (
+    ProcessInfo,
+    SupervisorClient,
+    SupervisorError,
+    SupervisorUnreachable,
+)
 from swapctl.supervise.layout import SLOTS, Layout, program_name
 from swapctl.swap.spawner import Release, SpawnError
 
@@ -38,6 +55,7 @@ POLL = 0.005
 EXEC_WAIT = 1.0      # longest wait for a fresh child to exec before stopping it anyway
 STOP_GRACE = 0.01    # and at least this long after the start
 TAIL = 600
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -45,12 +63,14 @@ class _Context:
     client: SupervisorClient
     layout: Layout
     supervisord_cmdline: list[str] = field(default_factory=list)
+    generation: int = 0  # supervisord restarts seen (handles of an older one are adopted)
 
 
 class SupervisorHandle:
     def __init__(self, ctx: _Context, program: str, release: str, pid: int,
-                 log_offset: int) -> None:
+                 log_offset: int, *, adopted: bool = False) -> None:
         self._ctx = ctx
+        self.generation = -1 if adopted else ctx.generation
         self.program = program
         self.release = release
         self.pid = pid
@@ -73,6 +93,11 @@ class SupervisorHandle:
                     and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
+
+    @property
+    def adopted(self) -> bool:
+        """Started by a supervisord that has died since: swapctl alone knows it."""
+        return self.generation != self._ctx.generation
 
     def _info(self) -> ProcessInfo:
         return self._ctx.client.info(self.program)
@@ -115,8 +140,12 @@ class SupervisorHandle:
                 except SupervisorError as exc:
                     if exc.fault != "NOT_RUNNING":  # exited, or already stopping
                         raise
-            if self._wait_gone(deadline) is None:  # (also records the exit status)
-                self.kill()
+                if self._wait_gone(deadline) is None:  # (also records the exit status)
+                    self.kill()
+            elif self.alive():  # outlived the supervisord that started it: ours to stop
+                self._stop_by_signal(deadline)
+            elif not self.adopted:
+                self._wait_gone(deadline)  # records the exit status
         except SupervisorError:
             self._stop_by_signal(deadline)
         self._kill_leftovers()
@@ -157,6 +186,12 @@ class SupervisorHandle:
 
     def describe_exit(self) -> str:
         """How it ended (supervisord's state and log line) and the end of this run's log."""
+        if self.adopted:
+            text = (f"pid {self.pid} of {self.program} ended outside supervisord (it outlived "
+                    "the supervisord that started it, whose exit status is lost with it)")
+            tail = self._log_tail()
+            return text + f"; log {self.log_path}" + (f" ends with: {tail}" if tail
+                                                      else " is empty")
         try:
             info = self._wait_gone(time.monotonic() + 1.0)
             if info is None:
@@ -214,6 +249,7 @@ class SupervisorSpawner:
         self.programs = [program_name(service, slot) for slot in SLOTS]
         self._ctx = _Context(client, layout)
         self.handles: list[SupervisorHandle] = []
+        self.reconnect_wait = 0.0  # how long a spawn waits for supervisord to answer again
 
     def spawn(self, release: Release, token: str, control: Path,
               socket: Path) -> SupervisorHandle:
@@ -223,7 +259,7 @@ class SupervisorSpawner:
         if shutil.which(release.command[0]) is None:
             raise UsageError(f"release {release.name}: cannot run {release.command[0]!r}: "
                              "not found or not executable")
-        program = self.free_slot()
+        program = self._when_reachable(self.free_slot)
         argv = release.command
         if release.compiled is not None:  # legacy: its compiled-in directory is the slot's own
             private = self.private_dir(program, token)
@@ -237,17 +273,57 @@ class SupervisorSpawner:
         slotfile.write(ctx.layout.slot_dir(program), spec)
         log = ctx.layout.program_log(program)
         offset = log.stat().st_size if log.exists() else 0
-        started, info = ctx.client.multicall([("supervisor.startProcess", (program, False)),
-                                              ("supervisor.getProcessInfo", (program,))])
-        if isinstance(started, SupervisorError) or isinstance(info, SupervisorError):
-            failed = SupervisorHandle(ctx, program, release.name, 0, offset)
-            raise SpawnError(f"release {release.name}: supervisord did not start {program}: "
-                             f"{started if isinstance(started, Exception) else info}; "
-                             f"{failed.describe_exit()}")
-        handle = SupervisorHandle(ctx, program, release.name,
-                                  ProcessInfo.from_rpc(info).pid, offset)
+        handle = self._start(program, release.name, token, offset)
+        self.handles = [h for h in self.handles if h.alive()]
         self.handles.append(handle)
         return handle
+
+    def _start(self, program: str, release: str, token: str, offset: int) -> SupervisorHandle:
+        ctx = self._ctx
+        calls: list[tuple[str, tuple[str | bool, ...]]] = [
+            ("supervisor.startProcess", (program, False)),
+            ("supervisor.getProcessInfo", (program,))]
+        try:
+            started, info = ctx.client.multicall(calls)
+        except SupervisorUnreachable as exc:
+            self._wait_reachable(exc)
+            record = slotfile.live_pid(ctx.layout.slot_dir(program))
+            if record is not None and record.token == token:  # it died after the start
+                return SupervisorHandle(ctx, program, release, record.pid, offset,
+                                        adopted=True)
+            started, info = ctx.client.multicall(calls)
+        if isinstance(started, SupervisorError) or isinstance(info, SupervisorError):
+            failed = SupervisorHandle(ctx, program, release, 0, offset)
+            raise SpawnError(f"release {release}: supervisord did not start {program}: "
+                             f"{started if isinstance(started, Exception) else info}; "
+                             f"{failed.describe_exit()}")
+        return SupervisorHandle(ctx, program, release, ProcessInfo.from_rpc(info).pid, offset)
+
+    def _when_reachable(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except SupervisorUnreachable as exc:
+            self._wait_reachable(exc)
+            return call()
+
+    def _wait_reachable(self, exc: SupervisorUnreachable) -> None:
+        """supervisord did not answer: wait up to `reconnect_wait` for it to (swapctld
+        starts it again, or systemd does), or raise `exc`."""
+        deadline = time.monotonic() + self.reconnect_wait
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                self._ctx.client.pid()
+                return
+            except SupervisorError:
+                continue
+        raise exc
+
+    def supervisord_died(self) -> list[SupervisorHandle]:
+        """supervisord died: every handle made before is adopted from now on (the next
+        supervisord will not know it); returns the relays that outlived it, untouched."""
+        self._ctx.generation += 1
+        return [h for h in self.handles if h.alive()]
 
     def private_dir(self, program: str, token: str) -> Path:
         """A legacy release's compiled-in directory, as seen from outside its namespace:
@@ -263,15 +339,23 @@ class SupervisorSpawner:
             ctx.supervisord_cmdline = psutil.Process(ctx.client.pid()).cmdline()
         found = []
         for info in ctx.client.infos(self.programs):
-            if not info.running or _dead(info.pid):
-                continue
+            slot_dir = ctx.layout.slot_dir(info.name)
+            pid, token = info.pid, ""
+            if not info.running or _dead(info.pid):  # or it outlived an older supervisord
+                record = slotfile.live_pid(slot_dir)
+                if record is None:
+                    continue
+                pid, token = record.pid, record.token
             try:
-                spec = slotfile.read(ctx.layout.slot_dir(info.name))
+                spec = slotfile.read(slot_dir)
             except slotfile.SlotFileError:
                 continue  # started by hand, never by swapctl: not ours to attach
+            if token and spec.env.get("SWAPCTL_TOKEN") != token:
+                continue  # the slot file was rewritten since: it does not describe pid
             log = ctx.layout.program_log(info.name)
-            handle = SupervisorHandle(ctx, info.name, spec.release, info.pid,
-                                      log.stat().st_size if log.exists() else 0)
+            handle = SupervisorHandle(ctx, info.name, spec.release, pid,
+                                      log.stat().st_size if log.exists() else 0,
+                                      adopted=bool(token))
             self.handles.append(handle)
             found.append((spec, handle))
         return found
@@ -283,15 +367,20 @@ class SupervisorSpawner:
         rollback right after the old release crashed): wait up to `reap_wait` for that.
         """
         deadline = time.monotonic() + reap_wait
+        layout = self._ctx.layout
         while True:
             infos = self._ctx.client.infos(self.programs)
+            outside = {i.name: slotfile.live_pid(layout.slot_dir(i.name))
+                       for i in infos if not i.running}
             for info in infos:
-                if not info.running:
+                if not info.running and outside[info.name] is None:
                     return info.name
             if not any(_dead(i.pid) for i in infos) or time.monotonic() >= deadline:
                 break
             time.sleep(POLL)
-        busy = ", ".join(f"{i.name} {i.state} pid {i.pid}" for i in infos)
+        busy = ", ".join(f"{i.name} {i.state} pid {i.pid}" if i.running else
+                         f"{i.name} pid {getattr(outside[i.name], 'pid', '?')} (outlived an "
+                         "earlier supervisord)" for i in infos)
         raise SpawnError(
             f"service {self.service}: both slots are busy ({busy}): finish or abort the swap "
             f"in progress, or stop one (supervisorctl -c {self._ctx.layout.config} stop NAME)")

@@ -7,6 +7,8 @@ per-process call (group calls cost about a second), then `shutdown()`s superviso
 waits for it. As a last resort it SIGKILLs supervisord's process group and the process
 group of every program it had started (supervisord puts each child in a group of its
 own, so killing supervisord's group alone would leave the relays running).
+`stop_outliving` stops the relays that outlived an earlier supervisord (it knows none of
+them: the launcher's pid records do).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import TracebackType
 import psutil
 
 from swapctl.errors import SwapctlError
+from swapctl.supervise import slotfile
 from swapctl.supervise.client import STOPPED_STATES, SupervisorClient, SupervisorError
 from swapctl.supervise.layout import Layout, write_config
 
@@ -152,3 +155,24 @@ def stop_programs(client: SupervisorClient, layout: Layout, deadline: float) -> 
         stopping = [i.name for i in client.infos(stopping) if i.state not in STOPPED_STATES]
         time.sleep(0.005)
     return running
+
+
+def stop_outliving(layout: Layout, deadline: float) -> list[str]:
+    """Stop every relay that outlived the supervisord that started it (found by its
+    slot's pid record): SIGTERM to its process group, SIGKILL at `deadline`. Call it
+    after `stop_programs`, which stops those the running supervisord knows; returns the
+    programs it stopped."""
+    found = {}
+    for program in layout.programs():
+        record = slotfile.live_pid(layout.slot_dir(program))
+        if record is not None:
+            found[program] = record
+    for sig, until in ((signal.SIGTERM, deadline), (signal.SIGKILL, deadline + 1.0)):
+        for record in found.values():
+            if slotfile.live_pid_is(record):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(record.pid, sig)
+        while any(slotfile.live_pid_is(r) for r in found.values()) \
+                and time.monotonic() < until:
+            time.sleep(0.01)
+    return sorted(found)
