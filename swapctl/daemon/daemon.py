@@ -1,7 +1,10 @@
 """swapctld: recovers, serves the control API, watches the relays, and stays out of the way.
 
 Start-up, in order: load and check the configuration; reach supervisord (start it in a
-session of its own when `supervisord.start: swapctl`, so that it outlives us); for each
+session of its own when `supervisord.start: swapctl`, so that it outlives us) and watch
+it (supervise/keeper.py: its death is noticed at once, reported, and repaired: started
+again by us, or waited for while systemd does; the relays that outlived it are adopted
+and never stopped for it); for each
 service attach to the relays supervisord runs and settle them (recovery.py), or start
 the last good release on a fresh listener; open the control API; say READY=1. Then a
 main loop pings the watchdog, refreshes health and metrics each second, and restarts a
@@ -30,7 +33,7 @@ import psutil
 
 from swapctl.config.errors import ConfigError, did_you_mean
 from swapctl.config.load import Config, load_config
-from swapctl.daemon import attach, sdnotify
+from swapctl.daemon import attach, health, sdnotify
 from swapctl.daemon import requests_model as rq
 from swapctl.daemon.api import ApiServer
 from swapctl.daemon.metrics import DaemonMetrics
@@ -40,13 +43,15 @@ from swapctl.daemon.runtime import ServiceRuntime
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.logs import event
 from swapctl.supervise.client import SupervisorClient, SupervisorError
+from swapctl.supervise.keeper import Keeper
 from swapctl.supervise.layout import Layout
-from swapctl.supervise.supervisord import Supervisord
+from swapctl.supervise.supervisord import Supervisord, stop_outliving
 from swapctl.swap import journal as journal_file
 
 log = logging.getLogger("swapctl.daemon")
 TICK = 0.25
 FDSTORE_PREFIX = "listener-"
+RECONNECT_WAIT = 15.0  # a relay's start waits this long for supervisord to be back
 
 
 class Daemon:
@@ -62,6 +67,7 @@ class Daemon:
         self.started = time.time()
         self.recovery: list[dict[str, Any]] = []
         self.api: ApiServer | None = None
+        self.keeper: Keeper | None = None
 
     # ----- life ------------------------------------------------------------------
 
@@ -69,13 +75,17 @@ class Daemon:
         self.paths.make()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
-        self._reach_supervisord()
+        started = self._reach_supervisord()
         stored = sdnotify.listen_fds(unset_env=True)
         for name in sorted(self.config.services):
             runtime = ServiceRuntime(name, self.config.services[name], self.paths, self.layout,
                                      self._finished)
             runtime.listener_store = self._storer(name)
+            runtime.spawner.reconnect_wait = RECONNECT_WAIT
             self.runtimes[name] = runtime
+        self.keeper = Keeper(self.layout, restart=self._may_start_supervisord(),
+                             on_event=self._supervisord_event, started=started)
+        self.keeper.start()
         for runtime in self.runtimes.values():  # every relay may reconnect from now on
             runtime.service.open_control()
         for name, runtime in self.runtimes.items():
@@ -117,7 +127,8 @@ class Daemon:
                     leased = runtime.watch_lease()
                     if leased is not None:
                         event(log, logging.WARNING, "daemon.lease", **leased)
-                    restarted = runtime.restart_if_dead()
+                    # (a relay cannot be started without supervisord: once it is back)
+                    restarted = runtime.restart_if_dead() if self._supervisord_up() else None
                     if restarted is not None:
                         event(log, logging.WARNING, "daemon.relay_restart", **restarted)
                     self._observe(name, runtime.refresh())
@@ -132,6 +143,8 @@ class Daemon:
                                 bool(health.get("healthy")), health.get("connections"))
 
     def _shutdown(self) -> None:
+        if self.keeper is not None:  # never start supervisord again from here on
+            self.keeper.close()
         if self.notifier is not None:
             self.notifier.stopping("stopping")
         if self.api is not None:
@@ -154,6 +167,7 @@ class Daemon:
             for runtime in self.runtimes.values():
                 runtime.stop_relays()
             self._stop_supervisord()
+            stop_outliving(self.layout, time.monotonic() + 5.0)  # strays it never knew
         for runtime in self.runtimes.values():
             runtime.detach()
         self.metrics.close()
@@ -177,27 +191,53 @@ class Daemon:
 
     # ----- supervisord -----------------------------------------------------------
 
-    def _reach_supervisord(self) -> None:
+    def _reach_supervisord(self) -> Supervisord | None:
+        """supervisord answers once this returns: the one we started, else None."""
         sup = self.config.daemon.supervisord
         client = SupervisorClient(self.layout.socket, 2.0)
         try:
             try:
                 client.pid()
-                return  # running (started by systemd, or by an earlier swapctld)
+                return None  # running (started by systemd, or by an earlier swapctld)
             except SupervisorError:
                 pass
             if sup.start == "systemd":
                 self._wait_supervisord(client, 30.0)
-                return
-            if os.environ.get("INVOCATION_ID"):
+                return None
+            if not self._may_start_supervisord():
                 raise UsageError(
                     "supervisord.start is swapctl, but swapctld runs under systemd: a "
                     "supervisord it started would share its cgroup and die, with every relay, "
                     "at the next daemon restart; set supervisord.start: systemd in "
                     f"{self.config.directory / 'swapctld.yaml'}")
-            Supervisord(self.layout).start()  # its own session: it outlives this process
+            started = Supervisord(self.layout)
+            started.start()  # its own session: it outlives this process
+            return started
         finally:
             client.close()
+
+    def _may_start_supervisord(self) -> bool:
+        return (self.config.daemon.supervisord.start == "swapctl"
+                and not os.environ.get("INVOCATION_ID"))
+
+    def _supervisord_up(self) -> bool:
+        return self.keeper is None or self.keeper.up
+
+    def _supervisord_event(self, kind: str, details: dict[str, Any]) -> None:
+        """From the keeper's thread: supervisord died, came back, or did not start.
+        Logged, and journaled for each service (in its running swap's record too)."""
+        level = logging.INFO if kind in ("supervisord_restarted", "supervisord_back") \
+            else logging.WARNING
+        event(log, level, f"daemon.{kind}", **details)
+        for runtime in list(self.runtimes.values()):
+            spawner = runtime.spawner
+            if kind == "supervisord_died":  # what runs now outlives it: adopted from now on
+                relays = [_relay(h) for h in spawner.supervisord_died()]
+            else:
+                relays = [_relay(h) for h in spawner.handles if h.alive() and h.adopted]
+            job = runtime.job
+            swap = {"swap": job.swap_id} if job is not None and job.running else {}
+            runtime.journal_event(kind, **details, relays=relays, **swap)
 
     def _wait_supervisord(self, client: SupervisorClient, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -259,11 +299,13 @@ class Daemon:
 
     def op_status(self, request: rq.Status) -> Iterator[dict[str, Any]]:
         names = [request.service] if request.service else sorted(self.runtimes)
-        services = [self.runtime(n).status() for n in names]
+        keeper = self.keeper.status() if self.keeper is not None else None
+        services = [health.with_supervisord(self.runtime(n).status(), keeper) for n in names]
         yield {"type": "result", "daemon": {
             "pid": os.getpid(), "version": version("swapctl"), "started": self.started,
             "config_dir": str(self.config.directory), "state_dir": str(self.paths.state),
             "control": str(self.paths.control), "supervisord": str(self.layout.socket),
+            "supervisord_state": keeper,
             "metrics": self.metrics.address and ":".join(map(str, self.metrics.address)),
             "recovery": self.recovery}, "services": services}
 
@@ -366,6 +408,10 @@ class Daemon:
 
 class UnknownService(UsageError):
     """No such service in the configuration."""
+
+
+def _relay(handle: Any) -> dict[str, Any]:
+    return {"program": handle.program, "pid": handle.pid, "release": handle.release}
 
 
 def _follow(job: Any) -> Iterator[dict[str, Any]]:

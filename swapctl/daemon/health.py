@@ -5,7 +5,9 @@ relay over its control link (its counters, within a second), a legacy relay thro
 process and its slot socket (legacy.healthy: alive, not frozen, accepting). A relay that
 has exited or does not answer is unhealthy, with the problem in words. The runtime calls
 it only while it holds the relay links (never during a swap) and caches the answer;
-`status` puts that answer beside the slots, the swap and the lease.
+`status` puts that answer beside the slots, the swap and the lease. While supervisord
+is down every service is unhealthy (`with_supervisord`): its relays serve, but none
+could be started again if it died, nor swapped.
 """
 
 from __future__ import annotations
@@ -71,3 +73,12 @@ def status(name: str, service: Service, *, configured_active: str, health: dict[
             "started": job.started},
         "lease": lease,
     }
+
+
+def with_supervisord(service: dict[str, Any],
+                     supervisord: dict[str, Any] | None) -> dict[str, Any]:
+    """`service`'s status, unhealthy with supervisord's problem while it is down."""
+    if supervisord is None or supervisord.get("up"):
+        return service
+    return {**service, "health": {**service["health"], "healthy": False,
+                                  "problem": supervisord.get("problem")}}
