@@ -101,6 +101,19 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
         self.pinned = false;
     }
 
+    /// Keep at most `limit` units: the oldest whole ones go, never a started one
+    /// (drop-oldest, as the broadcast channel does); frames shed.
+    fn shed(&mut self, limit: usize) -> u64 {
+        let first = usize::from(self.started());
+        let mut shed = 0u64;
+        while self.queue.len() > limit.max(first) && first < self.queue.len() {
+            let (piece, frames) = self.queue.remove(first).expect("index checked");
+            self.bytes -= piece.bytes().len() as u64;
+            shed += frames as u64;
+        }
+        shed
+    }
+
     fn started(&self) -> bool {
         !self.queue.is_empty() && (self.head_sent > 0 || self.pinned)
     }
@@ -232,8 +245,13 @@ impl Conn {
         for cmd in self.slot.take() {
             match cmd {
                 Cmd::Export => self.export_frozen(out, rx, inbound, carried_in),
-                Cmd::Owed(reply) => {
+                Cmd::Owed(reply, limit) => {
                     self.drain(out, rx);
+                    // what this relay carried in and never wrote counts against the same
+                    // bound as its receiver: a never-reader's backlog does not grow by
+                    // a channel's worth with every swap
+                    let shed = out.shed(limit);
+                    self.lagged(shed);
                     let (head_sent, units) = out.units();
                     let _ = reply.send(Entry { id: self.carried.id, head_sent, units });
                 }
@@ -441,5 +459,72 @@ impl Conn {
             _ => return Some(Decision::Resume), // no release is collecting: keep serving
         }
         Some(decision.await.unwrap_or(Decision::Resume))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out() -> Out<Vec<u8>> {
+        Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: false, bytes: 0 }
+    }
+
+    fn owned(units: &[(Owned, u32)]) -> Vec<Vec<u8>> {
+        units.iter().map(|(u, _)| (**u).as_ref().to_vec()).collect()
+    }
+
+    #[test]
+    fn shed_drops_oldest_whole_units_never_a_started_one() {
+        let mut o = out();
+        for unit in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+            o.push(Piece::Msg(unit.to_vec()), 1);
+        }
+        o.head_sent = 2; // the first unit is half written
+        o.bytes -= 2;
+        assert_eq!(o.shed(2), 2);
+        assert_eq!(o.concat(), b"aadddd", "the started unit stays, then the newest");
+        assert_eq!(o.bytes, 6);
+        let mut whole = out();
+        for unit in [b"aa", b"bb", b"cc"] {
+            whole.push(Piece::Msg(unit.to_vec()), 3);
+        }
+        assert_eq!(whole.shed(1), 6, "frames shed are counted");
+        assert_eq!(whole.concat(), b"cc");
+        assert_eq!(whole.shed(0), 3, "nothing started: everything may go");
+        assert_eq!(whole.bytes, 0);
+    }
+
+    #[test]
+    fn carried_bytes_without_boundaries_go_out_as_a_started_unit() {
+        let mut o = out();
+        o.push_carried(b"tail-of-a-frame".to_vec());
+        o.push(Piece::Msg(b"next".to_vec()), 1);
+        assert!(o.started());
+        let (head_sent, units) = o.units();
+        assert_eq!(head_sent, 1, "one placeholder byte, counted as written");
+        assert_eq!(owned(&units), vec![b"\0tail-of-a-frame".to_vec(), b"next".to_vec()]);
+        assert_eq!(o.shed(0), 1, "a carried unit may start mid-frame: only what follows it goes");
+        assert_eq!(o.concat(), b"tail-of-a-frame");
+    }
+
+    #[test]
+    fn a_backlog_goes_in_front_of_what_came_since() {
+        let entries = vec![Entry { id: 1, head_sent: 1, units: vec![(Box::new(b"xyz".to_vec()), 1),
+                                                                    (Box::new(b"uv".to_vec()), 2)] }];
+        let (table, data, fd) = crate::backlog::write_memfd(&entries).unwrap();
+        let fd = fd.unwrap();
+        let mut mapped = crate::backlog::read_memfd(fd, table, data, 1).unwrap();
+        unsafe { libc::close(fd) };
+        let (_, head_sent, units) = mapped.remove(0);
+        let mut o = out();
+        o.held = true;
+        o.push(Piece::Msg(b"newer".to_vec()), 1);
+        o.prepend(units, head_sent);
+        assert_eq!(o.concat(), b"yzuvnewer");
+        assert_eq!(o.bytes, 9);
+        assert!(o.started());
+        let (again, units) = o.units();
+        assert_eq!((again, owned(&units)), (1, vec![b"xyz".to_vec(), b"uv".to_vec(), b"newer".to_vec()]));
     }
 }

@@ -39,6 +39,8 @@ pub struct Settings {
     pub release: String,
     /// Offer the `precopy` extension in HELLO.
     pub precopy: bool,
+    /// Pre-copy: units a connection's BACKLOG carries at most (`Options`).
+    pub max_owed_units: usize,
 }
 
 impl Settings {
@@ -47,7 +49,8 @@ impl Settings {
         let control = std::env::var_os("SWAPCTL_HANDOFF")?;
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
-                        socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true })
+                        socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true,
+                        max_owed_units: crate::DEFAULT_MAX_OWED_UNITS })
     }
 }
 

@@ -62,16 +62,24 @@ pub use table::Carried;
 use control::Control;
 use hub::{Gone, Hub, Phase};
 
+/// The generic relay's broadcast capacity (chunks queued per consumer).
+pub const DEFAULT_MAX_OWED_UNITS: usize = 16_384;
+
 /// What a relay offers the orchestrator.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     /// Offer the `precopy` extension (section 10). Default: true.
     pub precopy: bool,
+    /// With pre-copy, the units owed to one client that move to the next relay at most
+    /// (the oldest whole units are shed past it, counted as lag drops): set it to your
+    /// broadcast channel's capacity, the bound a slow consumer has on this relay.
+    /// Default: 16,384.
+    pub max_owed_units: usize,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precopy: true }
+        Options { precopy: true, max_owed_units: DEFAULT_MAX_OWED_UNITS }
     }
 }
 
@@ -105,6 +113,7 @@ impl Handoff {
             None => return Ok(None),
         };
         settings.precopy = options.precopy;
+        settings.max_owed_units = options.max_owed_units;
         let mut relay = Handoff::with_hub();
         let hub = relay.hub.clone();
         let rt = tokio::runtime::Handle::current();
