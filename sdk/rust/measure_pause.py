@@ -1,6 +1,7 @@
 """Server-side pause of a handoff between two processes of one relay command, by number
-of idle clients: the figure `swapctl bench handoff` reports, for any relay command
-(`bench handoff` only runs the Python reference relay).
+of idle clients, for any relay command: the protocol alone, with no canary, load or
+never-reading publisher (`swapctl bench handoff` measures the Python and the Rust relay
+with all of those; this script is for a relay of your own).
 
     .venv/bin/python sdk/rust/measure_pause.py --clients 10,1000 --swaps 20 \
         --relay "sdk/rust/target/release/swapctl-example-relay" \
@@ -8,10 +9,13 @@ of idle clients: the figure `swapctl bench handoff` reports, for any relay comma
 
 Each swap is swapctl's own pipelined hand-over (controller.hand_over: RELEASE, each
 manifest part forwarded as an ADOPT part, RESUME, CLOSE), alternating between the two
-relays (the previous one stays warm in standby). Server pause = resumed_ns -
-stopped_reading_ns (CLOCK_MONOTONIC in both relays); handover = the orchestrator's
-wall time from RELEASE sent to RESUME answered; release = the old relay's share
-(released_ns - stopped_reading_ns: stop, flush, describe).
+processes (the previous one stays warm in standby). When both were granted the
+`precopy` extension (docs/handoff-protocol.md section 10) and `--v1` is not given,
+PRECOPY/PREADOPT come first, outside the pause, the RELEASE names it, and OWED/BACKLOG
+follow the RESUME, as in a real swap. Server pause = resumed_ns - stopped_reading_ns
+(CLOCK_MONOTONIC in both relays); handover = the orchestrator's wall time from RELEASE
+sent to RESUME answered; release = the old relay's share (released_ns -
+stopped_reading_ns: stop, flush or freeze, describe).
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from swapctl.handoff.controller import ControlServer, RelayLink, hand_over
+from swapctl.handoff.controller import (
+    ControlServer,
+    RelayLink,
+    forward_backlog,
+    hand_over,
+    pre_copy,
+)
 from swapctl.handoff.manifest import Transfer
 from swapctl.process import stop_group
 from swapctl.unixsock import open_listener
@@ -45,8 +55,8 @@ def start(command: list[str], control: ControlServer, public: Path, token: str,
     return proc, link
 
 
-def measure(command: list[str], clients: int,
-            swaps: int) -> tuple[list[float], list[float], list[float]]:
+def measure(command: list[str], clients: int, swaps: int,
+            v1: bool = False) -> tuple[list[float], list[float], list[float], str]:
     root = Path(tempfile.mkdtemp(prefix="swp-"))
     public = root / "r.sock"
     control = ControlServer(root / "ctl.sock")
@@ -71,19 +81,24 @@ def measure(command: list[str], clients: int,
                 raise TimeoutError("the relay did not accept every client")
             time.sleep(0.01)
         pauses, handovers, releases = [], [], []
+        precopy = not v1 and all(link.precopy for link in links)
         for i in range(swaps):
             old, new = links[i % 2], links[(i + 1) % 2]
+            base = pre_copy(old, new, lambda: 5.0) if precopy else None
+            generation = None if base is None else int(base.meta["generation"])
             began = time.monotonic()
-            transfer = hand_over(old, new, 10.0, lambda: 5.0, lambda _: None)
+            transfer = hand_over(old, new, 10.0, lambda: 5.0, lambda _: None,
+                                 precopy=generation)
             resumed = new.resume(5)
             handovers.append((time.monotonic() - began) * 1000)
+            forward_backlog(old, new, 5)
             old.close_held(5)
-            for fd in transfer.fds:
+            for fd in transfer.fds + ([] if base is None else base.fds):
                 os.close(fd)
             stopped = int(transfer.meta["stopped_reading_ns"])
             pauses.append((resumed - stopped) / 1e6)
             releases.append((int(transfer.meta["released_ns"]) - stopped) / 1e6)
-        return pauses, handovers, releases
+        return pauses, handovers, releases, "precopy" if precopy else "v1"
     finally:
         for sock in held:
             sock.close()
@@ -106,12 +121,16 @@ def main() -> None:
     parser.add_argument("--relay", action="append", required=True, help="relay command")
     parser.add_argument("--clients", default="10,1000")
     parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--v1", action="store_true",
+                        help="version 1 only, even if both relays offer pre-copy")
     args = parser.parse_args()
     for count in (int(c) for c in args.clients.split(",")):
         for relay in args.relay:
-            pauses, handovers, releases = measure(shlex.split(relay), count, args.swaps)
+            pauses, handovers, releases, mode = measure(shlex.split(relay), count, args.swaps,
+                                                        args.v1)
             name = Path(shlex.split(relay)[0]).name + (" -m swapctl.relay"
                                                        if "swapctl.relay" in relay else "")
+            name += f" ({mode})"
             print(f"{count:5d} clients  {name:28s} server pause ms: {summary(pauses)}")
             print(f"{'':5s}          {'':28s} handover ms:     {summary(handovers)}")
             print(f"{'':5s}          {'':28s} of which release: {summary(releases)}")

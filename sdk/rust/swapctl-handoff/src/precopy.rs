@@ -395,11 +395,14 @@ impl Control {
         if holding.is_empty() {
             return;
         }
+        let mut cut = 0usize;
         for (conn_id, flags) in holding.iter() {
             if let Some(slot) = self.hub.slot(*conn_id) {
-                slot.send(if flags & HEAD_STARTED != 0 { Cmd::Disconnect } else { Cmd::Unhold });
+                let torn = flags & HEAD_STARTED != 0;
+                cut += usize::from(torn);
+                slot.send(if torn { Cmd::Disconnect } else { Cmd::Unhold });
             }
         }
-        log("backlog_lost", format!("connections={}", holding.len()));
+        log("backlog_lost", format!("connections={} cut_mid_frame={}", holding.len(), cut));
     }
 }
