@@ -1,0 +1,227 @@
+"""supervisord SIGKILLed under a live stack: swapctld notices, says so, brings it back, and
+re-adopts the relays that outlived it, with nobody disconnected (docs/daemon.md,
+"supervisord's death").
+
+Real supervisord, swapctld and reference relays (tests/stack.py) under an independent
+`swapctl load` run with a strategy consumer. SWAPCTL_SUPERVISORD_HOLD=FILE keeps
+supervisord down until FILE exists, so what `status` and `up` say meanwhile is seen,
+and a swap is driven through its phases while supervisord is dead;
+SWAPCTL_DAEMON_PAUSE_AT=probing:60:FILE holds a swap before its handoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from swapctl.daemon import stack
+from swapctl.daemon.runtime import PAUSE_AT
+from swapctl.supervise.keeper import HOLD
+from tests.migration.test_daemon import _clean, _load
+from tests.stack import Stack, make_stack, teardown
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def stack_root() -> Iterator[Stack]:
+    # a swap held before its handoff (PAUSE_AT) must not hit the probe's 2 s deadline
+    s = make_stack(prefix="svk-", service_overrides={"probe": {"timeout": "30s"}})
+    try:
+        yield s
+    finally:
+        (s.root / "hold").touch()  # a test that failed while supervisord was held down
+        left = teardown(s)
+        assert not left, f"processes left running: {left}"
+
+
+def _supervisord(s: Stack) -> dict[str, Any]:
+    return dict(stack.client_for(s.config).call("status")["daemon"]["supervisord_state"])
+
+
+def _kill_supervisord(s: Stack) -> int:
+    pid = int(_supervisord(s)["pid"])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _kill_supervisord_of_dead_daemon(s: Stack) -> None:
+    pid = int((s.root / "state" / "supervisord" / "supervisord.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(10)
+
+
+def _wait(what: str, check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+def _status_while_down(s: Stack, dead: int) -> None:
+    """The truth while supervisord is dead: every service unhealthy with why, exit 3."""
+    def down() -> dict[str, Any] | None:
+        state = _supervisord(s)
+        return None if state["up"] else state
+
+    state = _wait("supervisord reported down", down, 3.0)
+    assert f"supervisord (pid {dead}) died (killed by SIGKILL)" in state["problem"]
+    done = s.cli("status")
+    assert done.returncode == 3, done.stdout
+    assert done.stdout.count("UNHEALTHY: supervisord") == 3, done.stdout
+    code, out = s.json("status")
+    assert code == 3 and all(not svc["health"]["healthy"] for svc in out["services"])
+
+
+def _journal(s: Stack) -> list[dict[str, Any]]:
+    path = s.root / "state" / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _swap(s: Stack, to: str, soak: str) -> str:
+    done = s.cli("swap", "market_data", "--to", to, "--soak", soak, "--no-wait", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["swap_id"])
+
+
+def _relay_restarts_after_death(s: Stack, service: str) -> None:
+    """A relay that dies after the repair (and was adopted: started by the dead
+    supervisord) is started again by swapctld."""
+    before = s.status(service)["active"]["pid"]
+    os.kill(before, signal.SIGKILL)
+    _wait(f"{service}'s relay started again",
+          lambda: (s.status(service)["active"] or {}).get("pid") not in (None, before)
+          and s.status(service)["health"].get("healthy"), 20.0)
+    restarted = [r for r in _journal(s) if r.get("service") == service
+                 and r.get("event") in ("restarted", "restart_failed")]
+    assert restarted and restarted[-1]["event"] == "restarted", restarted
+
+
+def test_outside_a_swap_status_tells_up_repairs_relays_are_adopted(stack_root: Stack) -> None:
+    s = stack_root
+    hold = s.root / "hold"
+    s.up(env={HOLD: str(hold)})
+    relays = {name: s.status(name)["active"]["pid"] for name in ("market_data", "signal")}
+    load = _load(s)
+    try:
+        dead = _kill_supervisord(s)
+        _status_while_down(s, dead)
+        done = s.cli("up", "--timeout", "1s")
+        assert done.returncode == 3 and "supervisord is still down" in done.stderr, done
+        up = subprocess.Popen(s.argv("up", "-o", "json"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)
+            assert up.poll() is None, "up said 'already running' with supervisord dead"
+            hold.touch()  # swapctld may start it again now
+            out, err = up.communicate(timeout=30)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.communicate()
+        assert up.returncode == 0, err
+        result = json.loads(out)
+        assert result["started"] is False and result["supervisord"]["up"]
+        assert "died" in result["repaired"]["supervisord_was"]
+        assert result["supervisord"]["pid"] != dead
+        assert s.cli("status").returncode == 0
+        # the relays were never stopped: the same processes serve, re-adopted
+        assert {n: s.status(n)["active"]["pid"] for n in relays} == relays
+        restarted = [r for r in _journal(s) if r.get("event") == "supervisord_restarted"
+                     and r["service"] == "market_data"]
+        assert [r["pid"] for r in restarted[-1]["relays"]] == [relays["market_data"]]
+
+        # a later swap works, and stops the adopted old release on commit
+        report = s.wait_report(_swap(s, "v2", "1s"))
+        assert report["decision"] == "committed", report.get("reason")
+        _wait("the adopted v1 stopped", lambda: not psutil.pid_exists(relays["market_data"])
+              or psutil.Process(relays["market_data"]).status() == psutil.STATUS_ZOMBIE)
+
+        # swapctld and supervisord both killed: the next `up` adopts the relays that
+        # outlived them (it used to refuse: "socket served by another process")
+        serving = {n: s.status(n)["active"]["pid"] for n in relays}
+        daemon = s.daemon_pid()
+        os.kill(daemon, signal.SIGKILL)
+        _kill_supervisord_of_dead_daemon(s)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(daemon).wait(10)
+        s.up()
+        assert {n: s.status(n)["active"]["pid"] for n in relays} == serving
+        assert s.cli("status").returncode == 0
+        time.sleep(0.3)  # traffic through v2
+    finally:
+        result = load.stop()
+    _clean(result)
+    _relay_restarts_after_death(s, "signal")  # (not market_data's: its clients would go)
+
+
+def test_during_a_swap_it_goes_on_and_ends_as_planned(stack_root: Stack) -> None:
+    """supervisord dies (and stays down) while a swap is held before its handoff, while
+    one soaks, and just before one starts its candidate: each commits, as
+    docs/daemon.md's table says, with nobody disconnected."""
+    s = stack_root
+    hold, go = s.root / "hold", s.root / "go"
+    s.up(env={HOLD: str(hold), PAUSE_AT: f"probing:60:{go}"})
+    load = _load(s)
+    try:
+        # 1. held in probing (the candidate runs, nothing moved yet)
+        swap_id = _swap(s, "v2", "1s")
+        s.wait_state("probing")
+        _status_while_down(s, _kill_supervisord(s))
+        assert s.status()["swap"]["state"] == "probing"
+        go.touch()  # the swap goes on with supervisord still dead
+        report = s.wait_report(swap_id)
+        assert report["decision"] == "committed", report.get("reason")
+        events = [r.get("event") for r in report["journal"]]
+        assert "supervisord_died" in events, events
+        hold.touch()
+        _wait("supervisord back", lambda: _supervisord(s)["up"])
+
+        # 2. soaking: the old release is warm; the commit stops it with supervisord dead
+        hold.unlink()
+        swap_id = _swap(s, "v1", "4s")
+        s.wait_state("soaking")
+        _status_while_down(s, _kill_supervisord(s))
+        report = s.wait_report(swap_id)
+        assert report["decision"] == "committed", report.get("reason")
+        assert "supervisord_died" in {r.get("event") for r in report["journal"]}
+        assert not _supervisord(s)["up"], "held down for the whole soak and commit"
+        hold.touch()
+
+        # 3. starting: the candidate's start waits for supervisord to be back
+        _wait("supervisord back", lambda: _supervisord(s)["up"])
+        hold.unlink()
+        _status_while_down(s, _kill_supervisord(s))
+        swap_id = _swap(s, "v2", "1s")
+        time.sleep(1.0)
+        assert s.status()["swap"]["state"] == "starting"
+        hold.touch()
+        report = s.wait_report(swap_id)
+        assert report["decision"] == "committed", report.get("reason")
+
+        # a later swap, with supervisord healthy again
+        _wait("supervisord back", lambda: _supervisord(s)["up"])
+        report = s.wait_report(_swap(s, "v1", "1s"))
+        assert report["decision"] == "committed", report.get("reason")
+        time.sleep(0.3)
+    finally:
+        result = load.stop()
+    _clean(result)
+    assert s.cli("status").returncode == 0
+    with contextlib.suppress(FileNotFoundError):
+        Path(go).unlink()
+    _relay_restarts_after_death(s, "signal")
