@@ -1,10 +1,15 @@
 """A supervisord slot's command: exec the release that swapctl chose for this slot.
 
-    python -m swapctl.supervise.launcher --slot DIR
+    python -m swapctl.supervise.launcher --slot DIR [--log FILE --log-max-bytes N
+                                                     --log-backups K]
 
-reads DIR/release.json (see `slotfile`), records its pid in DIR/pid.json (how swapctl
-finds the relay again if supervisord dies first), prints one line to stderr naming the
-release (the slot's log then shows where each run begins), and `execvpe`s the release's argv
+with --log, first makes FILE the relay's stdout and stderr (appended; rotated first,
+as FILE.1 .. FILE.K, if it has grown past N bytes), so the relay's output never goes
+through supervisord's pipes, which die with supervisord (a relay writing to a dead
+pipe loses its output, or fails); then reads DIR/release.json (see `slotfile`),
+records its pid in DIR/pid.json (how swapctl finds the relay again if supervisord dies
+first), prints one line to stderr naming the release (the slot's log then shows where
+each run begins), and `execvpe`s the release's argv
 with the file's environment over the inherited one. The pid supervisord reports is
 therefore the relay's own. Nothing here runs after a successful exec.
 
@@ -56,12 +61,52 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def _own_log(path: Path, max_bytes: int, backups: int) -> None:
+    """Make `path` fds 1 and 2 (on failure, say so and keep supervisord's pipes)."""
+    try:
+        _rotate(path, max_bytes, backups)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        sys.stderr.write(f"{PREFIX}: warning: {path}: cannot open the relay's log "
+                         f"({exc.strerror}): its output goes through supervisord\n")
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _rotate(path: Path, max_bytes: int, backups: int) -> None:
+    try:
+        if max_bytes <= 0 or path.stat().st_size < max_bytes:
+            return
+    except FileNotFoundError:
+        return
+    if backups <= 0:
+        os.truncate(path, 0)
+        return
+    for number in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{number}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{number + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = _Parser(prog="python -m swapctl.supervise.launcher",
                      description="Exec the release swapctl chose for a supervisord slot.")
     parser.add_argument("--slot", required=True, type=Path, metavar="DIR",
                         help=f"the slot's directory (holding {slotfile.FILENAME})")
+    parser.add_argument("--log", type=Path, metavar="FILE",
+                        help="the relay's stdout and stderr (appended)")
+    parser.add_argument("--log-max-bytes", type=int, default=0, metavar="N",
+                        help="rotate FILE before the start once it has N bytes (0: never)")
+    parser.add_argument("--log-backups", type=int, default=0, metavar="K",
+                        help="rotated files kept (FILE.1 .. FILE.K)")
     args = parser.parse_args(argv)
+    if args.log is not None:
+        _own_log(args.log, args.log_max_bytes, args.log_backups)
     slot_dir: Path = args.slot
     try:
         spec = slotfile.read(slot_dir)

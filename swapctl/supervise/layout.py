@@ -3,7 +3,10 @@
     STATE/supervisord.conf          generated: never edited by hand, rewritten by `write_config`
     STATE/supervisord.sock          XML-RPC (unix_http_server, mode 0700; no inet server)
     STATE/supervisord.log           supervisord's own log (starts, exits, signals)
-    STATE/logs/SERVICE-SLOT.log     each program's stdout and stderr, one file per slot
+    STATE/logs/SERVICE-SLOT.log     each program's stdout and stderr, one file per slot,
+                                    written by the relay itself (the launcher opens it
+                                    and rotates it at each start): a relay's output never
+                                    goes through supervisord, so it outlives supervisord
     STATE/slots/SERVICE-SLOT/release.json   the release that slot runs next (slotfile)
 
 Each service gets two programs, SERVICE-blue and SERVICE-green, declared once. Their
@@ -79,7 +82,22 @@ class Layout:
 
     def launcher_command(self, program: str) -> list[str]:
         return [self.python, "-m", "swapctl.supervise.launcher", "--slot",
-                str(self.slot_dir(program))]
+                str(self.slot_dir(program)), "--log", str(self.program_log(program)),
+                "--log-max-bytes", str(byte_size(self.log_maxbytes)),
+                "--log-backups", str(self.log_backups)]
+
+
+def byte_size(text: str) -> int:
+    """supervisord's size notation ("50MB", "1KB", "1048576") in bytes."""
+    units = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+    value = text.strip().upper()
+    factor = units.get(value[-2:], 1)
+    number = value[:-2] if factor > 1 else value
+    try:
+        return int(float(number) * factor)
+    except ValueError:
+        raise UsageError(f"supervisord layout: log size {text!r}: expected a number of "
+                         "bytes, or one with KB, MB or GB") from None
 
 
 def _value(text: str) -> str:

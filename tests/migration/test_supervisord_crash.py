@@ -139,8 +139,11 @@ def test_outside_a_swap_status_tells_up_repairs_relays_are_adopted(stack_root: S
         assert "died" in result["repaired"]["supervisord_was"]
         assert result["supervisord"]["pid"] != dead
         assert s.cli("status").returncode == 0
-        # the relays were never stopped: the same processes serve, re-adopted
+        # the relays were never stopped: the same processes serve, re-adopted, and their
+        # output still lands in their slot's log (it never went through supervisord)
         assert {n: s.status(n)["active"]["pid"] for n in relays} == relays
+        log = s.root / "state" / "supervisord" / "logs" / "market_data-blue.log"
+        assert os.readlink(f"/proc/{relays['market_data']}/fd/2") == str(log)
         restarted = [r for r in _journal(s) if r.get("event") == "supervisord_restarted"
                      and r["service"] == "market_data"]
         assert [r["pid"] for r in restarted[-1]["relays"]] == [relays["market_data"]]
