@@ -125,7 +125,10 @@ def test_outside_a_swap_status_tells_up_repairs_relays_are_adopted(stack_root: S
         up = subprocess.Popen(s.argv("up", "-o", "json"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         try:
-            time.sleep(1.5)
+            # up's only sleep is its wait for the repair: once it sleeps, it has seen
+            # supervisord down (on a busy machine its start alone takes seconds)
+            _wait("up waiting for the repair", lambda: up.poll() is not None
+                  or Path(f"/proc/{up.pid}/wchan").read_text() == "hrtimer_nanosleep", 30.0)
             assert up.poll() is None, "up said 'already running' with supervisord dead"
             hold.touch()  # swapctld may start it again now
             out, err = up.communicate(timeout=30)
