@@ -154,7 +154,7 @@ def test_candidate_crash_before_it_serves_rolls_back_losing_nothing(
     result = stack.swap(release("v2", *args))
     assert result["decision"] == "rolled_back"
     assert "crashed" in result["reason"] or "exited" in result["reason"], result["reason"]
-    failed = [j for j in result["journal"] if j["to"] == "rolling_back"]
+    failed = [j for j in result["journal"] if j.get("to") == "rolling_back"]
     assert failed and failed[0]["where"] == where
     assert result["rollback"]["ms"] is not None and result["rollback"]["ms"] < 30_000
     client.send(trade(1))
@@ -255,7 +255,7 @@ def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
     try:
         deadline = time.monotonic() + 30
         journal = state_dir_for(public) / "journal.jsonl"
-        while not (journal.exists() and any(r["to"] == "soaking" for r in read(journal))):
+        while not (journal.exists() and any(r.get("to") == "soaking" for r in read(journal))):
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         done = subprocess.run(
