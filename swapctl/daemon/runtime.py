@@ -111,6 +111,9 @@ class ServiceRuntime:
 
     def start_fresh(self, listener_fd: int | None) -> dict[str, Any]:
         release = self.release(self.last_good())
+        adopted = legacy.start_adopted(self, release)  # `adopt: true`: it already runs
+        if adopted is not None:
+            return adopted
         svc = self.service
         if not release.legacy:
             if listener_fd is not None:  # systemd's fd store kept it across our restart
