@@ -137,6 +137,10 @@ def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
         else:
             how = "started" if result["started"] else "already running"
             click.echo(f"swapctld {how} (pid {result['pid']}, swapctl {result['version']})")
+            if result.get("repaired"):  # supervisord had died: swapctld has it back
+                click.echo("supervisord was down "
+                           f"({result['repaired'].get('supervisord_was')}): restarted, "
+                           "every running relay re-attached")
             _show_status(_client(config_dir).call("status"))
     _calling(body)
 
@@ -154,9 +158,13 @@ def down_command(config_dir: Path | None, timeout: float, output: str) -> None:
         if output == "json":
             _json(result)
         elif result["stopped"] and result["pid"] is None:
-            click.echo(f"swapctld was not running: supervisord (pid "
-                       f"{result['supervisord_pid']}) stopped "
-                       f"{', '.join(result['relays']) or 'no relay'} and exited")
+            relays = ", ".join(result["relays"]) or "no relay"
+            if result.get("supervisord_pid") is None:
+                click.echo("swapctld and supervisord were not running: stopped the relays "
+                           f"they left behind ({relays})")
+            else:
+                click.echo(f"swapctld was not running: supervisord (pid "
+                           f"{result['supervisord_pid']}) stopped {relays} and exited")
         elif result["stopped"]:
             click.echo(f"swapctld (pid {result['pid']}) stopped every relay and exited")
         else:
