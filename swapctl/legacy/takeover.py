@@ -7,10 +7,17 @@ roll back) is `TakeoverActions` in legacy/actions.py, run by the one swap engine
    connections (/proc/PID/fd joined with the Unix socket table) and take duplicates
    with pidfd_getfd (`sockets.Copies`): a duplicate is the same open file, so taking
    it early changes nothing for the relay or its clients, and the slow part is out of
-   the pause. Then stop it with SIGSTOP and wait until every thread is stopped. If a
-   thread was not parked in a waiting system call (it may have been half way through a
-   read or a write), let it run again briefly and retry, a bounded number of times (a
-   busy try costs only the stop and the threads' syscall files). Once it is idle,
+   the pause. Then stop it with SIGSTOP and wait until every thread is stopped. It is
+   idle only if every thread was asleep (state S) at a look just before the SIGSTOP,
+   every thread is parked in a waiting system call, and none of them was woken with
+   work it had not started (legacy/wakeups.py: a futex word changed, an eventfd written
+   since the look). The system call alone cannot tell a tokio worker woken to write a
+   frame that another thread put in the broadcast channel from a parked one: frozen
+   there, the frame dies with the relay and every consumer misses it (about one
+   takeover in ten of the tokio example relay under load did). If it was not idle (a
+   thread may have been half way through a read or a write), let it run again briefly
+   and retry, a bounded number of times (a busy try costs only the stop and the
+   threads' /proc files). Once it is idle,
    re-read only its descriptor links: copies of sockets closed since are dropped,
    sockets accepted since are duplicated and checked one by one. If a client's kernel
    buffer is backed up (the relay may hold bytes for it), retry too. Each stage is
@@ -43,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swapctl.errors import SwapctlError
-from swapctl.legacy import sockets
+from swapctl.legacy import sockets, wakeups
 
 CANNOT_GUARANTEE = (
     "bytes the legacy relay had read but not yet forwarded, and bytes it owed a consumer "
@@ -147,6 +154,15 @@ def wait_sleeping(pid: int, timeout: float) -> bool:
         time.sleep(SLEEP_POLL_S)
 
 
+def all_asleep(pid: int) -> bool:
+    """One look: every thread of `pid` is asleep (state S) now."""
+    try:
+        return all(_state(f"/proc/{pid}/task/{tid}/stat") == "S"
+                   for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
+
+
 def _state(stat_path: str) -> str:
     with open(stat_path, "rb") as f:
         return f.read().rsplit(b")", 1)[1].split(None, 1)[0].decode()
@@ -179,14 +195,20 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
     the caller resumes it) if it was busy and this was not the `last` try. A busy try
     is refused as early as possible: threads first, then the copies' send queues."""
     wait_sleeping(pid, SLEEP_WAIT_S)  # stop it while it sleeps: then it is likely idle
+    wakers = wakeups.eventfds(copies.seen)
+    counts = wakeups.eventfd_counts(pid, wakers)
+    asleep = all_asleep(pid)  # looked at after the counts: a wake-up since shows in them
     stopped_ns = time.monotonic_ns()
     signal_relay(pid, signal.SIGSTOP)
     try:
         marks = [time.perf_counter_ns()]
         wait_stopped(pid, stop_timeout)
         marks.append(time.perf_counter_ns())
-        syscalls = sockets.thread_syscalls(pid)
-        idle = all(sockets.waiting(n) for n in syscalls.values())
+        texts = wakeups.thread_syscall_texts(pid)
+        syscalls = {tid: sockets.parse_syscall(text) for tid, text in texts.items()}
+        idle = asleep and all(sockets.waiting(n) for n in syscalls.values())
+        if idle:  # parked, but maybe woken with work it had not started
+            idle = not wakeups.pending(pid, texts, counts)
         if not idle and not last:
             return None
         queues = _queues(copies.conns)
