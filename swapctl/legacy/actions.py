@@ -271,19 +271,30 @@ class TakeoverActions(_Legacy):
         with contextlib.suppress(SwapctlError, TimeoutError, OSError):
             stats = run.cand.link.stats(2.0)
 
-        def grown(key: str) -> int:
-            return int(stats.get(key, 0)) - int(self.baseline.get(key, 0))
+        def grown(key: str) -> int | None:
+            """How much counter `key` grew since the probe; None if the candidate does
+            not keep it (the handoff protocol's stats do not require skipped_bytes or
+            resyncs: a relay that does not count them cannot vouch for every byte)."""
+            if key not in stats:
+                return None
+            return int(stats[key]) - int(self.baseline.get(key, 0))
 
         ev = run.evidence
         ev.cut_by = "takeover (sockets whose peer had closed before the freeze excluded)"
-        ev.cut = max(0, grown("disconnects") - self.peer_closed) if stats else None
-        ev.unmovable_bytes = grown("skipped_bytes") if stats else None
+        cut = grown("disconnects")
+        ev.cut = None if cut is None else max(0, cut - self.peer_closed)
+        ev.unmovable_bytes = grown("skipped_bytes")
+        if stats and ev.unmovable_bytes is None:
+            ev.notes.append(f"the candidate ({stats.get('implementation', 'its stats')}) does "
+                            "not count skipped_bytes: a partial frame the legacy relay held "
+                            "and the candidate skipped would go unseen, so lost is unknown "
+                            "unless an independent checker ran")
         ev.torn_consumers = f.backed_up
         run.details.update({
             "legacy_pid": self.place.old.pid, "candidate_pid": run.cand.handle.pid,
             "freeze_attempts": f.attempts, "frozen_idle": f.quiescent,
             "peer_closed_before_freeze": self.peer_closed,
-            "publisher_streams_resynchronised": grown("resyncs") if stats else None,
+            "publisher_streams_resynchronised": grown("resyncs"),
             "consumers_backed_up_at_freeze": f.backed_up,
             "kernel_bytes_moved_in": f.inq, "kernel_bytes_moved_out": f.outq,
             "accepted_since_scan": f.accepted_since_scan,
