@@ -32,6 +32,8 @@ LOSS_GRACE_S = 0.5  # a message not seen this long after it was sent counts as m
 # no Trade or Quote a strategy could act on. Identity is in the sequence (bit 63 set).
 CANARY_MIX = Mix(((Kind.VENDOR, 1),), vendor_size=16, vendor_type=254)
 CANARY_SOURCE = 99
+SYNC_INTERVAL_S = 0.01  # between start-barrier sync messages
+SYNC_DEADLINE_S = 5.0  # the barrier gives up after this (the run goes on, says so)
 
 
 @dataclass
@@ -97,7 +99,8 @@ class CanaryChild:
 
     def run(self) -> None:
         self.connect_all()
-        self._answer({"ready": True, "pid": os.getpid(), "tag": self.tag})
+        synced = self._barrier()
+        self._answer({"ready": True, "pid": os.getpid(), "tag": self.tag, "synced": synced})
         while True:
             for key, _ in self.sel.select(timeout=0.0002 if self.publishing else 0.05):
                 if key.data is None:
@@ -107,6 +110,30 @@ class CanaryChild:
                     self._read(key.data)
             if self.publishing:
                 self._publish()
+
+    def _barrier(self) -> bool:
+        """Repeat a sync message (number 0, never judged) until each stream, echo
+        included, has one: a relay may subscribe a client some time after its connect
+        returned (the Rust relay takes it from its accept queue later), and messages
+        published before that are not the client's to miss. Numbered publishing starts
+        after (its schedule from now). False if not all synced within the deadline."""
+        deadline = time.monotonic() + SYNC_DEADLINE_S
+        pub = self.streams[0]
+        while time.monotonic() < deadline:
+            if all(s.auditor.synced(1) for s in self.streams):
+                break
+            if pub.sock is not None:
+                try:
+                    pub.sock.send(self.factory.sync(time.time_ns()))
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self._lost_connection(pub)
+            for key, _ in self.sel.select(timeout=SYNC_INTERVAL_S):
+                if key.data is not None:
+                    self._read(key.data)
+        self.started = time.monotonic()
+        return all(s.auditor.synced(1) for s in self.streams)
 
     def _read(self, stream: Stream) -> None:
         assert stream.sock is not None
