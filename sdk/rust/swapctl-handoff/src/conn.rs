@@ -346,6 +346,7 @@ impl Conn {
     fn ingest<I: Inbound, M: From<Vec<u8>>>(&mut self, data: &[u8], inbound: &mut I, tx: &broadcast::Sender<M>) {
         let mut frames_in = 0;
         let seq = &self.hub.sent_seq;
+        let before = inbound.skipped();
         inbound.feed(data, &mut |unit, frames| {
             frames_in += frames;
             let _ = tx.send(M::from(unit));
@@ -353,6 +354,12 @@ impl Conn {
         });
         self.carried.counters[1] += frames_in;
         Counters::add(&self.hub.counters.frames_in, frames_in);
+        if let (Some((bytes0, resyncs0)), Some((bytes1, resyncs1))) = (before, inbound.skipped()) {
+            let c = &self.hub.counters;
+            c.skips_counted.store(true, Ordering::Relaxed);
+            Counters::add(&c.skipped_bytes, bytes1 - bytes0);
+            Counters::add(&c.resyncs, resyncs1 - resyncs0);
+        }
         self.slot.set(PENDING, !inbound.pending().is_empty());
     }
 

@@ -530,7 +530,7 @@ impl Control {
     fn stats(&self) -> Value {
         let c = &self.hub.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        json!({
+        let mut stats = json!({
             "state": self.hub.state(), "connections_open": self.hub.connections(),
             "connections_total": get(&c.connections_total), "bytes_in": get(&c.bytes_in),
             "bytes_out": get(&c.bytes_out), "frames_in": get(&c.frames_in),
@@ -539,6 +539,11 @@ impl Control {
             "handed_over": get(&c.handed_over), "pid": std::process::id(),
             "uptime_s": self.hub.started.elapsed().as_secs_f64(),
             "implementation": "swapctl-handoff (rust)",
-        })
+        });
+        if c.skips_counted.load(Ordering::Relaxed) {
+            stats["skipped_bytes"] = json!(get(&c.skipped_bytes));
+            stats["resyncs"] = json!(get(&c.resyncs));
+        }
+        stats
     }
 }

@@ -17,6 +17,13 @@ pub trait Inbound: Send + 'static {
     fn pending(&self) -> &[u8] {
         &[]
     }
+    /// What was read and never forwarded, if this inbound counts it: (bytes skipped as
+    /// garbage or cut frames, times it resynchronised). None: not counted, and the
+    /// relay's stats then leave `skipped_bytes` out (swapctl reports lost as unknown
+    /// rather than vouch for bytes nobody counted).
+    fn skipped(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Forward each read as it is (like the real relays, which do not frame).
@@ -27,6 +34,9 @@ impl Inbound for Chunks {
         if !data.is_empty() {
             forward(data.to_vec(), 1);
         }
+    }
+    fn skipped(&self) -> Option<(u64, u64)> {
+        Some((0, 0)) // every byte read is forwarded
     }
 }
 
@@ -39,6 +49,7 @@ const MAGIC: [u8; 4] = [0xEF, 0xBE, 0xAD, 0xDE];
 pub struct FrameCounts {
     pub frames: u64,
     pub skipped_bytes: u64,
+    pub resyncs: u64,
     pub rejected_domain: u64,
 }
 
@@ -100,6 +111,7 @@ impl V2Frames {
             }
         }
         self.counts.skipped_bytes += (next - pos) as u64;
+        self.counts.resyncs += 1;
         next
     }
 }
@@ -129,6 +141,10 @@ impl Inbound for V2Frames {
             self.tail = buf;
         }
         self.counts.frames += total;
+    }
+
+    fn skipped(&self) -> Option<(u64, u64)> {
+        Some((self.counts.skipped_bytes, self.counts.resyncs))
     }
 
     fn pending(&self) -> &[u8] {
@@ -183,6 +199,8 @@ mod tests {
         assert_eq!(out, good);
         assert_eq!(f.counts.rejected_domain, 1);
         assert_eq!(f.counts.skipped_bytes, 8);
+        assert_eq!(f.counts.resyncs, 1);
+        assert_eq!(f.skipped(), Some((8, 1)));
     }
 
     #[test]

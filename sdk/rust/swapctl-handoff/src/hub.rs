@@ -143,6 +143,11 @@ pub struct Counters {
     pub disconnects: AtomicU64,
     pub adopted: AtomicU64,
     pub handed_over: AtomicU64,
+    /// Read and never forwarded (garbage, cut frames), and the resyncs that skipped
+    /// them; reported only once an `Inbound` that counts them has fed (`skips_counted`).
+    pub skipped_bytes: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub skips_counted: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
