@@ -18,6 +18,7 @@ from swapctl.cli import (
     bench_handoff,
     bench_soak,
     bench_strategies,
+    bench_table,
     config,
     conformance,
     demo,
@@ -54,6 +55,6 @@ def main() -> None:
 
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
-                bench_drill, bench_daemon, bench_soak, diff, demo, config, playbook,
-                conformance):
+                bench_drill, bench_daemon, bench_soak, bench_table, diff, demo, config,
+                playbook, conformance):
     _module.register(main)

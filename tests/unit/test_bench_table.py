@@ -1,0 +1,182 @@
+"""`swapctl bench table`: README's figures generated from the benchmarks' JSON reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from swapctl.bench.table import BEGIN, END, command, current_block, load, render, replace_block
+from swapctl.cli import main
+from swapctl.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _conditions(**extra: Any) -> dict[str, Any]:
+    return {"python": "3.11.7", "implementation": "CPython", "cpu_model": "Test CPU",
+            "cpu_count": 2, "cores_usable": 2, "load_average_1m_5m": [0.5, 0.75],
+            "source": {"commit": "abc1234", "uncommitted_changes": False}, **extra}
+
+
+def _pause(n: int, p50: float, tail: float) -> dict[str, Any]:
+    if n < 100:
+        return {"n": n, "p50": p50, "max": tail, "mean": p50, "p99_is_max": True}
+    return {"n": n, "p50": p50, "p99": tail, "max": tail * 2, "mean": p50}
+
+
+def _goal(name: str, measured: float | None, met: bool) -> dict[str, Any]:
+    return {"name": name, "target": "<= 2 ms", "measured": measured, "unit": "ms", "met": met}
+
+
+def _handoff_row(relay: str, clients: int, rate: int, n: int) -> dict[str, Any]:
+    return {"relay": relay, "clients": clients, "load_msgs_per_s": rate, "committed": n,
+            "swaps": n, "not_committed_reasons": [],
+            "server_pause_ms": _pause(n, 0.5, 1.25), "client_pause_ms": _pause(n, 3.0, 7.5),
+            "canary": {"lost": 0, "disconnects": 1}, "crowd_disconnects": 2}
+
+
+def _handoff() -> dict[str, Any]:
+    rollback = {"clients": 10, "rollbacks": 4,
+                "traffic_flowing_ms": _pause(4, 12.0, 20.0)}
+    return {
+        "benchmark": "handoff",
+        "conditions": _conditions(relays=["python"], swaps_per_config=30, journal="on",
+                                  never_reader=True, load_rate_asked=5000,
+                                  delivery_budget_msgs_per_s=1_500_000),
+        "scm_rights_reference": {"us_per_fd": 0.4},
+        "idle": [_handoff_row("python", 10, 0, 30)],
+        "under_load": [_handoff_row("python", 10, 5000, 150)],
+        "rollback": {"python": {"warm": rollback, "cold": rollback}},
+        "per_connection_cost_us": {"python": 0.3},
+        "goals": [_goal("server pause p99 under load", 1.25, True),
+                  _goal("server pause p99 at 5,000 clients", None, False)],
+    }
+
+
+def _strategies() -> dict[str, Any]:
+    row = {"strategy": "takeover", "rate_asked": 10000, "rate_used": 10000, "clients": 100,
+           "swaps_asked": 10, "pause_ms": {"n": 10, "p50": 4.0, "p99": 9.5, "max": 9.5},
+           "disconnects": {"report": 0, "checker": 0}, "lost": 0, "lost_pct": 0.0,
+           "errors": []}
+    return {"benchmark": "strategies",
+            "conditions": _conditions(message_sizes_bytes={"trade": 74, "quote": 90},
+                                      rates_asked=[10000], connected_clients=100,
+                                      swaps_per_config=10, canary_msgs_per_s=1000.0),
+            "results": [row], "skipped": {}, "bridge_latency": None,
+            "goals": [_goal("takeover: client pause p99", 9.5, True)]}
+
+
+def _codec() -> dict[str, Any]:  # codec writes no "benchmark" key: named by its file
+    figures = {"best_msgs_per_s": 2_000_000, "vs_reference": 1.2}
+    return {"conditions": _conditions(message_bytes=74, messages_per_repeat=1000, repeats=2),
+            "parsing": {"crc_verified": figures}, "construction": {"template": figures},
+            "goals": [{"name": "parse crc_verified vs reference", "target": ">= 1 x",
+                       "measured": 0.8, "unit": "x", "met": False}]}
+
+
+def _write(tmp_path: Path, name: str, report: dict[str, Any]) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(report), encoding="utf-8")
+    return path
+
+
+def _row(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_handoff_labels_the_tail_max_below_100_samples_and_p99_above(tmp_path: Path) -> None:
+    text = render(load([_write(tmp_path, "handoff", _handoff())]))
+    idle = _row(text, "| handoff | python relay, 10 clients, idle |")
+    assert "server pause p50 0.5 / max 1.25 ms" in idle and "p99" not in idle
+    assert "lost 0, disconnects 3" in idle and "| 30 of 30 swaps committed |" in idle
+    loaded = _row(text, "| handoff | python relay, 10 clients, load 5,000 msg/s |")
+    assert "server pause p50 0.5 / p99 1.25 ms" in loaded and "| 150 of 150 swaps" in loaded
+    assert "decision -> traffic flowing p50 12 / max 20 ms | 4 rollbacks" in text
+
+
+def test_each_goal_is_met_or_not_and_counted(tmp_path: Path) -> None:
+    text = render(load([_write(tmp_path, "handoff", _handoff())]))
+    assert "| server pause p99 under load | <= 2 ms | 1.25 ms | met |" in text
+    assert "| server pause p99 at 5,000 clients | <= 2 ms | not measured | **not met** |" in text
+    assert "| 1 of 2 |" in _row(text, "| handoff | 30 swaps per row")
+
+
+def test_strategies_p99_of_fewer_than_100_samples_is_the_maximum(tmp_path: Path) -> None:
+    text = render(load([_write(tmp_path, "strategies", _strategies())]))
+    row = _row(text, "| strategies | takeover, 10,000 msg/s (10,000 asked), 100 clients |")
+    assert "client pause p50 4 / max 9.5 ms" in row and "| 10 of 10 swaps |" in row
+    assert "message sizes 74/90 bytes, 100 clients" in text
+
+
+def test_conditions_and_commands_come_from_the_reports(tmp_path: Path) -> None:
+    reports = load([_write(tmp_path, "codec", _codec()),
+                    _write(tmp_path, "strategies", _strategies()),
+                    _write(tmp_path, "handoff", _handoff())])
+    names = [name for name, _ in reports]
+    assert names == ["codec", "strategies", "handoff"]
+    text = render(reports)
+    assert "load average 0.5 / 0.75 (1 / 5 min) as the run ended, commit abc1234" in text
+    assert ("`swapctl bench handoff --relay python --clients 10 --swaps 30 --rollbacks 4 "
+            "--load-rate 5000 -o json > docs/bench/handoff.json`") in text
+    assert ("swapctl bench strategies --rates 10000 --clients 100 --swaps 10 --canary-rate "
+            "1000 --strategies takeover -o json") in text
+    assert "swapctl bench codec --messages 1000 --repeats 2 -o json" in text
+    assert "| codec | parsing: crc_verified | 2,000,000 frames/s parsed (1.2 x" in text
+    assert text.index("| codec |") < text.index("| handoff |") < text.index("| strategies |")
+    assert "No report yet for: `relay`, `diff`, `daemon`, `drill`, `soak`." in text
+
+
+def test_a_recorded_argv_is_the_command() -> None:
+    report = {"benchmark": "soak", "argv": ["--minutes", "5"], "conditions": _conditions()}
+    assert command("soak", report) == ("swapctl bench soak --minutes 5 -o json > "
+                                       "docs/bench/soak.json")
+    assert "not recorded" in command("drill", {"conditions": _conditions()})
+
+
+def test_replace_and_read_the_block_between_the_markers() -> None:
+    readme = f"intro\n{BEGIN}\nold table\n{END}\nafter\n"
+    new = replace_block(readme, "| new |")
+    assert new == f"intro\n{BEGIN}\n| new |\n{END}\nafter\n"
+    assert current_block(new) == "| new |"
+    with pytest.raises(UsageError, match="markers"):
+        replace_block("no markers here", "| x |")
+
+
+def test_a_file_that_is_not_a_report_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"bad\.json: not a readable"):
+        load([bad])
+
+
+def test_check_fails_on_drift_and_write_repairs_it(tmp_path: Path) -> None:
+    report = str(_write(tmp_path, "handoff", _handoff()))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BEGIN}\n| hand-written |\n{END}\n", encoding="utf-8")
+    runner = CliRunner()
+    drifted = runner.invoke(main, ["bench", "table", report, "--check", str(readme)])
+    assert drifted.exit_code == 1 and "differs from the reports" in drifted.output
+    written = runner.invoke(main, ["bench", "table", report, "--write", str(readme)])
+    assert written.exit_code == 0, written.output
+    assert runner.invoke(main, ["bench", "table", report, "--check", str(readme)]).exit_code == 0
+    assert readme.read_text(encoding="utf-8").startswith(f"# x\n{BEGIN}\n| Benchmark |")
+
+
+def test_readme_table_is_the_one_docs_bench_gives() -> None:
+    reports = sorted(str(p) for p in (REPO / "docs/bench").glob("*.json"))
+    assert reports, "docs/bench/*.json: no benchmark reports"
+    result = CliRunner().invoke(main, ["bench", "table", *reports,
+                                       "--check", str(REPO / "README.md")])
+    assert result.exit_code == 0, result.output
+
+
+def test_swaps_not_committed_are_counted_and_explained(tmp_path: Path) -> None:
+    report = _handoff()
+    report["idle"][0].update(swaps=30, committed=3, not_committed_reasons=["canary behind"] * 27)
+    report["idle"][0]["server_pause_ms"] = _pause(3, 0.5, 1.25)
+    row = _row(render(load([_write(tmp_path, "handoff", report)])), "| handoff | python relay, 10")
+    assert "; 27 not committed (first: canary behind) | 3 of 30 swaps committed |" in row
