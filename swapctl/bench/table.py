@@ -201,9 +201,10 @@ def _handoff_rows(r: Report) -> list[Row]:
         figure = (f"server pause {_stats(row['server_pause_ms'], 'ms')}; client pause "
                   f"{_stats(row['client_pause_ms'], 'ms')}; lost {_num(canary.get('lost'))}, "
                   f"disconnects {_num(disconnects)}")
-        reasons = row.get("not_committed_reasons") or []
+        reasons = row.get("not_committed_reasons") or []  # not one per swap: count apart
         if reasons:
-            figure += f"; {len(reasons)} not committed (first: {reasons[0]})"
+            left = (row.get("swaps") or 0) - (row.get("committed") or 0)
+            figure += f"; {_num(left)} not committed (first: {reasons[0]})"
         rows.append(Row(f"{row['relay']} relay, {_num(row['clients'])} clients, {load_text}",
                         figure, f"{_n(row['server_pause_ms'])} of {_num(row.get('swaps'))} "
                                 f"swaps committed"))

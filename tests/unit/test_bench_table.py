@@ -176,7 +176,7 @@ def test_readme_table_is_the_one_docs_bench_gives() -> None:
 
 def test_swaps_not_committed_are_counted_and_explained(tmp_path: Path) -> None:
     report = _handoff()
-    report["idle"][0].update(swaps=30, committed=3, not_committed_reasons=["canary behind"] * 27)
+    report["idle"][0].update(swaps=30, committed=3, not_committed_reasons=["canary behind"] * 5)
     report["idle"][0]["server_pause_ms"] = _pause(3, 0.5, 1.25)
     row = _row(render(load([_write(tmp_path, "handoff", report)])), "| handoff | python relay, 10")
     assert "; 27 not committed (first: canary behind) | 3 of 30 swaps committed |" in row
