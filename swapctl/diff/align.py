@@ -6,16 +6,21 @@ the differing middle is aligned with difflib (no junk heuristic), or, past
 Unmatched tokens become differences: a frame only the old side delivered is
 *missing*, one only the new side delivered is *extra*, the same message with other
 bytes is *altered*, a frame found on both sides at different places is *reordered*,
-and gaps or frames that do not decode as Protocol V2 are *framing*.
+and gaps or frames that do not decode as Protocol V2 are *framing*. A run of unmatched
+tokens is judged at once when it is all same-size one-TLV frames (a relay that
+delivered nothing leaves a million of them), and its entries stay cheap tuples.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter, defaultdict, deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from itertools import repeat
+from operator import itemgetter
+from typing import cast
 
 from swapctl.diff.tokens import Framed, Gap, Token
 from swapctl.protocol import MalformedFrame, decode_message
@@ -67,6 +72,18 @@ class Lane:
     new: Sequence[int]
 
 
+@dataclass(slots=True)
+class Found:
+    """What comparing one client's streams found (a disconnect is added by the caller)."""
+
+    old_frames: int
+    new_frames: int
+    old_window: int  # tokens in each side's window: where a disconnect is placed
+    new_window: int
+    counts: Counter[Category]
+    differences: list[Difference]
+
+
 # An unmatched position before it becomes a Difference: (category, old pos, new pos),
 # -1 for no position; positions index the windows' tokens.
 Entry = tuple[Category, int, int]
@@ -79,6 +96,7 @@ def align_lane(a: Framed, b: Framed, lane: Lane, strict: bool,
     ka = _keys(a, lane.old, strict)
     kb = _keys(b, lane.new, strict)
     out: list[Entry] = []
+    extras = False
     for tag, i1, i2, j1, j2 in opcodes(ka, kb):
         if tag == "equal":
             if pairs is not None:
@@ -89,11 +107,13 @@ def align_lane(a: Framed, b: Framed, lane: Lane, strict: bool,
                                                        b.tokens[lane.new[j1 + k]]):
             out.append((Category.ALTERED, lane.old[i1 + k], lane.new[j1 + k]))
             k += 1
-        out.extend((_one_side(a.tokens[p], Category.MISSING), p, -1)
-                   for p in lane.old[i1 + k : i2])
-        out.extend((_one_side(b.tokens[p], Category.EXTRA), -1, p)
-                   for p in lane.new[j1 + k : j2])
-    return _pair_reorders(a, b, out)
+        missing = lane.old[i1 + k : i2]
+        out.extend(zip(_one_sided(a.tokens, missing, Category.MISSING), missing,
+                       repeat(-1)))
+        extra = lane.new[j1 + k : j2]
+        out.extend(zip(_one_sided(b.tokens, extra, Category.EXTRA), repeat(-1), extra))
+        extras = extras or bool(extra)
+    return _pair_reorders(a, b, out) if extras else out
 
 
 def _altered(x: Token, y: Token) -> bool:
@@ -102,10 +122,49 @@ def _altered(x: Token, y: Token) -> bool:
             and x[:_IDENTITY] == y[:_IDENTITY])
 
 
-def _one_side(tok: Token, category: Category) -> Category:
+def one_side(tok: Token, category: Category) -> Category:
     if isinstance(tok, Gap) or not tlvs_ok(tok):
         return Category.FRAMING
     return category
+
+
+def _one_sided(tokens: Sequence[Token], positions: Sequence[int], category: Category
+               ) -> Iterable[Category]:
+    """`one_side` for each token at `positions`: a run of frames that are all clean
+    is judged at once (`_one_tlv_each`), else each token is."""
+    if isinstance(positions, range) and positions.step == 1:
+        run = tokens[positions.start : positions.stop]
+    else:
+        run = [tokens[p] for p in positions]
+    if _one_tlv_each(run):
+        return repeat(category, len(run))
+    return map(one_side, run, repeat(category))
+
+
+def _one_tlv_each(run: Sequence[Token]) -> bool:
+    """True if every token is a frame of one size whose payload is one TLV that fills it
+    exactly (which `tlvs_ok` accepts), checked a pass at a time at C speed."""
+    if not run:
+        return True
+    if set(map(type, run)) != {bytes}:
+        return False
+    frames = cast("Sequence[bytes]", run)
+    sizes = set(map(len, frames))
+    size = sizes.pop()
+    length = size - _HEADER - 2  # what a lone TLV's length byte must say
+    if sizes or not 0 <= length <= 0xFF:
+        return False
+    return (set(map(itemgetter(_HEADER + 1), frames)) == {length}
+            and 0xFF not in set(map(itemgetter(_HEADER), frames)))  # 0xFF: an extended TLV
+
+
+def lone_tlvs(data: bytes, size: int) -> bool:
+    """`_one_tlv_each` for a run of `size`-byte messages back to back, read with strided
+    slices of its bytes."""
+    length = size - _HEADER - 2
+    count = len(data) // size
+    return (0 <= length <= 0xFF and data[_HEADER + 1 :: size] == bytes([length]) * count
+            and 0xFF not in data[_HEADER::size])
 
 
 def _pair_reorders(a: Framed, b: Framed, entries: list[Entry]) -> list[Entry]:

@@ -1,7 +1,9 @@
 """Comparing what each client received from the old and the new relay.
 
 How it works: per client, the two byte streams are first compared whole (identical
-bytes mean identical frames: only the frames are counted). Otherwise each stream is
+bytes mean identical frames: only the frames are counted). When one stream is the
+other's up to a frame boundary (a relay that delivered nothing, or stopped), the rest
+of the longer one is judged a run at a time (onesided.py). Otherwise each stream is
 cut into tokens (tokens.py), the common prefix and suffix are trimmed at C speed and
 the middle is aligned with difflib; every unmatched token becomes a categorized
 `Difference` (align.py). Modes:
@@ -21,10 +23,21 @@ import contextlib
 import enum
 import gc
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 
-from swapctl.diff.align import Category, Difference, Entry, Lane, align_lane, materialize
+from swapctl.diff.align import (
+    Category,
+    Difference,
+    Entry,
+    Found,
+    Lane,
+    align_lane,
+    materialize,
+)
+from swapctl.diff.onesided import judge_rest
 from swapctl.diff.tokens import Framed, Gap, Stream, count_frames, first_difference, windows
 
 __all__ = ["Category", "ClientResult", "Comparison", "Difference", "Mode", "Suppressed",
@@ -141,35 +154,50 @@ def _no_gc() -> Iterator[None]:
 
 def _compare_slow(name: str, old: Stream, new: Stream, mode: Mode, max_listed: int
                   ) -> tuple[ClientResult, list[Suppressed]]:
-    a, b = windows(old.raw, new.raw)
-    strict = mode is Mode.STRICT
-    found: list[tuple[Entry, str]] = []
     suppressed: list[Suppressed] = []
+    found = judge_rest(name, old.raw, new.raw, mode is Mode.PER_PUBLISHER, max_listed)
+    if found is None:
+        found, suppressed = _aligned(name, old.raw, new.raw, mode, max_listed)
+    counts, diffs = found.counts, found.differences
+    if old.closed_by_relay != new.closed_by_relay:
+        counts[Category.DISCONNECT] += 1
+        diffs.append(_disconnect(name, found, old.closed_by_relay))
+    first_byte = first_difference(old.raw, new.raw) if mode is Mode.STRICT else None
+    result = ClientResult(
+        name, found.old_frames, found.new_frames,
+        tuple((c, counts[c]) for c in Category if counts[c]),
+        tuple(diffs), first_byte,
+    )
+    return result, suppressed
+
+
+def _aligned(name: str, old: bytes, new: bytes, mode: Mode, max_listed: int
+             ) -> tuple[Found, list[Suppressed]]:
+    """Cut both streams' differing windows into tokens and align them (align.py)."""
+    a, b = windows(old, new)
+    strict = mode is Mode.STRICT
+    suppressed: list[Suppressed] = []
+    lanes: Iterable[str] = repeat("")
     if mode is Mode.PER_PUBLISHER:
+        found: list[tuple[Entry, str]] = []
         pairs: list[tuple[int, int]] = []
         for lane in _lanes(a, b):
             found += [(e, lane.name) for e in align_lane(a, b, lane, strict, pairs)]
         found.sort(key=lambda f: (f[0][1] if f[0][1] >= 0 else f[0][2], f[0][1] < 0))
+        entries, lanes = [e for e, _ in found], [lane for _, lane in found]
         moved = _interleaving(pairs)
         if moved:
             suppressed.append(Suppressed(
                 "frames interleaved differently across publishers", moved,
                 "per-publisher mode compares each publisher's (source byte's) order only", name))
     else:
-        lane = Lane("", range(len(a.tokens)), range(len(b.tokens)))
-        found = [(e, "") for e in align_lane(a, b, lane, strict, None)]
-    counts = Counter(e[0] for e, _ in found)
-    diffs = [materialize(name, a, b, e, lane_name) for e, lane_name in found[:max_listed]]
-    if old.closed_by_relay != new.closed_by_relay:
-        counts[Category.DISCONNECT] += 1
-        diffs.append(_disconnect(name, a, b, old.closed_by_relay))
-    first_byte = first_difference(old.raw, new.raw) if strict else None
-    result = ClientResult(
-        name, a.frames, b.frames,
-        tuple((c, counts[c]) for c in Category if counts[c]),
-        tuple(diffs), first_byte,
-    )
-    return result, suppressed
+        whole = Lane("", range(len(a.tokens)), range(len(b.tokens)))
+        entries = align_lane(a, b, whole, strict, None)
+    categories = list(map(itemgetter(0), entries))  # counted in C: Enum hashes in Python
+    counts = Counter({c: categories.count(c) for c in Category})
+    diffs = [materialize(name, a, b, e, lane_name)
+             for e, lane_name in zip(entries[:max_listed], lanes, strict=False)]
+    return Found(a.frames, b.frames, len(a.tokens), len(b.tokens), counts, diffs), suppressed
 
 
 def _lanes(a: Framed, b: Framed) -> list[Lane]:
@@ -195,11 +223,10 @@ def _interleaving(pairs: list[tuple[int, int]]) -> int:
     return moved
 
 
-def _disconnect(name: str, a: Framed, b: Framed, old_closed: bool) -> Difference:
+def _disconnect(name: str, found: Found, old_closed: bool) -> Difference:
     side = "old" if old_closed else "new"
-    framed = a if old_closed else b
+    frames = found.old_frames if old_closed else found.new_frames
     detail = (f"the {side} relay closed this client's connection after "
-              f"{framed.frames} frames; the other kept it open")
+              f"{frames} frames; the other kept it open")
     return Difference(name, Category.DISCONNECT, None, None, detail,
-                      position=len(framed.tokens))
-
+                      position=found.old_window if old_closed else found.new_window)
