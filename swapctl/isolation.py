@@ -47,7 +47,7 @@ class Bind:
 
 def command(argv: Sequence[str], binds: Sequence[Bind]) -> list[str]:
     """The command line that runs `argv` with `binds` in a private mount namespace."""
-    out = [sys.executable, "-m", "swapctl.isolation"]
+    out = [sys.executable, "-P", "-m", "swapctl.isolation"]
     for bind in binds:
         out += ["--bind", str(bind.source), str(bind.target)]
     return [*out, "--", *argv]

@@ -57,7 +57,7 @@ from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
 
-RELAY = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
+RELAY = (sys.executable, "-P", "-m", "swapctl.relay", "--log-level", "warning")
 DELIVERY_BUDGET = 1_500_000  # deliveries/s (rate x clients) the bench asks of the relay
 BACKLOG_BOUND = 16 * 1024 * 1024  # the relay's default --max-backlog: what "full" means
 TRICKLE = 200  # msg/s the never-reading publisher keeps sending once its backlog is full
@@ -115,7 +115,7 @@ class NeverReader:
         code = ("import sys; from swapctl.bench.handoff import never_reader; "
                 "never_reader(sys.argv[1], float(sys.argv[2]))")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(public), str(TRICKLE)],
+            [sys.executable, "-P", "-c", code, str(public), str(TRICKLE)],
             start_new_session=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:

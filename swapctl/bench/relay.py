@@ -99,10 +99,10 @@ def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, 
     if target == "rust":
         return [str(rust_relay_binary(rust)), "--legacy", "--socket", str(sock)]
     if target == "relay":
-        return [sys.executable, "-m", "swapctl.relay", "--socket", str(sock),
+        return [sys.executable, "-P", "-m", "swapctl.relay", "--socket", str(sock),
                 "--stats", str(stats), "--log-level", "warning", *relay_args, *policy]
     if target == "raw":
-        return [sys.executable, "-m", "swapctl.bench.rawfwd", "--socket", str(sock), *policy]
+        return [sys.executable, "-P", "-m", "swapctl.bench.rawfwd", "--socket", str(sock), *policy]
     return None
 
 
@@ -192,7 +192,7 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
     return _Target(name, sock, stats, server, consumer)
 
 
-_LOADGEN = (sys.executable, "-m", "swapctl.probes.bulk.loadgen")
+_LOADGEN = (sys.executable, "-P", "-m", "swapctl.probes.bulk.loadgen")
 
 
 def _publisher_args(mode: str, targets: list[_Target], s: RelayBenchSettings) -> list[str]:

@@ -230,7 +230,7 @@ def check_loss(report: dict[str, Any], baseline: dict[str, Any],
 
 def _legacy_layout(box: Box) -> tuple[lay.Layout, lay.LegacySlot, tuple[str, ...]]:
     layout = lay.Layout(box.public, box.root / "c" / "md.sock", box.root / "r")
-    argv = (sys.executable, "-m", "swapctl.relay", "--socket", str(layout.compiled),
+    argv = (sys.executable, "-P", "-m", "swapctl.relay", "--socket", str(layout.compiled),
             *RELAY_ARGS)
     _, old = lay.migrate(layout, list(argv), box.root / "logs")
     assert old is not None
@@ -256,7 +256,7 @@ def _service(box: Box) -> Any:
     return service
 
 
-HANDOFF_RELAY = (sys.executable, "-m", "swapctl.relay", *RELAY_ARGS)
+HANDOFF_RELAY = (sys.executable, "-P", "-m", "swapctl.relay", *RELAY_ARGS)
 
 
 SwapFn = Callable[[], Swapped]
@@ -517,7 +517,7 @@ def bridge_latency(rate: int, seconds: float = 3.0) -> dict[str, Any]:
     publisher's relay (direct) and on the bridged relay: the difference is the bridge's."""
     with tempfile.TemporaryDirectory(prefix="swbl-") as tmp:
         a, b = Path(tmp) / "a.sock", Path(tmp) / "b.sock"
-        relays = [subprocess.Popen([sys.executable, "-m", "swapctl.relay", "--socket", str(p),
+        relays = [subprocess.Popen([sys.executable, "-P", "-m", "swapctl.relay", "--socket", str(p),
                                     *RELAY_ARGS], start_new_session=True) for p in (a, b)]
         bridge: BridgeProcess | None = None
         try:

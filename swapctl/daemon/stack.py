@@ -54,7 +54,8 @@ def up(config: Config, timeout: float = 60.0) -> dict[str, Any]:
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "swapctl", "daemon", "--config-dir", str(config.directory)],
+            [sys.executable, "-P", "-m", "swapctl", "daemon", "--config-dir",
+             str(config.directory)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:

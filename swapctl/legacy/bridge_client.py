@@ -339,7 +339,7 @@ class BridgeProcess:
 
     def start(self, timeout: float = 15.0) -> int:
         cfg = self.config
-        args = [sys.executable, "-m", "swapctl.legacy.bridge_client", "--a", str(cfg.a),
+        args = [sys.executable, "-P", "-m", "swapctl.legacy.bridge_client", "--a", str(cfg.a),
                 "--b", str(cfg.b), "--names", ",".join(cfg.names),
                 "--max-buffer", str(cfg.max_buffer), "--echo-grace", str(cfg.echo_grace),
                 "--echo-timeout", str(cfg.echo_timeout),

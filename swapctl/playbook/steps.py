@@ -374,7 +374,7 @@ def _swapctl(ctx: RunContext, args: list[str], name: str) -> tuple[int, dict[str
     """`swapctl ARGS` as a child in a session of its own (ended with the step), its JSON."""
     out_path, err_path = ctx.run_dir / f"{name}.json", ctx.run_dir / f"{name}.log"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "swapctl", *args],
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "swapctl", *args],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 start_new_session=True)
     ctx.own(proc)

@@ -36,7 +36,7 @@ class Crowd:
 
     def __init__(self, public: Path, clients: int, *, reconnect: float | None = None,
                  ready_timeout: float = 15.0) -> None:
-        args = [sys.executable, "-m", "swapctl.probes.crowd", "--socket", str(public),
+        args = [sys.executable, "-P", "-m", "swapctl.probes.crowd", "--socket", str(public),
                 "--clients", str(clients)]
         if reconnect is not None:
             args += ["--reconnect", str(reconnect)]

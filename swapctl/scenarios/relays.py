@@ -64,7 +64,7 @@ def resolve(text: str, domain: Domain, profile: Profile, path: Path | None = Non
         if mode not in REFERENCE_MODES:
             raise UsageError(f"unknown reference mode {mode!r}: use one of "
                              f"{', '.join(m for m in REFERENCE_MODES if m)}")
-        argv = (sys.executable, "-m", "swapctl.relay", "--socket", PLACEHOLDER,
+        argv = (sys.executable, "-P", "-m", "swapctl.relay", "--socket", PLACEHOLDER,
                 "--domain", domain.value, "--profile", profile.value,
                 "--log-level", "warning", *REFERENCE_MODES[mode])
         return RelaySpec(text, argv, None)

@@ -81,7 +81,7 @@ class Layout:
         return self.log_dir / f"{program}.log"
 
     def launcher_command(self, program: str) -> list[str]:
-        return [self.python, "-m", "swapctl.supervise.launcher", "--slot",
+        return [self.python, "-P", "-m", "swapctl.supervise.launcher", "--slot",
                 str(self.slot_dir(program)), "--log", str(self.program_log(program)),
                 "--log-max-bytes", str(byte_size(self.log_maxbytes)),
                 "--log-backups", str(self.log_backups)]

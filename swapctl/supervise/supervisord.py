@@ -51,7 +51,7 @@ class Supervisord:
         config = write_config(layout)
         with self.output.open("ab") as out:
             self.proc = subprocess.Popen(
-                [layout.python, "-m", "supervisor.supervisord", "-c", str(config)],
+                [layout.python, "-P", "-m", "supervisor.supervisord", "-c", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                 cwd=layout.state_dir)
         self.client = SupervisorClient(layout.socket, self.call_timeout)

@@ -73,7 +73,7 @@ class Canary:
         self.final: dict[str, Any] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
-        args = [sys.executable, "-m", "swapctl.swap.canary_child",
+        args = [sys.executable, "-P", "-m", "swapctl.swap.canary_child",
                 "--socket", str(self.socket_path), "--rate", str(self.rate),
                 "--consumers", ",".join(self.consumers), "--domain-byte", str(self.domain_byte)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

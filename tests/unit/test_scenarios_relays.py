@@ -34,7 +34,7 @@ def test_commands_with_and_without_a_socket_placeholder(tmp_path: Path) -> None:
     assert fixed.hardcoded == Path("/tmp/torq/market_data.sock")
     proc = RelayProcess(fixed, tmp_path, "new")
     assert proc.socket == tmp_path / "new" / "market_data.sock"
-    assert proc.argv() == [sys.executable, "-m", "swapctl.isolation", "--bind",
+    assert proc.argv() == [sys.executable, "-P", "-m", "swapctl.isolation", "--bind",
                            str(tmp_path / "new"), "/tmp/torq", "--", "/opt/market_data_relay"]
     custom = resolve("/opt/r", MD, AP, Path("/run/x/y.sock"))
     assert custom.hardcoded == Path("/run/x/y.sock")
@@ -53,8 +53,8 @@ def test_isolation_command_line_round_trips() -> None:
     binds = [isolation.Bind(Path("/tmp/a b"), Path("/tmp/torq")),
              isolation.Bind(Path("/p2"), Path("/tmp/alphapulse"))]
     argv = isolation.command(["relay", "--flag"], binds)
-    assert argv[:3] == [sys.executable, "-m", "swapctl.isolation"]
-    assert isolation.parse(argv[3:]) == (binds, ["relay", "--flag"])
+    assert argv[:4] == [sys.executable, "-P", "-m", "swapctl.isolation"]
+    assert isolation.parse(argv[4:]) == (binds, ["relay", "--flag"])
     with pytest.raises(UsageError, match="usage"):
         isolation.parse(["--bind", "/a", "/b"])
     with pytest.raises(UsageError, match="two paths"):
