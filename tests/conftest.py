@@ -17,6 +17,24 @@ from swapctl import unixsock
 from swapctl.process import signal_group, stop_group
 
 
+def _restore_sigint() -> None:
+    """Give SIGINT back its interactive disposition when pytest inherited it ignored.
+
+    A non-interactive shell starts background jobs with SIGINT ignored, exec keeps it
+    ignored, and Python then installs no handler: every process the tests start (the CLI,
+    swapctld, relays, clients) would ignore the SIGINT a test sends as a terminal's Ctrl-C
+    (`status --watch` never stops). A handled signal is reset to SIG_DFL by exec, so
+    installing Python's default handler here gives each child the default disposition,
+    as a terminal's foreground job has. swapctl itself keeps honouring an ignored SIGINT,
+    as every Unix program does (`cmd &`, nohup): that is the operator's choice.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_sigint()
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A private directory with a short path (AF_UNIX paths are limited to 107 bytes)."""
