@@ -23,6 +23,7 @@ from swapctl.cli import (
     conformance,
     demo,
     diff,
+    init,
     legacy,
     load,
     ops,
@@ -56,5 +57,5 @@ def main() -> None:
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
                 bench_drill, bench_daemon, bench_soak, bench_table, diff, demo, config,
-                playbook, conformance):
+                playbook, conformance, init):
     _module.register(main)

@@ -11,6 +11,9 @@
 Teardown runs in a `finally`, also on an error, Ctrl-C or SIGTERM: `swapctl down`; if that
 fails, or anything it should have stopped still runs, the processes are ended by the pids
 swapctld and supervisord reported (never by name); then the temp dir is removed.
+With `keep` (`swapctl demo --keep`), a demo that ran to its end leaves the stack and the
+temp dir in place and prints the commands that drive it (`--config-dir ROOT/configs`);
+one stopped by an error or a signal is torn down as above.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import psutil
 from swapctl.config.load import Config, load_config
 from swapctl.daemon import stack
 from swapctl.daemon.api import ApiClient
-from swapctl.demo.configs import write
+from swapctl.demo.configs import next_commands, write
 from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
 from swapctl.probes.load import LoadSession
@@ -54,6 +57,7 @@ class DemoResult:
     error: str = ""  # what stopped the demo early
     left_behind: list[str] = field(default_factory=list)  # teardown problems
     wall_s: float = 0.0
+    kept: bool = False  # --keep: the stack was left up in root
 
     @property
     def strategy_alive(self) -> bool:
@@ -88,19 +92,23 @@ class DemoResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": self.problems(), "wall_s": round(self.wall_s, 1),
-                "root": self.root, "swaps": self.swaps,
+                "root": self.root, "kept": self.kept, "swaps": self.swaps,
                 "load": self.load.to_dict() if self.load else None,
                 "strategy_alive": self.strategy_alive}
 
 
-def run_demo(rate: float = 10_000.0, soak: float = 2.0, say: Say = print) -> DemoResult:
+def run_demo(rate: float = 10_000.0, soak: float = 2.0, say: Say = print,
+             keep: bool = False) -> DemoResult:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="swapctl-demo-", dir=_short_tmp()))
     result = DemoResult(root=str(root))
-    demo = _Demo(root, say)
+    demo = _Demo(root, say, keep)
     with sigterm_raises(lambda: _Interrupted("SIGTERM")):
         try:
             demo.run(rate, soak, result)
+            if keep:
+                result.kept = True
+                say(_kept_lines(root / "configs"))
         except (SwapctlError, TimeoutError, OSError) as exc:
             result.error = f"stopped early: {exc}"
             say(f"\n{result.error}")
@@ -108,26 +116,37 @@ def run_demo(rate: float = 10_000.0, soak: float = 2.0, say: Say = print) -> Dem
             result.error = f"interrupted ({str(exc) or 'Ctrl-C'})"
             say(f"\n{result.error}: stopping everything the demo started")
         finally:
-            with signals_ignored():
-                result.left_behind = demo.teardown()
-                shutil.rmtree(root, ignore_errors=True)
-                if root.exists():
-                    result.left_behind.append(f"could not remove {root}")
+            if not result.kept:
+                with signals_ignored():
+                    result.left_behind = demo.teardown()
+                    shutil.rmtree(root, ignore_errors=True)
+                    if root.exists():
+                        result.left_behind.append(f"could not remove {root}")
     result.wall_s = time.monotonic() - started
     return result
 
 
+def _kept_lines(config_dir: Path) -> str:
+    commands = next_commands(config_dir, up=False)
+    width = max(len(c) for c, _ in commands)
+    return "\n".join(["\n== the stack is still up (--keep); drive it with:",
+                      *(f"  {c:<{width}}  # {what}" for c, what in commands),
+                      f"  rm -rf {config_dir.parent}  # after down: the demo's files"])
+
+
 class _Demo:
-    def __init__(self, root: Path, say: Say) -> None:
+    def __init__(self, root: Path, say: Say, keep: bool = False) -> None:
         self.root = root
         self.say = say
+        self.keep = keep
         self.config: Config | None = None
         self.load: LoadSession | None = None
         self.procs: dict[int, psutil.Process] = {}  # what teardown may have to end
 
     def run(self, rate: float, soak: float, result: DemoResult) -> None:
         say = self.say
-        say(f"working in {self.root} (removed at the end)")
+        say(f"working in {self.root} " +
+            ("(kept with the stack up at the end)" if self.keep else "(removed at the end)"))
         self.config = config = load_config(write(self.root, soak=f"{soak:g}s"))
         say("== swapctl up: supervisord, swapctld, the last good release of each service")
         self._watch(stack.up(config, timeout=60.0).get("pid"))

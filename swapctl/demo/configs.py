@@ -1,8 +1,21 @@
-"""An embedded configuration for the demo and the tests: the three services on the
-reference relay, every path under one private directory (never /tmp/torq)."""
+"""A local configuration: the three services on the reference relay, every path under one
+private directory ROOT (never /tmp/torq, /opt or /run). `swapctl init DIR`, `swapctl demo`
+and the tests write it with `write`.
+
+    ROOT/configs/swapctld.yaml, SERVICE.yaml   what `--config-dir ROOT/configs` reads
+    ROOT/state/                                journal, reports, supervisord.conf, drills
+    ROOT/logs/                                 swapctld's and the relays' logs
+    ROOT/run/control.sock, supervisord.sock    control API; supervisord (started by swapctl)
+    ROOT/run/SERVICE.handoff.sock              derived by swapctld (swapctl/daemon/paths.py)
+    ROOT/sockets/SERVICE.sock                  each service's public socket
+
+Each service has releases v1 and v2, both the reference relay with the handoff protocol,
+v1 active: enough for a swap, a rollback and the standard drill.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +23,8 @@ from typing import Any
 import yaml
 
 SERVICES = ("market_data", "signal", "execution")
+DAEMON_FILE = "swapctld.yaml"
+MAX_UNIX_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
 def relay_command(domain: str, *extra: str) -> list[str]:
@@ -22,8 +37,10 @@ def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
           extra_releases: dict[str, list[str]] | None = None,
           service_overrides: dict[str, Any] | None = None) -> Path:
     """Write swapctld.yaml and one SERVICE.yaml per service under ROOT/configs; returns
-    that directory. State in ROOT/state, logs in ROOT/logs, sockets in ROOT/run and
-    ROOT/sockets. `extra_releases`: more releases (name -> extra relay arguments)."""
+    that directory (the `--config-dir` to give every command). Overwrites the files it
+    writes; `existing` says whether ROOT already holds a configuration. `soak`: each
+    swap's soak window; `metrics`: HOST:PORT of swapctld's metrics, or none;
+    `extra_releases`: more releases (name -> extra relay arguments)."""
     configs = root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     daemon = {
@@ -33,7 +50,7 @@ def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
                         "socket": str(root / "run" / "supervisord.sock")},
         "metrics": {"listen": metrics},
     }
-    (configs / "swapctld.yaml").write_text(yaml.safe_dump(daemon, sort_keys=False))
+    (configs / DAEMON_FILE).write_text(yaml.safe_dump(daemon, sort_keys=False))
     for name in services:
         releases: dict[str, Any] = {
             "v1": {"command": relay_command(name), "handoff": True},
@@ -50,3 +67,48 @@ def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
         }
         (configs / f"{name}.yaml").write_text(yaml.safe_dump(service, sort_keys=False))
     return configs
+
+
+def socket_paths(root: Path, services: tuple[str, ...] = SERVICES) -> list[Path]:
+    """Every AF_UNIX socket `write(root)` names or swapctld derives from it."""
+    run = root / "run"
+    return [run / "control.sock", run / "supervisord.sock",
+            *(root / "sockets" / f"{name}.sock" for name in services),
+            *(run / f"{name}.handoff.sock" for name in services)]
+
+
+def too_long(root: Path, services: tuple[str, ...] = SERVICES) -> list[Path]:
+    """The socket paths under ROOT longer than AF_UNIX allows (107 bytes)."""
+    return [p for p in socket_paths(root, services) if len(bytes(p)) > MAX_UNIX_PATH]
+
+
+def existing(root: Path) -> list[Path]:
+    """The configuration files already under ROOT/configs (none: ROOT is free)."""
+    configs = root / "configs"
+    return sorted(configs.glob("*.yaml")) if configs.is_dir() else []
+
+
+def program() -> str:
+    """How the operator runs this swapctl: `swapctl` when that is what PATH finds, else
+    the full path of the one next to this interpreter (a venv not activated)."""
+    here = Path(sys.executable).parent / "swapctl"
+    found = shutil.which("swapctl")
+    if found and here.is_file() and Path(found).resolve() == here.resolve():
+        return "swapctl"
+    return str(here) if here.is_file() else f"{sys.executable} -m swapctl"
+
+
+def next_commands(config_dir: Path, service: str = "market_data",
+                  up: bool = True) -> list[tuple[str, str]]:
+    """(command, what it does) to drive the stack configured in CONFIG_DIR."""
+    run, at = program(), f"--config-dir {config_dir}"
+    steps = [(f"{run} up {at}", "start supervisord, swapctld and v1 of every service")] \
+        if up else []
+    return [
+        *steps,
+        (f"{run} status {at}", "each service's release, pid and health"),
+        (f"{run} swap {service} --to v2 {at}", f"hot-swap {service} to v2, with its report"),
+        (f"{run} rollback {service} {at}", "swap back to the release the last swap replaced"),
+        (f"{run} drill {service} {at}", "the standard rollback drill, with its evidence"),
+        (f"{run} down {at}", "stop every relay, supervisord and swapctld"),
+    ]
