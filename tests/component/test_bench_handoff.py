@@ -68,7 +68,7 @@ def test_bench_handoff_measures_rust_beside_python() -> None:
     assert report["under_load"] == []
     rust = report["idle"][1]
     assert_clean(rust)
-    assert rust["handoff_mode"] == "v1"  # the crate has no pre-copy: every fd in the pause
+    assert rust["handoff_mode"] == "precopy"  # the crate speaks the pre-copy extension too
     assert rust["never_reader"] and rust["unsent_bytes_p50"] > 0  # its backlog was carried
     for relay in ("python", "rust"):
         for mode in ("warm", "cold"):
