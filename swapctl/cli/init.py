@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
@@ -37,12 +38,27 @@ def _check(root: Path, force: bool) -> None:
         raise UsageError(f"{root / 'configs'} already holds a configuration "
                          f"({', '.join(p.name for p in there)}): give --force to overwrite "
                          "it (stop its stack first), or choose another DIR")
+    if there and _answers(control := configs.socket_paths(root)[0]):
+        raise UsageError(f"a stack configured in {root / 'configs'} is running (swapctld "
+                         f"answers on {control}): stop it first with `swapctl down "
+                         f"--config-dir {root / 'configs'}`")
     if long := configs.too_long(root):
         worst = max(long, key=lambda p: len(bytes(p)))
         spare = len(bytes(root)) - (len(bytes(worst)) - configs.MAX_UNIX_PATH)
         raise UsageError(f"{worst} is {len(bytes(worst))} bytes, longer than AF_UNIX's "
                          f"{configs.MAX_UNIX_PATH}: choose a DIR of at most {max(spare, 1)} "
                          "bytes, such as /tmp/swapctl-stack")
+
+
+def _answers(path: Path) -> bool:
+    """Whether something listens on the Unix socket PATH (a stale file does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _width(config_dir: Path) -> int:

@@ -91,6 +91,9 @@ def test_your_own_stack_runs_as_written(root: Path) -> None:
                                      f"{done.stderr}"
         if argv[3] == "init":  # it prints the same next commands, for this DIR
             assert f"up --config-dir {stack}/configs" in done.stdout, done.stdout
+        if argv[3] == "up":  # --force does not overwrite a running stack's configuration
+            refused = _run([*SWAPCTL, "init", "--force", str(stack)])
+            assert refused.returncode == 2 and "is running" in refused.stderr, refused.stderr
         if argv[3] == "swap":
             assert "v1 -> v2" in done.stdout and "decision: COMMITTED" in done.stdout
         if argv[3] == "rollback":
