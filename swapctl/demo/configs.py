@@ -28,8 +28,10 @@ MAX_UNIX_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
 def relay_command(domain: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "swapctl.relay", "--log-level", "warning", "--domain", domain,
-            "--profile", "alphapulse", *extra]
+    # -P: the current directory (say, the folder holding a clone named swapctl) never
+    # shadows the package in the relay
+    return [sys.executable, "-P", "-m", "swapctl.relay", "--log-level", "warning",
+            "--domain", domain, "--profile", "alphapulse", *extra]
 
 
 def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
