@@ -27,6 +27,7 @@ from swapctl.logs import event
 from swapctl.swap import report as swap_report
 from swapctl.swap.canary import Canary, CanaryError
 from swapctl.swap.executor import SwapRun
+from swapctl.swap.machine import State
 from swapctl.swap.service import Service
 
 log = logging.getLogger("swapctl.daemon")
@@ -67,6 +68,22 @@ class SwapJob:
     @property
     def running(self) -> bool:
         return self.report is None
+
+    def ended_by(self, timeout: float) -> bool:
+        """True once the job has filed its report. A swap whose machine has already
+        reached its end (committed, rolled back, failed) is given `timeout` to file it
+        (canary stopped, report written, health refreshed) instead of being called busy:
+        a request right after a swap ended is not refused for a swap that is over."""
+        if not self.running:
+            return True
+        try:
+            over = State(self.phase).terminal
+        except ValueError:
+            over = False
+        if over:
+            with self.cond:
+                self.cond.wait_for(lambda: self.report is not None, timeout)
+        return not self.running
 
     def add(self, record: dict[str, Any]) -> None:
         with self.cond:

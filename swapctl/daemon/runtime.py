@@ -54,6 +54,7 @@ CRASH_AT = "SWAPCTL_DAEMON_CRASH_AT"
 # ... and this one holds a swap in a state for a while ("committing:3": 3 s in committing),
 # to ask for what that state must refuse (tests of late requests).
 PAUSE_AT = "SWAPCTL_DAEMON_PAUSE_AT"
+FILING_S = 10.0  # a swap that has ended gets this long to file its report before "busy"
 
 
 class ServiceRuntime:
@@ -178,7 +179,7 @@ class ServiceRuntime:
     def refuse_if_busy(self) -> None:
         """Busy, naming the swap, its strategy and phase, if one is running."""
         job = self.job
-        if job is None or not job.running:
+        if job is None or job.ended_by(FILING_S):
             return
         phase = job.phase
         raise Busy(f"{self.name}: swap {job.swap_id} ({job.kind}, {job.strategy} "
