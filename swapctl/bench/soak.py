@@ -13,9 +13,9 @@ on EOF). Every `every` seconds a step runs through the control API:
   swapctld SIGKILLed at a random moment of a swap (the phase status showed last is noted;
   the restarted daemon finishes the swap), the old (warm) relay SIGKILLed while a swap
   soaks (no client is on it), and the active relay of `signal` SIGKILLed outside a swap
-  (its clients are cut by design: no load runs there; swapctld must restart it).
-  supervisord is not killed yet: swapctld does not recover it (issue 16, listed in the
-  report's `faults.not_yet`).
+  (its clients are cut by design: no load runs there; swapctld must restart it), and
+  supervisord SIGKILLed at a random moment of a swap (swapctld restarts it and re-attaches
+  the relays without stopping them; the swap ends as it would have).
 
 A sampler thread records, every `sample_every` seconds (at least 6 samples a run), the
 RSS and open descriptors of swapctld, supervisord and every relay (found by the root's
@@ -53,8 +53,8 @@ from swapctl.probes.load import LoadSession
 from swapctl.process import processes_under
 
 OTHER = "signal"  # the service whose active relay is killed (no load clients there)
-FAULTS = ("swapctld", "old_relay", "active_relay")
-NOT_YET = {"supervisord": "swapctld does not recover a killed supervisord yet (issue 16)"}
+FAULTS = ("swapctld", "old_relay", "active_relay", "supervisord")
+NOT_YET: dict[str, str] = {}
 POLL = 0.02
 
 
@@ -97,7 +97,7 @@ def role_of(proc: psutil.Process) -> str | None:
     """swapctld, supervisord or relay:PROGRAM; None for the clients."""
     with contextlib.suppress(psutil.Error):
         cmd = proc.cmdline()
-        if any(part.endswith("supervisord") for part in cmd[:3]):
+        if any(part.endswith("supervisord") for part in cmd[:5]):  # python -P -m ...
             return "supervisord"
         if "swapctl" in cmd and "daemon" in cmd:
             return "swapctld"
@@ -204,7 +204,32 @@ class SoakSteps:
             return self._kill_swapctld()
         if kind == "old_relay":
             return self._kill_old_relay()
+        if kind == "supervisord":
+            return self._kill_supervisord()
         return self._kill_active_relay()
+
+    def _kill_supervisord(self) -> dict[str, Any]:
+        """SIGKILL supervisord at a random moment of a swap: swapctld restarts it and
+        re-attaches the relays (none is stopped), and the swap ends as it would have."""
+        swap_id = self.steps._start(self.settings.fault_soak)
+        time.sleep(self.rng.uniform(0.0, 1.0 + self.settings.fault_soak))
+        swap = self.bench.status(SERVICE)["services"][0]["swap"] or {}
+        phase = swap.get("state") if swap.get("running") else "ended"
+        state = self.bench.status(SERVICE)["daemon"].get("supervisord_state") or {}
+        pid = self._own(int(state["pid"]))
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        def back() -> dict[str, Any] | None:
+            now = self.bench.status(SERVICE)["daemon"].get("supervisord_state") or {}
+            return now if now.get("up") and now.get("pid") not in (None, pid) else None
+
+        Steps._wait(back, "supervisord restarted by swapctld")
+        restarted_ms = round((time.monotonic() - killed) * 1000, 1)
+        report = Steps._wait(lambda: self.steps._report(swap_id), f"the report of {swap_id}")
+        return {"fault": "supervisord", "swap_id": swap_id, "phase": phase, "killed_pid": pid,
+                "decision": report["decision"], "reason": report.get("reason"),
+                "restart_to_up_ms": restarted_ms}
 
     def _kill_swapctld(self) -> dict[str, Any]:
         """SIGKILL swapctld at a random moment of a swap; the restarted one finishes it."""
@@ -353,7 +378,7 @@ def _run_steps(steps: SoakSteps, settings: SoakSettings, record: SoakRecord,
 
 EXPECTED = {"swap": ("committed",), "rollback": ("rolled_back",),
             "swapctld": ("committed", "rolled_back"), "old_relay": ("committed", "rolled_back"),
-            "active_relay": ("restarted",)}
+            "active_relay": ("restarted",), "supervisord": ("committed", "rolled_back")}
 
 
 def build_report(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
