@@ -62,15 +62,38 @@ def peer_gone(inodes: set[int] | frozenset[int]) -> set[int]:
     return {ino for ino in inodes if peers.get(ino, -1) == 0}
 
 
+def listener_files() -> dict[int, tuple[int, int]]:
+    """Every listening Unix socket of this network namespace -> the file it is bound to,
+    (kernel device, file inode): which socket a path reaches, even beside a stale one of
+    the same name."""
+    out: dict[int, tuple[int, int]] = {}
+    _dump(1 << TCP_LISTEN, UDIAG_SHOW_VFS, lambda data: parse_listener_files(data, out))
+    return out
+
+
+def parse_listener_files(data: bytes, out: dict[int, tuple[int, int]]) -> bool:
+    """Add one datagram's listeners to `out` (socket inode -> (device, file inode));
+    True when the dump is done."""
+    for ino, attrs in _messages(data):
+        if UNIX_DIAG_VFS in attrs:
+            vfs_ino, dev = _PAIR.unpack_from(data, attrs[UNIX_DIAG_VFS])  # unix_diag_vfs
+            out[ino] = (dev, vfs_ino)
+    return _done(data)
+
+
+def request(states: int, show: int) -> bytes:
+    """A dump request for every Unix socket in `states` with the `show` attributes."""
+    req = _REQ.pack(socket.AF_UNIX, 0, 0, states, 0, show, b"\xff" * 8)
+    return _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY,
+                       NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+
+
 def _dump(states: int, show: int, parse: Callable[[bytes], bool]) -> None:
     """Ask for every Unix socket in `states` with the `show` attributes; `parse` each
     datagram until it says the dump is done."""
-    req = _REQ.pack(socket.AF_UNIX, 0, 0, states, 0, show, b"\xff" * 8)
-    msg = _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY,
-                      NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(2.0)
-        nl.send(msg)
+        nl.send(request(states, show))
         while not parse(nl.recv(1 << 16)):
             pass
 
@@ -97,7 +120,7 @@ def _messages(data: bytes) -> Iterator[tuple[int, dict[int, int]]]:
             attrs[atype] = attr + _RTA.size
             attr += (alen + 3) & ~3
         yield ino, attrs
-        pos += (length + 3) & ~3
+        pos += max((length + 3) & ~3, _NLMSG.size)
 
 
 def _done(data: bytes) -> bool:
@@ -106,7 +129,7 @@ def _done(data: bytes) -> bool:
         length, kind, _, _, _ = _NLMSG.unpack_from(data, pos)
         if kind == NLMSG_DONE:
             return True
-        pos += (length + 3) & ~3
+        pos += max((length + 3) & ~3, _NLMSG.size)
     return False
 
 

@@ -25,30 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from swapctl import sockdiag
 from swapctl.errors import UsageError
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
-
-NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST_DUMP = 0x1 | 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-TCP_LISTEN = 10
-UDIAG_SHOW_VFS = 0x2
-UNIX_DIAG_VFS = 1
-_NLMSG = struct.Struct("=IHHII")
-_REQ = struct.Struct("=BBHIIIII")
-_MSG = struct.Struct("=BBBBIII")
-_RTA = struct.Struct("=HH")
-_VFS = struct.Struct("=II")
 
 
 class AdoptError(UsageError):
@@ -76,40 +62,7 @@ class Adopted:
                 "found_by": self.found_by}
 
 
-# ----- pure parsing ------------------------------------------------------------------
-
-def diag_request(seq: int = 1) -> bytes:
-    """A sock_diag dump request: listening Unix sockets, with their bound file."""
-    body = _REQ.pack(socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, 0, UDIAG_SHOW_VFS,
-                     0xFFFFFFFF, 0xFFFFFFFF)
-    return _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP,
-                       seq, 0) + body
-
-
-def parse_diag(data: bytes) -> tuple[dict[int, tuple[int, int]], bool]:
-    """One netlink datagram -> ({socket inode: (kernel dev, file inode)}, done)."""
-    out: dict[int, tuple[int, int]] = {}
-    off = 0
-    while off + _NLMSG.size <= len(data):
-        length, kind = _NLMSG.unpack_from(data, off)[:2]
-        if kind == NLMSG_DONE:
-            return out, True
-        if kind == NLMSG_ERROR:
-            code = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-            raise OSError(code, f"sock_diag: {os.strerror(code)}")
-        inode = _MSG.unpack_from(data, off + _NLMSG.size)[4]
-        attr, end = off + _NLMSG.size + _MSG.size, off + length
-        while attr + _RTA.size <= end:
-            alen, atype = _RTA.unpack_from(data, attr)
-            if atype == UNIX_DIAG_VFS and alen >= _RTA.size + _VFS.size:
-                ino, dev = _VFS.unpack_from(data, attr + _RTA.size)  # unix_diag_vfs
-                out[inode] = (dev, ino)
-            if alen < _RTA.size:
-                break
-            attr += (alen + 3) & ~3
-        off += max((length + 3) & ~3, _NLMSG.size)
-    return out, False
-
+# ----- pure ------------------------------------------------------------------------
 
 def kernel_dev(st_dev: int) -> int:
     """`stat`'s st_dev in the kernel's internal encoding (major << 20 | minor), the one
@@ -118,19 +71,6 @@ def kernel_dev(st_dev: int) -> int:
 
 
 # ----- who serves P --------------------------------------------------------------------
-
-def bound_listeners() -> dict[int, tuple[int, int]]:
-    """Every listening Unix socket of this network namespace -> the file it is bound to."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(2.0)
-        nl.sendto(diag_request(), (0, 0))
-        out: dict[int, tuple[int, int]] = {}
-        done = False
-        while not done:
-            part, done = parse_diag(nl.recv(1 << 16))
-            out.update(part)
-    return out
-
 
 def listener_at(path: Path) -> tuple[int, str] | None:
     """The listening socket that a connect to `path` reaches: (socket inode, the name it
@@ -141,7 +81,7 @@ def listener_at(path: Path) -> tuple[int, str] | None:
         return None
     table = sockets.parse_unix_table(Path("/proc/net/unix").read_text())
     try:
-        found = [i for i, vfs in bound_listeners().items()
+        found = [i for i, vfs in sockdiag.listener_files().items()
                  if vfs == (kernel_dev(st.st_dev), st.st_ino)]
     except OSError:  # no sock_diag here: match the bound names instead
         names = {str(path), str(path.absolute()), os.path.realpath(path)}
