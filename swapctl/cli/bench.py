@@ -40,6 +40,24 @@ def output_option(func: F) -> F:
     )(func)
 
 
+def rust_relay_options(measured: str) -> Callable[[F], F]:
+    """--relay python|rust|both and --rust-relay, as every bench that runs both relays
+    takes them; `measured` says what --relay picks in that bench."""
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--rust-relay", "rust_relay", default=None,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The Rust example relay's binary [default: $" + RUST_ENV + ", else "
+                 "sdk/rust/target/release/swapctl-example-relay of this checkout].")(func)
+        return click.option(
+            "--relay", "relay", type=click.Choice([*RELAYS, "both"]), default="both",
+            show_default=True,
+            help=f"{measured} 'both' and 'rust' need the Rust binary (exit 2 if it is not "
+                 "built: build it with scripts/ensure-tools, or ask for --relay python).",
+        )(func)
+    return decorate
+
+
 def emit(title: str, report: Mapping[str, Any], output: str) -> None:
     if output == "json":
         click.echo(json.dumps(report, indent=2))
@@ -77,17 +95,9 @@ def codec_command(output: str, messages: int, repeats: int) -> None:
 @click.option("--rate", type=click.IntRange(min=100, max=100_000),
               default=RelayBenchSettings().rate, show_default=True,
               help="Latency runs: messages per second, one per write.")
-@click.option("--relay", "relay", type=click.Choice([*RELAYS, "both"]), default="both",
-              show_default=True,
-              help="Relays measured beside the raw forwarder and the direct link: the Python "
-                   "reference relay (target 'relay'), the Rust example relay of sdk/rust "
-                   "(target 'rust', no block mode), or both. 'both' and 'rust' need the Rust "
-                   "binary (exit 2 if it is not built: build it with scripts/ensure-tools, or "
-                   "ask for --relay python).")
-@click.option("--rust-relay", "rust_relay", default=None,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The Rust example relay's binary [default: $" + RUST_ENV + ", else "
-                   "sdk/rust/target/release/swapctl-example-relay of this checkout].")
+@rust_relay_options("Relays measured beside the raw forwarder and the direct link: the "
+                    "Python reference relay (target 'relay'), the Rust example relay of "
+                    "sdk/rust (target 'rust', no block mode), or both.")
 @click.option("--relay-arg", "relay_args", multiple=True, metavar="ARG",
               help="Extra option for the Python relay under test, repeatable "
                    "(e.g. --relay-arg=--framing --relay-arg=chunk).")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -10,8 +9,8 @@ import click
 from swapctl.bench.handoff import HandoffBenchSettings, run_handoff_bench
 from swapctl.bench.handoff_table import side_by_side
 from swapctl.bench.report import render_text
-from swapctl.bench.rust_relay import ENV, RELAYS, relays_asked
-from swapctl.cli.bench import bench, emit, output_option, progress
+from swapctl.bench.rust_relay import relays_asked
+from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_options
 
 
 @bench.command("handoff")
@@ -28,16 +27,8 @@ from swapctl.cli.bench import bench, emit, output_option, progress
 @click.option("--no-never-reader", is_flag=True,
               help="Leave out the never-reading publisher (by default its full echo backlog "
                    "is on the relay in every row): the pause is then the connections' alone.")
-@click.option("--relay", "relay", type=click.Choice([*RELAYS, "both"]), default="both",
-              show_default=True,
-              help="Relays measured: the Python reference relay, the Rust example relay "
-                   "(sdk/rust), or both, each client count for each relay in turn. 'both' "
-                   "and 'rust' need the Rust binary (exit 2 if it is not built: build it "
-                   "with scripts/ensure-tools, or ask for --relay python).")
-@click.option("--rust-relay", "rust_relay", default=None,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The Rust example relay's binary [default: $" + ENV + ", else "
-                   "sdk/rust/target/release/swapctl-example-relay of this checkout].")
+@rust_relay_options("Relays measured: the Python reference relay, the Rust example relay "
+                    "(sdk/rust), or both, each client count for each relay in turn.")
 def handoff_command(output: str, **o: Any) -> None:
     """Pause of a hot swap (server and client side) by clients and load, for the Python and
     the Rust relay side by side; cost per moved connection against the kernel's SCM_RIGHTS
