@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import swapctl
-from swapctl.bench.report import Goal, conditions, percentiles, source_revision
+from swapctl.bench.report import Goal, conditions, source_revision
 from swapctl.config.load import load_config
 from swapctl.daemon import stack
 from swapctl.demo import configs
 from swapctl.playbook.load import load_playbook
 from swapctl.playbook.runner import Runner, RunOptions
+from swapctl.probes.latency import percentiles
 from swapctl.process import end_processes, processes_under
 
 PLAYBOOK = Path(swapctl.__file__).resolve().parents[1] / "playbooks" / "rollback-drill.yaml"

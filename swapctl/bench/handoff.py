@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.bench.fdpass import measure_scm_rights
-from swapctl.bench.report import Goal, conditions, percentiles, sample_stats, source_revision
+from swapctl.bench.report import Goal, conditions, sample_stats, source_revision
 from swapctl.bench.rust_relay import rust_relay_binary
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.crowd import Crowd
+from swapctl.probes.latency import percentiles
 from swapctl.probes.load import LoadSession
 from swapctl.protocol import encode_message
 from swapctl.protocol.tlv import Trade

@@ -9,7 +9,6 @@ builds its dict (with `conditions()` and `Goal`s) and gets both renderings for f
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import swapctl
+from swapctl.probes.latency import percentiles
 
 Report = dict[str, Any]
 
@@ -67,19 +67,6 @@ def source_revision(*paths: str) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
     return {"commit": commit, "paths": list(paths), "uncommitted_changes": dirty}
-
-
-def percentiles(samples: Sequence[int | float], points: Sequence[float]) -> dict[str, float]:
-    """Nearest-rank percentiles, keyed `p50`, `p99`, `p99.9`; empty input gives {}."""
-    if not samples:
-        return {}
-    ordered = sorted(samples)
-    n = len(ordered)
-    out: dict[str, float] = {}
-    for p in points:
-        rank = max(1, math.ceil(p / 100 * n))
-        out[f"p{p:g}"] = ordered[rank - 1]
-    return out
 
 
 def sample_stats(samples: Sequence[float]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swapctl.bench.report import Goal, conditions, percentiles, source_revision
+from swapctl.bench.report import Goal, conditions, source_revision
 from swapctl.errors import SwapctlError
 from swapctl.handoff.controller import ControlServer
 from swapctl.legacy import layout as lay
@@ -47,6 +47,7 @@ from swapctl.legacy.bridge_client import BridgeConfig, BridgeProcess
 from swapctl.legacy.run import LegacySwap, ReleaseSpec, run_strategy
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.crowd import Crowd
+from swapctl.probes.latency import percentiles
 from swapctl.probes.load import LoadSession, run_load
 from swapctl.probes.report import LoadReport
 from swapctl.probes.traffic import MessageFactory

@@ -9,7 +9,7 @@ holding that rank (never under the true value), capped by the exact maximum.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 SUB_BITS = 7
@@ -105,3 +105,16 @@ class LatencyHistogram:
         pct = [self.percentile(q, total) for q in (0.5, 0.99, 0.999)]
         buckets = tuple((i, c) for i, c in enumerate(self.counts) if c)
         return LatencySummary(total, pct[0], pct[1], pct[2], self.max, self.min, buckets)
+
+
+def percentiles(samples: Sequence[int | float], points: Sequence[float]) -> dict[str, float]:
+    """Nearest-rank percentiles, keyed `p50`, `p99`, `p99.9`; empty input gives {}."""
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+    n = len(ordered)
+    out: dict[str, float] = {}
+    for p in points:
+        rank = max(1, math.ceil(p / 100 * n))
+        out[f"p{p:g}"] = ordered[rank - 1]
+    return out

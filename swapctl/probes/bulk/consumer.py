@@ -10,7 +10,6 @@ message's header timestamp; the first `warmup` samples are left out.
 
 from __future__ import annotations
 
-import math
 import socket
 import time
 from array import array
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swapctl.probes.bulk.stream import Classifier, Reassembler, StreamCheck
+from swapctl.probes.latency import percentiles
 
 RECV_SIZE = 262_144
 LATENCY_POINTS = (50, 90, 99, 99.9)
@@ -102,8 +102,8 @@ def latency_summary(samples_ns: array[int], warmup: int) -> dict[str, Any]:
         return {"samples": 0, "warmup_left_out": min(warmup, len(samples_ns))}
     us = sorted(v / 1000 for v in kept)
     out: dict[str, Any] = {"samples": len(us), "warmup_left_out": warmup}
-    for point in LATENCY_POINTS:  # nearest rank, exact (every sample is kept)
-        out[f"p{point:g}_us"] = round(us[max(1, math.ceil(point / 100 * len(us))) - 1], 1)
+    for key, value in percentiles(us, LATENCY_POINTS).items():  # exact: every sample kept
+        out[f"{key}_us"] = round(value, 1)
     out["min_us"] = round(us[0], 1)
     out["max_us"] = round(us[-1], 1)
     out["mean_us"] = round(sum(us) / len(us), 1)
