@@ -36,6 +36,12 @@ def rust_relay_binary(path: str | Path | None = None) -> Path:
     return binary
 
 
-def relays_asked(choice: str) -> tuple[str, ...]:
-    """`--relay python|rust|both` as the relay names to measure, in column order."""
-    return RELAYS if choice == "both" else (choice,)
+def relays_asked(choice: str, rust_binary: Path | None = None) -> tuple[str, ...]:
+    """`--relay python|rust|both` as the relay names to measure, in column order. A Rust
+    binary named while the Rust relay is not measured is refused (exit 2), not ignored."""
+    relays = RELAYS if choice == "both" else (choice,)
+    if rust_binary is not None and "rust" not in relays:
+        raise UsageError(f"--rust-relay {rust_binary} names the Rust relay's binary, but "
+                         f"--relay {choice} does not measure it: drop --rust-relay, or ask "
+                         "for --relay rust or both")
+    return relays

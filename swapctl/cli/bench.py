@@ -111,7 +111,7 @@ def relay_command(output: str, *, duration: float, rate: int, relay: str,
     """Reference relay and Rust example relay vs raw byte forwarder vs direct link:
     throughput, block mode with a consumer slower than the publisher (Python relay vs raw,
     both lossless), and latency, every target in the same run."""
-    relays = tuple(RELAY_TARGETS[RELAYS.index(name)] for name in relays_asked(relay))
+    relays = tuple(RELAY_TARGETS[RELAYS.index(name)] for name in relays_asked(relay, rust_relay))
     settings = RelayBenchSettings(duration=duration, rate=rate, relay_args=relay_args,
                                   idle_timeout=idle_timeout, rust_binary=rust_relay,
                                   targets=("direct", "raw", *relays))

@@ -39,7 +39,8 @@ def handoff_command(output: str, **o: Any) -> None:
         raise click.BadParameter("give client counts like 10,100,1000",
                                  param_hint="--clients") from None
     settings = HandoffBenchSettings(counts, o["swaps"], o["load_rate"], o["rollbacks"],
-                                    loaded=not o["no_load"], relays=relays_asked(o["relay"]),
+                                    loaded=not o["no_load"],
+                                    relays=relays_asked(o["relay"], o["rust_relay"]),
                                     never_reader=not o["no_never_reader"],
                                     rust_binary=o["rust_relay"])
     report = run_handoff_bench(settings, progress)

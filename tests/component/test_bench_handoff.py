@@ -86,6 +86,13 @@ def test_missing_rust_relay_is_a_usage_error() -> None:
     assert "build it with scripts/ensure-tools" in done.stderr.decode()
 
 
+def test_a_rust_binary_with_the_python_relay_alone_is_refused() -> None:
+    done = bench_handoff("--relay", "python", "--rust-relay", "/bin/true",
+                         "--clients", "3", timeout=30)
+    assert done.returncode == 2
+    assert "--relay python does not measure it" in done.stderr.decode()
+
+
 def test_scm_rights_reference_passes_every_fd() -> None:
     result = measure_scm_rights(FdPassSettings(count=300, batch=100, repeats=2))
     assert result["fds"] == 300 and result["fds_per_message"] == 100
