@@ -59,8 +59,16 @@ class Restore:
                 f"{self.service}: swap {swap_id} ({swap.get('from')} -> {swap.get('to')}) is "
                 "running and was not started by this run: left alone; see `swapctl status "
                 f"{self.service}`")
-        self.client.call("request", service=self.service, request="abort")
-        self.actions.append(f"aborted swap {swap_id} in {swap.get('state')}")
+        try:
+            self.client.call("request", service=self.service, request="abort")
+            self.actions.append(f"aborted swap {swap_id} in {swap.get('state')}")
+        except SwapctlError as exc:
+            if getattr(exc, "code", None) != "too_late":
+                raise
+            # past the point of aborting (committing, or ended and filing its report): it
+            # ends by itself, and the swap back below restores the baseline after it
+            self.actions.append(f"swap {swap_id} was past aborting in {swap.get('state')}: "
+                                "waited for its end")
         self._wait_ended(swap_id)
 
     def _wait_ended(self, swap_id: str) -> dict[str, Any]:
