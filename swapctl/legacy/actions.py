@@ -296,6 +296,7 @@ class TakeoverActions(_Legacy):
             "peer_closed_before_freeze": self.peer_closed,
             "publisher_streams_resynchronised": grown("resyncs"),
             "consumers_backed_up_at_freeze": f.backed_up,
+            "clients_mid_frame_at_freeze": f.mid_frame,
             "kernel_bytes_moved_in": f.inq, "kernel_bytes_moved_out": f.outq,
             "accepted_since_scan": f.accepted_since_scan,
             "closed_since_scan": f.closed_since_scan})

@@ -226,6 +226,18 @@ def queued(fd: int) -> tuple[int, int]:
     return inq, struct.unpack("i", buf)[0]
 
 
+def peek(fd: int, size: int) -> bytes:
+    """Up to `size` bytes at the head of the socket's receive queue, left in place
+    (MSG_PEEK, never blocking); b"" if none. The descriptor stays ours."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    finally:
+        sock.detach()
+
+
 # ----- duplicating --------------------------------------------------------------------
 
 class PidFd:

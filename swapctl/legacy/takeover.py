@@ -20,8 +20,12 @@ roll back) is `TakeoverActions` in legacy/actions.py, run by the one swap engine
    threads' /proc files). Once it is idle,
    re-read only its descriptor links: copies of sockets closed since are dropped,
    sockets accepted since are duplicated and checked one by one. If a client's kernel
-   buffer is backed up (the relay may hold bytes for it), retry too. Each stage is
-   timed (`Frozen.stages_ms`).
+   buffer is backed up (the relay may hold bytes for it), retry too, and likewise if
+   a client's unread bytes start mid-frame: the relay holds the head of that frame
+   (a publisher's write was cut by a full buffer, the relay read the head and went
+   back to sleep, the tail came after). Let run, it reads the tail and forwards the
+   whole frame; frozen, the head would die with it. Each stage is timed
+   (`Frozen.stages_ms`).
 2. The candidate adopts the copies (non-blocking: `_make_nonblocking`, remembered so
    that a rollback can put the shared file flags back with `_restore_flags`) with
    empty `pending_in`/`unsent_out`: nothing of the legacy relay's memory can be read
@@ -51,6 +55,7 @@ from pathlib import Path
 
 from swapctl.errors import SwapctlError
 from swapctl.legacy import sockets, wakeups
+from swapctl.protocol import MAGIC_BYTES
 
 CANNOT_GUARANTEE = (
     "bytes the legacy relay had read but not yet forwarded, and bytes it owed a consumer "
@@ -94,6 +99,7 @@ class Frozen:
     inq: int = 0
     outq: int = 0
     backed_up: int = 0
+    mid_frame: int = 0  # clients whose unread bytes start mid-frame (head in the relay)
     syscalls: dict[int, int | None] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)  # where the freeze went
     accepted_since_scan: int = 0
@@ -212,7 +218,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         if not idle and not last:
             return None
         queues = _queues(copies.conns)
-        if any(q[2] for q in queues.values()) and not last:
+        if any(q[2] or q[3] for q in queues.values()) and not last:
             return None
         marks.append(time.perf_counter_ns())
         change = copies.refresh()
@@ -227,8 +233,9 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
                     inq=sum(q[0] for q in queues.values()),
                     outq=sum(q[1] for q in queues.values()),
                     backed_up=sum(1 for q in queues.values() if q[2]),
+                    mid_frame=sum(1 for q in queues.values() if q[3]),
                     accepted_since_scan=change.added, closed_since_scan=change.removed)
-    frozen.quiescent = idle and frozen.backed_up == 0
+    frozen.quiescent = idle and frozen.backed_up == 0 and frozen.mid_frame == 0
     if not frozen.quiescent and not last:
         return None
     names = ("stop", "idle_check", "refresh", "measure_new")
@@ -240,14 +247,24 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def _queues(conns: dict[int, sockets.Held]) -> dict[int, tuple[int, int, bool]]:
-    """Per connection: kernel bytes to read, bytes its peer has not read, and whether
-    that is over BACKED_UP of the send buffer (the relay may hold more for it)."""
-    out: dict[int, tuple[int, int, bool]] = {}
+def _queues(conns: dict[int, sockets.Held]) -> dict[int, tuple[int, int, bool, bool]]:
+    """Per connection: kernel bytes to read, bytes its peer has not read, whether that
+    is over BACKED_UP of the send buffer (the relay may hold more for it), and whether
+    the bytes to read start mid-frame (the relay holds the frame's head)."""
+    out: dict[int, tuple[int, int, bool, bool]] = {}
     for fd, held in conns.items():
         inq, outq = sockets.queued(held.fd)
-        out[fd] = (inq, outq, outq > BACKED_UP * held.sndbuf)
+        torn = inq > 0 and starts_mid_frame(sockets.peek(held.fd, len(MAGIC_BYTES)))
+        out[fd] = (inq, outq, outq > BACKED_UP * held.sndbuf, torn)
     return out
+
+
+def starts_mid_frame(head: bytes) -> bool:
+    """Whether unread bytes starting with `head` cannot be the start of a frame: a
+    relay that forwards whole frames and has read everything before them holds the
+    rest of the frame they belong to. (A frame's payload that happens to begin with
+    the magic passes for a start: the candidate's resync still counts it.)"""
+    return bool(head) and not MAGIC_BYTES.startswith(head[: len(MAGIC_BYTES)])
 
 
 def _make_nonblocking(frozen: Frozen) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swapctl.legacy import sockets
+from swapctl.legacy import sockets, takeover
 from swapctl.legacy.sockets import (
     SocketsError,
     classify,
@@ -22,6 +22,7 @@ from swapctl.legacy.sockets import (
     parse_unix_table,
     waiting,
 )
+from tests.clients import trade
 
 # taken from a real /proc/PID/net/unix: a listener (711501), a client it accepted
 # (711504, shown with its listener's path), a socketpair (711502/711503), a stats
@@ -216,3 +217,23 @@ def test_copies_taken_early_follow_accepts_and_closes_until_the_freeze(sockdir: 
             copies.close()
         child.kill()
         child.wait(5)
+
+
+def test_unread_bytes_that_start_mid_frame_are_seen_without_being_consumed() -> None:
+    """The freeze's look at a client's unread bytes (takeover._queues): a queue that
+    starts with a frame is fine; one that starts mid-frame means the relay holds the
+    frame's head (retry the freeze); the bytes stay for whoever reads next."""
+    frame = trade(1)
+    for sent, torn in ((b"", False), (frame, False), (frame[:2], False),
+                       (frame[40:], True), (frame[3:] + frame, True)):
+        ours, relay_side = socket.socketpair()
+        with ours, relay_side:
+            if sent:
+                ours.send(sent)
+            held = sockets.Held(relay_side.fileno(), 0,
+                                relay_side.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+            inq, _, backed_up, mid_frame = takeover._queues({7: held})[7]
+            assert (inq, backed_up, mid_frame) == (len(sent), False, torn), sent[:8]
+            relay_side.setblocking(False)
+            got = relay_side.recv(len(sent) + 1) if sent else b""
+            assert got == sent  # peeked, not read
