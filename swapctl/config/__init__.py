@@ -2,6 +2,7 @@
 
     from swapctl.config import load_config, to_release, to_swap_settings
     config = load_config()                     # ConfigError lists every mistake
+    config.broken                              # service files with mistakes, set aside
     service = config.service("market_data")
     run = SwapRun(..., to_release(service, "v2"), to_swap_settings(service), ...)
 
@@ -14,7 +15,7 @@ from swapctl.config.convert import (
     to_release,
     to_swap_settings,
 )
-from swapctl.config.errors import ConfigError, Problem
+from swapctl.config.errors import BrokenService, ConfigError, Problem, UnknownService
 from swapctl.config.load import (
     DAEMON_FILE,
     CheckResult,
@@ -34,6 +35,7 @@ from swapctl.config.model import (
 
 __all__ = [
     "DAEMON_FILE",
+    "BrokenService",
     "CanaryConfig",
     "CheckResult",
     "Config",
@@ -44,6 +46,7 @@ __all__ = [
     "RollbackConfig",
     "ServiceConfig",
     "Trigger",
+    "UnknownService",
     "check_config",
     "default_config_dir",
     "load_config",

@@ -54,6 +54,21 @@ class ConfigError(UsageError):
                          + f"\n{count} configuration error{'s' * (count != 1)}")
 
 
+class BrokenService(ConfigError):
+    """A request for the one service whose file is not valid (the others are served)."""
+
+    def __init__(self, service: str, problems: Sequence[Problem]) -> None:
+        super().__init__(problems)
+        self.service = service
+        self.args = (f"{service} cannot be used: its configuration is not valid (the other "
+                     f"services are not affected):\n{self.args[0]}; fix it (`swapctl config "
+                     f"check`), then restart swapctld (its relays keep serving)",)
+
+
+class UnknownService(UsageError):
+    """No such service in the configuration (exit 4, not 2: README.md, exit codes)."""
+
+
 def key_path(loc: Sequence[str | int]) -> str:
     """('releases', 'v2', 'command', 0) -> 'releases.v2.command[0]'."""
     text = ""

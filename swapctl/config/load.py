@@ -6,8 +6,16 @@
 DIR is --config-dir, else $SWAPCTL_CONFIG_DIR, else ./configs when it holds a
 swapctld.yaml (a checkout of the repository), else /etc/swapctl. `check_config`
 collects every problem in every file (syntax, duplicate keys, each field, then the
-checks across files) instead of stopping at the first; `load_config` raises them all
-as one `ConfigError`.
+checks across files) instead of stopping at the first.
+
+`load_config` isolates a broken service file: a problem in SERVICE.yaml (its syntax, a
+key, its socket taken by another service) leaves that one service out of
+`Config.services` and puts it, with its problems, in `Config.broken`; the other services
+load. swapctld serves them, `status` shows the broken one with its error, and
+`Config.service` refuses it (`BrokenService`, exit 2). A file that cannot be a service
+(a .yml, a name that is not usable) is carried in `broken` under its file name. Only a
+problem of the whole (no directory, no service file, swapctld.yaml) raises
+`ConfigError`, listing every problem in every file.
 """
 
 from __future__ import annotations
@@ -22,10 +30,16 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from swapctl.config.dirs import dir_problem
-from swapctl.config.errors import ConfigError, Problem, did_you_mean, translate
+from swapctl.config.errors import (
+    BrokenService,
+    ConfigError,
+    Problem,
+    UnknownService,
+    did_you_mean,
+    translate,
+)
 from swapctl.config.model import DaemonConfig, ServiceConfig, unknown_release
 from swapctl.config.yamlfile import Lines, read_yaml
-from swapctl.errors import UsageError
 
 DAEMON_FILE = "swapctld.yaml"
 ENV_DIR = "SWAPCTL_CONFIG_DIR"
@@ -51,14 +65,23 @@ class Config:
     directory: Path
     daemon: DaemonConfig
     services: dict[str, ServiceConfig]
+    # a service file with problems -> its problems (the file name when not a usable name)
+    broken: dict[str, tuple[Problem, ...]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Every service: those that loaded and those whose file is broken."""
+        return sorted({*self.services, *(n for n in self.broken if _SERVICE_NAME.fullmatch(n))})
 
     def service(self, name: str) -> ServiceConfig:
-        try:
+        """The service, or BrokenService (its file has problems) or UnknownService."""
+        if name in self.services:
             return self.services[name]
-        except KeyError:
-            names = sorted(self.services)
-            raise UsageError(f"unknown service {name!r}{did_you_mean(name, names)}: "
-                             f"{self.directory} has {', '.join(names) or 'none'}") from None
+        if name in self.broken:
+            raise BrokenService(name, self.broken[name])
+        names = self.names
+        raise UnknownService(f"unknown service {name!r}{did_you_mean(name, names)}: "
+                             f"{self.directory} has {', '.join(names) or 'none'}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +91,7 @@ class CheckResult:
     problems: tuple[Problem, ...] = ()
     config: Config | None = None  # set only when there is no problem
     services: dict[str, ServiceConfig] = field(default_factory=dict)  # those that validated
+    daemon: DaemonConfig | None = None  # when swapctld.yaml validated
 
     @property
     def ok(self) -> bool:
@@ -75,11 +99,31 @@ class CheckResult:
 
 
 def load_config(directory: Path | None = None, services: Sequence[str] = ()) -> Config:
-    """The whole configuration (or the named services), or ConfigError listing every problem."""
+    """The configuration (or the named services), a broken service file set aside in
+    `Config.broken`; ConfigError, listing every problem, when the whole is unusable."""
     result = check_config(directory, services)
-    if result.config is None:
+    if result.config is not None:
+        return result.config
+    broken, whole = by_service(result)
+    if whole or result.daemon is None:
         raise ConfigError(result.problems)
-    return result.config
+    good = {n: s for n, s in result.services.items() if n not in broken}
+    return Config(result.directory, result.daemon, good, broken)
+
+
+def by_service(result: CheckResult) -> tuple[dict[str, tuple[Problem, ...]], list[Problem]]:
+    """`result`'s problems split: those of each service file (by service name, else file
+    name), and those of the whole configuration (the directory, swapctld.yaml)."""
+    broken: dict[str, list[Problem]] = {}
+    whole = []
+    for problem in result.problems:
+        path = problem.file
+        if path.parent != result.directory or path.name == DAEMON_FILE:
+            whole.append(problem)
+            continue
+        usable = path.suffix == ".yaml" and _SERVICE_NAME.fullmatch(path.stem)
+        broken.setdefault(path.stem if usable else path.name, []).append(problem)
+    return {name: tuple(found) for name, found in broken.items()}, whole
 
 
 def check_config(directory: Path | None = None, services: Sequence[str] = ()) -> CheckResult:
@@ -108,7 +152,7 @@ def check_config(directory: Path | None = None, services: Sequence[str] = ()) ->
     problems += _across_files(directory, daemon, loaded)
     files = ((daemon_path,) if daemon_path.is_file() else ()) + tuple(paths.values())
     config = Config(directory, daemon, loaded) if daemon is not None and not problems else None
-    return CheckResult(directory, files, tuple(problems), config, loaded)
+    return CheckResult(directory, files, tuple(problems), config, loaded, daemon)
 
 
 def _service_files(directory: Path, wanted: Sequence[str],
