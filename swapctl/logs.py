@@ -1,12 +1,17 @@
-"""Structured logs: one JSON object per line on stderr, `event` naming what happened."""
+"""Structured logs: one JSON object per line on stderr, `event` naming what happened;
+and `tail`, the last whole lines of a log file (what `swapctl logs -n N` shows)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+TAIL_BLOCK = 64 * 1024  # bytes read per step backwards from a log file's end
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,3 +59,28 @@ class RateLimit:
             return True
         self.suppressed[key] = self.suppressed.get(key, 0) + 1
         return False
+
+
+def tail(path: Path, lines: int, limit: int = 16 * 1024 * 1024) -> str:
+    """The last `lines` whole lines of `path` (all of them when it has fewer), read
+    backwards from its end in blocks until one more line start is in hand, so the first
+    line is never cut however long the lines are. At most `limit` bytes are read: a
+    single line longer than that comes back as its last `limit` bytes. A missing or
+    unreadable file is empty."""
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            start, data = end, b""
+            # a final newline ends the last line; it does not start another
+            while start > 0 and data.count(b"\n", 0, len(data) - 1) < lines \
+                    and end - start < limit:
+                step = min(TAIL_BLOCK, start, limit - (end - start))
+                start -= step
+                f.seek(start)
+                data = f.read(step) + data
+    except OSError:
+        return ""
+    kept = data.decode(errors="replace").splitlines()
+    if start > 0 and len(kept) > 1:
+        kept = kept[1:]  # the first piece may begin before what was read: never show it cut
+    return "\n".join(kept[-lines:])

@@ -41,7 +41,7 @@ from swapctl.daemon.paths import Paths, layout_of, read_json
 from swapctl.daemon.plan import Unhealthy
 from swapctl.daemon.runtime import ServiceRuntime
 from swapctl.errors import SwapctlError, UsageError
-from swapctl.logs import event
+from swapctl.logs import event, tail
 from swapctl.supervise.client import SupervisorClient, SupervisorError
 from swapctl.supervise.keeper import Keeper
 from swapctl.supervise.layout import Layout
@@ -391,7 +391,7 @@ class Daemon:
         for program in runtime.spawner.programs:
             path = self.layout.program_log(program)
             out.append({"program": program, "path": str(path),
-                        "text": _tail(path, request.lines)})
+                        "text": tail(path, request.lines)})
         yield {"type": "result", "logs": out}
 
     def op_down(self, request: rq.Down) -> Iterator[dict[str, Any]]:
@@ -427,17 +427,6 @@ def _started(row: dict[str, Any]) -> float:
         return float(row.get("started") or 0)
     except (TypeError, ValueError):  # a report file edited by hand
         return 0.0
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 200 * max(lines, 1)))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def main(config_dir: Path | None) -> int:
