@@ -207,11 +207,22 @@ def _minimize(sbs: SideBySide, scenario: Scenario, report: DiffReport, out: Path
 @click.option("--duration", type=click.FloatRange(min=0.01), required=True,
               help="Seconds to record.")
 @click.option("--max-bytes", type=click.IntRange(min=1), help="Stop after this many bytes.")
-def record_command(socket_path: Path, out: Path, duration: float, max_bytes: int | None
-                   ) -> None:
-    """Record what a live relay forwards into a pcapng capture (docs/capture.md)."""
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the summary as one JSON document on stdout.")
+def record_command(socket_path: Path, out: Path, duration: float, max_bytes: int | None,
+                   output: str) -> None:
+    """Record what a live relay forwards into a pcapng capture (docs/capture.md).
+
+    Exit 0 recorded; 2 bad option; 3 no relay answers on --socket (nothing is written).
+    """
     progress(f"record: tapping {socket_path} for {duration}s into {out}")
     summary = record(socket_path, out, duration, max_bytes, lambda m: progress(f"record: {m}"))
+    if output == "json":
+        click.echo(json.dumps({"out": str(out), "socket": str(socket_path),
+                               "frames": summary.frames, "bytes": summary.bytes,
+                               "reads": summary.reads, "seconds": round(summary.seconds, 3),
+                               "relay_closed": summary.relay_closed}, indent=2))
+        return
     ended = "; the relay closed the connection" if summary.relay_closed else ""
     click.echo(f"recorded {summary.frames} frames ({summary.bytes} bytes in "
                f"{summary.reads} reads) in {summary.seconds:.1f}s to {out}{ended}")
@@ -228,22 +239,36 @@ def record_command(socket_path: Path, out: Path, duration: float, max_bytes: int
                    "(exit 1 if different).")
 @click.option("--mode", type=_modes, default="frames", show_default=True)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+              show_default=True, help="json: one JSON document on stdout (with --check, the "
+                                      "diff report; else what was replayed).")
 @timing_options
 def replay_command(capture: Path, socket_path: Path, **o: Any) -> None:
-    """Feed a capture's traffic into the relay at --socket (exit codes as diff)."""
+    """Feed a capture's traffic into the relay at --socket.
+
+    Exit 0 replayed (--check: equivalent), 1 different, 2 error (an unreadable capture,
+    no relay on --socket).
+    """
     dbyte = domain_byte(Domain(o["domain"]), Profile(o["profile"]))
     try:
         result = replay(capture, socket_path, dbyte, timing=_timing(o), check=o["check"],
                         mode=Mode(o["mode"]))
     except SwapctlError as exc:
         fail(str(exc))
+    except OSError as exc:  # no socket there, nobody listening, or the relay went away
+        fail(f"cannot feed the relay at {socket_path}: {exc.strerror or exc}; start the relay "
+             "under test on that socket first (a relay under test, never a live one)")
     writes = sum(1 for _ in result.scenario.writes())
     progress(f"replay: {writes} writes from {len(result.scenario.clients)} clients into "
              f"{socket_path}")
     if result.comparison is None:
-        click.echo(f"replayed {capture}: {result.scenario.traffic_bytes} bytes in {writes} "
-                   "writes")
+        if o["output"] == "json":
+            click.echo(json.dumps({"capture": str(capture), "socket": str(socket_path),
+                                   "clients": len(result.scenario.clients), "writes": writes,
+                                   "bytes": result.scenario.traffic_bytes, "checked": False,
+                                   "notes": list(result.notes)}, indent=2))
+        else:
+            click.echo(f"replayed {capture}: {result.scenario.traffic_bytes} bytes in "
+                       f"{writes} writes")
         return
     report = DiffReport(RunInfo(f"replay {capture.name}", result.scenario.seed,
                                 "the capture", str(socket_path), dbyte, 0.0, result.notes),
