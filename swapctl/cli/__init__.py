@@ -29,6 +29,7 @@ from swapctl.cli import (
     ops,
     playbook,
     relay,
+    report,
     swap,
 )
 from swapctl.cli.exits import EXIT_RUNTIME, EXIT_USAGE
@@ -57,5 +58,5 @@ def main() -> None:
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
                 bench_drill, bench_daemon, bench_soak, bench_table, diff, demo, config,
-                playbook, conformance, init):
+                playbook, conformance, init, report):
     _module.register(main)

@@ -457,18 +457,6 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f} ms"
 
 
-@click.command("report")
-@config_dir_option
-@click.argument("swap_id")
-@output_option
-def report_command(config_dir: Path | None, swap_id: str, output: str) -> None:
-    """One swap's full report (phases, pause, clients, canary audit, journal)."""
-    def body() -> None:
-        report = _client(config_dir).call("report", swap_id=swap_id)["report"]
-        _json(report) if output == "json" else click.echo(_report_text(report))
-    _calling(body)
-
-
 @click.command("logs")
 @config_dir_option
 @service_argument
@@ -500,7 +488,7 @@ def completion_command(shell: str) -> None:
 
 def register(group: click.Group) -> None:
     for command in (daemon_command, up_command, down_command, status_command, history_command,
-                    report_command, logs_command, completion_command):
+                    logs_command, completion_command):
         group.add_command(command)
 
 
