@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from swapctl.config.paths import check_standalone
 from swapctl.errors import UsageError
 from swapctl.legacy import adopt as adopting
 from swapctl.legacy import layout as lay
@@ -291,8 +292,10 @@ def _handoff(o: dict[str, Any], canary: Canary) -> HandoffRequest:
     why = ("asked for with --strategy handoff" if o["strategy"] == "handoff" else
            "both releases speak the handoff protocol, so no client is disconnected")
     socket: Path = o["socket_path"].absolute()
+    state_dir = (o["state_dir"] or state_dir_for(socket)).absolute()
+    check_standalone(state_dir, given=o["state_dir"] is not None)  # before anything starts
     return HandoffRequest(
-        socket=socket, state_dir=(o["state_dir"] or state_dir_for(socket)).absolute(),
+        socket=socket, state_dir=state_dir,
         from_cmd=command("--from", o["from_cmd"]), to_cmd=command("--to", o["to"]),
         soak=STANDALONE_HANDOFF_SOAK if o["soak"] is None else float(o["soak"]),
         pause_budget_ms=float(o["pause_budget_ms"]), rollback_after=o["rollback_after"],
@@ -364,6 +367,7 @@ def adoption(layout: lay.Layout, old_pid: int | None,
 
 def _legacy(o: dict[str, Any], given: set[str], canary: Canary) -> LegacyRequest:
     layout = legacy_layout(o["socket_path"], o["compiled"], o["state_dir"])
+    check_standalone(layout.root, given=o["state_dir"] is not None)
     asked = o["strategy"]  # refused before anything is looked up, when asked for
     _refuse([refusal(name, f"this standalone legacy swap (strategy {asked})",
                      *NOT_FOR_STRATEGY[name][asked])

@@ -39,6 +39,7 @@ from swapctl.config.errors import (
     translate,
 )
 from swapctl.config.model import DaemonConfig, ServiceConfig, unknown_release
+from swapctl.config.paths import daemon_problems
 from swapctl.config.yamlfile import Lines, read_yaml
 
 DAEMON_FILE = "swapctld.yaml"
@@ -150,6 +151,8 @@ def check_config(directory: Path | None = None, services: Sequence[str] = ()) ->
         if model is not None:
             loaded[name] = model
     problems += _across_files(directory, daemon, loaded)
+    if daemon is not None:  # the sockets swapctld derives fit AF_UNIX (config/paths.py)
+        problems += daemon_problems(daemon_path, daemon, loaded, lines)
     files = ((daemon_path,) if daemon_path.is_file() else ()) + tuple(paths.values())
     config = Config(directory, daemon, loaded) if daemon is not None and not problems else None
     return CheckResult(directory, files, tuple(problems), config, loaded, daemon)
