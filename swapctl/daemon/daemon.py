@@ -1,7 +1,10 @@
 """swapctld: recovers, serves the control API, watches the relays, and stays out of the way.
 
-Start-up, in order: load and check the configuration; reach supervisord (start it in a
-session of its own when `supervisord.start: swapctl`, so that it outlives us) and watch
+Start-up, in order: load and check the configuration (a service whose file is broken is
+set aside: not started, not attached, shown by `status` with its error, every request
+for it refused with that error; the other services are served); reach supervisord
+(start it in a session of its own when `supervisord.start: swapctl`, so that it
+outlives us) and watch
 it (supervise/keeper.py: its death is noticed at once, reported, and repaired: started
 again by us, or waited for while systemd does; the relays that outlived it are adopted
 and never stopped for it); for each
@@ -31,7 +34,13 @@ from typing import Any
 
 import psutil
 
-from swapctl.config.errors import ConfigError, did_you_mean
+from swapctl.config.errors import (
+    BrokenService,
+    ConfigError,
+    Problem,
+    UnknownService,
+    did_you_mean,
+)
 from swapctl.config.load import Config, load_config
 from swapctl.daemon import attach, health, sdnotify
 from swapctl.daemon import requests_model as rq
@@ -68,6 +77,7 @@ class Daemon:
         self.recovery: list[dict[str, Any]] = []
         self.api: ApiServer | None = None
         self.keeper: Keeper | None = None
+        self.broken = dict(config.broken)  # service files with problems, set aside
 
     # ----- life ------------------------------------------------------------------
 
@@ -97,6 +107,12 @@ class Daemon:
             self.recovery.append(outcome)
             self.metrics.recovered(name, str(outcome.get("action", "")).split(" ")[0])
             event(log, logging.INFO, "daemon.service_up", **outcome)
+        for name, problems in sorted(self.broken.items()):
+            outcome = {"service": name, "action": "not_started (configuration error)",
+                       "problem": "; ".join(map(str, problems))}
+            self.recovery.append(outcome)
+            self.metrics.recovered(name, "not_started")
+            event(log, logging.ERROR, "daemon.service_broken", **outcome)
         mode = self.config.daemon.control.mode
         self.api = ApiServer(self.paths.control, self.handle, mode)
         self.api.start()
@@ -105,7 +121,8 @@ class Daemon:
         event(log, logging.INFO, "daemon.ready", control=str(self.paths.control),
               metrics=f"{address[0]}:{address[1]}" if address else None, pid=os.getpid())
         if self.notifier is not None:
-            self.notifier.ready(f"serving {len(self.runtimes)} services")
+            broken = f", {len(self.broken)} with a broken file" if self.broken else ""
+            self.notifier.ready(f"serving {len(self.runtimes)} services{broken}")
         try:
             self._loop()
         finally:
@@ -287,20 +304,27 @@ class Daemon:
             yield {"type": "error", "code": "internal", "message": str(exc)}
 
     def runtime(self, name: str | None) -> ServiceRuntime:
+        if name in self.broken:
+            raise BrokenService(name, self.broken[name])
         if name not in self.runtimes:
-            names = sorted(self.runtimes)
+            names = sorted({*self.runtimes, *self.broken})
             raise UnknownService(f"unknown service {name!r}{did_you_mean(str(name), names)}: "
                                  f"swapctld runs {', '.join(names)} "
                                  f"(one file each in {self.config.directory})")
         return self.runtimes[str(name)]
 
+    def _service_status(self, name: str, keeper: dict[str, Any] | None) -> dict[str, Any]:
+        if name in self.broken:
+            return _broken_status(name, self.broken[name])
+        return health.with_supervisord(self.runtime(name).status(), keeper)
+
     def op_ping(self, request: rq.Ping) -> Iterator[dict[str, Any]]:
         yield {"type": "result", "pid": os.getpid(), "version": version("swapctl")}
 
     def op_status(self, request: rq.Status) -> Iterator[dict[str, Any]]:
-        names = [request.service] if request.service else sorted(self.runtimes)
+        names = [request.service] if request.service else sorted({*self.runtimes, *self.broken})
         keeper = self.keeper.status() if self.keeper is not None else None
-        services = [health.with_supervisord(self.runtime(n).status(), keeper) for n in names]
+        services = [self._service_status(n, keeper) for n in names]
         yield {"type": "result", "daemon": {
             "pid": os.getpid(), "version": version("swapctl"), "started": self.started,
             "config_dir": str(self.config.directory), "state_dir": str(self.paths.state),
@@ -403,11 +427,19 @@ class Daemon:
         """Re-read the service's file before each swap: releases and settings as edited
         (a broken file refuses the swap and names file, key and fix)."""
         fresh = load_config(self.config.directory, [runtime.name])
-        runtime.config = fresh.services[runtime.name]
+        runtime.config = fresh.service(runtime.name)
 
 
-class UnknownService(UsageError):
-    """No such service in the configuration."""
+def _broken_status(name: str, problems: tuple[Problem, ...]) -> dict[str, Any]:
+    """A service whose file is broken, as `status` shows it: unhealthy, with its error."""
+    text = "; ".join(map(str, problems))
+    return {"service": name, "socket": None, "configured_active": None, "active": None,
+            "warm": None, "swap": None, "lease": None,
+            "health": {"healthy": False, "checked": time.time(),
+                       "problem": f"configuration error, not served by swapctld: {text}"},
+            "config_error": {"problems": [p.to_dict() for p in problems],
+                             "fix": "fix the file (`swapctl config check`), then restart "
+                                    "swapctld (its relays keep serving)"}}
 
 
 def _relay(handle: Any) -> dict[str, Any]:

@@ -64,7 +64,8 @@ class Paths:
 
 def layout_of(config: Config, paths: Paths) -> Layout:
     sup = config.daemon.supervisord
-    return Layout(paths.state / "supervisord", tuple(sorted(config.services)),
+    # a broken service keeps its programs: its relays (if any run) stay supervisord's
+    return Layout(paths.state / "supervisord", tuple(config.names),
                   socket_path=Path(sup.socket), config_path=Path(sup.config))
 
 
