@@ -52,11 +52,21 @@ def check_command(config_dir: Path | None, services: tuple[str, ...], output: st
 
 
 @config_group.command("reference")
-def reference_command() -> None:
-    """Print every key of swapctld.yaml and SERVICE.yaml: type, default, meaning (Markdown)."""
-    from swapctl.config.reference import reference_markdown  # noqa: PLC0415
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text: the Markdown tables docs/config.md embeds; "
+                                      "json: per file kind, every key's type, default, "
+                                      "meaning and example.")
+def reference_command(output: str) -> None:
+    """Print every key of swapctld.yaml and SERVICE.yaml: type, default, meaning."""
+    from swapctl.config.reference import (  # noqa: PLC0415
+        reference_data,
+        reference_markdown,
+    )
 
-    click.echo(reference_markdown(), nl=False)
+    if output == "json":
+        click.echo(json.dumps(reference_data(), indent=2))
+    else:
+        click.echo(reference_markdown(), nl=False)
 
 
 def _document(result: CheckResult) -> dict[str, Any]:

@@ -27,17 +27,32 @@ END = "<!-- end of generated reference -->"
 _NAMES = {"service": "market_data", "release": "v2"}
 
 
+FILES = (("swapctld.yaml", DaemonConfig), ("SERVICE.yaml", ServiceConfig))
+
+
 def reference_markdown() -> str:
     parts = [BEGIN]
-    for title, model in (("swapctld.yaml", DaemonConfig), ("SERVICE.yaml", ServiceConfig)):
+    for title, model in FILES:
         parts += ["", f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        parts += [f"| `{key}` | {kind} | {default} | {help_} |"
-                  for key, kind, default, help_ in _rows(model, "")]
+        parts += [f"| `{key}` | {kind} | {default} | {_help(meaning, example, default)} |"
+                  for key, kind, default, meaning, example in _rows(model, "")]
     parts += ["", END]
     return "\n".join(parts) + "\n"
 
 
-def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, str]]:
+def reference_data() -> dict[str, list[dict[str, str | None]]]:
+    """The same reference as data (`config reference -o json`): per file kind, every key
+    with its type, default ("required" when it has none), meaning and an example."""
+    return {title: [{"key": key, "type": kind, "default": default, "meaning": meaning,
+                     "example": example} for key, kind, default, meaning, example
+                    in _rows(model, "")]
+            for title, model in FILES}
+
+
+Row = tuple[str, str, str, str, str | None]
+
+
+def _rows(model: type[BaseModel], prefix: str) -> Iterator[Row]:
     for name, field in model.model_fields.items():
         key = prefix + name
         nested = _model_of(field.annotation)
@@ -46,11 +61,12 @@ def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, 
             continue
         values = _dict_value_model(field.annotation)
         if values is not None:
-            yield key, "mapping: NAME -> the keys below", _default(field), _help(field, "")
+            yield (key, "mapping: NAME -> the keys below", _default(field),
+                   field.description or "", _example(field))
             yield from _rows(values, f"{key}.NAME.")
             continue
-        default = _default(field)
-        yield key, _kind(field.annotation, field.metadata), default, _help(field, default)
+        yield (key, _kind(field.annotation, field.metadata), _default(field),
+               field.description or "", _example(field))
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -113,9 +129,12 @@ def _yaml(value: Any) -> str:
     return str(value)
 
 
-def _help(field: FieldInfo, default: str) -> str:
-    text = (field.description or "").replace("|", "\\|")
-    example = fill(str(field.examples[0]), _NAMES) if field.examples else default
-    if example != default:
+def _example(field: FieldInfo) -> str | None:
+    return fill(str(field.examples[0]), _NAMES) if field.examples else None
+
+
+def _help(meaning: str, example: str | None, default: str) -> str:
+    text = meaning.replace("|", "\\|")
+    if example is not None and example != default:
         text += f" E.g. `{example}`."
     return text
