@@ -14,7 +14,8 @@ and stop at the first failure; `cleanup` steps then always run (after success,
 failure, a timeout or a signal), each unless its `when` says otherwise. Releases are
 named as in the service file, or `@baseline` (what served when the run began) or
 `@candidate` (the run's candidate: --candidate, else the playbook's `candidate`, else
-`other`: the first release of the service file that is not the baseline).
+`other`: the first handoff-capable release of the service file that is not the
+baseline, never a legacy one).
 
 Pure: no I/O here. load.py reads the file, substitutes parameters and turns pydantic's
 findings into operator lines naming the file and the step.
@@ -267,8 +268,9 @@ class Header(BaseModel):
     service: str | None = Field(default=None, description="The service (--service wins).",
                                 examples=["market_data"])
     candidate: str = Field(default="other", description="The release @candidate names "
-                           "(--candidate wins); other: the first release of the service file "
-                           "that is not the baseline.", examples=["other"])
+                           "(--candidate wins); other: the first handoff-capable release of "
+                           "the service file that is not the baseline (never a legacy one).",
+                           examples=["other"])
     params: dict[str, str | float | int] = Field(
         default_factory=dict, description="Defaults of ${NAME} substitutions (--param "
                                           "NAME=VALUE wins).", examples=["{soak: 30s}"])

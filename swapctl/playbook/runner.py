@@ -29,13 +29,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from swapctl.config.load import Config
+from swapctl.config.model import ReleaseConfig
 from swapctl.daemon.api import ApiClient
 from swapctl.daemon.stack import client_for
 from swapctl.errors import SwapctlError, UsageError
@@ -109,7 +110,6 @@ class Runner:
         service, svc = self.options.service, self.config.services[self.options.service]
         run_id = reports.new_run_id(self.playbook.name, service)
         run_dir = self.root / run_id
-        run_dir.mkdir(parents=True, mode=0o700)
         status = self.client.call("status", service=service)["services"][0]
         baseline = (status.get("active") or {}).get("release")
         swap = status.get("swap") or {}
@@ -118,8 +118,9 @@ class Runner:
         if swap.get("running"):
             raise UsageError(f"{service}: swap {swap['swap_id']} is running: wait for it, or "
                              f"`swapctl abort {service}`, then run again")
-        candidate = _candidate(self.options.candidate or self.playbook.header.candidate,
-                               baseline, list(svc.releases), str(svc.source))
+        candidate = pick_candidate(self.options.candidate or self.playbook.header.candidate,
+                                   baseline, svc.releases, str(svc.source))
+        run_dir.mkdir(parents=True, mode=0o700)  # (a refused run leaves no empty run)
         journal = RunJournal(run_dir / "journal.json", {
             "run_id": run_id, "playbook": self.playbook.name, "kind": self.playbook.kind.value,
             "source": self.playbook.source, "params": self.playbook.params,
@@ -315,18 +316,34 @@ def _bounded_sleep(deadline: float) -> Callable[[float], None]:
     return sleep
 
 
-def _candidate(wanted: str, baseline: str, releases: list[str], source: str) -> str:
+def pick_candidate(wanted: str, baseline: str, releases: Mapping[str, ReleaseConfig],
+                   source: str) -> str:
+    """The release @candidate names: `wanted` (--candidate, else the playbook's), or for
+    `other` the first handoff-capable release that is not the baseline. A legacy release
+    (or any without the handoff protocol) is never picked by default: a drill of it would
+    drill the wrong thing (the restart or takeover path, not the handoff the fleet uses);
+    with none to pick, UsageError says why and what to pass."""
+    names = list(releases)
     if wanted == "other":
-        others = [r for r in releases if r != baseline]
+        others = [r for r in names if r != baseline]
         if not others:
             raise UsageError(f"{source}: releases: only {baseline} is configured: a run needs "
                              "a candidate; add a release")
-        return others[0]
+        capable = [r for r in others if releases[r].handoff]
+        if not capable:
+            kinds = ", ".join(f"{r} ({'legacy' if releases[r].legacy else 'handoff: false'})"
+                              for r in others)
+            raise UsageError(
+                f"{source}: releases: no handoff-capable release besides {baseline} (which "
+                f"serves): {kinds}; a default candidate must speak the handoff protocol. "
+                f"Pass --candidate NAME to run against one of them anyway, or add a release "
+                f"with handoff: true")
+        return capable[0]
     if wanted not in releases:
-        raise UsageError(f"{source}: releases: no {wanted!r}: use one of {', '.join(releases)}")
+        raise UsageError(f"{source}: releases: no {wanted!r}: use one of {', '.join(names)}")
     if wanted == baseline:
         raise UsageError(f"{wanted} serves already: the candidate must be another release "
-                         f"(one of {', '.join(r for r in releases if r != baseline) or 'none'})")
+                         f"(one of {', '.join(r for r in names if r != baseline) or 'none'})")
     return wanted
 
 
