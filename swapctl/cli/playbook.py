@@ -23,6 +23,7 @@ from swapctl.cli.exits import (
     EXIT_OK,
     EXIT_ROLLBACK_FAILED,
     EXIT_UNHEALTHY,
+    EXIT_UNKNOWN_SERVICE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
@@ -73,7 +74,7 @@ def _execute(playbook_path: Path, *, config_dir: Path | None, service: str | Non
     if not service:
         raise click.UsageError(f"{playbook_path} names no service: give --service SERVICE")
     config = load_config(config_dir)
-    config.service(service)
+    _known(config, service)
     if dry_run:
         plan = {**playbook.plan(), "service": service,
                 "candidate": candidate or playbook.header.candidate}
@@ -104,6 +105,16 @@ def _execute(playbook_path: Path, *, config_dir: Path | None, service: str | Non
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
+def _known(config: Any, service: str) -> None:
+    """Exit 4 for an unknown service, as every command does; a service whose file is
+    broken raises its configuration error (exit 2)."""
+    from swapctl.config.errors import UnknownService  # noqa: PLC0415 (pydantic: 0.4 s)
+    try:
+        config.service(service)
+    except UnknownService as exc:
+        _fail(str(exc), EXIT_UNKNOWN_SERVICE)
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"swapctl: {message}", err=True)
     sys.exit(code)
@@ -126,7 +137,8 @@ def _plan_text(plan: dict[str, Any]) -> str:
 param_option = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
                             help="Set a playbook parameter (repeatable), e.g. soak=1s.")
 candidate_option = click.option("--candidate", help="The release @candidate names [default: "
-                                 "the playbook's candidate, else the first other release].")
+                                 "the playbook's candidate, else the first other "
+                                 "handoff-capable release; never a legacy one].")
 
 
 @click.command("run")
@@ -199,7 +211,7 @@ def _schedule(service: str | None, config_dir: Path | None, count: int, timer: P
     config = load_config(config_dir)
     names = [service] if service else sorted(config.services)
     for name in names:
-        config.service(name)
+        _known(config, name)
     result = [schedule(config, name, count, timer) for name in names]
     if output == "json":
         click.echo(json.dumps(result, indent=2))
