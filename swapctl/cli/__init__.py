@@ -30,6 +30,7 @@ from swapctl.cli import (
     playbook,
     relay,
     report,
+    supervisord_config,
     swap,
 )
 from swapctl.cli.exits import EXIT_RUNTIME, EXIT_USAGE
@@ -58,5 +59,5 @@ def main() -> None:
 
 for _module in (relay, load, swap, legacy, ops, bench, bench_handoff, bench_strategies,
                 bench_drill, bench_daemon, bench_soak, bench_table, diff, demo, config,
-                playbook, conformance, init, report):
+                playbook, conformance, init, report, supervisord_config):
     _module.register(main)

@@ -135,14 +135,43 @@ def render(layout: Layout) -> str:
     return "\n".join(lines)
 
 
-def write_config(layout: Layout) -> Path:
-    """Create the state dirs (owner-only) and write the configuration; returns its path."""
+def make_dirs(layout: Layout) -> None:
+    """Create (owner-only) every directory the configuration names: supervisord refuses
+    to start without its log and pid directories, and a slot needs its own."""
     for path in (layout.state_dir, layout.log_dir, layout.socket.parent):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     for program in layout.programs():
         layout.slot_dir(program).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_config(layout: Layout, *, dirs: bool = True) -> Path:
+    """Write the configuration (atomically) and, unless `dirs` is false, create the state
+    dirs (`make_dirs`); returns its path."""
+    if dirs:
+        make_dirs(layout)
     layout.config.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = layout.config.with_name(layout.config.name + ".tmp")
     tmp.write_text(render(layout))
     tmp.replace(layout.config)
     return layout.config
+
+
+def stale(layout: Layout) -> str | None:
+    """Why the file at `layout.config` is not what `render` writes now, or None."""
+    try:
+        text = layout.config.read_text()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    expected = render(layout)
+    if text == expected:
+        return None
+    programs = set(re.findall(r"^\[program:([^\]]+)\]", text, re.M))
+    missing = sorted(set(layout.programs()) - programs)
+    extra = sorted(programs - set(layout.programs()))
+    if missing or extra:
+        return "its programs differ from the services'" + \
+            (f": it lacks {', '.join(missing)}" if missing else "") + \
+            (f"; it has {', '.join(extra)}, of no service" if extra else "")
+    old = next((a for a, b in zip(text.splitlines(), expected.splitlines(), strict=False)
+                if a != b), "")
+    return f"it differs from what swapctl generates now (first at {old!r})"
