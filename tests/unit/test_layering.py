@@ -26,7 +26,7 @@ through them, everything below; nothing may import upwards or sideways unlisted)
 
 Pure modules (no sockets, processes, threads or event loops, and importing only pure
 swapctl modules): protocol/, diff/, probes/{audit,ident,latency,tracker}.py,
-swap/machine.py, handoff/{manifest,messages}.py, daemon/recovery.py.
+swap/{machine,timeline}.py, handoff/{manifest,messages}.py, daemon/recovery.py.
 
 Every import counts, wherever it stands: module level, inside a function, or under
 `if TYPE_CHECKING:` (a type-only import still ties the two modules' designs together).
@@ -72,7 +72,8 @@ MAY_IMPORT: dict[str, set[str]] = {
 
 PURE_PACKAGES = ("protocol", "diff")
 PURE_MODULES = ("probes.audit", "probes.ident", "probes.latency", "probes.tracker",
-                "swap.machine", "handoff.manifest", "handoff.messages", "daemon.recovery")
+                "swap.machine", "swap.timeline", "handoff.manifest", "handoff.messages",
+                "daemon.recovery")
 FORBIDDEN = {"socket", "subprocess", "asyncio", "selectors", "select", "threading", "os",
              "multiprocessing", "signal"}
 
