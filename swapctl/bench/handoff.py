@@ -23,9 +23,9 @@ Relays: the Python reference relay and the Rust example relay (sdk/rust, see
 rust_relay.py), each row measured for each relay in turn under the same settings, rows
 named by `relay`. Each row has its cost per moved connection (server pause p50 / moved),
 held against the kernel's SCM_RIGHTS cost per fd measured at the start of the same run
-(fdpass.py). The Python relay negotiates pre-copy (fds move before the pause, only the
-delta inside it: `handoff_mode`), the Rust relay does not (every fd moves in the pause,
-and the bytes it owes, a never-reader's whole backlog, are carried inside it too).
+(fdpass.py). Both relays negotiate pre-copy (fds move before the pause, only the delta
+inside it, the bytes owed after the resume); each row's `handoff_mode` says what the
+swaps used.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 //! deregisters it from epoll, then closes this process's descriptor only.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +29,9 @@ use crate::table::{Carried, DEFERRED, HEAD_STARTED};
 
 /// Bytes read at most at once (the real relays' 64 KiB buffer).
 pub const READ_SIZE: usize = 65_536;
+
+/// Units written at most in one system call (writev).
+const WRITE_UNITS: usize = 64;
 
 thread_local! {
     // one read buffer per worker thread, not per connection: a read and what is done
@@ -386,10 +389,10 @@ impl Conn {
         M: AsRef<[u8]> + Clone + Send + 'static,
     {
         loop {
-            if out.queue.is_empty() {
-                if out.held {
-                    return Ok(());
-                }
+            // take what the broadcast channel holds for this client (not while held: a
+            // pre-copy adopter writes nothing new before the BACKLOG's units)
+            let mut found_empty = false;
+            while !out.held && out.queue.len() < WRITE_UNITS {
                 // read the sequence before finding the receiver empty (see hub.rs)
                 let seq = self.hub.sent_seq.load(Ordering::SeqCst);
                 match rx.try_recv() {
@@ -397,30 +400,57 @@ impl Conn {
                     Err(TryRecvError::Lagged(n)) => self.lagged(n),
                     Err(TryRecvError::Empty) => {
                         self.slot.drained.store(seq, Ordering::SeqCst);
-                        return Ok(());
+                        found_empty = true;
+                        break;
                     }
-                    Err(TryRecvError::Closed) => return Ok(()),
+                    Err(TryRecvError::Closed) => {
+                        found_empty = true;
+                        break;
+                    }
                 }
-                continue;
             }
-            let (written, whole) = {
-                let (piece, _) = out.queue.front().expect("queue not empty");
-                let data = &piece.bytes()[out.head_sent..];
-                match self.stream.try_write(data) {
-                    Ok(n) => (n, n == data.len()),
+            if out.queue.is_empty() {
+                return Ok(());
+            }
+            // one system call for everything queued (up to WRITE_UNITS units): a client
+            // that fell behind catches up in large writes, not a write per unit
+            let (written, asked) = {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(out.queue.len().min(WRITE_UNITS));
+                let mut asked = 0usize;
+                for (i, (piece, _)) in out.queue.iter().take(WRITE_UNITS).enumerate() {
+                    let data = &piece.bytes()[if i == 0 { out.head_sent } else { 0 }..];
+                    asked += data.len();
+                    slices.push(IoSlice::new(data));
+                }
+                let result = if slices.len() == 1 {
+                    self.stream.try_write(&slices[0])
+                } else {
+                    self.stream.try_write_vectored(&slices)
+                };
+                match result {
+                    Ok(n) => (n, asked),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) => return Err(e),
                 }
             };
             Counters::add(&self.hub.counters.bytes_out, written as u64);
             out.bytes -= written as u64;
-            out.head_sent += written;
-            if whole {
+            let mut left = written;
+            while left > 0 {
+                let unit_left = out.queue.front().expect("written bytes were queued").0.bytes().len() - out.head_sent;
+                if left < unit_left {
+                    out.head_sent += left;
+                    break;
+                }
+                left -= unit_left;
                 let (_, frames) = out.queue.pop_front().expect("queue not empty");
                 out.head_sent = 0;
                 out.pinned = false;
                 self.carried.counters[2] += frames as u64;
                 Counters::add(&self.hub.counters.frames_out, frames as u64);
+            }
+            if written < asked || (found_empty && out.queue.is_empty()) {
+                return Ok(()); // the socket is full, or everything is written
             }
         }
     }
