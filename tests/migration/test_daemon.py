@@ -94,6 +94,9 @@ def test_swap_rollback_history_metrics_through_the_cli(stack_root: Stack) -> Non
     assert code == 0 and [r["kind"] for r in rows] == ["rollback", "swap"]
     code, full = s.json("report", rows[1]["swap_id"])
     assert code == 0 and full["decision"] == "committed" and full["journal"]
+    drawn = s.cli("report", rows[1]["swap_id"], "--html", str(s.root / "t.html"))  # timeline
+    page = (s.root / "t.html").read_text()
+    assert drawn.returncode == 0 and page.count('class="phase"') >= len(full["phases"])
 
     metrics = s.status()  # the daemon's endpoint, bound to a free port
     address = stack.client_for(s.config).call("status")["daemon"]["metrics"]
@@ -357,8 +360,10 @@ def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: 
         code, rows = s.json("history", "market_data")
         assert code == 0 and rows[0]["kind"] == "restore" and rows[0]["decision"] == "committed"
 
-        # a swap still running when the lease expires is aborted (rolled back)
-        client.call("lease", service="market_data", holder="drill-3", ttl_s=1.0,
+        # a swap still running when the lease expires is aborted (rolled back); the ttl
+        # leaves the swap time to start on a busy machine (a lease that expired before
+        # the swap began has nothing to abort, and the swap would commit)
+        client.call("lease", service="market_data", holder="drill-3", ttl_s=3.0,
                     restore_to="v1")
         done = s.cli("swap", "market_data", "--to", "v2", "--soak", "20s", "--no-wait",
                      "-o", "json")

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -72,7 +73,7 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
         result = load.stop()
     assert result.disconnects == 0, result.problems()
     assert not any("stopped for good" in p for p in result.problems())
-    legacy_pid = [p for p in psutil.process_iter() if _is_generic(p)]
+    legacy_pid = [p for p in psutil.process_iter() if _is_generic(p, s.root)]
     assert not legacy_pid, "the legacy relay was ended"
 
     # back to legacy: a bridge (the best way: nobody is cut while they stay); the drain
@@ -115,7 +116,9 @@ def test_legacy_release_takeover_and_restart_through_the_daemon(legacy_stack: St
     assert json.dumps(rows)
 
 
-def _is_generic(proc: psutil.Process) -> bool:
+def _is_generic(proc: psutil.Process, root: Path) -> bool:
+    """A legacy `generic` relay of this test's stack (not another test's, running beside)."""
     with contextlib.suppress(psutil.Error):
-        return any(part.endswith("builds/generic.py") for part in proc.cmdline())
+        return any(part.endswith("builds/generic.py") and part.startswith(str(root))
+                   for part in proc.cmdline())
     return False
