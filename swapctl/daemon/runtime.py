@@ -260,8 +260,16 @@ class ServiceRuntime:
 
     def _pause_if_asked(self, state: str) -> None:
         """Fault injection: SWAPCTL_DAEMON_PAUSE_AT=STATE[:SECONDS[:FILE]] holds the swap
-        as it enters STATE for SECONDS (1), or until FILE exists."""
-        name, _, rest = self.pause_at.partition(":")
+        as it enters STATE for SECONDS (1), or until FILE exists. PAUSE_AT=@SPEC_FILE
+        reads that spec from SPEC_FILE at each state instead (none while it is missing),
+        so that one daemon can be held at a different state for each test."""
+        spec = self.pause_at
+        if spec.startswith("@") and state:
+            try:
+                spec = Path(spec[1:]).read_text().strip()
+            except OSError:
+                return
+        name, _, rest = spec.partition(":")
         if not state or name != state:
             return
         seconds, _, until = rest.partition(":")

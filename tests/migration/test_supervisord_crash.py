@@ -25,7 +25,9 @@ import psutil
 import pytest
 
 from swapctl.daemon import stack
+from swapctl.daemon.paths import Paths, layout_of
 from swapctl.daemon.runtime import PAUSE_AT
+from swapctl.supervise import slotfile
 from swapctl.supervise.keeper import HOLD
 from tests.migration.test_daemon import _clean, _load
 from tests.stack import Stack, make_stack, teardown
@@ -69,6 +71,17 @@ def _wait(what: str, check: Any, timeout: float = 15.0) -> Any:
         if value:
             return value
         assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+
+
+def _until(what: str, get: Any, ok: Any, timeout: float = 15.0) -> Any:
+    """The first get() that ok() accepts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s: {value}"
         time.sleep(0.05)
 
 
@@ -231,3 +244,92 @@ def test_during_a_swap_it_goes_on_and_ends_as_planned(stack_root: Stack) -> None
     with contextlib.suppress(FileNotFoundError):
         Path(go).unlink()
     _relay_restarts_after_death(s, "signal")
+
+
+# ----- kill -9 of supervisord in each phase after the candidate runs ------------------
+#
+# One stack (one service) for every phase: swapctld runs with PAUSE_AT=@FILE, and each
+# case writes PHASE:30:GO into FILE, which holds its swap as it enters PHASE until GO
+# exists. supervisord is SIGKILLed there and swapctld starts it again at once (no hold).
+# In a phase with a short deadline (releasing, adopting: 2 s, and the hold counts) the
+# swap goes on as soon as swapctld has seen the death, so the restart races the rest of
+# the swap; in the others it goes on once supervisord is back, so the restart and the
+# re-adoption happen in the middle of the swap.
+
+PHASES = {  # phase -> (how the swap ends, supervisord back before the swap goes on)
+    "releasing": ("committed", False),
+    "adopting": ("committed", False),
+    "verifying": ("committed", True),
+    "committing": ("committed", True),
+    "rolling_back": ("rolled_back", True),
+}
+
+
+@pytest.fixture(scope="module")
+def one_service() -> Iterator[Stack]:
+    s = make_stack(prefix="svp-", services=("market_data",))
+    try:
+        s.up(env={PAUSE_AT: f"@{s.root / 'pause'}"})
+        yield s
+    finally:
+        left = teardown(s)
+        assert not left, f"processes left running: {left}"
+
+
+def _api_swap(s: Stack, soak: float) -> tuple[str, str]:
+    """A swap to the release that does not serve, not waited for: (its id, release)."""
+    to = "v2" if s.status()["active"]["release"] == "v1" else "v1"
+    answer = stack.client_for(s.config).call("swap", service="market_data", to=to, soak=soak,
+                                             wait=False)
+    assert answer.get("running"), answer
+    return str(answer["swap_id"]), to
+
+
+def _relay_pids(s: Stack) -> set[int]:
+    """The service's relays alive now, found by their slots' pid records."""
+    layout = layout_of(s.config, Paths.of(s.config))
+    records = (slotfile.live_pid(layout.slot_dir(p)) for p in layout.programs())
+    return {r.pid for r in records if r is not None}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_killed_in_each_phase_the_swap_ends_as_planned(one_service: Stack, phase: str) -> None:
+    s = one_service
+    decision, back_first = PHASES[phase]
+    go = s.root / f"go-{phase}"
+    (s.root / "pause").write_text(f"{phase}:30:{go}")
+    restarts = _supervisord(s)["restarts"]
+    load = _load(s)
+    try:
+        swap_id, to = _api_swap(s, 30.0 if phase == "rolling_back" else 0.1)
+        if phase == "rolling_back":
+            s.wait_state("soaking")
+            answer = stack.client_for(s.config).call("request", service="market_data",
+                                                     request="rollback")
+            assert answer.get("type") == "result", answer
+        s.wait_state(phase)
+        dead = _kill_supervisord(s)
+        _wait("supervisord reported down", lambda: not _supervisord(s)["up"], 3.0)
+        if back_first:
+            _wait("supervisord back", lambda: _supervisord(s)["up"])
+        assert s.status()["swap"]["state"] == phase, "held there meanwhile"
+        go.touch()
+        report = s.wait_report(swap_id)
+        assert report["decision"] == decision, report.get("reason")
+        events = [r.get("event") for r in report["journal"]]
+        assert "supervisord_died" in events, events
+
+        state = _until("supervisord back", lambda: _supervisord(s), lambda st: st["up"])
+        assert state["pid"] != dead and state["restarts"] == restarts + 1
+        serving = _until("healthy", s.status, lambda st: st["health"].get("healthy"))
+        assert serving["active"]["release"] == (to if decision == "committed"
+                                                 else report["from"])
+        assert _relay_pids(s) == {serving["active"]["pid"]}, "only the serving relay left"
+
+        later, _ = _api_swap(s, 0.1)  # a later swap works
+        assert s.wait_report(later)["decision"] == "committed"
+        time.sleep(0.3)  # traffic through the release it swapped to
+    finally:
+        go.touch()  # (a failed case leaves no swap held)
+        result = load.stop()
+    _clean(result)
