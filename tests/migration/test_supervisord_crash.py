@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -29,8 +30,9 @@ from swapctl.daemon.paths import Paths, layout_of
 from swapctl.daemon.runtime import PAUSE_AT
 from swapctl.supervise import slotfile
 from swapctl.supervise.keeper import HOLD
+from swapctl.supervise.supervisord import Supervisord
 from tests.migration.test_daemon import _clean, _load
-from tests.stack import Stack, make_stack, teardown
+from tests.stack import Stack, leftovers, make_stack, teardown
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -333,3 +335,84 @@ def test_killed_in_each_phase_the_swap_ends_as_planned(one_service: Stack, phase
         go.touch()  # (a failed case leaves no swap held)
         result = load.stop()
     _clean(result)
+
+
+# ----- supervisord.start: systemd ------------------------------------------------------
+#
+# The test stands in for systemd: it starts supervisord (as swapctl-supervisord.service
+# would), SIGKILLs it, and later starts it again (as the unit's Restart=on-failure
+# would). swapctld must not start one itself (it would live in swapctld's cgroup) and
+# must not exit (docs/daemon.md, "Under systemd"): it reports the death and waits.
+
+
+@pytest.fixture
+def systemd_stack() -> Iterator[tuple[Stack, list[Supervisord]]]:
+    s = make_stack(prefix="svs-", services=("market_data",))
+    conf = s.config_dir / "swapctld.yaml"
+    conf.write_text(conf.read_text().replace("start: swapctl", "start: systemd"))
+    assert s.config.daemon.supervisord.start == "systemd"
+    started: list[Supervisord] = []
+    try:
+        yield s, started
+    finally:
+        with contextlib.suppress(Exception):
+            stack.down(s.config, timeout=30)  # (it leaves systemd's supervisord running)
+        for sup in started:
+            sup.stop()
+        left = leftovers(s.root)
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        shutil.rmtree(s.root, ignore_errors=True)
+        assert not left, f"processes left running: {left}"
+
+
+def _systemd_starts_supervisord(s: Stack, started: list[Supervisord]) -> int:
+    sup = Supervisord(layout_of(s.config, Paths.of(s.config)))
+    sup.start()
+    started.append(sup)
+    assert sup.proc is not None
+    return sup.proc.pid
+
+
+def test_under_systemd_swapctld_reports_waits_and_readopts(
+        systemd_stack: tuple[Stack, list[Supervisord]]) -> None:
+    s, started = systemd_stack
+    Paths.of(s.config).make()
+    first = _systemd_starts_supervisord(s, started)
+    s.up()
+    daemon = s.daemon_pid()
+    relay = s.status()["active"]["pid"]
+    load = _load(s)
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert started[0].proc is not None
+        started[0].proc.wait(10)  # (reaped, as systemd would)
+        state = _until("supervisord reported down", lambda: _supervisord(s),
+                       lambda st: not st["up"], 3.0)
+        assert state["start"] == "systemd", state
+        assert f"supervisord (pid {first}) died" in state["problem"], state
+        assert "waiting for systemd to start it again" in state["problem"], state
+        done = s.cli("status")
+        assert done.returncode == 3 and "UNHEALTHY: supervisord" in done.stdout, done
+        done = s.cli("up", "--timeout", "1s")  # up does not start systemd's supervisord
+        assert done.returncode == 3 and "supervisord is still down" in done.stderr, done
+        # swapctld neither started one (nothing answers on its socket) nor exited
+        assert not _supervisord(s)["up"]
+        assert psutil.Process(daemon).status() != psutil.STATUS_ZOMBIE
+        assert s.daemon_pid() == daemon
+
+        second = _systemd_starts_supervisord(s, started)  # Restart=on-failure
+        state = _until("supervisord back", lambda: _supervisord(s), lambda st: st["up"], 5.0)
+        assert state["pid"] == second and state["restarts"] == 1, state
+        assert s.cli("status").returncode == 0
+        assert s.status()["active"]["pid"] == relay, "the relay was never stopped"
+        back = [r for r in _journal(s) if r.get("event") == "supervisord_back"]
+        assert [r["pid"] for r in back[-1]["relays"]] == [relay], back
+        swap_id, _ = _api_swap(s, 0.1)  # a later swap works, through the new supervisord
+        assert s.wait_report(swap_id)["decision"] == "committed"
+        time.sleep(0.3)
+    finally:
+        result = load.stop()
+    _clean(result)
+    assert s.daemon_pid() == daemon, "the same swapctld throughout"
