@@ -70,6 +70,7 @@ class Timeline:
     reason: str
     phases: tuple[Phase, ...]
     running_in: str | None  # the phase a swap still running is in (not drawn: no end yet)
+    pending: bool  # drawn from the journal of a swap still running: no figures yet
     pause_window_ms: tuple[float, float] | None  # server pause, from the swap's begin
     server_pause_ms: float | None
     pause_stages_ms: tuple[tuple[str, float], ...]
@@ -99,11 +100,14 @@ def timeline(report: Mapping[str, Any]) -> Timeline:
     conns = report.get("connections") or {}
     rollback = report.get("rollback")
     canary = report.get("canary")
+    pending = "phases" not in report  # a swap still running: its journal so far, no figures
+    held = next((r["server_pause_ms"] for r in journal if "server_pause_ms" in r), None)
     return Timeline(
-        swap_id=swap_id, title=_title(report), decision=str(report.get("decision") or "?"),
-        reason=str(report.get("reason") or ""), phases=phases, running_in=running_in,
+        swap_id=swap_id, title=_title(report, journal),
+        decision=str(report.get("decision") or "?"), reason=str(report.get("reason") or ""),
+        phases=phases, running_in=running_in, pending=pending,
         pause_window_ms=_pause_window(journal),
-        server_pause_ms=_num(report.get("server_pause_ms")),
+        server_pause_ms=_num(report.get("server_pause_ms", held)),
         pause_stages_ms=tuple((str(k), float(v)) for k, v in
                               (report.get("pause_stages_ms") or {}).items() if _num(v)),
         client_pause_ms=_num(report.get("client_pause_ms")),
@@ -111,9 +115,10 @@ def timeline(report: Mapping[str, Any]) -> Timeline:
                                             _num(rollback.get("ms")),
                                             _num(rollback.get("traffic_flowing_ms"))),
         figures=_figures(report),
-        clients=f"clients {_count(conns.get('before'))} before, {_count(conns.get('moved'))} "
-                f"moved, {_count(conns.get('after'))} after",
-        canary="canary: none ran" if not canary else
+        clients="clients, canary and figures: in the report once the swap has ended"
+        if pending else f"clients {_count(conns.get('before'))} before, "
+        f"{_count(conns.get('moved'))} moved, {_count(conns.get('after'))} after",
+        canary="" if pending else "canary: none ran" if not canary else
         f"canary {canary.get('sent')} sent at {_num(canary.get('rate')) or 0:.0f}/s",
     )
 
@@ -147,7 +152,11 @@ def _pause_window(journal: list[Mapping[str, Any]]) -> tuple[float, float] | Non
     return ((float(held["stopped_ns"]) - t0_ns) / 1e6, (float(held["resumed_ns"]) - t0_ns) / 1e6)
 
 
-def _title(report: Mapping[str, Any]) -> str:
+def _title(report: Mapping[str, Any], journal: list[Mapping[str, Any]]) -> str:
+    begin = next((r for r in journal if r.get("event") == "begin"), {})
+    report = {"service": begin.get("service"), "from": begin.get("old_release"),
+              "to": begin.get("release"), "strategy": begin.get("strategy"),
+              **{k: v for k, v in report.items() if v is not None}}
     service = f"{report['service']}: " if report.get("service") else ""
     moved = f"  {report.get('from')} -> {report.get('to')}" if report.get("to") else ""
     how = ", ".join(str(report[k]) for k in ("kind", "strategy") if report.get(k))
@@ -220,7 +229,7 @@ def _header(t: Timeline, out: list[str]) -> int:
         out.append(_text(x, 76, label, cls="figure", data={"name": name},
                          fill="#de2d26" if bad else "#222", weight="bold" if bad else None))
         x += len(label) * 7 + 18
-    out.append(_text(10, 96, f"{t.clients}; {t.canary}", cls="figure",
+    out.append(_text(10, 96, "; ".join(filter(None, (t.clients, t.canary))), cls="figure",
                      data={"name": "clients"}))
     return 96
 
@@ -282,7 +291,8 @@ def _pauses(t: Timeline, out: list[str], y: int) -> int:
         out.append(_text(10, y + 13, label))
         stages = t.pause_stages_ms if cls == "pause-server-total" and value is not None else ()
         if value is None:
-            out.append(_text(LEFT, y + 13, "not measured for this swap", fill="#888"))
+            out.append(_text(LEFT, y + 13, "not in the report yet (the swap is running)"
+                             if t.pending else "not measured for this swap", fill="#888"))
         else:
             w = value / scale * PAUSE_PLOT if scale else 0.0
             out.append(_pause_bar(cls, value, w, y, stages=stages, scale=scale))

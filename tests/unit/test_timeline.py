@@ -127,8 +127,16 @@ def test_a_swap_still_running_is_drawn_from_its_journal() -> None:
     for phase, a, b in zip(t.phases, moves, moves[1:], strict=False):
         assert phase.ms == pytest.approx((b["at"] - a["at"]) * 1000)
     assert t.running_in == moves[-1]["to"]
+    begin = moves[0]
+    assert f"{begin['old_release']} -> {begin['release']}" in t.title
+    assert begin["service"] in t.title
+    adopted = next(r for r in moves if "server_pause_ms" in r)
+    assert t.server_pause_ms == adopted["server_pause_ms"]
     root = _svg(running)
     assert "RUNNING (in verifying)" in "".join(_group(root, "outcome").itertext())
+    shown = _texts(root, "figure")
+    assert not any("unknown" in s for s in shown), "no figures yet is not 'unknown'"
+    assert any("once the swap has ended" in s for s in shown)
 
 
 @pytest.mark.parametrize("report", [
