@@ -45,6 +45,7 @@ from swapctl.config.load import Config, load_config
 from swapctl.daemon import attach, health, sdnotify
 from swapctl.daemon import requests_model as rq
 from swapctl.daemon.api import ApiServer
+from swapctl.daemon.jobs import SoakProgress
 from swapctl.daemon.metrics import DaemonMetrics
 from swapctl.daemon.paths import Paths, layout_of, read_json
 from swapctl.daemon.plan import Unhealthy
@@ -448,7 +449,9 @@ def _relay(handle: Any) -> dict[str, Any]:
 
 def _follow(job: Any) -> Iterator[dict[str, Any]]:
     for item in job.follow():
-        if "report" in item:
+        if isinstance(item, SoakProgress):  # each second of a soak: window left, canary
+            yield item.answer()
+        elif "report" in item:
             yield {"type": "result", "report": item["report"]}
         else:
             yield {"type": "progress", "record": item}

@@ -7,7 +7,10 @@ starts the canary, runs the body (a new swap's `SwapRun.run`, or a recovered swa
 `resume`), builds the report (swap/report.py) and writes it to STATE/reports, refreshes
 the service's health and only then hands the report to `finish`: whoever follows the
 job sees the service as the swap left it. A crash inside is a "failed" report, never a
-waiter left hanging. The swap's journal records reach `add` meanwhile.
+waiter left hanging. The swap's journal records reach `add` meanwhile. While the swap
+soaks (or a bridge drains), its followers also get a `SoakProgress` each second: the
+window left and the canary's counts, read from its latest snapshot (never from its pipe,
+which is the swap's thread's alone).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from swapctl.daemon.paths import Paths, write_json
@@ -32,6 +35,29 @@ from swapctl.swap.service import Service
 
 log = logging.getLogger("swapctl.daemon")
 Body = Callable[[], SwapRun | dict[str, Any]]  # runs the swap; a dict is a finished report
+
+
+SOAK_TICK_S = 1.0  # a soaking swap's followers hear from it at least this often
+WATCHED = ("soaking", "draining")  # the phases that wait out a window
+
+
+@dataclass(frozen=True, slots=True)
+class SoakProgress:
+    """A soaking swap as its followers see it each second (`{"type": "soak", ...}` on
+    the control API): the window left, and what the canary saw since it started, None
+    without a canary. `lost`: messages sent since the cutover, more than 0.5 s ago, that
+    the worst canary consumer has not received (the canary's loss; any rolls back)."""
+
+    swap_id: str
+    phase: str
+    remaining_s: float
+    window_s: float
+    sent: int | None = None
+    seen: int | None = None  # received by every canary consumer (the slowest one's count)
+    lost: int | None = None
+
+    def answer(self) -> dict[str, Any]:
+        return {"type": "soak", **asdict(self)}
 
 
 class Busy(Refusal):
@@ -95,23 +121,55 @@ class SwapJob:
             self.report = report
             self.cond.notify_all()
 
-    def follow(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield each record as it is journaled, then {"report": report}."""
+    def follow(self, timeout: float | None = None, tick: float = SOAK_TICK_S
+               ) -> Iterator[dict[str, Any] | SoakProgress]:
+        """Yield each record as it is journaled, then {"report": report}; while the swap
+        soaks, a SoakProgress every `tick` seconds between them."""
         seen = 0
         deadline = None if timeout is None else time.monotonic() + timeout
+        next_tick = 0.0
         while True:
+            progress = None
             with self.cond:
                 while seen == len(self.records) and self.report is None:
-                    wait = None if deadline is None else deadline - time.monotonic()
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick = now + tick
+                        progress = self.soak_progress()
+                        if progress is not None:
+                            break
+                    wait = None if deadline is None else deadline - now
                     if wait is not None and wait <= 0:
                         return
-                    self.cond.wait(0.5 if wait is None else min(wait, 0.5))
+                    self.cond.wait(min(next_tick - now, 0.5 if wait is None else wait))
                 new, seen = self.records[seen:], len(self.records)
                 report = self.report
             yield from new
+            if new:  # the soak may have just begun: say so at once
+                next_tick = 0.0
+            if progress is not None:
+                yield progress
             if report is not None and seen == len(self.records):
                 yield {"report": report}
                 return
+
+    def soak_progress(self) -> SoakProgress | None:
+        """Where the soak is, if the swap is soaking (or draining) now."""
+        run = self.run
+        if run is None or self.report is not None or run.machine.state.value not in WATCHED:
+            return None
+        machine = run.machine
+        window = run.settings.deadlines.for_state(machine.state) or 0.0
+        progress = SoakProgress(self.swap_id, machine.state.value,
+                                round(min(machine.remaining(), window), 3), window)
+        snapshot = self.canary.last if self.canary is not None else None
+        if not snapshot or not snapshot.get("streams"):
+            return progress
+        streams = snapshot["streams"]
+        return replace(
+            progress, sent=int(snapshot["sent"]),
+            seen=min(int(s["arrivals"]) for s in streams),
+            lost=max(int(s["missing"]) for s in streams))
 
 
 class Host(Protocol):

@@ -71,6 +71,9 @@ class Canary:
         self.domain_byte = domain_byte
         self.proc: subprocess.Popen[str] | None = None
         self.final: dict[str, Any] | None = None
+        # the latest snapshot, for readers in other threads (a swap's followers): the
+        # pipe to the child is the swap's thread's alone
+        self.last: dict[str, Any] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         args = [sys.executable, "-P", "-m", "swapctl.swap.canary_child",
@@ -102,7 +105,8 @@ class Canary:
         return data
 
     def snapshot(self) -> dict[str, Any]:
-        return self._ask("snapshot")
+        self.last = self._ask("snapshot")
+        return self.last
 
     def health(self, baseline: dict[str, Any] | None = None) -> CanaryHealth:
         return judge(self.snapshot(), baseline)
