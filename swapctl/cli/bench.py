@@ -36,7 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def output_option(func: F) -> F:
     return click.option(
         "-o", "--output", type=click.Choice(["text", "json"]), default="text",
-        show_default=True, help="text for people, or json (only JSON on stdout).",
+        show_default=True,
+        help="json: the report as one JSON document on stdout (progress on stderr).",
     )(func)
 
 

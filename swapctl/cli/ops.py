@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 from click.shell_completion import get_completion_class
 
+from swapctl.cli import follow
 from swapctl.cli.exits import (
     EXIT_FAILED,
     EXIT_OK,
@@ -57,7 +58,11 @@ config_dir_option = click.option(
          "else ./configs if it has swapctld.yaml, else /etc/swapctl].")
 output_option = click.option("-o", "--output", type=click.Choice(["text", "json"]),
                              default="text", show_default=True,
-                             help="json: JSON on stdout (one document; --watch: one a line).")
+                             help="json: one JSON document on stdout (progress and errors "
+                                  "on stderr).")
+watch_output_option = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON document on stdout; with --watch, one document a line.")
 service_argument = click.argument("service", shell_complete=_services)
 
 
@@ -132,8 +137,8 @@ def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
 
     def body() -> None:
         result = up(_config(config_dir), timeout)
-        if output == "json":
-            _json(result)
+        if output == "json":  # what the text shows: the stack, and each service's status
+            _json({**result, "status": _client(config_dir).call("status")})
         else:
             how = "started" if result["started"] else "already running"
             click.echo(f"swapctld {how} (pid {result['pid']}, swapctl {result['version']})")
@@ -179,7 +184,7 @@ def down_command(config_dir: Path | None, timeout: float, output: str) -> None:
 @click.argument("service", required=False, shell_complete=_services)
 @click.option("--watch", "-w", is_flag=True, help="Refresh every --interval until Ctrl-C.")
 @click.option("--interval", callback=_duration, default="1s", show_default=True)
-@output_option
+@watch_output_option
 def status_command(config_dir: Path | None, service: str | None, watch: bool,
                    interval: float, output: str) -> None:
     """Each service: the release serving, its slot and pid, connections, health, swap.
@@ -259,11 +264,14 @@ def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: flo
         if dry_run or (sys.stdin.isatty() and not yes):
             plan = client.call("swap", **args, dry_run=True)["plan"]
             if dry_run:
-                _json(plan) if output == "json" else click.echo(_plan_text(plan))
+                _json(plan) if output == "json" else click.echo(follow.plan_text(plan))
                 sys.exit(EXIT_OK)
-            click.echo(_plan_text(plan), err=True)
+            click.echo(follow.plan_text(plan), err=True)
             if not click.confirm("Proceed?", err=True):
                 _fail("nothing done", EXIT_FAILED)
+        elif rollback and not follow.Progress(output).quiet:  # a whole swap: say so before it
+            plan = client.call("swap", **args, dry_run=True)["plan"]
+            click.echo(follow.rollback_text(plan), err=True)
         report = _run_swap(client, args, no_wait, timeout, output)
         if report is None:
             sys.exit(EXIT_OK)
@@ -275,7 +283,7 @@ def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: flo
 def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float | None,
               output: str) -> dict[str, Any] | None:
     deadline = None if timeout is None else time.monotonic() + timeout
-    progress = _progress_printer(output)
+    progress = follow.Progress(output)
     stream: Iterator[dict[str, Any]] = client.stream("swap", **args, wait=not no_wait,
                                                      timeout=timeout or 3600.0)
     swap_id = "?"
@@ -283,10 +291,13 @@ def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float |
         for answer in stream:
             if answer["type"] == "accepted":
                 swap_id = answer["swap_id"]
-                progress(None, answer)
+                progress.accepted(answer)
             elif answer["type"] == "progress":
-                progress(answer["record"], None)
+                progress.record(answer["record"])
+            elif answer["type"] == "soak":
+                progress.soak(answer)
             elif answer["type"] == "result":
+                progress.end()
                 if "report" in answer:
                     report: dict[str, Any] = answer["report"]
                     return report
@@ -299,59 +310,15 @@ def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float |
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
     except TimeoutError:
+        progress.end()
         _fail(f"--timeout passed; swap {swap_id} goes on in swapctld: `swapctl status "
               f"{args['service']}`, `swapctl abort {args['service']}`", EXIT_TIMEOUT)
     except KeyboardInterrupt:
+        progress.end()
         _fail(f"stopped following; swap {swap_id} goes on in swapctld (`swapctl abort "
               f"{args['service']}` to roll it back)", EXIT_FAILED)
+    progress.end()
     _fail("swapctld ended the stream without a result", EXIT_UNHEALTHY)
-
-
-def _progress_printer(output: str) -> Callable[[dict[str, Any] | None, dict[str, Any] | None],
-                                                None]:
-    """Phases on stderr as they happen: marked and timed on a terminal, plain lines
-    otherwise (for logs); none with -o json unless stderr is a terminal."""
-    tty = sys.stderr.isatty()
-    quiet = output == "json" and not tty
-    started: list[float] = []
-
-    def show(record: dict[str, Any] | None, accepted: dict[str, Any] | None) -> None:
-        if quiet:
-            return
-        if accepted is not None:
-            plan = accepted.get("plan") or {}
-            click.echo(f"{accepted['kind']} {accepted['swap_id']}: {plan.get('from')} -> "
-                       f"{plan.get('to')} (strategy {plan.get('strategy', 'handoff')})", err=True)
-            return
-        assert record is not None
-        if "to" not in record:
-            reason = record.get("reason")
-            click.echo(f"  ({record.get('event')}{': ' + str(reason) if reason else ''})",
-                       err=True)
-            return
-        if not started:
-            started.append(float(record["at"]))
-        line = swap_report.progress_line(record, started[0])
-        if tty:
-            mark = "✗" if record["event"] in ("fail", "rollback", "rollback_failed") else "✓"
-            line = click.style(mark, fg="red" if mark == "✗" else "green") + line[1:]
-        click.echo(line, err=True)
-
-    return show
-
-
-def _plan_text(plan: dict[str, Any]) -> str:
-    lines = [f"plan: {plan.get('kind', 'swap')} {plan['service']} ({plan['socket']}): "
-             f"{plan['from']['release']} -> {plan['to']['release']}",
-             f"  strategy: {plan['strategy']} ({plan['why']})",
-             f"  from: {' '.join(plan['from']['command'])} ({plan['from']['program']}, "
-             f"pid {plan['from']['pid']})",
-             f"  to:   {' '.join(plan['to']['command'])}",
-             "  phases: " + ", ".join(f"{p['phase']} <= {p['deadline_s']:g}s"
-                                      for p in plan["phases"]),
-             f"  pause budget {plan['pause_budget_ms']:g} ms; rollback within "
-             f"{plan['rollback_deadline_s']:g}s; canary {plan['canary_rate']:g} msg/s"]
-    return "\n".join(lines)
 
 
 def _report_text(report: dict[str, Any]) -> str:
