@@ -52,6 +52,29 @@ def _services(ctx: click.Context, _param: click.Parameter, incomplete: str) -> l
     return sorted(n for n in names if n.startswith(incomplete))
 
 
+def _releases(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a release (swap --to, drill --candidate): the releases of the
+    SERVICE already typed, read from its file as plain YAML (quick, and a file with a
+    problem elsewhere still completes)."""
+    import yaml  # noqa: PLC0415 (only when completing)
+
+    from swapctl.config.load import default_config_dir  # noqa: PLC0415 (pydantic: 0.4 s)
+    # (the option waiting for its value stops click's parse before it fills SERVICE in:
+    # then SERVICE is the first positional argument left over)
+    service = ctx.params.get("service") or next(iter(ctx.args), None)
+    if not service:
+        return []
+    directory = ctx.params.get("config_dir") or default_config_dir()
+    try:
+        data = yaml.safe_load((Path(directory) / f"{service}.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    releases = data.get("releases") if isinstance(data, dict) else None
+    if not isinstance(releases, dict):
+        return []
+    return sorted(str(n) for n in releases if str(n).startswith(incomplete))
+
+
 config_dir_option = click.option(
     "--config-dir", type=click.Path(path_type=Path, file_okay=False), is_eager=True,
     help="Directory of swapctld.yaml and the service files [default: $SWAPCTL_CONFIG_DIR, "

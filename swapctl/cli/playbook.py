@@ -27,7 +27,7 @@ from swapctl.cli.exits import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from swapctl.cli.ops import config_dir_option, output_option
+from swapctl.cli.ops import _releases, _services, config_dir_option, output_option
 
 STANDARD_DRILL = "rollback-drill.yaml"
 
@@ -136,7 +136,8 @@ def _plan_text(plan: dict[str, Any]) -> str:
 
 param_option = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
                             help="Set a playbook parameter (repeatable), e.g. soak=1s.")
-candidate_option = click.option("--candidate", help="The release @candidate names [default: "
+candidate_option = click.option("--candidate", shell_complete=_releases,
+                                 help="The release @candidate names [default: "
                                  "the playbook's candidate, else the first other "
                                  "handoff-capable release; never a legacy one].")
 
@@ -144,7 +145,8 @@ candidate_option = click.option("--candidate", help="The release @candidate name
 @click.command("run")
 @click.argument("playbook", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @config_dir_option
-@click.option("--service", "-s", help="The service [default: the playbook's service].")
+@click.option("--service", "-s", shell_complete=_services,
+              help="The service [default: the playbook's service].")
 @candidate_option
 @param_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; do nothing.")
@@ -165,7 +167,7 @@ def run_command(*, playbook: Path, config_dir: Path | None, service: str | None,
 
 
 @click.command("drill")
-@click.argument("service", required=False)
+@click.argument("service", required=False, shell_complete=_services)
 @config_dir_option
 @click.option("--schedule", is_flag=True, help="Show the next runs of the drill timer.")
 @click.option("--count", type=click.IntRange(min=1, max=100), default=5, show_default=True,

@@ -38,7 +38,7 @@ _output = click.option("-o", "--output", type=click.Choice(["text", "json"]), de
 @click.command("swap")
 @click.argument("service", required=False, shell_complete=ops._services)
 @ops.config_dir_option
-@click.option("--to", "to", metavar="RELEASE|CMD",
+@click.option("--to", "to", metavar="RELEASE|CMD", shell_complete=ops._releases,
               help="With SERVICE: the release to swap to [default: the service file's active]. "
                    "Standalone: the candidate's command.")
 @click.option("--soak", callback=ops._duration, metavar="D",
