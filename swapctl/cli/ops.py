@@ -170,7 +170,7 @@ def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
                            f"({result['repaired'].get('supervisord_was')}): restarted, "
                            "every running relay re-attached")
             _show_status(_client(config_dir).call("status"))
-    _calling(body)
+    _calling(body, output)
 
 
 @click.command("down")
@@ -197,7 +197,7 @@ def down_command(config_dir: Path | None, timeout: float, output: str) -> None:
             click.echo(f"swapctld (pid {result['pid']}) stopped every relay and exited")
         else:
             click.echo("swapctld is not running")
-    _calling(body)
+    _calling(body, output)
 
 
 # ----- status --------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def status_command(config_dir: Path | None, service: str | None, watch: bool,
         unhealthy = [s for s in result["services"] if not s["health"].get("healthy")]
         sys.exit(EXIT_UNHEALTHY if unhealthy else EXIT_OK)
     try:
-        _calling(body)
+        _calling(body, output)
     except KeyboardInterrupt:
         sys.exit(EXIT_OK)
 
@@ -440,7 +440,7 @@ def history_command(config_dir: Path | None, service: str | None, limit: int,
                        f"{r['from']} -> {r['to']}  {str(r['decision']).upper():<11} "
                        f"pause {_ms(r['server_pause_ms'])}  rollback {_ms(r['rollback_ms'])}  "
                        f"lost {r['lost'] if r['lost'] is not None else '-'}")
-    _calling(body)
+    _calling(body, output)
 
 
 def _ms(value: Any) -> str:
@@ -462,7 +462,7 @@ def logs_command(config_dir: Path | None, service: str, lines: int, output: str)
         for entry in logs:
             click.echo(f"==> {entry['program']} ({entry['path']}) <==")
             click.echo(entry["text"] or "(empty)")
-    _calling(body)
+    _calling(body, output)
 
 
 @click.command("completion")

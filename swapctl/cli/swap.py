@@ -165,7 +165,10 @@ def _request_command(name: str) -> click.Command:
                                 ", or --socket for a standalone swap"))
         target = (o["state_dir"] or state_dir_for(socket_path)) / "requests.sock"
         send_request(target, name)
-        click.echo(f"{name} requested for the swap on {socket_path}")
+        if o["output"] == "json":
+            click.echo(json.dumps({"requested": name, "socket": str(socket_path)}))
+        else:
+            click.echo(f"{name} requested for the swap on {socket_path}")
 
     command.help = {
         "rollback": "Roll SERVICE back: the running swap (during verify or soak), or, with "
