@@ -1,8 +1,10 @@
 """The `swapctl` command line: thin click commands that parse, call and render.
 
-Only this package calls `sys.exit`. Exit codes (documented in README.md):
+Only this package calls `sys.exit`. Exit codes (README.md's table; swapctl/cli/exits.py):
   0 ok; 1 check failed (loss, difference, failed swap); 2 usage or configuration error;
-  3 runtime error (a relay or socket could not be reached).
+  3 unhealthy or runtime error (a relay or socket could not be reached); 4 unknown
+  service; 5 --timeout passed; 6 a rollback failed; 7 swapctld does not answer. The
+  diff family (diff, replay, shadow) says 2 for any error (docs/diff.md).
 """
 
 from __future__ import annotations
