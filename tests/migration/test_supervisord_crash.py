@@ -6,7 +6,10 @@ Real supervisord, swapctld and reference relays (tests/stack.py) under an indepe
 `swapctl load` run with a strategy consumer. SWAPCTL_SUPERVISORD_HOLD=FILE keeps
 supervisord down until FILE exists, so what `status` and `up` say meanwhile is seen,
 and a swap is driven through its phases while supervisord is dead;
-SWAPCTL_DAEMON_PAUSE_AT=probing:60:FILE holds a swap before its handoff.
+SWAPCTL_DAEMON_PAUSE_AT=probing:60:FILE holds a swap before its handoff. One shared
+stack then kills it in each later phase (PAUSE_AT=@FILE: each case says where to hold),
+and a stack with `supervisord.start: systemd` checks what swapctld does when a
+supervisord it does not own dies.
 """
 
 from __future__ import annotations
@@ -320,6 +323,10 @@ def test_killed_in_each_phase_the_swap_ends_as_planned(one_service: Stack, phase
         assert report["decision"] == decision, report.get("reason")
         events = [r.get("event") for r in report["journal"]]
         assert "supervisord_died" in events, events
+        if back_first:  # re-adopted mid-swap: the old release and the candidate, both
+            restarted = [r for r in report["journal"]
+                         if r.get("event") == "supervisord_restarted"]
+            assert len(restarted) == 1 and len(restarted[0]["relays"]) == 2, restarted
 
         state = _until("supervisord back", lambda: _supervisord(s), lambda st: st["up"])
         assert state["pid"] != dead and state["restarts"] == restarts + 1
