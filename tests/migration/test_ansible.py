@@ -89,9 +89,11 @@ class Fleet:
                 assert done.returncode == 0, done.stdout + done.stderr
             assert self.serving(host) == "v1"
 
-    def playbook(self, name: str, run_id: str, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    def playbook(self, name: str, run_id: str, *extra: str,
+                 inventory: Path | None = None) -> tuple[int, str, dict[str, Any]]:
         """Run deploy/ansible/NAME; (exit code, output, the run's summary.json or {})."""
-        argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(ANSIBLE / name),
+        argv = [str(BIN / "ansible-playbook"), "-i", str(inventory or self.inventory),
+                str(ANSIBLE / name),
                 "-e", f"swapctl_run_id={run_id}", *extra]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, cwd=self.root, env=self.env,
@@ -291,6 +293,24 @@ def test_drills_run_on_every_host_and_the_summary_names_the_failed_one(
     assert {h: fleet.serving(h) for h in HOSTS} == serving
     assert _junit(fleet, "drill", "drill") == {"h1": "passed", "h2": "failure",
                                                "h3": "passed"}
+
+
+def test_a_host_whose_swapctld_does_not_answer_stops_the_rollout_with_its_error(
+        fleet: Fleet) -> None:
+    down = fleet.root / "h9"  # configured, never started
+    done = subprocess.run([*SWAPCTL, "init", str(down)], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    inventory = _inventory(fleet.root)
+    inventory["swapctl"]["hosts"] = {"h9": {"swapctl_config_dir": str(down / "configs")}}
+    path = fleet.root / "down.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    code, out, summary = fleet.playbook("rollout.yml", "down", "--skip-tags", "install",
+                                        inventory=path)
+    assert code == 2, out
+    (row,) = summary["hosts"]
+    assert (summary["stopped_at"], row["outcome"], row["rc"]) == ("h9", "error", 7), row
+    assert f"{down}/run/control.sock" in row["reason"] and "swapctl up" in row["reason"]
 
 
 def _release_module() -> Any:
