@@ -44,7 +44,7 @@ from swapctl.process import processes_under, stop_group
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install -e .[dev])")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "deploy" / "ansible"
@@ -206,6 +206,7 @@ def _junit(fleet: Fleet, kind: str, run_id: str) -> dict[str, str]:
     return verdicts
 
 
+@pytest.mark.slow
 def test_a_batch_with_rollback_stops_at_the_faulty_host_and_rolls_back_the_swapped(
         fleet: Fleet) -> None:
     fleet.start_from_v1()
@@ -240,6 +241,7 @@ def test_a_batch_with_rollback_stops_at_the_faulty_host_and_rolls_back_the_swapp
     assert v2[-2:] == FAULT
 
 
+@pytest.mark.slow
 def test_host_by_host_stops_at_the_faulty_host_and_keeps_the_hosts_before(
         fleet: Fleet) -> None:
     fleet.start_from_v1()
@@ -273,6 +275,7 @@ def test_host_by_host_stops_at_the_faulty_host_and_keeps_the_hosts_before(
     assert fleet.swaps("h1") == h1_swaps
 
 
+@pytest.mark.slow
 def test_drills_run_on_every_host_and_the_summary_names_the_failed_one(
         fleet: Fleet) -> None:
     if not fleet.v2_installed():  # run alone: the rollouts did not install v2
@@ -295,6 +298,7 @@ def test_drills_run_on_every_host_and_the_summary_names_the_failed_one(
                                                "h3": "passed"}
 
 
+@pytest.mark.slow
 def test_a_host_whose_swapctld_does_not_answer_stops_the_rollout_with_its_error(
         fleet: Fleet) -> None:
     down = fleet.root / "h9"  # configured, never started
