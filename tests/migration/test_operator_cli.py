@@ -94,7 +94,7 @@ def test_soak_countdown_rollback_plan_and_pure_json(s: Stack) -> None:
               if piece.startswith("  soaking")]
     assert len(counts) >= 2 and all(counts), err  # rewritten in place, each second
     left = [int(m[1]) for m in counts if m]
-    assert left == sorted(left, reverse=True) and left[0] == 2
+    assert left == sorted(left, reverse=True) and left[0] in (1, 2)  # of 2s, counting down
     assert all(m[4] == "0" for m in counts if m)
 
     code, logs = s.json("logs", "market_data", "-n", "3")

@@ -45,7 +45,7 @@ def test_each_tick_of_a_soak_has_the_window_left_and_the_canary_counts() -> None
     first = ticks[0]
     assert (first.phase, first.window_s, first.sent, first.seen, first.lost) == \
         ("soaking", 30.0, 1200, 1180, 3)
-    assert 24.0 < ticks[-1].remaining_s < first.remaining_s <= 25.0
+    assert 20.0 < ticks[-1].remaining_s < first.remaining_s <= 25.0  # 5 s were gone
     assert first.answer()["type"] == "soak" and first.answer()["remaining_s"] == \
         first.remaining_s
     assert got[-1] == {"report": {"swap_id": "swap-t", "decision": "committed"}}
