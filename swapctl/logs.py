@@ -25,6 +25,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
+        if record.exc_info:  # log.exception: the traceback is what a bug report needs
+            entry["error"] = repr(record.exc_info[1])
+            entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 

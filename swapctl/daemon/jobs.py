@@ -248,7 +248,7 @@ def _outcome(service: str, job: SwapJob, body: Body) -> dict[str, Any]:
     except Exception as exc:  # a bug must not leave waiters hanging forever
         log.exception("swap %s crashed", job.swap_id)
         report = {"swap_id": job.swap_id, "decision": "failed",
-                  "reason": f"internal error: {exc}", "from": job.from_release,
+                  "reason": f"internal error: {exc!r}", "from": job.from_release,
                   "to": job.to_release}
     finally:
         if canary is not None:

@@ -3,7 +3,9 @@ first line cut mid-JSON, however long the lines are (issue 15)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 
 from swapctl import logs
@@ -42,3 +44,22 @@ def test_fewer_lines_than_asked_missing_file_and_byte_limit(tmp_path: Path) -> N
     lines = _log(path, 100, 100)
     got = logs.tail(path, 50, limit=1000).split("\n")
     assert got == lines[-len(got):] and 1 <= len(got) < 50
+
+
+def test_a_logged_exception_keeps_its_traceback_in_the_json_line() -> None:
+    """`log.exception` in swapctld (a swap that crashed) must say where: the JSON line
+    carries the error and its traceback, not only the message."""
+    root = logging.getLogger("swapctl")
+    saved = root.handlers[:], root.level, root.propagate
+    stream = io.StringIO()
+    logs.setup("info", stream)
+    try:
+        raise KeyError("restart")
+    except KeyError:
+        logging.getLogger("swapctl.test").exception("swap %s crashed", "s-1")
+    finally:
+        root.handlers[:], root.level, root.propagate = saved[0], saved[1], saved[2]
+    entry = json.loads(stream.getvalue().splitlines()[-1])
+    assert entry["event"] == "swap s-1 crashed"
+    assert entry["error"] == "KeyError('restart')"
+    assert "raise KeyError" in entry["traceback"]
