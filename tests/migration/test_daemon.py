@@ -343,7 +343,9 @@ def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: 
     client = stack.client_for(s.config)
     load = _load(s)
     try:
-        client.call("lease", service="market_data", holder="drill-1", ttl_s=4,
+        # long leases while the swaps start (a busy machine takes seconds), then the
+        # holder takes its lease again with a short ttl and never renews it
+        client.call("lease", service="market_data", holder="drill-1", ttl_s=60,
                     restore_to="v1")
         with pytest.raises(ApiError, match="held by drill-1"):
             client.call("lease", service="market_data", holder="drill-2", ttl_s=5,
@@ -352,6 +354,8 @@ def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: 
         swapped = s.cli("swap", "market_data", "--to", "v2", "--yes")
         assert swapped.returncode == 0, "a lease does not lock the operator out"
         assert s.status()["active"]["release"] == "v2"
+        client.call("lease", service="market_data", holder="drill-1", ttl_s=0.5,
+                    restore_to="v1")
         # drill-1 never renews: within its ttl + a tick, v1 is swapped back in
         deadline = time.monotonic() + 30
         while s.status()["active"]["release"] != "v1" or s.status()["swap"]["running"]:
@@ -360,14 +364,18 @@ def test_an_expired_lease_aborts_its_swap_and_puts_its_release_back(stack_root: 
         code, rows = s.json("history", "market_data")
         assert code == 0 and rows[0]["kind"] == "restore" and rows[0]["decision"] == "committed"
 
-        # a swap still running when the lease expires is aborted (rolled back); the ttl
-        # leaves the swap time to start on a busy machine (a lease that expired before
-        # the swap began has nothing to abort, and the swap would commit)
-        client.call("lease", service="market_data", holder="drill-3", ttl_s=3.0,
+        # a swap still running when the lease expires is aborted (rolled back)
+        client.call("lease", service="market_data", holder="drill-3", ttl_s=60,
                     restore_to="v1")
         done = s.cli("swap", "market_data", "--to", "v2", "--soak", "20s", "--no-wait",
                      "-o", "json")
         swap_id = json.loads(done.stdout)["swap_id"]
+        deadline = time.monotonic() + 30
+        while (s.status()["swap"] or {}).get("state") != "soaking":
+            assert time.monotonic() < deadline, f"the swap never soaked: {s.status()['swap']}"
+            time.sleep(0.05)
+        client.call("lease", service="market_data", holder="drill-3", ttl_s=0.5,
+                    restore_to="v1")
         report = s.wait_report(swap_id)
         assert report["decision"] == "rolled_back", report["reason"]
         assert "rollback" in report["reason"] or "aborted" in report["reason"]
