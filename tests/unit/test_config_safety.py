@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,16 @@ g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
 h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
 i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
 """
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short private root instead of pytest's (whose paths run past 60 bytes): the
+    production configs' derived socket paths under it must fit AF_UNIX's 107 bytes,
+    which `config check` checks too."""
+    root = Path(tempfile.mkdtemp(prefix="c", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
