@@ -168,7 +168,10 @@ def test_relay_killed_mid_run(procs: Processes, sockdir: Path) -> None:
     assert (strategy.disconnects, strategy.reconnects) == (1, 0)
     # a reconnect can land in the dying relay's backlog and be reset once more: real too
     assert dashboard.disconnects == dashboard.reconnects >= 1 and not dashboard.dead
-    assert dashboard.audit.received > strategy.audit.received + 300  # it saw the new relay
+    # it saw the new relay (300 frames went through it): more than the strategy consumer,
+    # dead since the kill, by a margin (the two need not have read the same number
+    # from the dying relay: on a loaded box they were ~50 apart)
+    assert dashboard.audit.received > strategy.audit.received + 100
     (publisher,) = report.publishers
     assert publisher.disconnects == publisher.reconnects >= 1 and not publisher.dead
     for consumer in report.consumers:
