@@ -44,7 +44,7 @@ from swapctl.process import processes_under, stop_group
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install -e .[dev])")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("ansible")]
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "deploy" / "ansible"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from swapctl.daemon.requests_model import MODELS
 from tests.stack import Stack, make_stack, teardown
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.xdist_group("api_fuzz")]
 CODES = {"usage", "invalid", "busy", "too_late", "refused", "too_large", "timeout",
          "unknown_service", "unhealthy", "permission", "internal"}
 LINE_TIMEOUT = 15.0

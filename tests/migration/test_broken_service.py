@@ -18,7 +18,7 @@ import pytest
 
 from tests.stack import Stack, make_stack, teardown
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("broken_service")]
 KEY_ERROR = "signal.yaml: soack: unknown key (did you mean soak?)"
 
 

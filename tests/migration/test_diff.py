@@ -27,6 +27,9 @@ from tests.conftest import Processes
 MD, AP = Domain.MARKET_DATA, Profile.ALPHAPULSE
 ROOT = Path(__file__).parents[2]
 HARDCODED = ROOT / "tests" / "data" / "hardcoded_relay.py"
+# one worker for the module: its fixture is module-scoped (./run test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("diff")
+
 HARDCODED_PATH = Path("/tmp/swapctl-test-hardcoded/md.sock")
 EDGE_CASES = [n for n in builtin.names() if n not in ("ci", "soak")]
 

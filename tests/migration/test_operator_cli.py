@@ -19,7 +19,7 @@ import pytest
 
 from tests.stack import Stack, make_stack, teardown
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("operator_cli")]
 SOAK = re.compile(r"  soaking: (\d+)s of 2s left; canary ([\d,]+) sent, ([\d,]+) seen, "
                   r"([\d,]+) lost")
 

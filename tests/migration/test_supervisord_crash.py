@@ -37,7 +37,8 @@ from swapctl.supervise.supervisord import Supervisord
 from tests.migration.test_daemon import _clean, _load
 from tests.stack import Stack, leftovers, make_stack, teardown
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180),
+              pytest.mark.xdist_group("supervisord_crash")]
 
 
 @pytest.fixture

@@ -25,6 +25,10 @@ SERVICES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem !=
 FILES = sorted(p.name for p in UNITS.iterdir() if p.suffix in (".service", ".timer"))
 
 
+# one worker for the module: its fixture is module-scoped (./run test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("systemd_units")
+
+
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
     if path is None:
