@@ -35,7 +35,8 @@ from swapctl.cli import (
     supervisord_config,
     swap,
 )
-from swapctl.cli.exits import EXIT_RUNTIME, EXIT_USAGE
+from swapctl.cli.exits import EXIT_RUNTIME, EXIT_UNKNOWN_SERVICE, EXIT_USAGE
+from swapctl.config.errors import UnknownService
 from swapctl.errors import SwapctlError, UsageError
 
 
@@ -45,6 +46,9 @@ class SwapctlGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except UnknownService as exc:  # (a usage error with its own code, everywhere)
+            click.echo(f"swapctl: error: {exc}", err=True)
+            sys.exit(EXIT_UNKNOWN_SERVICE)
         except UsageError as exc:
             click.echo(f"swapctl: error: {exc}", err=True)
             sys.exit(EXIT_USAGE)

@@ -54,3 +54,14 @@ def test_record_and_replay_and_standalone_requests_take_json() -> None:
             assert json.loads(done.stdout) == {"requested": "rollback",
                                                "socket": str(state / "m.sock")}
             assert inbox.recv(64) == b"rollback"
+
+
+def test_an_unknown_service_exits_4_from_every_command_that_looks_it_up() -> None:
+    """`history --drills` looked the service up in the config itself and said 2; every
+    unknown service now says 4, with the services that exist."""
+    configs = str(Path(__file__).parents[2] / "configs")
+    for args in (["history", "--drills", "nosuch"], ["drill", "nosuch", "--dry-run"]):
+        result = CliRunner().invoke(main, [*args, "--config-dir", configs])
+        assert result.exit_code == 4, (args, result.output)
+        assert "unknown service 'nosuch'" in result.output
+        assert "market_data" in result.output
