@@ -158,10 +158,14 @@ def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
     """Start supervisord, swapctld and every service's last good release (idempotent)."""
     from swapctl.daemon.stack import up  # noqa: PLC0415 (pydantic: 0.4 s)
 
+    broken: list[str] = []
+
     def body() -> None:
         result = up(_config(config_dir), timeout)
+        status = _client(config_dir).call("status")
+        broken.extend(s["service"] for s in status["services"] if s.get("config_error"))
         if output == "json":  # what the text shows: the stack, and each service's status
-            _json({**result, "status": _client(config_dir).call("status")})
+            _json({**result, "status": status})
         else:
             how = "started" if result["started"] else "already running"
             click.echo(f"swapctld {how} (pid {result['pid']}, swapctl {result['version']})")
@@ -169,8 +173,12 @@ def up_command(config_dir: Path | None, timeout: float, output: str) -> None:
                 click.echo("supervisord was down "
                            f"({result['repaired'].get('supervisord_was')}): restarted, "
                            "every running relay re-attached")
-            _show_status(_client(config_dir).call("status"))
+            _show_status(status)
     _calling(body, output)
+    if broken:  # the others run; this one cannot until its file is fixed
+        _fail(f"not served: {', '.join(broken)}: its service file is broken (`swapctl "
+              "config check` says where); fix it, then restart swapctld (its relays keep "
+              "serving)", EXIT_UNHEALTHY)
 
 
 @click.command("down")

@@ -38,7 +38,10 @@ def test_the_check_fails_but_up_serves_the_good_services(broken: Stack) -> None:
     s = broken
     done = s.cli("config", "check")
     assert done.returncode == 2 and KEY_ERROR in done.stdout + done.stderr
-    s.up()
+    code, out = s.json("up")
+    assert code == 3, "up serves the good services and says the broken one is not served"
+    assert [x["service"] for x in out["status"]["services"] if x.get("config_error")] \
+        == ["signal"]
     code, status = s.json("status")
     assert code == 3, "a broken service is an unhealthy one"
     services = {x["service"]: x for x in status["services"]}
