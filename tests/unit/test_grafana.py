@@ -1,11 +1,13 @@
 """deploy/grafana/swapctl.json is a valid Grafana dashboard whose queries name only the
-metrics swapctld exports, read from DaemonMetrics' own registry (so renaming a metric
-without updating the dashboard fails here)."""
+metrics swapctl exports: swapctld's, read from DaemonMetrics' own registry, and the
+drills', read from the textfile a drill writes (so renaming a metric without updating
+the dashboard fails here)."""
 
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from swapctl.daemon.metrics import DaemonMetrics
+from swapctl.playbook.reports import write_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "swapctl.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -24,11 +27,30 @@ KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "boo
             "or", "unless", "offset", "inf", "nan"}
 
 
+def drill_families() -> dict[str, str]:
+    """name -> type of every metric in the textfile a drill writes (written for real)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "swapctl_drill_market_data.prom"
+        write_metrics(path, {"service": "market_data", "playbook": "rollback-drill",
+                             "values": {"rollback_seconds": 0.02, "lost": 0},
+                             "result": {"ok": True, "seconds": 15.0}, "ended": 1.0})
+        text = path.read_text()
+    return dict(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.MULTILINE))
+
+
+def families() -> dict[str, str]:
+    """name -> type of every metric family swapctl exports (swapctld and drills)."""
+    found = {f.name: f.type for f in DaemonMetrics().registry.collect()}
+    drills = drill_families()
+    assert drills and all(name.startswith("swapctl_drill_") for name in drills), drills
+    return {**found, **drills}
+
+
 def exported() -> set[str]:
-    """Every series name a DaemonMetrics registry exposes, by metric type."""
+    """Every series name swapctl exposes, by metric type."""
     names: set[str] = set()
-    for family in DaemonMetrics().registry.collect():
-        names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    for name, kind in families().items():
+        names.update(name + suffix for suffix in SUFFIXES[kind])
     return names
 
 
@@ -83,16 +105,15 @@ def test_every_query_names_only_exported_metrics() -> None:
     for where, expr in queries(load()):
         names = metric_names(expr)
         assert names, f"{where}: {expr!r} names no metric"
-        assert names <= known, f"{where}: {sorted(names - known)} are not exported by swapctld"
+        assert names <= known, f"{where}: {sorted(names - known)} are not exported by swapctl"
         checked += 1
     assert checked >= 10
 
 
 def test_the_dashboard_covers_every_metric_family() -> None:
     used = set().union(*(metric_names(expr) for _, expr in queries(load())))
-    families = {f.name for f in DaemonMetrics().registry.collect()}
-    missing = {f for f in families if not any(u.startswith(f) for u in used)}
-    assert not missing, f"metrics swapctld exports that no panel shows: {sorted(missing)}"
+    missing = {f for f in families() if not any(u.startswith(f) for u in used)}
+    assert not missing, f"metrics swapctl exports that no panel shows: {sorted(missing)}"
 
 
 def test_the_dashboard_is_a_valid_grafana_model() -> None:
