@@ -47,7 +47,14 @@ def strategy(old: Release, new: Release, asked: str) -> tuple[str, str]:
             raise UsageError(f"{release.name} neither speaks the handoff protocol nor is "
                              "declared legacy (with its compiled_socket): swapctld cannot "
                              "run it; fix its entry under releases")
-    return choose.choose(old.legacy, new.legacy, asked, old.name, new.name)
+    chosen, why = choose.choose(old.legacy, new.legacy, asked, old.name, new.name)
+    if chosen in ("restart", "bridge") and not new.legacy:
+        top = choose.best(old.legacy, new.legacy)[0]
+        raise UsageError(f"--strategy {chosen}: swapctld starts the new release of a "
+                         f"{chosen} in a legacy slot at its compiled_socket, and {new.name} "
+                         f"is not legacy (it speaks the handoff protocol); use --strategy "
+                         f"{top} (or auto): no client is cut")
+    return chosen, why
 
 
 def plan(service: str, socket: Path, config: ServiceConfig, active: Slot | None, *,
