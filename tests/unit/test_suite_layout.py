@@ -8,6 +8,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+# this module's own group: under --dist loadgroup its test ids carry it
+pytestmark = pytest.mark.xdist_group("suite_layout")
+
 TESTS = Path(__file__).parents[1]
 SHARED = re.compile(r"scope=[\"'](module|class|package)[\"']")
 
@@ -23,3 +28,13 @@ def test_every_module_with_a_shared_fixture_stays_on_one_worker() -> None:
 def test_the_test_command_uses_loadgroup() -> None:
     run = (TESTS.parent / "run").read_text()
     assert "--dist loadgroup" in run
+
+
+def test_a_group_mark_really_groups_under_loadgroup(request: pytest.FixtureRequest) -> None:
+    """pytest-xdist groups by suffixing each marked test's id with its group; a pytest that
+    ignores the suffix (pytest 9 with xdist 3.8) spread a module's tests over both
+    workers, each without the module's stack. Checked where it matters: on a worker of
+    a --dist loadgroup run; elsewhere there is nothing to group."""
+    if not getattr(request.config.option, "loadgroup", False):  # (set by xdist on workers)
+        pytest.skip("not a --dist loadgroup run (./run test is one)")
+    assert request.node.nodeid.endswith("@suite_layout"), request.node.nodeid
