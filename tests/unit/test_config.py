@@ -31,6 +31,7 @@ from swapctl.errors import UsageError
 from swapctl.swap.executor import SwapSettings
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.spawner import Release
+from tests.unit.conftest import edit
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SERVICES = ("execution", "market_data", "signal")
@@ -45,17 +46,6 @@ active: v1
 """
 
 
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    target = tmp_path / "configs"
-    shutil.copytree(CONFIGS, target)
-    return target
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}: the shipped config changed, update the test"
-    path.write_text(text.replace(old, new, 1))
 
 
 def problems_after(confdir: Path, name: str, old: str, new: str) -> list[Problem]:

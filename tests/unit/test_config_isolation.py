@@ -17,21 +17,7 @@ from click.testing import CliRunner
 from swapctl.cli import main
 from swapctl.config import BrokenService, ConfigError, UnknownService, check_config, load_config
 from swapctl.daemon.paths import Paths, layout_of
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-@pytest.fixture
-def confdir(tmp_path: Path) -> Path:
-    target = tmp_path / "configs"
-    shutil.copytree(CONFIGS, target)
-    return target
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"{old!r} not in {path}: the shipped config changed, update the test"
-    path.write_text(text.replace(old, new, 1))
+from tests.unit.conftest import edit
 
 
 def test_bad_yaml_sets_that_service_aside(confdir: Path) -> None:
