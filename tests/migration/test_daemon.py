@@ -183,7 +183,10 @@ def test_sigkill_of_swapctld_at_every_phase(stack_root: Stack, phase: str, decis
         swap_id = json.loads(done.stdout)["swap_id"]
         if phase == "rolling_back":
             s.wait_state("soaking")
-            assert s.cli("abort", "market_data").returncode == 0
+            # the abort starts the rollback, whose first record kills swapctld (as told):
+            # its answer may or may not leave before that (7: closed before answering)
+            aborted = s.cli("abort", "market_data")
+            assert aborted.returncode in (0, 7), aborted.stderr
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(30)
         assert not psutil.pid_exists(pid), "swapctld did not crash where it was told to"
