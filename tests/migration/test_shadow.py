@@ -91,7 +91,9 @@ def test_a_stalled_candidate_fills_the_bounded_queue_not_the_live_side(procs: Pr
     live, stats = _live(procs, sockdir)
     stalled = (f"{sys.executable} -m swapctl.relay --socket {{socket}} --stall-after 10 "
                "--log-level warning")
-    proc = _shadow(procs, live, stalled, "--duration", "1.5", "--queue-bytes", "65536",
+    # 3 s: the clients connect after "ready", and the shadow finds them by polling every
+    # --interval; on a loaded box 1.5 s could end before it had tapped them
+    proc = _shadow(procs, live, stalled, "--duration", "3", "--queue-bytes", "65536",
                    "--lag", "0.5")
     pub, sub = Client(live), Client(live)
     msgs = [trade(i) for i in range(1, 40_001)]  # ~3 MB: far more than the candidate takes
