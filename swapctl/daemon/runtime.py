@@ -162,6 +162,7 @@ class ServiceRuntime:
                           canary=to_canary(self.config), journal=self.journal,
                           requests=self.requested, aborted=self.abort_requested,
                           domain_byte=self.domain_byte, actions=actions)
+            run.begin()  # journaled before the caller hears the swap's id
             job = SwapJob.of_run(run, kind)
             self.job = job
             self._run_in_thread(job, run.run)

@@ -148,8 +148,15 @@ class SwapRun:
 
     # ----- the run ---------------------------------------------------------------
 
+    def begin(self) -> None:
+        """Journal the swap's start (BEGIN), once. swapctld calls it before it answers
+        the request with the swap's id, so a swapctld killed right after answering
+        leaves a swap that recovery finds and reports, never an id with no trace."""
+        if self.machine.state is State.IDLE:
+            self.machine.fire(Event.BEGIN, **self.actions.begin(self))
+
     def run(self) -> SwapRun:
-        self.machine.fire(Event.BEGIN, **self.actions.begin(self))
+        self.begin()
         try:
             self._begin()
             self._walk()
