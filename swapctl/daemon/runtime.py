@@ -162,9 +162,13 @@ class ServiceRuntime:
                           canary=to_canary(self.config), journal=self.journal,
                           requests=self.requested, aborted=self.abort_requested,
                           domain_byte=self.domain_byte, actions=actions)
-            run.begin()  # journaled before the caller hears the swap's id
-            job = SwapJob.of_run(run, kind)
-            self.job = job
+            previous, job = self.job, SwapJob.of_run(run, kind)
+            self.job = job  # first: the begin record reaches the job's followers too
+            try:
+                run.begin()  # journaled before the caller hears the swap's id
+            except BaseException:
+                self.job = previous
+                raise
             self._run_in_thread(job, run.run)
             return job
 
