@@ -133,8 +133,11 @@ def test_drill_against_a_faulty_candidate_ends_rolled_back(
     assert gate["kind"] in failing_kinds and gate["reason"], gate
     if candidate == "noecho":
         assert words in gate["reason"]
-    else:  # swapctld's error counters, its canary, or the independent load: one sees it
-        assert words in gate["reason"] or "lost" in gate["reason"], gate
+    else:  # swapctld's error counters, its canary, or the independent load: one sees it;
+        # or swapctld's canary already rolled the swap back, and the drill's verify step
+        # finds the baseline serving instead of the candidate (seen in a CI run)
+        assert words in gate["reason"] or "lost" in gate["reason"] \
+            or gate["reason"].startswith("v1 serves"), gate
     _serves(s, "v1")
     report, junit, metrics = _reports(run)
     assert report["failed_gate"] == gate
