@@ -116,3 +116,14 @@ def teardown(s: Stack) -> list[int]:
             proc.kill()
     shutil.rmtree(s.root, ignore_errors=True)
     return [p.pid for p in left]
+
+
+def reap_under(path: Path) -> list[int]:
+    """After `down`: SIGKILL whatever still runs from PATH (by path, never by name), remove
+    PATH, and return the pids that had been left running (the caller asserts none)."""
+    left = processes_under(path)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+    return [p.pid for p in left]

@@ -23,7 +23,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import yaml
 
 from swapctl.config.load import load_config
 from swapctl.daemon import stack
-from swapctl.process import processes_under, stop_group
+from swapctl.process import stop_group
+from tests.stack import reap_under
 
 pytest.importorskip("ansible", reason="ansible-core is not installed (pip install -e .[dev])")
 
@@ -179,12 +178,8 @@ def _stop(root: Path) -> None:
                if (root / h / "configs" / "swapctld.yaml").exists()]
     with contextlib.suppress(subprocess.TimeoutExpired):
         _each_host("down", configs, check=False)
-    left = processes_under(root)
-    for proc in left:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    shutil.rmtree(root, ignore_errors=True)
-    assert not left, f"still running under {root}: {[p.pid for p in left]}"
+    left = reap_under(root)
+    assert not left, f"still running under {root}: {left}"
 
 
 def _rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,10 +22,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from swapctl.process import processes_under
+from tests.stack import reap_under
 
 REPO = Path(__file__).resolve().parents[2]
 README_DIR = "/tmp/mystack"
@@ -62,12 +61,8 @@ def _stop(path: Path) -> None:
     for configs in path.glob("**/configs/swapctld.yaml"):
         with contextlib.suppress(subprocess.TimeoutExpired):
             _run([*SWAPCTL, "down", "--config-dir", str(configs.parent)], timeout=60)
-    left = processes_under(path)
-    for proc in left:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-    assert not left, f"still running under {path}: {[p.pid for p in left]}"
+    left = reap_under(path)
+    assert not left, f"still running under {path}: {left}"
 
 
 def test_the_readme_block_is_complete() -> None:
