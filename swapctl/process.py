@@ -35,6 +35,37 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
     return proc.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def started(pid: int) -> float:
+    """When process `pid` started, in seconds since boot: one value for its whole life,
+    which with the pid tells it apart from a later process given the same pid (pids wrap
+    at 32,768 here, within an hour of swaps).
+
+    Not psutil's create_time(): that adds the boot time as /proc/stat gives it at the
+    moment of the call, which moves by a whole second when the clock is slewed across
+    one. Two reads of one process then differ, and in the 60-minute soak every relay
+    looked dead at the same moment and swapctld started each one again beside itself.
+    Raises psutil.NoSuchProcess when there is no such process, as psutil does."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise psutil.NoSuchProcess(pid) from None
+    # "pid (comm) state ppid ...": comm may hold spaces and ')'; starttime is field 22
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19]) / CLOCK_TICKS
+
+
+def is_same(pid: int, when: float) -> bool:
+    """`pid` still runs (not a zombie) and is the process that started at `when`."""
+    try:
+        return started(pid) == when and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def processes_under(root: Path) -> list[psutil.Process]:
     """The processes started for a private root (a demo, a bench, a test stack): the
     root's unique path is in their command line (supervisord, swapctld, launchers) or in

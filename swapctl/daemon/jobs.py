@@ -274,7 +274,7 @@ class GoneHandle:
     gone): never alive, nothing to stop."""
 
     pid = 0
-    create_time = 0.0
+    started_s = 0.0
 
     def alive(self) -> bool:
         return False

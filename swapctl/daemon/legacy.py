@@ -167,7 +167,7 @@ def adopted_slot(socket: Path, release: Release) -> Slot | None:
     as_running = Release(release.name, release.command, handoff=False, env=release.env,
                          compiled=found.bound)  # where it bound: its sockets carry that name
     return Slot(as_running, f"{release.name}-adopted-{found.pid}",
-                PidHandle(found.pid, found.create_time), no_link())
+                PidHandle(found.pid, found.started_s), no_link())
 
 
 def start_adopted(rt: AdoptHost, release: Release) -> dict[str, Any] | None:

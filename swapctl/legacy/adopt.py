@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from swapctl import sockdiag
+from swapctl import process, sockdiag
 from swapctl.errors import UsageError
 from swapctl.legacy import layout as lay
 from swapctl.legacy import sockets
@@ -46,14 +46,14 @@ class Adopted:
     """A relay swapctl did not start, serving the public path itself."""
 
     pid: int
-    create_time: float
+    started_s: float  # process.started
     command: tuple[str, ...]
     bound: str  # the listener's name in the Unix socket table (what it was bound as)
     found_by: str  # "--old-pid" | "the listener's owner"
 
     def state(self) -> dict[str, Any]:
         """Its record, shaped like a slot's state file (the swap's old relay)."""
-        return {"pid": self.pid, "create_time": self.create_time,
+        return {"pid": self.pid, "started_s": self.started_s,
                 "command": list(self.command), "kind": "legacy", "bound": self.bound,
                 "adopted": True}
 
@@ -153,15 +153,15 @@ def find(path: Path, old_pid: int | None) -> Adopted:
 def _adopted(pid: int, bound: str, found_by: str) -> Adopted:
     try:
         proc = psutil.Process(pid)
-        return Adopted(pid, proc.create_time(), tuple(proc.cmdline()), bound, found_by)
+        return Adopted(pid, process.started(pid), tuple(proc.cmdline()), bound, found_by)
     except psutil.Error as exc:
         raise AdoptError(f"pid {pid} is gone ({exc})") from None
 
 
 def alive(adopted: Adopted) -> bool:
-    """The same process still runs (pid and create time)."""
+    """The same process still runs (pid and start time)."""
     try:
-        return psutil.Process(adopted.pid).create_time() == adopted.create_time
+        return process.started(adopted.pid) == adopted.started_s
     except psutil.Error:
         return False
 

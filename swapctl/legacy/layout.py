@@ -5,7 +5,7 @@ deletes whatever is there first. Under this layout it never touches the real pat
 
     ROOT/slots/a/            private folder, bind-mounted over /tmp/torq inside slot a's
     ROOT/slots/a/market_data.sock   own mount namespace: the relay's socket, seen from outside
-    ROOT/slots/a.json        who serves slot a (pid, create time, command, kind)
+    ROOT/slots/a.json        who serves slot a (pid, start time, command, kind)
     /tmp/torq/market_data.sock -> ROOT/slots/a/market_data.sock   the public symlink
 
 Each slot's relay runs through `python -m swapctl.isolation --bind SLOT COMPILED_DIR`
@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from swapctl import isolation, unixsock
+from swapctl import isolation, process, unixsock
 from swapctl.errors import SwapctlError
 from swapctl.swap.spawner import SubprocessHandle
 
@@ -163,7 +163,7 @@ def start_legacy(layout: Layout, name: str, argv: list[str], log_dir: Path | Non
         handle.stop(1.0)
         raise
     slot = LegacySlot(layout, name, handle)
-    write_state(layout, name, {"pid": handle.pid, "create_time": handle.create_time,
+    write_state(layout, name, {"pid": handle.pid, "started_s": handle.started_s,
                                "command": argv, "kind": "legacy"})
     return slot
 
@@ -184,9 +184,14 @@ def read_state(layout: Layout, name: str) -> dict[str, Any] | None:
     """Who serves slot `name`, if that process is still the one recorded."""
     try:
         state: dict[str, Any] = json.loads(state_path(layout, name).read_text())
-        if psutil.Process(int(state["pid"])).create_time() != state["create_time"]:
+        pid = int(state["pid"])
+        if "started_s" not in state:  # written by a swapctl before 2026-12: epoch seconds
+            if abs(psutil.Process(pid).create_time() - float(state["create_time"])) > 1.5:
+                return None
+            state["started_s"] = process.started(pid)
+        if not process.is_same(pid, float(state["started_s"])):
             return None
-    except (OSError, ValueError, KeyError, psutil.Error):
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
     return state
 

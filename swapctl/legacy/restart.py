@@ -103,7 +103,7 @@ def start_candidate(layout: lay.Layout, release: Release, *, legacy: bool,
         listener.close()
         raise
     lay.write_state(layout, name, {"pid": slot.handle.pid,
-                                   "create_time": slot.handle.create_time,
+                                   "started_s": slot.handle.started_s,
                                    "command": list(release.command), "kind": "handoff"})
     return Started(name, handoff=slot, listener=listener)
 

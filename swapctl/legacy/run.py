@@ -6,7 +6,7 @@
     report = run_strategy("takeover", request)          # or "restart", "bridge", "auto"
 
 The old relay is whatever serves the public link's slot (its pid is recorded in the
-slot's state file by `layout.start_legacy`; pid + create time are checked). If no slot
+slot's state file by `layout.start_legacy`; pid + start time are checked). If no slot
 serves and `request.from_` is given and the public path does not exist yet, the old
 release is started in a slot first (a fresh box). A box whose public path is still
 the relay's own socket (a relay swapctl did not start) is swapped by adopting that
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from swapctl import process
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.fsutil import ensure_private_dir
 from swapctl.handoff.controller import ControlServer, RelayLink
@@ -109,17 +110,17 @@ def old_relay(layout: lay.Layout) -> tuple[str, dict[str, Any]] | None:
 
 
 class PidHandle:
-    """A relay this command did not start, known by pid and create time."""
+    """A relay this command did not start, known by pid and start time."""
 
-    def __init__(self, pid: int, create_time: float | None = None) -> None:
+    def __init__(self, pid: int, started_s: float | None = None) -> None:
         self.pid = pid
-        self.create_time = create_time or 0.0
+        self.started_s = started_s or 0.0  # process.started; 0: the pid alone
 
     def alive(self) -> bool:
         try:
             proc = psutil.Process(self.pid)
             return proc.status() != psutil.STATUS_ZOMBIE and (
-                not self.create_time or abs(proc.create_time() - self.create_time) < 0.01)
+                not self.started_s or process.started(self.pid) == self.started_s)
         except psutil.Error:
             return False
 
@@ -181,7 +182,7 @@ class LayoutPlace:
         if new is not None or run.cand is None:
             return
         pid = run.cand.handle.pid
-        state = {"pid": pid, "create_time": psutil.Process(pid).create_time(),
+        state = {"pid": pid, "started_s": process.started(pid),
                  "command": list(run.release.command), "kind": "handoff",
                  "bound": self.old.bound}  # the listener's name: it moved with the socket
         if not self.adopted:
@@ -221,7 +222,7 @@ def run_strategy(strategy: str, request: LegacySwap, *, load: LoadSession | None
     old_release = request.from_.release if request.from_ else Release(
         name, tuple(state.get("command", ())), handoff=not from_legacy)
     service.active = Slot(old_release, name, PidHandle(int(state["pid"]),
-                                                       state.get("create_time")),
+                                                       state.get("started_s")),
                           _no_link())
     canary = _start_canary(request)
     journal = Journal(request.state_dir / "journal.jsonl" if request.journal else None,

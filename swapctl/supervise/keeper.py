@@ -2,7 +2,7 @@
 
 How it works. `Keeper.start()` asks supervisord its pid (one XML-RPC call) and opens a
 pidfd on it; a thread of its own waits on that pidfd, which becomes readable the moment
-supervisord exits, however it dies (psutil's pid + create time every 0.25 s where
+supervisord exits, however it dies (psutil's pid + start time every 0.25 s where
 pidfd_open is missing). Then:
 - it reports: `on_event("supervisord_died", ...)` and `status()` is down, with why;
 - `restart=True` (supervisord.start: swapctl): it starts supervisord again from the same
@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from swapctl import process
 from swapctl.errors import SwapctlError
 from swapctl.supervise.client import SupervisorClient, SupervisorError
 from swapctl.supervise.layout import Layout
@@ -57,7 +58,7 @@ class Keeper:
         self._thread: threading.Thread | None = None
         self._pidfd: int | None = None
         self._pid = 0
-        self._create_time = 0.0
+        self._started_s = 0.0
         self._died_at = 0.0         # monotonic time of the death being repaired
         self._death = ""            # what happened, while it is down
         self._failures = 0
@@ -107,12 +108,7 @@ class Keeper:
             readable, _, _ = select.select([self._pidfd], [], [], timeout)
             return bool(readable)
         self._stop.wait(timeout)
-        try:
-            proc = psutil.Process(self._pid)
-            return (proc.create_time() != self._create_time
-                    or proc.status() == psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return True
+        return not process.is_same(self._pid, self._started_s)
 
     def _died(self) -> None:
         pid, how = self._pid, self._how_it_ended()
@@ -171,14 +167,14 @@ class Keeper:
     def _watch(self, pid: int) -> None:
         self._pid = pid
         try:
-            self._create_time = psutil.Process(pid).create_time()
+            self._started_s = process.started(pid)
         except psutil.Error:
-            self._create_time = 0.0
+            self._started_s = 0.0
         try:
             self._pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             self._pidfd = None
-            self._create_time = -1.0  # gone already: the next check says so
+            self._started_s = -1.0  # gone already: the next check says so
         except (OSError, AttributeError):
             self._pidfd = None  # no pidfd here: psutil's identity check instead
         self.up, self.problem, self.since = True, None, time.time()

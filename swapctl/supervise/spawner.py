@@ -4,19 +4,19 @@ spawn(release): pick the service's free slot (blue or green: the one supervisord
 not report running), write its slot file (argv + SWAPCTL_HANDOFF/TOKEN/SOCKET/RELEASE),
 and `startProcess(slot, wait=False)` and `getProcessInfo(slot)` in one round trip. The
 launcher execs the release, so the pid supervisord reports is the relay's; the handle
-is that pid plus its create time, exactly as `SubprocessSpawner`'s handles are.
+is that pid plus its start time, exactly as `SubprocessSpawner`'s handles are.
 
 stop() asks supervisord (`stopProcess`, SIGTERM to the group, SIGKILL after
 `stopwaitsecs`) and bounds the wait itself. It never stops a process that has not
 exec'd yet: supervisord's forked child keeps supervisord's Python signal handlers
 until its execve, so a SIGTERM in those first milliseconds is swallowed and the stop
 is lost. If supervisord cannot be reached, the handle signals its own process group,
-identified by pid + create time, as the subprocess spawner does.
+identified by pid + start time, as the subprocess spawner does.
 
 supervisord's death. Its children outlive it (each leads a process group of its own),
 and a restarted supervisord knows none of them (every program is STOPPED,
 autostart=false). A handle made before the restart is then *adopted*: swapctl still
-knows it by pid + create time, stops it by signals to its group, and tells its death
+knows it by pid + start time, stops it by signals to its group, and tells its death
 apart from supervisord's stale log lines. The launcher's pid record (slotfile.live_pid)
 keeps a slot whose relay outlived supervisord busy (`free_slot`) and lets a restarted
 swapctld find that relay (`running`). A spawn that finds supervisord unreachable waits
@@ -39,7 +39,7 @@ from typing import TypeVar
 
 import psutil
 
-from swapctl import isolation
+from swapctl import isolation, process
 from swapctl.errors import UsageError
 from swapctl.supervise import slotfile
 from swapctl.supervise.client import (
@@ -79,20 +79,13 @@ class SupervisorHandle:
         self.log_path = ctx.layout.program_log(program)
         self.exitstatus: int | None = None
         try:
-            self.create_time = psutil.Process(pid).create_time() if pid else 0.0
+            self.started_s = process.started(pid) if pid else 0.0
         except psutil.NoSuchProcess:
-            self.create_time = 0.0
+            self.started_s = 0.0
 
     def alive(self) -> bool:
-        """Still running, and still the process we started (pid + create time)."""
-        if not self.pid:
-            return False
-        try:
-            proc = psutil.Process(self.pid)
-            return (proc.create_time() == self.create_time
-                    and proc.status() != psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return False
+        """Still running, and still the process we started (pid + start time)."""
+        return bool(self.pid) and process.is_same(self.pid, self.started_s)
 
     @property
     def adopted(self) -> bool:
@@ -169,7 +162,7 @@ class SupervisorHandle:
         if not self.pid:
             return
         try:
-            if psutil.Process(self.pid).create_time() != self.create_time:
+            if process.started(self.pid) != self.started_s:
                 return  # the pid is someone else's now
         except psutil.NoSuchProcess:
             pass  # the leader is gone; members of its group may not be

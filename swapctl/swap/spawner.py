@@ -3,7 +3,7 @@
 A release's command runs with its handoff settings in the environment
 (SWAPCTL_HANDOFF control socket, SWAPCTL_TOKEN, SWAPCTL_SOCKET public path,
 SWAPCTL_RELEASE name), so a relay needs no swapctl-specific arguments. Processes are
-identified by (pid, create time) and stopped by process group: SIGTERM, wait, SIGKILL.
+identified by (pid, start time) and stopped by process group: SIGTERM, wait, SIGKILL.
 supervisord-backed spawning plugs in behind the same `Spawner` interface.
 """
 
@@ -18,6 +18,7 @@ from typing import IO, Protocol
 
 import psutil
 
+from swapctl import process
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.process import stop_group
 
@@ -37,7 +38,7 @@ class Release:
 
 class ProcessHandle(Protocol):
     pid: int
-    create_time: float
+    started_s: float  # seconds since boot (process.started): with pid, its identity
 
     def alive(self) -> bool: ...
     def describe_exit(self) -> str: ...
@@ -62,18 +63,13 @@ class SubprocessHandle:
         self._log = log
         self.log_path = log_path
         try:
-            self.create_time = psutil.Process(proc.pid).create_time()
+            self.started_s = process.started(proc.pid)
         except psutil.NoSuchProcess:
-            self.create_time = 0.0
+            self.started_s = 0.0
 
     def alive(self) -> bool:
-        """Still running, and still the process we started (pid + create time)."""
-        if self.proc.poll() is not None:
-            return False
-        try:
-            return psutil.Process(self.pid).create_time() == self.create_time
-        except psutil.NoSuchProcess:
-            return False
+        """Still running, and still the process we started (pid + start time)."""
+        return self.proc.poll() is None and process.is_same(self.pid, self.started_s)
 
     @property
     def returncode(self) -> int | None:
