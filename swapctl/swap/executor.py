@@ -88,6 +88,7 @@ class Marks:
     canary_gap_ms: float | None = None
     reused: bool = False  # the candidate was the warm standby, not a new process
     cand_released: bool = False  # a rollback took everything back from a live candidate
+    cand_kept: bool = False  # a rollback could not start the old release: the candidate serves
     errors: dict[str, int] = field(default_factory=dict)
     stages: dict[str, float] | None = None  # where the pause went (strategy's own stages)
 

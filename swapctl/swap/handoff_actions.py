@@ -227,20 +227,33 @@ class HandoffActions:
             target = None
         kind = "warm" if target is not None else "cold"
         cand = run.cand
-        if cand is not None and cand.alive() and self.precopy and cand.link.precopy:
-            if target is None:
-                target = run.service.start_slot(run.old.release, run.clock() + run.timeout())
-            run.old = target
-            if target.link.precopy and self._hand_back_precopy(run, target):
-                return f"{kind} handoff"
-        transfer = self._release_candidate(run)
         if target is None:
-            target = run.service.start_slot(run.old.release, run.clock() + run.timeout())
+            target = self._start_old(run)
         run.old = target
+        precopy = self.precopy and target.link.precopy
+        if (cand is not None and cand.alive() and precopy and cand.link.precopy
+                and self._hand_back_precopy(run, target)):
+            return f"{kind} handoff"
+        transfer = self._release_candidate(run)
         target.link.adopt(transfer, run.timeout())
         target.link.resume(run.timeout())
         return f"{kind} handoff" + (
             "" if transfer.meta.get("from_candidate") else " from held sockets (candidate dead)")
+
+    def _start_old(self, run: SwapRun) -> Slot:
+        """A cold rollback starts the old release before any client moves. If it cannot
+        start, a live candidate keeps serving every client (it is the active relay; the
+        swap ends failed and says so): stopping it would leave the service with none."""
+        try:
+            return run.service.start_slot(run.old.release, run.clock() + run.timeout())
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            cand = run.cand
+            if cand is None or not cand.alive():
+                raise
+            run.marks.cand_kept = True
+            run.service.active = cand
+            raise SwapctlError(f"{run.old.release.name} could not be started ({exc}); no "
+                               f"client moved: {cand.release.name} keeps serving them") from None
 
     def _hand_back_precopy(self, run: SwapRun, target: Slot) -> bool:
         """The swap's two steps in reverse: pre-copy candidate -> old release, then the
@@ -287,6 +300,8 @@ class HandoffActions:
 
     def _stop_candidate(self, run: SwapRun) -> None:
         cand = run.cand
+        if run.marks.cand_kept:  # the rollback could not start the old release
+            return
         if cand is not None and run.settings.keep_old and run.marks.cand_released:
             try:
                 cand.link.close_held(2.0)

@@ -23,7 +23,7 @@ from swapctl.swap.journal import Journal, read
 from swapctl.swap.machine import Deadlines
 from swapctl.swap.requests import state_dir_for
 from swapctl.swap.service import Service
-from swapctl.swap.spawner import Release, SubprocessSpawner
+from swapctl.swap.spawner import Release, SpawnError, SubprocessSpawner
 from tests.clients import Client, trade
 
 RELAY = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
@@ -242,6 +242,49 @@ def test_cold_rollback_when_the_old_release_is_gone(stack: Stack) -> None:
     assert result["rollback"]["kind"].startswith("cold")
     assert result["rollback"]["ms"] < 30_000
     assert_clean(stack.final())
+
+
+def test_a_rollback_that_cannot_start_the_old_release_leaves_the_candidate_serving(
+        stack: Stack) -> None:
+    """The warm old relay dies during soak and the old release then cannot be started
+    (in the 60-minute soak: "both slots are busy"): the rollback fails, and the candidate,
+    which holds every client, keeps serving them. It used to be stopped, leaving the
+    service with no relay and the clients cut."""
+    opts = settings(deadlines=Deadlines(soaking=5.0))
+    pub, strategy = Client(stack.public, plain_only=True), Client(stack.public, plain_only=True)
+    pub.send(trade(1))
+    assert strategy.recv_frames(1) == [trade(1)]
+    real_spawn = stack.spawner.spawn
+    refused: list[str] = []
+
+    def spawn(release: Release, *args: Any) -> Any:
+        if release.name == "v1" and stack.service.warm is not None:
+            refused.append(release.name)
+            raise SpawnError("release v1: both slots are busy (test)")
+        return real_spawn(release, *args)
+
+    stack.service.spawner = spawn_only(spawn)
+    requests = iter([None, None, "rollback"])
+
+    def ask() -> str | None:
+        if stack.service.warm is not None and stack.service.warm.alive():
+            stack.service.warm.handle.kill()  # the warm release dies during soak
+        return next(requests, "rollback")
+
+    result = stack.swap(V2, opts, requests=ask)
+    assert refused == ["v1"]
+    assert result["decision"] == "failed"
+    assert "v2 keeps serving" in result["reason"], result["reason"]
+    active = stack.service.active
+    assert active is not None and active.release.name == "v2" and active.alive()
+    pub.send(trade(2))  # the plain clients are still connected, through the candidate
+    assert strategy.recv_frames(2) == [trade(1), trade(2)]
+    assert_clean(stack.final())
+
+
+class spawn_only:  # a Spawner made of one function
+    def __init__(self, spawn: Any) -> None:
+        self.spawn = spawn
 
 
 def test_cli_swap_with_manual_rollback_during_soak(sockdir: Path) -> None:
