@@ -14,7 +14,9 @@ sent SIGTERM, then SIGKILL. The pids that had to be ended that way are recorded.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ class BenchStack:
     config: Config
     client: ApiClient
     killed_at_teardown: list[int] = field(default_factory=list)
+    keep_to: Path | None = None  # teardown copies the state (journal, logs) here first
 
     def daemon_pid(self) -> int:
         return int(self.client.call("ping")["pid"])
@@ -81,4 +84,16 @@ def teardown(bench: BenchStack) -> None:
         left = processes_under(bench.root)
     bench.killed_at_teardown = [p.pid for p in left]
     end_processes(left)
+    if bench.keep_to is not None:
+        keep(bench.root, bench.keep_to)
     shutil.rmtree(bench.root, ignore_errors=True)
+
+
+def keep(root: Path, into: Path) -> None:
+    """Copy what the stack wrote under `root` (configs, journal, the logs of swapctld,
+    supervisord and every relay) into `into`, sockets left out."""
+    def sockets(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(folder, n)).st_mode)]
+
+    with contextlib.suppress(shutil.Error, OSError):
+        shutil.copytree(root, into, ignore=sockets, symlinks=True, dirs_exist_ok=True)

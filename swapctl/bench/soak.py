@@ -71,6 +71,8 @@ class SoakSettings:
     rollback_soak: float = 10.0  # the window each rollback interrupts
     sample_every: float = 60.0
     seed: int | None = None
+    keep_state: Path | None = None  # copy the stack's state here at the end (None: on failure)
+    give_up_after: int = 5  # failed steps in a row that end the run
 
     @property
     def sample_interval(self) -> float:
@@ -88,6 +90,7 @@ class SoakRecord:
     started: float = 0.0  # wall clock
     wall_s: float = 0.0
     killed_after_down: list[int] = field(default_factory=list)
+    kept: str | None = None  # where the stack's state was copied
 
 
 # ----- per-process samples ---------------------------------------------------------
@@ -334,16 +337,34 @@ def run_soak(settings: SoakSettings,
             sampler.stop()
             load.close()
             reader.close()
+            bench.keep_to = settings.keep_state or (
+                None if clean(record) else Path(f"/tmp/swapctl-soak-{bench.root.name}"))
+            if bench.keep_to is not None:
+                record.kept = str(bench.keep_to)
+                progress(f"soak: the stack's journal and logs are kept in {bench.keep_to}")
     record.killed_after_down = bench.killed_at_teardown
     record.wall_s = time.monotonic() - began
     return build_report(settings, record)
 
 
+def clean(record: SoakRecord) -> bool:
+    """No failed step and a clean load verdict (so far: None while the load runs)."""
+    load_ok = record.load is None or bool(getattr(record.load, "ok", False))
+    return load_ok and not record.failures and all(
+        r["decision"] in EXPECTED[r["kind"]] for r in record.steps)
+
+
 def _run_steps(steps: SoakSteps, settings: SoakSettings, record: SoakRecord,
                progress: Callable[[str], None]) -> None:
     deadline = time.monotonic() + settings.minutes * 60
-    number = faults_done = 0
+    number = faults_done = failed_in_a_row = 0
     while time.monotonic() < deadline:
+        if failed_in_a_row >= settings.give_up_after:
+            record.failures.append(
+                f"the stack did not recover: {failed_in_a_row} steps in a row failed; the run "
+                f"stopped after step {number} ({round(deadline - time.monotonic())} s early)")
+            progress("soak: " + record.failures[-1])
+            return
         number += 1
         kind = plan(number, settings, faults_done)
         faults_done += kind in FAULTS
@@ -356,6 +377,7 @@ def _run_steps(steps: SoakSteps, settings: SoakSettings, record: SoakRecord,
         except (SwapctlError, TimeoutError, OSError, KeyError) as exc:
             record.failures.append(f"step {number} ({kind}): {exc}")
             progress(f"soak: step {number} ({kind}) FAILED: {exc}")
+            failed_in_a_row += 1
             try:
                 steps.settle()
             except (SwapctlError, TimeoutError, OSError) as again:
@@ -369,6 +391,7 @@ def _run_steps(steps: SoakSteps, settings: SoakSettings, record: SoakRecord,
             row["rollback_kind"] = row.pop("kind")
         row = {"step": number, "kind": kind, "t_s": round(wall - record.started, 1), **row}
         record.steps.append(row)
+        failed_in_a_row = 0 if row.get("decision") in EXPECTED[kind] else failed_in_a_row + 1
         progress(f"soak: step {number} {kind}: {row.get('decision')}"
                  + (f" (phase {row['phase']})" if row.get("phase") else ""))
         time.sleep(max(0.0, began + settings.every - time.monotonic()))
@@ -408,7 +431,8 @@ def build_report(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
         "processes": trends(record.samples),
         "samples": record.samples,
         "failures": failures,
-        "cleanup": {"root": record.root, "killed_after_down": record.killed_after_down},
+        "cleanup": {"root": record.root, "killed_after_down": record.killed_after_down,
+                    "state_kept_in": record.kept},
         "wall_s": round(record.wall_s, 1),
     }
     report["ok"] = bool(verdict and verdict["ok"]) and not failures
@@ -418,7 +442,8 @@ def build_report(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
 def _conditions(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
     load = record.load
     return conditions(
-        **asdict(settings), sample_interval_s=settings.sample_interval, service=SERVICE,
+        **{**asdict(settings), "keep_state": record.kept},
+        sample_interval_s=settings.sample_interval, service=SERVICE,
         clients=("a publisher that never reads its echo (backlog at the relay's bound, then "
                  "200 msg/s); swapctl load: 2 publishers, a dashboard consumer (reconnects) "
                  "and a strategy consumer (stops for good on EOF)"),

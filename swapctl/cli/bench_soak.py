@@ -23,7 +23,8 @@ D = SoakSettings()
 @click.option("--faults", is_flag=True,
               help="Every few steps a fault instead: swapctld SIGKILLed at a random moment of "
                    "a swap, the warm old relay SIGKILLed while a swap soaks, signal's active "
-                   "relay SIGKILLed (swapctld restarts it).")
+                   "relay SIGKILLed (swapctld restarts it), supervisord SIGKILLed at a random "
+                   "moment of a swap (swapctld restarts it).")
 @click.option("--rate", type=click.IntRange(min=100), default=D.rate, show_default=True,
               help="Messages/s of the independent load on market_data.")
 @click.option("--every", type=click.FloatRange(min=0.5), default=D.every, show_default=True,
@@ -32,6 +33,10 @@ D = SoakSettings()
               show_default=True, help="Seconds between RSS/fd samples (a short run takes "
                                       "at least 6).")
 @click.option("--seed", type=int, default=None, help="Seed of the random fault moments.")
+@click.option("--keep-state", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Copy the stack's state (configs, journal, logs of swapctld, supervisord "
+                   "and every relay) into DIR at the end. Without it, only a run that is not "
+                   "clean keeps it, in /tmp/swapctl-soak-*.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write memory, fds and pauses over time to FILE (.png, .svg, .pdf; needs "
                    "matplotlib: pip install 'swapctl[plot]').")
@@ -44,7 +49,12 @@ def soak_command(output: str, plot: Path | None, **o: Any) -> None:
     if plot is not None:
         check_plot_path(plot)
     settings = SoakSettings(minutes=o["minutes"], faults=o["faults"], rate=o["rate"],
-                            every=o["every"], sample_every=o["sample_every"], seed=o["seed"])
+                            every=o["every"], sample_every=o["sample_every"], seed=o["seed"],
+                            keep_state=o["keep_state"])
+    if o["keep_state"] is not None and o["keep_state"].exists() and any(
+            o["keep_state"].iterdir()):
+        raise click.BadParameter(f"{o['keep_state']} is not empty: name a new or empty "
+                                 "directory", param_hint="--keep-state")
     report = run_soak(settings, progress)
     if plot is not None:
         write_plot(report, plot)
