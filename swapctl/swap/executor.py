@@ -36,7 +36,7 @@ from swapctl.swap.machine import PATHS, Deadlines, Event, State, SwapMachine
 from swapctl.swap.service import Service, Slot
 from swapctl.swap.spawner import Release
 
-SOAK_CHECK_FLOOR = 0.5  # seconds a soak check may take once the window has closed
+SOAK_CHECK_FLOOR = 2.0  # seconds a soak check may take, however little is left of the window
 Requests = Callable[[], str | None]  # polled during soak: "rollback", "commit" or None
 
 
@@ -257,10 +257,13 @@ class SwapRun:
         return (self.marks.resumed_ns - self.marks.stopped_ns) / 1e6
 
     def timeout(self) -> float:
-        """What is left of the current state's deadline (a Failure once it is gone)."""
+        """What is left of the current state's deadline (a Failure once it is gone). A
+        soak check gets at least SOAK_CHECK_FLOOR: the window's end is tick()'s to act on,
+        and a check begun 10 ms before it must not fail for want of time (3 plain swaps of
+        the 60-minute soak rolled back so: "did not answer stats in time")."""
         remaining = self.machine.remaining()
-        if remaining <= 0 and self.machine.state is State.SOAKING:
-            return SOAK_CHECK_FLOOR  # the window closed during a check: tick() ends the soak
+        if self.machine.state is State.SOAKING:
+            return max(remaining, SOAK_CHECK_FLOOR)
         if remaining <= 0:
             seconds = self.settings.deadlines.for_state(self.machine.state)
             raise Failure(f"deadline: {self.machine.state.value} took longer than {seconds}s")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import pytest
 
+from swapctl.swap.executor import SOAK_CHECK_FLOOR, Actions, Failure, SwapRun, SwapSettings
 from swapctl.swap.machine import (
     TRANSITIONS,
     Deadlines,
@@ -13,6 +17,8 @@ from swapctl.swap.machine import (
     SwapMachine,
     Transition,
 )
+from swapctl.swap.service import Service
+from swapctl.swap.spawner import Release
 
 HAPPY = [Event.BEGIN, Event.READY, Event.PROBE_PASSED, Event.RELEASED, Event.ADOPTED,
          Event.VERIFIED, Event.SOAK_DONE, Event.COMMITTED]
@@ -105,3 +111,26 @@ def test_rollback_deadline_fails_the_rollback() -> None:
 
 def test_table_has_no_way_out_of_terminal_states() -> None:
     assert not [key for key in TRANSITIONS if key[0].terminal]
+
+
+def test_a_soak_check_gets_its_floor_however_little_of_the_window_is_left() -> None:
+    """3 plain swaps of the 60-minute soak rolled back because a stats call begun 10 ms
+    before the end of a 0.3 s soak window was given those 10 ms."""
+    clock = Clock()
+    run = SwapRun(cast(Service, SimpleNamespace(active=object())), Release("v2", ("true",)),
+                  SwapSettings(deadlines=Deadlines(soaking=5.0, verifying=5.0)),
+                  clock=clock, actions=cast(Actions, SimpleNamespace(strategy="handoff")))
+    for event in HAPPY[:5]:
+        run.machine.fire(event)
+    assert run.machine.state is State.VERIFYING
+    clock.now += 4.99
+    assert run.timeout() == pytest.approx(0.01)  # outside the soak: what is left
+    clock.now += 0.02
+    with pytest.raises(Failure, match=r"verifying took longer than 5\.0s"):
+        run.timeout()
+    run.machine.fire(Event.VERIFIED)
+    assert run.timeout() == pytest.approx(5.0)
+    clock.now += 4.99
+    assert run.timeout() == SOAK_CHECK_FLOOR
+    clock.now += 1.0  # the window closed during a check: tick() ends the soak
+    assert run.timeout() == SOAK_CHECK_FLOOR
