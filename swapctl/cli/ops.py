@@ -354,7 +354,8 @@ def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float |
 
 def _report_text(report: dict[str, Any]) -> str:
     if "phases" not in report:
-        return f"swap {report.get('swap_id')}: {report.get('decision')} ({report.get('reason')})"
+        why = f" ({report['reason']})" if report.get("reason") else ""
+        return f"swap {report.get('swap_id')}: {report.get('decision')}{why}"
     head = f"[{report.get('service', '?')}] " if report.get("service") else ""
     return head + swap_report.render_text(report)
 

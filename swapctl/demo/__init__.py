@@ -304,7 +304,8 @@ def _status_lines(status: dict[str, Any]) -> str:
 
 def _report_text(report: dict[str, Any]) -> str:
     if "phases" not in report:  # the daemon's own failure report
-        return f"swap {report.get('swap_id')}: {report.get('decision')} ({report.get('reason')})"
+        why = f" ({report['reason']})" if report.get("reason") else ""
+        return f"swap {report.get('swap_id')}: {report.get('decision')}{why}"
     return f"[{SERVICE}] " + swap_report.render_text(report)
 
 
