@@ -164,22 +164,23 @@ def _unfinished(rt: ServiceRuntime) -> dict[str, Any] | None:
     """The last swap of this service in the journal, if it has no terminal record."""
     if not rt.paths.journal.exists():
         return None
-    records = journal_file.read(rt.paths.journal)
     last: dict[str, Any] | None = None
-    for record in records:
-        if record.get("service") != rt.name or "swap" not in record:
+    for record in journal_file.stream(rt.paths.journal):  # (only the last swap is kept)
+        swap = record.get("swap")
+        if last is not None and swap == last["swap"]:
+            last["records"].append(record)
+        if record.get("service") != rt.name or swap is None:
             continue
         if record.get("event") == "begin":
-            last = {"swap": record["swap"], "begin": record, "state": "starting",
-                    "at": record["at"], "token": ""}
-        elif last is not None and record["swap"] == last["swap"]:
+            last = {"swap": swap, "begin": record, "state": "starting",
+                    "at": record["at"], "token": "", "records": [record]}
+        elif last is not None and swap == last["swap"]:
             if "to" in record:
                 last["state"], last["at"] = record["to"], record["at"]
             if record.get("token"):  # the candidate's slot (spawned, then ready)
                 last["token"] = record["token"]
     if last is None or State(last["state"]).terminal:
         return None
-    last["records"] = [r for r in records if r.get("swap") == last["swap"]]
     return last
 
 

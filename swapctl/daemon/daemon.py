@@ -403,7 +403,7 @@ class Daemon:
         swap_id = request.swap_id
         data = read_json(self.paths.report(swap_id))
         if data is None:
-            records = [r for r in journal_file.read(self.paths.journal)
+            records = [r for r in journal_file.stream(self.paths.journal)
                        if r.get("swap") == swap_id] if self.paths.journal.exists() else []
             if not records:
                 raise UsageError(f"no swap {swap_id}: see `swapctl history`")

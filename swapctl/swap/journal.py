@@ -37,7 +37,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,16 +331,26 @@ class Scan:
     salvaged: int = 0  # whole records recovered from behind a torn prefix
 
 
+def _parsed(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, bool]]:
+    """(line number, record or None, damaged) for each non-blank line, read one at a time."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            line = raw.rstrip(b"\n")
+            if not line.strip():
+                continue
+            record = _record(line)
+            if record is not None:
+                yield number, record, False
+            else:
+                yield number, _salvage(line), True
+
+
 def scan(path: Path) -> Scan:
     """Every record in a journal file; damaged lines are skipped and counted."""
     out = Scan()
-    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
-        if not line.strip():
-            continue
-        record = _record(line)
-        if record is None:
+    for number, record, damaged in _parsed(path):
+        if damaged:
             out.bad_lines.append(number)
-            record = _salvage(line)
             out.salvaged += record is not None
         if record is not None:
             out.records.append(record)
@@ -350,3 +360,13 @@ def scan(path: Path) -> Scan:
 def read(path: Path) -> list[dict[str, Any]]:
     """Every record in a journal file (damaged lines skipped: see `scan` for the count)."""
     return scan(path).records
+
+
+def stream(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a journal file one at a time, as `read` gives them: for a reader
+    that keeps a few (recovery, a running swap's report). Holding every record of a full
+    journal costs ~17 MB per 10,000 records, and a restarted swapctld that read it for
+    each service started ~20 MB larger per hour of swaps."""
+    for _number, record, _damaged in _parsed(path):
+        if record is not None:
+            yield record

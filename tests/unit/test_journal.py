@@ -21,7 +21,7 @@ import pytest
 from swapctl.daemon.paths import Paths
 from swapctl.errors import UsageError
 from swapctl.fsutil import ensure_private_dir
-from swapctl.swap.journal import Journal, JournalError, read, scan
+from swapctl.swap.journal import Journal, JournalError, read, scan, stream
 from swapctl.swap.requests import RequestInbox, send_request
 
 pytestmark = pytest.mark.timeout(30)
@@ -396,3 +396,17 @@ def test_inbox_close_leaves_a_successors_socket(state: Path) -> None:
         assert second.poll() == "rollback"
     finally:
         second.close()
+
+
+def test_stream_gives_what_read_gives_one_record_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    glued = b'{"swap": "s1", "to": "verif' + b'{"swap": "s1", "to": "committed"}'
+    path.write_bytes(b'{"swap": "s1", "event": "begin"}\n\nnot json\n[1, 2]\n'
+                     + glued + b'\n{"event": "note"}')  # (a last line with no newline)
+    streamed = stream(path)
+    assert next(streamed) == {"swap": "s1", "event": "begin"}  # before the rest is read
+    rest = list(streamed)
+    assert [{"swap": "s1", "event": "begin"}, *rest] == read(path)
+    assert rest == [{"swap": "s1", "to": "committed"}, {"event": "note"}]
+    found = scan(path)
+    assert found.bad_lines == [3, 4, 5] and found.salvaged == 1
