@@ -165,16 +165,23 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
 
 
 def trends(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per role: first/last/max RSS and fds, and their slopes over its longest-lived pid."""
+    """Per role: first/last/max RSS and fds, and their slopes over its longest-lived pid;
+    and `all_pids`: the role's total at each sample (whichever pids it had then) and its
+    slopes, the one trend a run whose faults restart swapctld every minute can have."""
     by_role: dict[str, dict[int, list[tuple[float, float, int]]]] = {}
+    totals: dict[str, dict[float, list[float]]] = {}
     for s in samples:
         for p in s["processes"]:
             role = "relay" if p["role"].startswith("relay:") else p["role"]
             by_role.setdefault(role, {}).setdefault(p["pid"], []).append(
                 (s["t_s"], p["rss_mb"], p["fds"]))
+            total = totals.setdefault(role, {}).setdefault(s["t_s"], [0.0, 0.0])
+            total[0] += p["rss_mb"]
+            total[1] += p["fds"]
     out = {}
     for role, pids in sorted(by_role.items()):
         pid, points = max(pids.items(), key=lambda item: len(item[1]))
+        series = sorted(totals[role].items())
         out[role] = {
             "pids_seen": len(pids), "longest_pid": pid, "samples": len(points),
             "rss_mb_first": points[0][1], "rss_mb_last": points[-1][1],
@@ -182,6 +189,13 @@ def trends(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "rss_slope_mb_per_h": slope_per_hour([(t, r) for t, r, _ in points]),
             "fds_first": points[0][2], "fds_last": points[-1][2],
             "fds_slope_per_h": slope_per_hour([(t, float(f)) for t, _, f in points]),
+            "all_pids": {
+                "samples": len(series),
+                "rss_mb_first": round(series[0][1][0], 2),
+                "rss_mb_last": round(series[-1][1][0], 2),
+                "rss_mb_max": round(max(v[0] for _, v in series), 2),
+                "rss_slope_mb_per_h": slope_per_hour([(t, v[0]) for t, v in series]),
+                "fds_slope_per_h": slope_per_hour([(t, v[1]) for t, v in series])},
         }
     return out
 

@@ -7,6 +7,7 @@ suffix (.png, .svg, .pdf). `plot_available()` says beforehand whether it can be 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,19 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, (rss, fds, pauses) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
-    for (role, pid), points in _series(report["samples"]).items():
-        label = f"{role} {pid}"
+    for role, points in _series(report["samples"]).items():
         style = "-" if role in ("swapctld", "supervisord") else ":"
-        rss.plot([p[0] / 60 for p in points], [p[1] for p in points], style, label=label)
-        fds.plot([p[0] / 60 for p in points], [p[2] for p in points], style, label=label)
+        minutes = [p[0] / 60 for p in points]
+        line, = rss.plot(minutes, [p[1] for p in points], style, label=role)
+        fds.plot(minutes, [p[2] for p in points], style, color=line.get_color())
+        restarts = [p for before, p in itertools.pairwise(points)
+                    if p[3] != before[3]]  # a new pid: restarted (a fault, or a swap)
+        rss.plot([p[0] / 60 for p in restarts], [p[1] for p in restarts], "|",
+                 color=line.get_color(), markersize=8)
     rss.set_ylabel("RSS (MB)")
     fds.set_ylabel("open fds")
-    rss.legend(fontsize=6, ncol=3)
+    rss.legend(fontsize=7, ncol=2, title="| : a new pid (restarted, or a swap's new relay)",
+               title_fontsize=7)
     series = report["pauses"]["series"]
     for key, marker in (("server_ms", "o"), ("client_ms", "x")):
         dots = [(p["t_s"] / 60, p[key]) for p in series if p[key] is not None]
@@ -55,18 +61,27 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _series(samples: list[dict[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float,
-                                                                            int]]]:
-    out: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
+def _series(samples: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, int, int]]]:
+    """Per role (swapctld, supervisord, relay:PROGRAM): (t_s, rss, fds, pid) over the run,
+    one line across its restarts."""
+    out: dict[str, list[tuple[float, float, int, int]]] = {}
     for s in samples:
         for p in s["processes"]:
-            out.setdefault((p["role"], p["pid"]), []).append((s["t_s"], p["rss_mb"], p["fds"]))
+            out.setdefault(p["role"], []).append((s["t_s"], p["rss_mb"], p["fds"], p["pid"]))
     return out
+
+
+def _slope(info: dict[str, Any]) -> str:
+    """The longest-lived pid's RSS slope; the role's across its pids if none lived long."""
+    if info.get("rss_slope_mb_per_h") is not None:
+        return f"{info['rss_slope_mb_per_h']:+g} MB/h"
+    across = (info.get("all_pids") or {}).get("rss_slope_mb_per_h")
+    return f"{across:+g} MB/h across {info['pids_seen']} pids" if across is not None else "n/a"
 
 
 def _title(report: dict[str, Any]) -> str:
     procs = report["processes"]
-    slopes = ", ".join(f"{role} RSS {info['rss_slope_mb_per_h']} MB/h"
+    slopes = ", ".join(f"{role} RSS {_slope(info)}"
                        for role, info in procs.items() if role in ("swapctld", "supervisord"))
     load = report.get("load") or {}
     return (f"swapctl bench soak: {report['conditions']['minutes']:g} min, "

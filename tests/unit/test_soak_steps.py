@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from swapctl.bench.daemon_stack import keep
-from swapctl.bench.soak import SoakRecord, SoakSettings, SoakSteps, _run_steps, clean
+from swapctl.bench.soak import (
+    SoakRecord,
+    SoakSettings,
+    SoakSteps,
+    _run_steps,
+    clean,
+    trends,
+)
+from swapctl.bench.soak_plot import _series, _slope
 from swapctl.errors import SwapctlError
 
 
@@ -78,3 +86,28 @@ def test_keep_copies_the_state_but_not_the_sockets(tmp_path: Path) -> None:
     assert (kept / "journal.jsonl").read_text() == '{"to": "committed"}\n'
     assert (kept / "logs" / "swapctld.log").read_text() == "started\n"
     assert not (kept / "api.sock").exists()
+
+
+def _sample(t: float, *procs: tuple[str, int, float, int]) -> dict[str, Any]:
+    return {"t_s": t, "processes": [{"role": r, "pid": p, "rss_mb": m, "fds": f}
+                                    for r, p, m, f in procs]}
+
+
+def test_a_role_restarted_every_minute_still_has_a_trend_across_its_pids() -> None:
+    """With faults swapctld lives ~50 s: no pid has 3 samples, so its own slope is None;
+    the role's total at each sample (whichever pid it was) still says whether each new
+    one starts larger (the journal read at start did: +23 MB/h)."""
+    samples = [_sample(60.0 * i, ("swapctld", 100 + i, 50.0 + i, 24),
+                       ("relay:md-blue", 7, 17.5, 8), ("relay:md-green", 9, 17.5, 8))
+               for i in range(6)]
+    found = trends(samples)
+    assert found["swapctld"]["rss_slope_mb_per_h"] is None
+    assert found["swapctld"]["all_pids"]["rss_slope_mb_per_h"] == 60.0  # +1 MB a minute
+    assert found["swapctld"]["all_pids"]["fds_slope_per_h"] == 0.0
+    relay = found["relay"]
+    assert relay["rss_slope_mb_per_h"] == 0.0 and relay["all_pids"]["rss_mb_first"] == 35.0
+    series = _series(samples)
+    assert set(series) == {"swapctld", "relay:md-blue", "relay:md-green"}
+    assert [p[3] for p in series["swapctld"]] == [100, 101, 102, 103, 104, 105]
+    assert _slope(found["swapctld"]) == "+60 MB/h across 6 pids"
+    assert _slope(relay) == "+0 MB/h"
