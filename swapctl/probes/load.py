@@ -233,6 +233,8 @@ class LoadSession:
                 raise TimeoutError(f"{names}: no {kind.__name__} within {timeout} s")
             for obj in ready:
                 child = sentinels[obj] if isinstance(obj, int) else waiting[id(obj)]
+                if (child.role, child.index) in got:
+                    continue  # its pipe and its exit were both ready: the message is read
                 msg = self._message(child, kind)
                 if msg is not None:
                     got[(child.role, child.index)] = msg
