@@ -117,10 +117,10 @@ class PidHandle:
         self.started_s = started_s or 0.0  # process.started; 0: the pid alone
 
     def alive(self) -> bool:
+        if self.started_s:
+            return process.is_same(self.pid, self.started_s)
         try:
-            proc = psutil.Process(self.pid)
-            return proc.status() != psutil.STATUS_ZOMBIE and (
-                not self.started_s or process.started(self.pid) == self.started_s)
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
