@@ -40,7 +40,9 @@ import termios
 from dataclasses import dataclass
 from pathlib import Path
 
+from swapctl import sockdiag
 from swapctl.errors import SwapctlError
+from swapctl.legacy import wakeups
 
 SO_ACCEPTCON = 0x00010000
 SOCK_STREAM_TYPE = 0x0001
@@ -54,6 +56,7 @@ WAITING_SYSCALLS_X86_64 = frozenset({
     23,  # select
     35,  # nanosleep
     202,  # futex (a parked worker thread)
+    219,  # restart_syscall: a timed wait (futex, nanosleep, poll) resumed after a stop
     230,  # clock_nanosleep
     232,  # epoll_wait
     270,  # pselect6
@@ -62,6 +65,10 @@ WAITING_SYSCALLS_X86_64 = frozenset({
     426,  # io_uring_enter
     441,  # epoll_pwait2
 })
+# x86_64 receives: a thread asleep in one on a socket whose peer is outside the relay
+# (its control link) is parked (see `Copies.outside`)
+RECEIVE_SYSCALLS_X86_64 = frozenset({
+    0, 19, 45, 47, 299})  # read, readv, recvfrom, recvmsg, recvmmsg
 _FD_LINK = re.compile(r"^socket:\[(\d+)\]$")
 
 
@@ -96,6 +103,17 @@ class RelaySockets:
 
 
 # ----- pure parsing ------------------------------------------------------------------
+
+def _outside(sockets_by_fd: dict[int, int], own: set[int]) -> frozenset[int]:
+    """The fds among `sockets_by_fd` (fd -> socket inode) connected to a socket that is
+    not one of `own` (the process's): not a socketpair between its own threads."""
+    try:
+        peer = sockdiag.peers(set(sockets_by_fd.values()))
+    except OSError:
+        return frozenset()  # cannot tell: no receive counts as parked
+    return frozenset(fd for fd, ino in sockets_by_fd.items()
+                     if (p := peer.get(ino, 0)) != 0 and p not in own)
+
 
 def parse_unix_table(text: str) -> dict[int, UnixEntry]:
     """`/proc/net/unix` -> entries by inode (the header line is skipped)."""
@@ -378,6 +396,7 @@ class Copies:
         self.listener: Held | None = None
         self.conns: dict[int, Held] = {}  # by the relay's fd number
         self.seen: dict[int, str] = {}  # relay fd -> its link, for fds not ours to move
+        self.outside: frozenset[int] = frozenset()  # of those, sockets to another process
         self.bound = ""
         try:
             self._take(path)
@@ -402,6 +421,8 @@ class Copies:
                 self.conns[fd] = held
             elif fd != found.listener:
                 self.seen[fd] = link  # refresh looks at it again only if this changes
+        self.outside = _outside({fd: inodes[fd] for fd in self.seen if fd in inodes},
+                                set(inodes.values()))
 
     def _copy(self, target: int, inode: int | None) -> Held | None:
         """A copy of the relay's `target`, if it still names socket `inode`."""
@@ -463,6 +484,17 @@ class Copies:
         if link is not None:
             self.seen[fd] = link
         return False
+
+    def parked_in_receive(self, syscall_text: str) -> bool:
+        """Whether a thread stopped in this system call (its /proc syscall text) is
+        blocked reading a socket that is neither a client's nor the relay's own
+        socketpair (the control link of a relay built with the handoff crate): whatever
+        it was woken with is not a client's message. x86_64 only."""
+        number, args = wakeups.parse_syscall_args(syscall_text)
+        if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
+            return False
+        fd = args[0]
+        return fd in self.outside and fd not in self.conns and fd != self.listener_target
 
     @property
     def listener_fd(self) -> int:

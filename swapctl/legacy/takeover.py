@@ -104,6 +104,7 @@ class Frozen:
     stages_ms: dict[str, float] = field(default_factory=dict)  # where the freeze went
     accepted_since_scan: int = 0
     closed_since_scan: int = 0
+    busy: dict[str, int] = field(default_factory=dict)  # why earlier tries were refused
 
     def __post_init__(self) -> None:
         self.listener = self.copies.listener_fd
@@ -180,13 +181,16 @@ def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
     started = time.perf_counter_ns()
     copies = sockets.Copies(pid, path)  # the slow part (scan, table, dups): not frozen
     scan_ms = _ms(time.perf_counter_ns() - started)
+    busy: dict[str, int] = {}
     try:
         for attempt in range(1, settings.freeze_attempts + 1):
             last = attempt == settings.freeze_attempts
             frozen = _stop_once(pid, copies, settings.stop_timeout, attempt, last)
-            if frozen is not None:
+            if isinstance(frozen, Frozen):
                 frozen.stages_ms = {"scan_and_dup_before_freeze": scan_ms, **frozen.stages_ms}
+                frozen.busy = busy
                 return frozen
+            busy[frozen] = busy.get(frozen, 0) + 1
             signal_relay(pid, signal.SIGCONT)
             time.sleep(settings.freeze_retry_s)
     except BaseException:
@@ -196,10 +200,10 @@ def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
 
 
 def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: int,
-               last: bool) -> Frozen | None:
-    """One SIGSTOP: the relay frozen with our copies in step, or None (still stopped:
-    the caller resumes it) if it was busy and this was not the `last` try. A busy try
-    is refused as early as possible: threads first, then the copies' send queues."""
+               last: bool) -> Frozen | str:
+    """One SIGSTOP: the relay frozen with our copies in step, or why not (still
+    stopped: the caller resumes it) if it was busy and this was not the `last` try. A
+    busy try is refused as early as possible: threads first, then the copies' queues."""
     wait_sleeping(pid, SLEEP_WAIT_S)  # stop it while it sleeps: then it is likely idle
     wakers = wakeups.eventfds(copies.seen)
     counts = wakeups.eventfd_counts(pid, wakers)
@@ -212,14 +216,21 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         marks.append(time.perf_counter_ns())
         texts = wakeups.thread_syscall_texts(pid)
         syscalls = {tid: sockets.parse_syscall(text) for tid, text in texts.items()}
-        idle = asleep and all(sockets.waiting(n) for n in syscalls.values())
-        if idle:  # parked, but maybe woken with work it had not started
-            idle = not wakeups.pending(pid, texts, counts)
+        parked = all(sockets.waiting(n) or copies.parked_in_receive(texts[tid])
+                     for tid, n in syscalls.items())
+        woken = bool(asleep and parked and wakeups.pending(pid, texts, counts))
+        idle = asleep and parked and not woken  # parked, not woken with work not started
         if not idle and not last:
-            return None
+            if not asleep:
+                return "awake before the stop"
+            if not parked:
+                calls = sorted({str(n) for t, n in syscalls.items() if not sockets.waiting(n)
+                                and not copies.parked_in_receive(texts[t])})
+                return f"a thread stopped outside a waiting call ({', '.join(calls)})"
+            return "woken with work not started"
         queues = _queues(copies.conns)
         if any(q[2] or q[3] for q in queues.values()) and not last:
-            return None
+            return "a client backed up or mid-frame"
         marks.append(time.perf_counter_ns())
         change = copies.refresh()
         marks.append(time.perf_counter_ns())
@@ -237,7 +248,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
                     accepted_since_scan=change.added, closed_since_scan=change.removed)
     frozen.quiescent = idle and frozen.backed_up == 0 and frozen.mid_frame == 0
     if not frozen.quiescent and not last:
-        return None
+        return "a client backed up or mid-frame (accepted since the scan)"
     names = ("stop", "idle_check", "refresh", "measure_new")
     frozen.stages_ms = {n: _ms(b - a) for n, a, b in zip(names, marks, marks[1:], strict=False)}
     return frozen

@@ -34,6 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
+# restart_syscall: a timed wait that a signal interrupted (an earlier freeze try's
+# SIGSTOP/SIGCONT) goes on as this call; the argument registers are still the first
+# call's, so a futex wait shows its word and value there as before.
+SYS_RESTART = {"x86_64": 219, "aarch64": 128}
 FUTEX_WAIT, FUTEX_WAIT_BITSET = 0, 9
 FUTEX_FLAGS = 128 | 256  # FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME
 # x86_64 polls: number -> (argument index of the timeout, whether it is a pointer to a
@@ -56,8 +60,12 @@ def parse_syscall_args(text: str) -> tuple[int | None, tuple[int, ...]]:
 
 def futex_wait(number: int | None, args: tuple[int, ...],
                machine: str | None = None) -> tuple[int, int] | None:
-    """(uaddr, val) if this is a futex wait, else None."""
-    if number is None or number != SYS_FUTEX.get(machine or platform.machine()) \
+    """(uaddr, val) if this is a futex wait, else None. A restart_syscall whose
+    arguments read as a futex wait is taken for one: if it was another timed wait
+    (nanosleep, poll) the word read is not its value and the try is refused, which is
+    the safe side."""
+    arch = machine or platform.machine()
+    if number is None or number not in (SYS_FUTEX.get(arch), SYS_RESTART.get(arch)) \
             or len(args) < 3:
         return None
     if args[1] & ~FUTEX_FLAGS not in (FUTEX_WAIT, FUTEX_WAIT_BITSET):

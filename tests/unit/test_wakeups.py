@@ -26,6 +26,11 @@ def test_futex_waits_are_recognised_with_their_word_and_value() -> None:
     assert wakeups.futex_wait(*wake, "x86_64") is None
     assert wakeups.futex_wait(98, args, "aarch64") == (0x55ed13f3ed50, 1)
     assert wakeups.futex_wait(232, args, "x86_64") is None
+    # a timed wait resumed after a stop is restart_syscall, with the first call's
+    # arguments: a futex wait is still read as one
+    assert wakeups.futex_wait(219, args, "x86_64") == (0x55ed13f3ed50, 1)
+    assert wakeups.futex_wait(128, args, "aarch64") == (0x55ed13f3ed50, 1)
+    assert wakeups.futex_wait(219, (0x2000, 0x7ffc0000, 0, 0, 0, 0), "x86_64") is None
 
 
 def test_a_poll_that_does_not_wait_is_work_queued() -> None:
