@@ -35,13 +35,14 @@ class Evidence:
     reconnect_window_s: float = 0.0
     unmovable_bytes: int | None = 0  # bytes the strategy knows it could not carry over
     torn_consumers: int = 0  # consumers that may have been left mid-frame
+    busy_at_cutover: str = ""  # why the old relay may have held messages it never sent
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cut": self.cut, "cut_by": self.cut_by, "reconnected": self.reconnected,
                 "reconnect_window_s": self.reconnect_window_s,
                 "unmovable_bytes": self.unmovable_bytes, "torn_consumers": self.torn_consumers,
-                "notes": list(self.notes)}
+                "busy_at_cutover": self.busy_at_cutover or None, "notes": list(self.notes)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,8 @@ def _others(name: str, ev: Evidence, has_canary: bool) -> tuple[int | None, str,
                                        "have received or sent since is not measured")
     if cut is None:
         return None, "other clients", "could not count the clients cut"
+    if name == "lost" and ev.busy_at_cutover:
+        return None, "other clients", ev.busy_at_cutover
     if name == "lost" and ev.unmovable_bytes:
         return None, "other clients", (f"{ev.unmovable_bytes} byte(s) of partial frames "
                                        "could not move with the connections")
@@ -111,6 +114,8 @@ def _others(name: str, ev: Evidence, has_canary: bool) -> tuple[int | None, str,
     if name == "corrupted" and ev.torn_consumers:
         return None, "other clients", (f"{ev.torn_consumers} consumer(s) may have been left "
                                        "mid-frame by the old relay")
+    if name == "corrupted" and ev.busy_at_cutover:
+        return None, "other clients", ev.busy_at_cutover
     if not has_canary:
         return None, "other clients", "no canary ran (--canary-rate 0): nothing proves it"
     return 0, "other clients (every connection kept, every byte carried)", None
