@@ -97,6 +97,24 @@ def test_your_own_stack_runs_as_written(root: Path) -> None:
     assert time.monotonic() - started < 90
 
 
+def _market_data_logs(stdout: str, lines: int = 40) -> str:
+    """The tail of the demo's market_data relay logs (they warn of lagging consumers
+    and skipped bytes) and swapctld's: a failure shows what they saw before the test's
+    dir is removed (a CI run's checker found 2 lost and 2 corrupted that both reports
+    and their canaries did not see, and nothing was left to tell why)."""
+    found = re.search(r"working in (\S+)", stdout)
+    if found is None:
+        return "(no demo dir printed)"
+    out = []
+    root = Path(found.group(1))
+    for log in sorted([*(root / "state" / "supervisord" / "logs").glob("market_data*"),
+                       root / "logs" / "swapctld.log"]):
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"== {log.name}\n" + "\n".join(tail))
+    return "\n".join(out) or "(no market_data logs)"
+
+
 def test_init_refuses_an_existing_configuration_and_a_too_long_dir(root: Path) -> None:
     done = _run([*SWAPCTL, "init", str(root / "a")])
     assert done.returncode == 0, done.stderr
@@ -126,7 +144,7 @@ def test_demo_keep_leaves_the_stack_up_until_down(root: Path) -> None:
     done = subprocess.run([*SWAPCTL, "demo", "--keep", "--soak", "1"], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL, env=env,
                           check=False)
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{_market_data_logs(done.stdout)}"
     printed = re.findall(r"^\s+(\S.*? down --config-dir (\S+))\s+#", done.stdout, re.M)
     assert len(printed) == 1, done.stdout
     down, config_dir = printed[0]
