@@ -309,11 +309,14 @@ class TakeoverActions(_Legacy):
                             "and the candidate skipped would go unseen, so lost is unknown "
                             "unless an independent checker ran")
         ev.torn_consumers = f.backed_up
-        if not f.quiescent:
+        if not f.threads_idle:
+            # (a backed-up client alone does not make lost unknown: real publishers never
+            # read their echo, so one is backed up at every takeover, and what the relay
+            # held for it is echo nobody reads; a backed-up consumer is `torn_consumers`)
             ev.busy_at_cutover = (
-                f"the legacy relay was frozen busy (not idle in {f.attempts} tries; "
-                f"{f.backed_up} consumer(s) backed up, {f.mid_frame} client(s) mid-frame): "
-                "what it had read and not yet written died with it, seen only by clients")
+                f"the legacy relay was frozen busy (a thread not idle in {f.attempts} "
+                "tries): a message it had read and not yet written to every consumer died "
+                "with it, seen only by clients")
         run.details.update({
             "legacy_pid": self.place.old.pid, "candidate_pid": run.cand.handle.pid,
             "freeze_attempts": f.attempts, "frozen_idle": f.quiescent, "freeze_busy": f.busy,

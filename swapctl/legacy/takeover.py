@@ -105,6 +105,7 @@ class Frozen:
     accepted_since_scan: int = 0
     closed_since_scan: int = 0
     busy: dict[str, int] = field(default_factory=dict)  # why earlier tries were refused
+    threads_idle: bool = False  # every thread parked, none woken with work (queues aside)
 
     def __post_init__(self) -> None:
         self.listener = self.copies.listener_fd
@@ -245,7 +246,8 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
                     outq=sum(q[1] for q in queues.values()),
                     backed_up=sum(1 for q in queues.values() if q[2]),
                     mid_frame=sum(1 for q in queues.values() if q[3]),
-                    accepted_since_scan=change.added, closed_since_scan=change.removed)
+                    accepted_since_scan=change.added, closed_since_scan=change.removed,
+                    threads_idle=idle)
     frozen.quiescent = idle and frozen.backed_up == 0 and frozen.mid_frame == 0
     if not frozen.quiescent and not last:
         return "a client backed up or mid-frame (accepted since the scan)"
