@@ -69,6 +69,21 @@ def peers(inodes: set[int] | frozenset[int]) -> dict[int, int]:
     return {ino: peer for ino, peer in found.items() if ino in inodes}
 
 
+def peer_of(inode: int) -> int | None:
+    """The peer's socket inode of the one Unix socket `inode` (an exact query, not a
+    dump: cheap enough while a relay is stopped); 0 if its peer has closed, None if the
+    kernel knows no such socket or it has no peer (a listener)."""
+    found: dict[int, int] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2.0)
+        nl.send(request(0xFFFFFFFF, UDIAG_SHOW_PEER, inode=inode, dump=False))
+        try:
+            _parse_peers(nl.recv(1 << 16), found)
+        except FileNotFoundError:  # ENOENT: no socket by that inode
+            return None
+    return found.get(inode)
+
+
 def listener_files() -> dict[int, tuple[int, int]]:
     """Every listening Unix socket of this network namespace -> the file it is bound to,
     (kernel device, file inode): which socket a path reaches, even beside a stale one of
@@ -88,11 +103,12 @@ def parse_listener_files(data: bytes, out: dict[int, tuple[int, int]]) -> bool:
     return _done(data)
 
 
-def request(states: int, show: int) -> bytes:
-    """A dump request for every Unix socket in `states` with the `show` attributes."""
-    req = _REQ.pack(socket.AF_UNIX, 0, 0, states, 0, show, b"\xff" * 8)
-    return _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY,
-                       NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+def request(states: int, show: int, *, inode: int = 0, dump: bool = True) -> bytes:
+    """A dump request for every Unix socket in `states` with the `show` attributes, or
+    (`dump` False) a request for the one socket `inode`."""
+    req = _REQ.pack(socket.AF_UNIX, 0, 0, states, inode, show, b"\xff" * 8)
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    return _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, flags, 1, 0) + req
 
 
 def _dump(states: int, show: int, parse: Callable[[bytes], bool]) -> None:

@@ -104,15 +104,15 @@ class RelaySockets:
 
 # ----- pure parsing ------------------------------------------------------------------
 
-def _outside(sockets_by_fd: dict[int, int], own: set[int]) -> frozenset[int]:
+def _outside(sockets_by_fd: dict[int, int], own: set[int]) -> set[int]:
     """The fds among `sockets_by_fd` (fd -> socket inode) connected to a socket that is
     not one of `own` (the process's): not a socketpair between its own threads."""
     try:
         peer = sockdiag.peers(set(sockets_by_fd.values()))
     except OSError:
-        return frozenset()  # cannot tell: no receive counts as parked
-    return frozenset(fd for fd, ino in sockets_by_fd.items()
-                     if (p := peer.get(ino, 0)) != 0 and p not in own)
+        return set()  # cannot tell: no receive counts as parked
+    return {fd for fd, ino in sockets_by_fd.items()
+            if (p := peer.get(ino, 0)) != 0 and p not in own}
 
 
 def parse_unix_table(text: str) -> dict[int, UnixEntry]:
@@ -396,7 +396,9 @@ class Copies:
         self.listener: Held | None = None
         self.conns: dict[int, Held] = {}  # by the relay's fd number
         self.seen: dict[int, str] = {}  # relay fd -> its link, for fds not ours to move
-        self.outside: frozenset[int] = frozenset()  # of those, sockets to another process
+        self.outside: set[int] = set()  # of those, sockets to another process
+        self.inside: set[int] = set()  # fds looked at that are not (`parked_in_receive`)
+        self.own: set[int] = set()  # the socket inodes the relay held at the scan
         self.bound = ""
         try:
             self._take(path)
@@ -421,8 +423,8 @@ class Copies:
                 self.conns[fd] = held
             elif fd != found.listener:
                 self.seen[fd] = link  # refresh looks at it again only if this changes
-        self.outside = _outside({fd: inodes[fd] for fd in self.seen if fd in inodes},
-                                set(inodes.values()))
+        self.own = set(inodes.values())
+        self.outside = _outside({fd: inodes[fd] for fd in self.seen if fd in inodes}, self.own)
 
     def _copy(self, target: int, inode: int | None) -> Held | None:
         """A copy of the relay's `target`, if it still names socket `inode`."""
@@ -494,7 +496,29 @@ class Copies:
         if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
             return False
         fd = args[0]
-        return fd in self.outside and fd not in self.conns and fd != self.listener_target
+        if fd in self.conns or fd == self.listener_target or fd in self.inside:
+            return False
+        if fd not in self.outside:  # opened since the scan (a control link reconnected)
+            self._look_outside(fd)
+        return fd in self.outside
+
+    def _look_outside(self, fd: int) -> None:
+        """Whether the relay's `fd` is a socket to another process, asked of the kernel
+        for that one socket (the relay is stopped: a readlink and one netlink query)."""
+        link = _readlink(self.pid, fd)
+        inode = None if link is None else parse_fd_link(link)
+        peer, client = None, True
+        if inode is not None:
+            with contextlib.suppress(OSError):
+                peer = sockdiag.peer_of(inode)
+                copy = self._copy(fd, inode)  # (a client accepted since the scan?)
+                if copy is not None:
+                    client = accepted_from(copy.fd, self.bound)
+                    os.close(copy.fd)
+        if peer and peer not in self.own and not client:
+            self.outside.add(fd)
+        else:
+            self.inside.add(fd)
 
     @property
     def listener_fd(self) -> int:

@@ -87,20 +87,25 @@ RECEIVERS = """
 import json, socket, sys, threading
 path, control = sys.argv[1], sys.argv[2]
 listener = socket.socket(socket.AF_UNIX); listener.bind(path); listener.listen()
-link = socket.socket(socket.AF_UNIX); link.connect(control)  # to another process
-inner, other_end = socket.socketpair()  # between its own threads
-sys.stdout.write("listening\\n"); sys.stdout.flush()
-client, _ = listener.accept()
-tids = {}
+tids, fds, keep = {}, {}, []
 def receive(name, sock):
     tids[name] = threading.get_native_id()
     sock.recv(1)
-for name, sock in (("link", link), ("inner", inner), ("client", client)):
-    threading.Thread(target=receive, args=(name, sock), daemon=True).start()
-while len(tids) < 3:
-    pass
-fds = {"link": link.fileno(), "inner": inner.fileno(), "client": client.fileno()}
-sys.stdout.write(json.dumps({"tids": tids, "fds": fds}) + "\\n"); sys.stdout.flush()
+def serve(**socks):
+    for name, sock in socks.items():
+        keep.append(sock)
+        fds[name] = sock.fileno()
+        threading.Thread(target=receive, args=(name, sock), daemon=True).start()
+    while len(tids) < len(fds):
+        pass
+    sys.stdout.write(json.dumps({"tids": tids, "fds": fds}) + "\\n"); sys.stdout.flush()
+link = socket.socket(socket.AF_UNIX); link.connect(control)  # to another process
+inner, other_end = socket.socketpair()  # between its own threads
+sys.stdout.write("listening\\n"); sys.stdout.flush()
+serve(link=link, inner=inner, client=listener.accept()[0])
+sys.stdin.readline()  # then, after the scan: a link and a client opened since
+again = socket.socket(socket.AF_UNIX); again.connect(control)
+serve(link_since=again, client_since=listener.accept()[0])
 sys.stdin.read()
 """
 
@@ -108,32 +113,44 @@ sys.stdin.read()
 def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
                                                                 sockdir: Path) -> None:
     """A thread blocked reading its control link is parked (what wakes it is not a
-    client's message); one blocked reading a client, or its own socketpair (another of
-    its threads may have just written a frame there), is not."""
+    client's message), also on a link opened since the scan (the crate's control
+    thread reconnects); one blocked reading a client (accepted before or since), or
+    its own socketpair (another of its threads may have just written a frame there),
+    is not."""
     path, control = sockdir / "relay.sock", sockdir / "control.sock"
-    with socket.socket(socket.AF_UNIX) as orchestrator:
+    with socket.socket(socket.AF_UNIX) as orchestrator, \
+            socket.socket(socket.AF_UNIX) as client, socket.socket(socket.AF_UNIX) as late:
         orchestrator.bind(str(control))
         orchestrator.listen()
         proc = procs.start([sys.executable, "-c", RECEIVERS, str(path), str(control)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == b"listening\n"
-        accepted, _ = orchestrator.accept()
-        with accepted, socket.socket(socket.AF_UNIX) as client:
-            client.connect(str(path))
+        links = [orchestrator.accept()[0]]
+        client.connect(str(path))
+        seen = json.loads(proc.stdout.readline())
+        for tid in seen["tids"].values():
+            _until(proc.pid, tid, 45)  # recvfrom, blocked
+        copies = sockets.Copies(proc.pid, str(path))
+        try:
+            assert copies.outside >= {seen["fds"]["link"]}
+            assert not copies.outside & {seen["fds"]["inner"], seen["fds"]["client"]}
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            links.append(orchestrator.accept()[0])
+            late.connect(str(path))
             seen = json.loads(proc.stdout.readline())
             for tid in seen["tids"].values():
-                _until(proc.pid, tid, 45)  # recvfrom, blocked
-            copies = sockets.Copies(proc.pid, str(path))
-            try:
-                assert copies.outside >= {seen["fds"]["link"]}
-                assert not copies.outside & {seen["fds"]["inner"], seen["fds"]["client"]}
-                parked = {name: copies.parked_in_receive(_syscall(proc.pid, tid))
-                          for name, tid in seen["tids"].items()}
-                assert parked == {"link": True, "inner": False, "client": False}, parked
-                assert not copies.parked_in_receive(f"{PARKED_ELSEWHERE}\n")
-            finally:
-                copies.close()
+                _until(proc.pid, tid, 45)
+            parked = {name: copies.parked_in_receive(_syscall(proc.pid, tid))
+                      for name, tid in seen["tids"].items()}
+            assert parked == {"link": True, "inner": False, "client": False,
+                              "link_since": True, "client_since": False}, parked
+            assert not copies.parked_in_receive(f"{PARKED_ELSEWHERE}\n")
+        finally:
+            copies.close()
+            for link in links:
+                link.close()
 
 
 PARKED_ELSEWHERE = "202 0x55ed13f3ed50 0x89 0x1 0x0 0x0 0x0 0x7f0dffffffff 0x7ffc36e94ec8"
