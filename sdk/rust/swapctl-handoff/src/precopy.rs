@@ -43,6 +43,10 @@ use crate::wire::Message;
 pub const PRECOPY: &str = "precopy";
 pub const PRECOPY_VERSION: u64 = 1;
 const ASK_DEADLINE: Duration = Duration::from_secs(2);
+/// Before a freeze, wait at most this long for a moment when every connection has
+/// written what it was sent (see `wait_fanned_out`).
+const FAN_OUT_WAIT: Duration = Duration::from_millis(20);
+const FAN_OUT_LOOK: Duration = Duration::from_micros(100);
 
 /// What the last PRECOPY sent: the freeze's delta is computed against it.
 #[derive(Clone, Debug)]
@@ -140,6 +144,7 @@ impl Control {
             self.refuse_if_holding()?;
             state.precopied.take().expect("checked above")
         };
+        let waited_us = self.wait_fanned_out();
         let stopped_ns = monotonic_ns();
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
@@ -165,9 +170,31 @@ impl Control {
             };
             (asked, closed)
         };
+        let asked_n = asked.len();
         let got = self.collect(&mut exports, asked, Instant::now() + ASK_DEADLINE);
         *self.hub.exports.lock().unwrap() = None;
+        log("freeze", format!("asked={} fan_out_wait_us={}", asked_n, waited_us));
         self.send_delta(got, &pre, closed, id, stopped_ns, generation.unwrap_or(0))
+    }
+
+    /// Wait (at most FAN_OUT_WAIT, while still serving) for a moment when every task
+    /// that owes nothing has taken all the broadcast channel sent it. A task per
+    /// connection writes each broadcast in its own time: frozen while a message is
+    /// still being fanned out, every connection not yet written to must be asked to
+    /// describe itself (thousands of task wake-ups and records inside the pause);
+    /// frozen just after, none. Connections that owe bytes (a never-reading client)
+    /// are asked anyway and are not waited for. Returns the microseconds waited.
+    fn wait_fanned_out(&self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let seq = self.hub.sent_seq.load(Ordering::SeqCst);
+            let behind = self.hub.live.lock().unwrap().values()
+                .any(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq);
+            if !behind || started.elapsed() >= FAN_OUT_WAIT {
+                return started.elapsed().as_micros() as u64;
+            }
+            std::thread::sleep(FAN_OUT_LOOK);
+        }
     }
 
     fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, id: &Value, stopped_ns: u64,
