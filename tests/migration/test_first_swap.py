@@ -145,6 +145,10 @@ def judge(report: dict[str, Any], code: int, verdict: LoadReport, err: str) -> N
     context = (f"exit {code}; report {top} ({report.get('decision')}: {report.get('reason')});"
                f" load {load}; canary {({k: canary.get(k) for k in FIGURES})}; "
                f"evidence {report.get('evidence')}; stderr {err[-1500:]}")
+    if os.environ.get("SWAPCTL_TEST_REPORTS"):  # scripts/repeat-test's summary
+        with open(os.environ["SWAPCTL_TEST_REPORTS"], "a") as f:
+            f.write(json.dumps({"report": top, "evidence": report.get("evidence"),
+                                "load": load}) + "\n")
     assert report.get("decision") == "committed", context
     assert code == 0, context
     assert top == want, context
