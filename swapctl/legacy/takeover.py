@@ -188,9 +188,9 @@ def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
             last = attempt == settings.freeze_attempts
             # the second half of the tries takes a backed-up client as it is: a
             # publisher that never reads its echo (the real ones) is backed up for good
-            clients_too = attempt <= settings.freeze_attempts // 2
+            backed_up_too = attempt <= settings.freeze_attempts // 2
             frozen = _stop_once(pid, copies, settings.stop_timeout, attempt, last,
-                                clients_too=clients_too)
+                                backed_up_too=backed_up_too)
             if isinstance(frozen, Frozen):
                 frozen.stages_ms = {"scan_and_dup_before_freeze": scan_ms, **frozen.stages_ms}
                 frozen.busy = busy
@@ -205,11 +205,11 @@ def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
 
 
 def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: int,
-               last: bool, *, clients_too: bool = True) -> Frozen | str:
+               last: bool, *, backed_up_too: bool = True) -> Frozen | str:
     """One SIGSTOP: the relay frozen with our copies in step, or why not (still
     stopped: the caller resumes it) if it was busy and this was not the `last` try. A
-    busy try is refused as early as possible: threads first, then (`clients_too`) the
-    copies' queues: a client backed up, or whose unread bytes start mid-frame."""
+    busy try is refused as early as possible: threads first, then the copies' queues: a
+    client whose unread bytes start mid-frame, or (`backed_up_too`) one backed up."""
     wait_sleeping(pid, SLEEP_WAIT_S)  # stop it while it sleeps: then it is likely idle
     wakers = wakeups.eventfds(copies.seen)
     counts = wakeups.eventfd_counts(pid, wakers)
@@ -235,7 +235,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
                 return f"a thread stopped outside a waiting call ({', '.join(calls)})"
             return "woken with work not started"
         queues = _queues(copies.conns)
-        if clients_too and any(q[2] or q[3] for q in queues.values()) and not last:
+        if any((backed_up_too and q[2]) or q[3] for q in queues.values()) and not last:
             return "a client backed up or mid-frame"
         marks.append(time.perf_counter_ns())
         change = copies.refresh()
@@ -254,7 +254,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
                     accepted_since_scan=change.added, closed_since_scan=change.removed,
                     threads_idle=idle)
     frozen.quiescent = idle and frozen.backed_up == 0 and frozen.mid_frame == 0
-    if clients_too and not frozen.quiescent and not last:
+    if (frozen.mid_frame or (backed_up_too and frozen.backed_up)) and not last:
         return "a client backed up or mid-frame (accepted since the scan)"
     names = ("stop", "idle_check", "refresh", "measure_new")
     frozen.stages_ms = {n: _ms(b - a) for n, a, b in zip(names, marks, marks[1:], strict=False)}
