@@ -104,15 +104,14 @@ class RelaySockets:
 
 # ----- pure parsing ------------------------------------------------------------------
 
-def _outside(sockets_by_fd: dict[int, int], own: set[int]) -> set[int]:
-    """The fds among `sockets_by_fd` (fd -> socket inode) connected to a socket that is
-    not one of `own` (the process's): not a socketpair between its own threads."""
+def _outside(inodes: set[int], own: set[int]) -> set[int]:
+    """The sockets among `inodes` connected to a socket that is not one of `own` (the
+    process's): not a socketpair between its own threads."""
     try:
-        peer = sockdiag.peers(set(sockets_by_fd.values()))
+        peer = sockdiag.peers(inodes)
     except OSError:
         return set()  # cannot tell: no receive counts as parked
-    return {fd for fd, ino in sockets_by_fd.items()
-            if (p := peer.get(ino, 0)) != 0 and p not in own}
+    return {ino for ino in inodes if (p := peer.get(ino, 0)) != 0 and p not in own}
 
 
 def parse_unix_table(text: str) -> dict[int, UnixEntry]:
@@ -396,8 +395,9 @@ class Copies:
         self.listener: Held | None = None
         self.conns: dict[int, Held] = {}  # by the relay's fd number
         self.seen: dict[int, str] = {}  # relay fd -> its link, for fds not ours to move
-        self.outside: set[int] = set()  # of those, sockets to another process
-        self.inside: set[int] = set()  # fds looked at that are not (`parked_in_receive`)
+        # socket inodes (not fds: a reconnecting control link reuses its fd number)
+        self.outside: set[int] = set()  # of the others, sockets to another process
+        self.inside: set[int] = set()  # looked at since, and not (`parked_in_receive`)
         self.own: set[int] = set()  # the socket inodes the relay held at the scan
         self.bound = ""
         try:
@@ -424,7 +424,7 @@ class Copies:
             elif fd != found.listener:
                 self.seen[fd] = link  # refresh looks at it again only if this changes
         self.own = set(inodes.values())
-        self.outside = _outside({fd: inodes[fd] for fd in self.seen if fd in inodes}, self.own)
+        self.outside = _outside({inodes[fd] for fd in self.seen if fd in inodes}, self.own)
 
     def _copy(self, target: int, inode: int | None) -> Held | None:
         """A copy of the relay's `target`, if it still names socket `inode`."""
@@ -496,29 +496,31 @@ class Copies:
         if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
             return False
         fd = args[0]
-        if fd in self.conns or fd == self.listener_target or fd in self.inside:
+        if fd in self.conns or fd == self.listener_target:
             return False
-        if fd not in self.outside:  # opened since the scan (a control link reconnected)
-            self._look_outside(fd)
-        return fd in self.outside
-
-    def _look_outside(self, fd: int) -> None:
-        """Whether the relay's `fd` is a socket to another process, asked of the kernel
-        for that one socket (the relay is stopped: a readlink and one netlink query)."""
         link = _readlink(self.pid, fd)
         inode = None if link is None else parse_fd_link(link)
+        if inode is None or inode in self.inside:
+            return False
+        if inode not in self.outside:  # opened since the scan (a control link reconnected)
+            self._look_outside(fd, inode)
+        return inode in self.outside
+
+    def _look_outside(self, fd: int, inode: int) -> None:
+        """Whether the relay's `fd` (socket `inode`) is a socket to another process,
+        asked of the kernel for that one socket (the relay is stopped: one netlink
+        query, and a copy asked whether its listener accepted it)."""
         peer, client = None, True
-        if inode is not None:
-            with contextlib.suppress(OSError):
-                peer = sockdiag.peer_of(inode)
-                copy = self._copy(fd, inode)  # (a client accepted since the scan?)
-                if copy is not None:
-                    client = accepted_from(copy.fd, self.bound)
-                    os.close(copy.fd)
+        with contextlib.suppress(OSError):
+            peer = sockdiag.peer_of(inode)
+            copy = self._copy(fd, inode)  # (a client accepted since the scan?)
+            if copy is not None:
+                client = accepted_from(copy.fd, self.bound)
+                os.close(copy.fd)
         if peer and peer not in self.own and not client:
-            self.outside.add(fd)
+            self.outside.add(inode)
         else:
-            self.inside.add(fd)
+            self.inside.add(inode)
 
     @property
     def listener_fd(self) -> int:
