@@ -11,8 +11,8 @@ bound it inside a private mount namespace under another name.
 keeps such a socket open until it reads the EOF, and /proc/net/unix still shows it
 connected; sock_diag reports its peer's inode as 0 once the peer is released. Counting
 a relay's clients without these keeps a probe that just closed, or a client that just
-left, out of the count. `peers(inodes)`: each one's peer (a relay's own socketpair
-has its peer among the relay's sockets).
+left, out of the count. `peer_of(inode)`: one socket's peer, by an exact query (a
+relay's own socketpair has its peer among the relay's sockets).
 """
 
 from __future__ import annotations
@@ -58,15 +58,9 @@ def accept_queues() -> dict[int, int]:
 
 def peer_gone(inodes: set[int] | frozenset[int]) -> set[int]:
     """The sockets among `inodes` (connected Unix sockets) whose peer has closed."""
-    return {ino for ino, peer in peers(inodes).items() if peer == 0}
-
-
-def peers(inodes: set[int] | frozenset[int]) -> dict[int, int]:
-    """The peer's socket inode of each connected Unix stream socket among `inodes`
-    (0: the peer has closed)."""
-    found: dict[int, int] = {}
-    _dump(1 << TCP_ESTABLISHED, UDIAG_SHOW_PEER, lambda data: _parse_peers(data, found))
-    return {ino: peer for ino, peer in found.items() if ino in inodes}
+    peers: dict[int, int] = {}
+    _dump(1 << TCP_ESTABLISHED, UDIAG_SHOW_PEER, lambda data: _parse_peers(data, peers))
+    return {ino for ino in inodes if peers.get(ino, -1) == 0}
 
 
 def peer_of(inode: int) -> int | None:

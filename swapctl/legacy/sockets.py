@@ -66,7 +66,7 @@ WAITING_SYSCALLS_X86_64 = frozenset({
     441,  # epoll_pwait2
 })
 # x86_64 receives: a thread asleep in one on a socket whose peer is outside the relay
-# (its control link) is parked (see `Copies.outside`)
+# (its control link) is parked (see `Copies.parked_in_receive`)
 RECEIVE_SYSCALLS_X86_64 = frozenset({
     0, 19, 45, 47, 299})  # read, readv, recvfrom, recvmsg, recvmmsg
 _FD_LINK = re.compile(r"^socket:\[(\d+)\]$")
@@ -103,16 +103,6 @@ class RelaySockets:
 
 
 # ----- pure parsing ------------------------------------------------------------------
-
-def _outside(inodes: set[int], own: set[int]) -> set[int]:
-    """The sockets among `inodes` connected to a socket that is not one of `own` (the
-    process's): not a socketpair between its own threads."""
-    try:
-        peer = sockdiag.peers(inodes)
-    except OSError:
-        return set()  # cannot tell: no receive counts as parked
-    return {ino for ino in inodes if (p := peer.get(ino, 0)) != 0 and p not in own}
-
 
 def parse_unix_table(text: str) -> dict[int, UnixEntry]:
     """`/proc/net/unix` -> entries by inode (the header line is skipped)."""
@@ -395,9 +385,10 @@ class Copies:
         self.listener: Held | None = None
         self.conns: dict[int, Held] = {}  # by the relay's fd number
         self.seen: dict[int, str] = {}  # relay fd -> its link, for fds not ours to move
-        # socket inodes (not fds: a reconnecting control link reuses its fd number)
-        self.outside: set[int] = set()  # of the others, sockets to another process
-        self.inside: set[int] = set()  # looked at since, and not (`parked_in_receive`)
+        # socket inodes, looked at when a thread blocks reading them (not fds: a
+        # reconnecting control link reuses its fd number); see `parked_in_receive`
+        self.outside: set[int] = set()  # sockets to another process
+        self.inside: set[int] = set()  # the others
         self.own: set[int] = set()  # the socket inodes the relay held at the scan
         self.bound = ""
         try:
@@ -424,7 +415,6 @@ class Copies:
             elif fd != found.listener:
                 self.seen[fd] = link  # refresh looks at it again only if this changes
         self.own = set(inodes.values())
-        self.outside = _outside({inodes[fd] for fd in self.seen if fd in inodes}, self.own)
 
     def _copy(self, target: int, inode: int | None) -> Held | None:
         """A copy of the relay's `target`, if it still names socket `inode`."""
@@ -502,7 +492,7 @@ class Copies:
         inode = None if link is None else parse_fd_link(link)
         if inode is None or inode in self.inside:
             return False
-        if inode not in self.outside:  # opened since the scan (a control link reconnected)
+        if inode not in self.outside:
             self._look_outside(fd, inode)
         return inode in self.outside
 

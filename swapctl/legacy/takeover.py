@@ -222,17 +222,15 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         marks.append(time.perf_counter_ns())
         texts = wakeups.thread_syscall_texts(pid)
         syscalls = {tid: sockets.parse_syscall(text) for tid, text in texts.items()}
-        parked = all(sockets.waiting(n) or copies.parked_in_receive(texts[tid])
-                     for tid, n in syscalls.items())
-        woken = bool(asleep and parked and wakeups.pending(pid, texts, counts))
-        idle = asleep and parked and not woken  # parked, not woken with work not started
+        outside = sorted({str(n) for tid, n in syscalls.items() if not sockets.waiting(n)
+                          and not copies.parked_in_receive(texts[tid])})
+        woken = bool(asleep and not outside and wakeups.pending(pid, texts, counts))
+        idle = asleep and not outside and not woken  # parked, not woken with work to do
         if not idle and not last:
             if not asleep:
                 return "awake before the stop"
-            if not parked:
-                calls = sorted({str(n) for t, n in syscalls.items() if not sockets.waiting(n)
-                                and not copies.parked_in_receive(texts[t])})
-                return f"a thread stopped outside a waiting call ({', '.join(calls)})"
+            if outside:
+                return f"a thread stopped outside a waiting call ({', '.join(outside)})"
             return "woken with work not started"
         queues = _queues(copies.conns)
         if any((backed_up_too and q[2]) or q[3] for q in queues.values()) and not last:

@@ -133,10 +133,9 @@ def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
             _until(proc.pid, tid, 45)  # recvfrom, blocked
         copies = sockets.Copies(proc.pid, str(path))
         try:
-            inode = {name: os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino
-                     for name, fd in seen["fds"].items()}
-            assert copies.outside >= {inode["link"]}
-            assert not copies.outside & {inode["inner"], inode["client"]}
+            parked = {name: copies.parked_in_receive(_syscall(proc.pid, tid))
+                      for name, tid in seen["tids"].items()}
+            assert parked == {"link": True, "inner": False, "client": False}, parked
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
             links.append(orchestrator.accept()[0])
