@@ -83,13 +83,24 @@ def _wait_open(stats: Path, n: int) -> None:
         time.sleep(0.01)
 
 
-def _publish(path: Path, count: int = MESSAGES) -> socket.socket:
-    """A publisher that never reads: 100 messages a write, as fast as it is let."""
+def _publish(path: Path, count: int = MESSAGES, paced_by: Reader | None = None) -> socket.socket:
+    """A publisher that never reads: 100 messages a write, as fast as it is let.
+
+    `paced_by`: write the next 100 only once that reader has every message written so far,
+    so it stays within the bound however busy the machine (under a CI's load, a reader
+    thread sharing the GIL with the publisher fell 64 KiB behind and was cut as slow too).
+    """
     pub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     pub.settimeout(25)  # an anti-hang deadline: a stalled publisher fails the test
     pub.connect(str(path))
+    deadline = time.monotonic() + 25
     for first in range(1, count + 1, 100):
-        pub.sendall(b"".join(trade(i) for i in range(first, min(first + 100, count + 1))))
+        last = min(first + 100, count + 1)
+        pub.sendall(b"".join(trade(i) for i in range(first, last)))
+        while paced_by is not None and len(paced_by.seqs) < last - 1:
+            assert paced_by.is_alive(), f"the paced reader stopped at {len(paced_by.seqs)}"
+            assert time.monotonic() < deadline, "the paced reader fell behind for good"
+            time.sleep(0.0005)
     return pub
 
 
@@ -159,7 +170,7 @@ def test_disconnect_cuts_the_slow_consumer_and_counts_it(procs: Processes,
     _wait_open(stats, 2)
     slow.start()
     fast.start()
-    pub = _publish(sock)
+    pub = _publish(sock, paced_by=fast)  # the fast one never comes near the bound
     fast.finish()
     counters = _until(stats, "slow_disconnects", 1)
     go.set()  # now it reads what it was sent before the cut, then EOF
@@ -183,7 +194,7 @@ def test_drop_oldest_sheds_whole_frames_and_counts_them(procs: Processes,
     _wait_open(stats, 2)
     slow.start()
     fast.start()
-    pub = _publish(sock)
+    pub = _publish(sock, paced_by=fast)  # the fast one never comes near the bound
     fast.finish()
     go.set()
     slow.finish()
