@@ -195,8 +195,9 @@ impl Conn {
                     Some(Decision::Close) => break Gone::HandedOver,
                     None => break Gone::Disconnected,
                 },
-                Phase::Run => {}
+                Phase::Run | Phase::Quiesce => {}
             }
+            let reading = hub.phase() == Phase::Run;
             if !carried_in.is_empty() {
                 // resumed: the carried partial frame goes to the framer before any read
                 let gate = hub.gate.read().unwrap();
@@ -214,7 +215,7 @@ impl Conn {
             tokio::select! {
                 _ = wake.changed() => {}
                 _ = slot.notify.notified() => {}
-                ready = self.stream.readable() => {
+                ready = self.stream.readable(), if reading => {
                     if ready.is_err() {
                         break Gone::Disconnected;
                     }
@@ -375,7 +376,7 @@ impl Conn {
     {
         let hub = self.hub.clone();
         let gate = hub.gate.read().unwrap();
-        if !matches!(*gate, Phase::Run | Phase::Flush(_)) {
+        if !matches!(*gate, Phase::Run | Phase::Quiesce | Phase::Flush(_)) {
             return Ok(());
         }
         let result = self.write_locked(out, rx);

@@ -462,7 +462,7 @@ impl Control {
 
     fn resume(&self) -> Reply {
         match self.hub.phase() {
-            Phase::Run | Phase::Closing => return Err(format!("nothing to resume in state {}", self.hub.state())),
+            Phase::Run | Phase::Quiesce | Phase::Closing => return Err(format!("nothing to resume in state {}", self.hub.state())),
             Phase::Hold | Phase::Flush(_) | Phase::Frozen => self.hub.set_phase(Phase::Run),
         }
         self.pre.lock().unwrap().resumed();

@@ -40,6 +40,9 @@ pub enum Phase {
     Hold,
     /// Released: write what is owed until the deadline, export, park.
     Flush(Instant),
+    /// A pre-copy freeze's first step: read and accept nothing, so nothing new enters
+    /// the broadcast channel, while every task writes what it was already sent.
+    Quiesce,
     /// Released after a pre-copy: read nothing, write nothing, answer commands.
     Frozen,
     /// Told to close after a release: every task lets go of its socket.
@@ -318,7 +321,7 @@ impl Hub {
     pub fn state(&self) -> &'static str {
         match self.phase() {
             Phase::Hold => "adopted",
-            Phase::Flush(_) | Phase::Frozen | Phase::Closing => "released",
+            Phase::Flush(_) | Phase::Quiesce | Phase::Frozen | Phase::Closing => "released",
             Phase::Run if self.has_listener() => "active",
             Phase::Run if self.connections() > 0 => "probing",
             Phase::Run => "standby",

@@ -5,8 +5,9 @@
 //! - PRECOPY: the listener and a duplicate of every connection's fd go out (`precopied`
 //!   parts, conn-v1) while it keeps serving; it notes the ids sent and the next id it
 //!   will give (the watermark), under one lock, so the two agree.
-//! - RELEASE naming that pre-copy (the freeze): the gate goes to `Frozen` (no read,
-//!   write or accept from then on) without waking the tasks; only the connections
+//! - RELEASE naming that pre-copy (the freeze): the gate goes to `Quiesce` (no read or
+//!   accept; tasks write on) until the broadcasts already read are written out, then
+//!   to `Frozen` (no read, write or accept) without waking the tasks; only the connections
 //!   that changed are asked to describe themselves (hub.rs says how they are found):
 //!   new ones (id >= watermark) with their fds, ones holding a partial frame, ones
 //!   owed bytes (DEFERRED: the bytes stay where they are). Closed ids are found only
@@ -47,6 +48,11 @@ const ASK_DEADLINE: Duration = Duration::from_secs(2);
 /// written what it was sent (see `wait_fanned_out`).
 const FAN_OUT_WAIT: Duration = Duration::from_millis(20);
 const FAN_OUT_LOOK: Duration = Duration::from_micros(100);
+/// Once reading has stopped, wait at most this long for the fan-out in flight to
+/// finish, and give up sooner if no task catches up for DRAIN_STALL (see
+/// `wait_fanned_out`).
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+const DRAIN_STALL: Duration = Duration::from_millis(2);
 
 /// What the last PRECOPY sent: the freeze's delta is computed against it.
 #[derive(Clone, Debug)]
@@ -144,12 +150,16 @@ impl Control {
             self.refuse_if_holding()?;
             state.precopied.take().expect("checked above")
         };
-        let waited_us = self.wait_fanned_out();
+        let waited_us = self.wait_fanned_out(FAN_OUT_WAIT, FAN_OUT_WAIT);
         let stopped_ns = monotonic_ns();
+        // stop reading and accepting (no wake-up: a task finds out at its next read);
+        // once the gate is held no read is in flight, so `sent_seq` is final
+        *self.hub.gate.write().unwrap() = Phase::Quiesce;
+        let drained_us = self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL);
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
         let (asked, closed) = {
-            let mut gate = self.hub.gate.write().unwrap(); // waits for reads and writes in flight
+            let mut gate = self.hub.gate.write().unwrap(); // waits for writes in flight
             *gate = Phase::Frozen;
             let live = self.hub.live.lock().unwrap();
             let seq = self.hub.sent_seq.load(Ordering::SeqCst);
@@ -173,25 +183,37 @@ impl Control {
         let asked_n = asked.len();
         let got = self.collect(&mut exports, asked, Instant::now() + ASK_DEADLINE);
         *self.hub.exports.lock().unwrap() = None;
-        log("freeze", format!("asked={} fan_out_wait_us={}", asked_n, waited_us));
+        log("freeze", format!("asked={} fan_out_wait_us={} drain_us={}", asked_n, waited_us, drained_us));
         self.send_delta(got, &pre, closed, id, stopped_ns, generation.unwrap_or(0))
     }
 
-    /// Wait (at most FAN_OUT_WAIT, while still serving) for a moment when every task
-    /// that owes nothing has taken all the broadcast channel sent it. A task per
-    /// connection writes each broadcast in its own time: frozen while a message is
-    /// still being fanned out, every connection not yet written to must be asked to
-    /// describe itself (thousands of task wake-ups and records inside the pause);
-    /// frozen just after, none. Connections that owe bytes (a never-reading client)
-    /// are asked anyway and are not waited for. Returns the microseconds waited.
-    fn wait_fanned_out(&self) -> u64 {
+    /// Wait, at most `limit`, for a moment when every task that owes nothing has
+    /// taken all the broadcast channel sent it; give up early once `stall` passes
+    /// with no task catching up. A task per connection writes each broadcast in its
+    /// own time: frozen while a message is still being fanned out, every connection
+    /// not yet written to must be asked to describe itself (thousands of task
+    /// wake-ups and records inside the pause); frozen just after, none.
+    ///
+    /// Called twice by a freeze: first while still serving (a quiet moment between
+    /// broadcasts, outside the pause), then once reading has stopped, when no new
+    /// broadcast comes and the fan-out in flight only has to finish: writing a
+    /// message a task was sent costs less than describing it and carrying it over.
+    /// Connections that owe bytes (a never-reading client) are asked anyway and are
+    /// not waited for. Returns the microseconds waited.
+    fn wait_fanned_out(&self, limit: Duration, stall: Duration) -> u64 {
         let started = Instant::now();
+        let (mut fewest, mut progress) = (usize::MAX, started);
         loop {
             let seq = self.hub.sent_seq.load(Ordering::SeqCst);
             let behind = self.hub.live.lock().unwrap().values()
-                .any(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq);
-            if !behind || started.elapsed() >= FAN_OUT_WAIT {
-                return started.elapsed().as_micros() as u64;
+                .filter(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq)
+                .count();
+            let now = Instant::now();
+            if behind < fewest {
+                (fewest, progress) = (behind, now);
+            }
+            if behind == 0 || now - started >= limit || now - progress >= stall {
+                return (now - started).as_micros() as u64;
             }
             std::thread::sleep(FAN_OUT_LOOK);
         }
