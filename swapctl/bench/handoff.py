@@ -250,6 +250,7 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         if committed else None,
         "server_pause_ms": pause, "client_pause_ms": stats(client),
         "pause_stages_p50_ms": _stage_medians(committed),
+        "slowest_pause_stages_ms": _slowest_stages(committed),
         "canary": final["canary"], "crowd_disconnects": final["crowd"].get("disconnects"),
         "load": _load_summary(final.get("load")),
     }
@@ -329,6 +330,14 @@ def _stage_medians(results: list[dict[str, Any]]) -> dict[str, float]:
     if not stages:
         return {}
     return {name: percentiles([s[name] for s in stages], (50,))["p50"] for name in stages[0]}
+
+
+def _slowest_stages(results: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The stages of the swap with the longest server pause: where the tail came from."""
+    timed = [r for r in results if r.get("pause_stages_ms") and r.get("server_pause_ms")]
+    if not timed:
+        return None
+    return dict(max(timed, key=lambda r: r["server_pause_ms"])["pause_stages_ms"])
 
 
 def _load_summary(load: dict[str, Any] | None) -> dict[str, Any] | None:

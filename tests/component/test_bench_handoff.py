@@ -45,6 +45,10 @@ def test_bench_handoff_small_run_reports_every_figure() -> None:
         assert row["committed"] == 3, row["not_committed_reasons"]
         assert_clean(row)
         assert set(row["pause_stages_p50_ms"]) == {"export", "transfer", "adopt", "resume"}
+        slowest = row["slowest_pause_stages_ms"]
+        assert set(slowest) == set(row["pause_stages_p50_ms"])
+        # the slowest swap's stages add up to the row's longest pause (each is rounded)
+        assert sum(slowest.values()) == pytest.approx(row["server_pause_ms"]["max"], abs=0.01)
     for row in report["under_load"]:
         assert row["load"]["ok"] and row["load"]["sent"] > 0 and row["load"]["lost"] == 0
     warm, cold = report["rollback"]["python"]["warm"], report["rollback"]["python"]["cold"]
