@@ -306,7 +306,7 @@ def daemon_swap(config_dir: Path | None, service: str, to: str | None, soak: flo
         report = _run_swap(client, args, no_wait, timeout, output)
         if report is None:
             sys.exit(EXIT_OK)
-        _json(report) if output == "json" else click.echo(_report_text(report))
+        _json(report) if output == "json" else click.echo(swap_report.render_any(report))
         sys.exit(_swap_exit(report))
     _calling(body, output)
 
@@ -350,14 +350,6 @@ def _run_swap(client: Any, args: dict[str, Any], no_wait: bool, timeout: float |
               f"{args['service']}` to roll it back)", EXIT_FAILED)
     progress.end()
     _fail("swapctld ended the stream without a result", EXIT_UNHEALTHY)
-
-
-def _report_text(report: dict[str, Any]) -> str:
-    if "phases" not in report:
-        why = f" ({report['reason']})" if report.get("reason") else ""
-        return f"swap {report.get('swap_id')}: {report.get('decision')}{why}"
-    head = f"[{report.get('service', '?')}] " if report.get("service") else ""
-    return head + swap_report.render_text(report)
 
 
 def _swap_exit(report: dict[str, Any]) -> int:

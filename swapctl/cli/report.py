@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from swapctl.cli.ops import _calling, _client, _json, _report_text, config_dir_option, output_option
+from swapctl.cli.ops import _calling, _client, _json, config_dir_option, output_option
 from swapctl.errors import UsageError
+from swapctl.swap import report as swap_report
 from swapctl.swap import timeline
 
 Renderer = Callable[[Mapping[str, Any]], str]
@@ -47,7 +48,7 @@ def report_command(config_dir: Path | None, swap_id: str, html_file: Path | None
         pictures = [(option, path, render(report)) for option, path, render in drawings]
         for option, path, text in pictures:
             _write(option, path, text)
-        _json(report) if output == "json" else click.echo(_report_text(report))
+        _json(report) if output == "json" else click.echo(swap_report.render_any(report))
         for _option, path, _text in pictures:
             click.echo(f"timeline of {swap_id} written to {path}", err=True)
     _calling(body)

@@ -165,11 +165,11 @@ class _Demo:
         say(f"\n== swapctl swap {SERVICE} --to v2 (under load)")
         report = self._swap(client, {"to": "v2"})
         result.swaps.append(report)
-        say(_report_text(report))
+        say(swap_report.render_any(report, SERVICE))
         say(f"\n== swapctl rollback {SERVICE}: back to the release the last swap replaced")
         report = self._swap(client, {"rollback": True})
         result.swaps.append(report)
-        say(_report_text(report))
+        say(swap_report.render_any(report, SERVICE))
         say(_timing(report))
         time.sleep(0.5)
         say("\n== the load checker's verdict over the whole run")
@@ -300,13 +300,6 @@ def _status_lines(status: dict[str, Any]) -> str:
                      + ("healthy" if health.get("healthy") else
                         f"UNHEALTHY: {health.get('problem')}"))
     return "\n".join(lines)
-
-
-def _report_text(report: dict[str, Any]) -> str:
-    if "phases" not in report:  # the daemon's own failure report
-        why = f" ({report['reason']})" if report.get("reason") else ""
-        return f"swap {report.get('swap_id')}: {report.get('decision')}{why}"
-    return f"[{SERVICE}] " + swap_report.render_text(report)
 
 
 def _timing(report: dict[str, Any]) -> str:

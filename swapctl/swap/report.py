@@ -71,6 +71,16 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def render_any(report: dict[str, Any], service: str | None = None) -> str:
+    """What an operator reads of any swap report: a full one in full, headed by its
+    service; swapctld's own failure report (no phases: the swap never ran) in a line."""
+    if "phases" not in report:
+        why = f" ({report['reason']})" if report.get("reason") else ""
+        return f"swap {report.get('swap_id')}: {report.get('decision')}{why}"
+    service = service or report.get("service")
+    return (f"[{service}] " if service else "") + render_text(report)
+
+
 def render_text(report: dict[str, Any]) -> str:
     conns = report["connections"]
     lines = [

@@ -13,7 +13,7 @@ import click
 from click.testing import CliRunner
 
 from swapctl.cli import main
-from swapctl.cli.ops import _report_text
+from swapctl.swap.report import render_any
 
 
 def _commands(group: click.Group, path: str = "") -> Iterator[tuple[str, click.Command]]:
@@ -69,7 +69,7 @@ def test_an_unknown_service_exits_4_from_every_command_that_looks_it_up() -> Non
 
 
 def test_a_report_without_phases_says_its_reason_only_when_it_has_one() -> None:
-    assert _report_text({"swap_id": "swap-1", "decision": "running", "reason": None}) == \
+    assert render_any({"swap_id": "swap-1", "decision": "running", "reason": None}) == \
         "swap swap-1: running"
-    assert _report_text({"swap_id": "swap-1", "decision": "failed", "reason": "why"}) == \
+    assert render_any({"swap_id": "swap-1", "decision": "failed", "reason": "why"}) == \
         "swap swap-1: failed (why)"
