@@ -11,10 +11,13 @@ SDK = Path(__file__).resolve().parent.parent / "sdk" / "rust"
 BINARY = SDK / "target" / "release" / "swapctl-example-relay"
 
 
+def cargo() -> str:
+    return shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+
+
 def example_relay() -> Path:
     """The example relay's binary; `cargo build --release --offline` once if missing."""
     if not BINARY.exists():
-        cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
-        subprocess.run([cargo, "build", "--release", "--offline", "--quiet"], cwd=SDK,
+        subprocess.run([cargo(), "build", "--release", "--offline", "--quiet"], cwd=SDK,
                        check=True, timeout=1800, stdin=subprocess.DEVNULL)
     return BINARY

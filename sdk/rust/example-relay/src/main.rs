@@ -55,7 +55,7 @@ fn options() -> Options {
 async fn run(o: Options) -> std::io::Result<()> {
     let mut relay = match &o.legacy {
         Some(path) => Handoff::bind(path)?,
-        None => match Handoff::join_with(Offer { precopy: o.precopy, max_owed_units: QUEUE }).await? {
+        None => match Handoff::join_with(Offer { precopy: o.precopy, max_owed_units: QUEUE, ..Offer::default() }).await? {
             Some(relay) => relay,
             None => usage("SWAPCTL_HANDOFF is not set: start me through swapctl, or use --legacy --socket PATH"),
         },

@@ -104,12 +104,12 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
         self.pinned = false;
     }
 
-    /// Keep at most `limit` units: the oldest whole ones go, never a started one
-    /// (drop-oldest, as the broadcast channel does); frames shed.
-    fn shed(&mut self, limit: usize) -> u64 {
+    /// Keep at most `limit` units and about `bytes` bytes: the oldest whole ones go,
+    /// never a started one (drop-oldest, as the broadcast channel does); frames shed.
+    fn shed(&mut self, limit: usize, bytes: u64) -> u64 {
         let first = usize::from(self.started());
         let mut shed = 0u64;
-        while self.queue.len() > limit.max(first) && first < self.queue.len() {
+        while (self.queue.len() > limit.max(first) || self.bytes > bytes) && first < self.queue.len() {
             let (piece, frames) = self.queue.remove(first).expect("index checked");
             self.bytes -= piece.bytes().len() as u64;
             shed += frames as u64;
@@ -249,12 +249,12 @@ impl Conn {
         for cmd in self.slot.take() {
             match cmd {
                 Cmd::Export => self.export_frozen(out, rx, inbound, carried_in),
-                Cmd::Owed(reply, limit) => {
+                Cmd::Owed(reply, limit, bytes) => {
                     self.drain(out, rx);
                     // what this relay carried in and never wrote counts against the same
                     // bound as its receiver: a never-reader's backlog does not grow by
                     // a channel's worth with every swap
-                    let shed = out.shed(limit);
+                    let shed = out.shed(limit, bytes as u64);
                     self.lagged(shed);
                     let (head_sent, units) = out.units();
                     let _ = reply.send(Entry { id: self.carried.id, head_sent, units });
@@ -520,17 +520,32 @@ mod tests {
         }
         o.head_sent = 2; // the first unit is half written
         o.bytes -= 2;
-        assert_eq!(o.shed(2), 2);
+        assert_eq!(o.shed(2, u64::MAX), 2);
         assert_eq!(o.concat(), b"aadddd", "the started unit stays, then the newest");
         assert_eq!(o.bytes, 6);
         let mut whole = out();
         for unit in [b"aa", b"bb", b"cc"] {
             whole.push(Piece::Msg(unit.to_vec()), 3);
         }
-        assert_eq!(whole.shed(1), 6, "frames shed are counted");
+        assert_eq!(whole.shed(1, u64::MAX), 6, "frames shed are counted");
         assert_eq!(whole.concat(), b"cc");
-        assert_eq!(whole.shed(0), 3, "nothing started: everything may go");
+        assert_eq!(whole.shed(0, u64::MAX), 3, "nothing started: everything may go");
         assert_eq!(whole.bytes, 0);
+    }
+
+    #[test]
+    fn shed_keeps_the_bytes_owed_within_the_byte_bound_too() {
+        let mut o = out();
+        for unit in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+            o.push(Piece::Msg(unit.to_vec()), 2);
+        }
+        o.head_sent = 1; // started: stays whatever the bound
+        o.bytes -= 1;
+        assert_eq!(o.shed(100, 8), 4, "two whole units (2 frames each) over 8 bytes go");
+        assert_eq!(o.concat(), b"aaadddd");
+        assert_eq!(o.bytes, 7);
+        assert_eq!(o.shed(100, 0), 2, "the started unit is never shed, even past the bound");
+        assert_eq!(o.concat(), b"aaa");
     }
 
     #[test]
@@ -542,7 +557,7 @@ mod tests {
         let (head_sent, units) = o.units();
         assert_eq!(head_sent, 1, "one placeholder byte, counted as written");
         assert_eq!(owned(&units), vec![b"\0tail-of-a-frame".to_vec(), b"next".to_vec()]);
-        assert_eq!(o.shed(0), 1, "a carried unit may start mid-frame: only what follows it goes");
+        assert_eq!(o.shed(0, u64::MAX), 1, "a carried unit may start mid-frame: only what follows it goes");
         assert_eq!(o.concat(), b"tail-of-a-frame");
     }
 

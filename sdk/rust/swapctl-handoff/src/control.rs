@@ -39,8 +39,9 @@ pub struct Settings {
     pub release: String,
     /// Offer the `precopy` extension in HELLO.
     pub precopy: bool,
-    /// Pre-copy: units a connection's BACKLOG carries at most (`Options`).
+    /// Pre-copy: units and bytes a connection's BACKLOG carries at most (`Options`).
     pub max_owed_units: usize,
+    pub max_owed_bytes: usize,
 }
 
 impl Settings {
@@ -50,7 +51,8 @@ impl Settings {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
                         socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true,
-                        max_owed_units: crate::DEFAULT_MAX_OWED_UNITS })
+                        max_owed_units: crate::DEFAULT_MAX_OWED_UNITS,
+                        max_owed_bytes: crate::DEFAULT_MAX_OWED_BYTES })
     }
 }
 

@@ -77,8 +77,8 @@ pub enum Cmd {
     /// Freeze: describe yourself (an `Export` on `Hub::exports`).
     Export,
     /// OWED: every unit still owed, with how far the first was written, at most
-    /// `limit` units (the oldest whole ones shed first, a started one never).
-    Owed(std::sync::mpsc::Sender<Entry>, usize),
+    /// so many units and bytes (the oldest whole ones shed first, a started one never).
+    Owed(std::sync::mpsc::Sender<Entry>, usize, usize),
     /// A pre-copy delta's state for a staged connection.
     Carry { pending_in: Vec<u8>, unsent_out: Vec<u8>, counters: [u64; 4], hold: bool },
     /// BACKLOG: these units go in front of anything queued; writing starts again.

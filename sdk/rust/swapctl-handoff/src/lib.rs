@@ -64,6 +64,9 @@ use hub::{Gone, Hub, Phase};
 
 /// The generic relay's broadcast capacity (chunks queued per consumer).
 pub const DEFAULT_MAX_OWED_UNITS: usize = 16_384;
+/// The bytes one client's BACKLOG carries at most: the Python reference relay's bound
+/// on a slow consumer (`--max-backlog`).
+pub const DEFAULT_MAX_OWED_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a relay offers the orchestrator.
 #[derive(Clone, Copy, Debug)]
@@ -75,11 +78,18 @@ pub struct Options {
     /// broadcast channel's capacity, the bound a slow consumer has on this relay.
     /// Default: 16,384.
     pub max_owed_units: usize,
+    /// With pre-copy, the bytes owed to one client that move to the next relay at most,
+    /// shed the same way. A channel's capacity is in messages, and a message can be a
+    /// whole 64 KiB read: 16,384 of them are up to 1 GiB for every slow client, all
+    /// written into the memfd at each swap (under a loaded bench, hundreds of MB per
+    /// swap, a BACKLOG that missed its deadline and a candidate stuck holding its
+    /// clients). Default: 16 MiB.
+    pub max_owed_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precopy: true, max_owed_units: DEFAULT_MAX_OWED_UNITS }
+        Options { precopy: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
     }
 }
 
@@ -114,6 +124,7 @@ impl Handoff {
         };
         settings.precopy = options.precopy;
         settings.max_owed_units = options.max_owed_units;
+        settings.max_owed_bytes = options.max_owed_bytes;
         let mut relay = Handoff::with_hub();
         let hub = relay.hub.clone();
         let rt = tokio::runtime::Handle::current();

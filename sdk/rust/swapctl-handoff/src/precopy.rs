@@ -267,7 +267,7 @@ impl Control {
         let mut expected = 0usize;
         for conn_id in ids {
             if let Some(slot) = self.hub.slot(conn_id) {
-                slot.send(Cmd::Owed(reply.clone(), self.settings.max_owed_units));
+                slot.send(Cmd::Owed(reply.clone(), self.settings.max_owed_units, self.settings.max_owed_bytes));
                 expected += 1;
             }
         }
