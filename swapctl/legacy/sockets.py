@@ -351,6 +351,21 @@ def accepted_from(fd: int, bound: str) -> bool:
         sock.detach()
 
 
+def _peer_pid(fd: int) -> int | None:
+    """The pid the kernel gives for the peer of our Unix socket `fd` (SO_PEERCRED: the
+    process that connected, or the one that listened when it was accepted); None if
+    it has none."""
+    sock = socket.socket(fileno=fd)
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        return pid or None
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
 def sndbuf(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     try:
@@ -388,7 +403,7 @@ class Copies:
         # socket inodes, looked at when a thread blocks reading them (not fds: a
         # reconnecting control link reuses its fd number); see `parked_in_receive`
         self.outside: set[int] = set()  # sockets to another process
-        self.inside: set[int] = set()  # the others
+        self.inside: dict[int, str] = {}  # the others, each with why it is not outside
         self.own: set[int] = set()  # the socket inodes the relay held at the scan
         self.bound = ""
         try:
@@ -485,32 +500,59 @@ class Copies:
         number, args = wakeups.parse_syscall_args(syscall_text)
         if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
             return False
+        return self.receive_verdict(syscall_text) == ""
+
+    def receive_verdict(self, syscall_text: str) -> str | None:
+        """"" when the thread is parked in a receive on a link to another process; else
+        why not, for a freeze's busy reason ("fd 9: a client's socket"), or None when
+        it is not in a receive at all."""
+        number, args = wakeups.parse_syscall_args(syscall_text)
+        if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
+            return None
         fd = args[0]
-        if fd in self.conns or fd == self.listener_target:
-            return False
+        if fd in self.conns:
+            return f"fd {fd}: a client's socket"
+        if fd == self.listener_target:
+            return f"fd {fd}: the listener"
         link = _readlink(self.pid, fd)
         inode = None if link is None else parse_fd_link(link)
-        if inode is None or inode in self.inside:
-            return False
-        if inode not in self.outside:
+        if inode is None:
+            return f"fd {fd}: not a socket ({link})"
+        if inode not in self.outside and inode not in self.inside:
             self._look_outside(fd, inode)
-        return inode in self.outside
+        return "" if inode in self.outside else f"fd {fd}: {self.inside[inode]}"
 
     def _look_outside(self, fd: int, inode: int) -> None:
         """Whether the relay's `fd` (socket `inode`) is a socket to another process,
         asked of the kernel for that one socket (the relay is stopped: one netlink
         query, and a copy asked whether its listener accepted it)."""
-        peer, client = None, True
-        with contextlib.suppress(OSError):
+        peer: int | None = None
+        why, creator = "", None
+        try:
             peer = sockdiag.peer_of(inode)
             copy = self._copy(fd, inode)  # (a client accepted since the scan?)
-            if copy is not None:
-                client = accepted_from(copy.fd, self.bound)
+            if copy is None:
+                why = "closed or reused while looked at"
+            else:
+                if accepted_from(copy.fd, self.bound):
+                    why = "a client's socket (accepted since the scan)"
+                creator = _peer_pid(copy.fd)
                 os.close(copy.fd)
-        if peer and peer not in self.own and not client:
-            self.outside.add(inode)
+        except OSError as exc:
+            why = f"could not be looked at ({exc})"
+        # A peer the kernel gives as 0 has no file: closed, or not yet accepted by the
+        # listener it connected to (the crate's control thread reconnecting while the
+        # orchestrator is busy freezing it). Either way what wakes the thread is not a
+        # client's message, unless that peer was the relay itself.
+        if not why:
+            why = ("no peer known to the kernel" if peer is None else
+                   "a socket within the relay" if peer in self.own else
+                   "its peer, within the relay, has closed"
+                   if peer == 0 and creator in (None, self.pid) else "")
+        if why:
+            self.inside[inode] = why
         else:
-            self.inside.add(inode)
+            self.outside.add(inode)
 
     @property
     def listener_fd(self) -> int:

@@ -204,6 +204,12 @@ def freeze(pid: int, path: str, settings: TakeoverSettings) -> Frozen:
     raise AssertionError("unreachable")
 
 
+def _outside(number: int | None, verdict: str | None) -> str:
+    """A thread found outside a waiting call, for the busy reason: its system call, and
+    for a receive, the socket and why it is not a link to another process."""
+    return f"{number} on {verdict}" if verdict else str(number)
+
+
 def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: int,
                last: bool, *, backed_up_too: bool = True) -> Frozen | str:
     """One SIGSTOP: the relay frozen with our copies in step, or why not (still
@@ -222,7 +228,8 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         marks.append(time.perf_counter_ns())
         texts = wakeups.thread_syscall_texts(pid)
         syscalls = {tid: sockets.parse_syscall(text) for tid, text in texts.items()}
-        outside = sorted({str(n) for tid, n in syscalls.items() if not sockets.waiting(n)
+        outside = sorted({_outside(n, copies.receive_verdict(texts[tid]))
+                          for tid, n in syscalls.items() if not sockets.waiting(n)
                           and not copies.parked_in_receive(texts[tid])})
         woken = bool(asleep and not outside and wakeups.pending(pid, texts, counts))
         idle = asleep and not outside and not woken  # parked, not woken with work to do

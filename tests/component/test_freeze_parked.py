@@ -105,7 +105,8 @@ sys.stdout.write("listening\\n"); sys.stdout.flush()
 serve(link=link, inner=inner, client=listener.accept()[0])
 sys.stdin.readline()  # then, after the scan: a link and a client opened since
 again = socket.socket(socket.AF_UNIX); again.connect(control)
-serve(link_since=again, client_since=listener.accept()[0])
+pending = socket.socket(socket.AF_UNIX); pending.connect(control)  # not accepted yet
+serve(link_since=again, client_since=listener.accept()[0], link_pending=pending)
 sys.stdin.read()
 """
 
@@ -116,7 +117,9 @@ def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
     client's message), also on a link opened since the scan (the crate's control
     thread reconnects); one blocked reading a client (accepted before or since), or
     its own socketpair (another of its threads may have just written a frame there),
-    is not."""
+    is not. A link the other process has not accepted yet (the kernel gives its peer as
+    0, as for a closed one) is parked too: the crate's control thread reconnects while
+    swapctl, busy freezing it, does not accept, and 16 of 20 tries were found busy so."""
     path, control = sockdir / "relay.sock", sockdir / "control.sock"
     with socket.socket(socket.AF_UNIX) as orchestrator, \
             socket.socket(socket.AF_UNIX) as client, socket.socket(socket.AF_UNIX) as late:
@@ -138,7 +141,7 @@ def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
             assert parked == {"link": True, "inner": False, "client": False}, parked
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
-            links.append(orchestrator.accept()[0])
+            links.append(orchestrator.accept()[0])  # `again`; `pending` waits in the queue
             late.connect(str(path))
             seen = json.loads(proc.stdout.readline())
             for tid in seen["tids"].values():
@@ -146,7 +149,16 @@ def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
             parked = {name: copies.parked_in_receive(_syscall(proc.pid, tid))
                       for name, tid in seen["tids"].items()}
             assert parked == {"link": True, "inner": False, "client": False,
-                              "link_since": True, "client_since": False}, parked
+                              "link_since": True, "client_since": False,
+                              "link_pending": True}, parked
+            # and why each one that is not, as a freeze's busy reason says it
+            verdicts = {name: copies.receive_verdict(_syscall(proc.pid, tid))
+                        for name, tid in seen["tids"].items()}
+            assert verdicts["link_pending"] == verdicts["link"] == ""
+            assert verdicts["client"] == f"fd {seen['fds']['client']}: a client's socket"
+            assert verdicts["inner"] == \
+                f"fd {seen['fds']['inner']}: a socket within the relay", verdicts
+            assert verdicts["client_since"].endswith("a client's socket (accepted since the scan)")
             assert not copies.parked_in_receive(f"{PARKED_ELSEWHERE}\n")
         finally:
             copies.close()
