@@ -142,8 +142,15 @@ def judge(report: dict[str, Any], code: int, verdict: LoadReport, err: str) -> N
             "dead_consumers": sum(1 for c in verdict.consumers if c.dead)}
     want = {k: load[k] + int(canary.get(CANARY.get(k, k)) or 0) for k in FIGURES}
     top = {k: report.get(k) for k in FIGURES}
+    # who lost what: one message lost by every receiver (dropped before its fan-out)
+    # reads differently from one receiver's queue lost
+    per_client = [(f"{c.mode}-{c.index}", c.audit.lost, c.audit.max_gap_ns // 1_000_000)
+                  for c in verdict.consumers]
+    per_client += [(f"echo-{p.index}", p.echo.lost, p.echo.max_gap_ns // 1_000_000)
+                   for p in verdict.publishers if p.echo is not None]
     context = (f"exit {code}; report {top} ({report.get('decision')}: {report.get('reason')});"
-               f" load {load}; canary {({k: canary.get(k) for k in FIGURES})}; "
+               f" load {load} (lost, max gap ms by client: {per_client}); "
+               f"canary {({k: canary.get(k) for k in FIGURES})}; "
                f"evidence {report.get('evidence')}; stderr {err[-1500:]}")
     if os.environ.get("SWAPCTL_TEST_REPORTS"):  # scripts/repeat-test's summary
         with open(os.environ["SWAPCTL_TEST_REPORTS"], "a") as f:
