@@ -117,7 +117,9 @@ def _others(name: str, ev: Evidence, has_canary: bool) -> tuple[int | None, str,
     if name == "corrupted" and ev.busy_at_cutover:
         return None, "other clients", ev.busy_at_cutover
     if not has_canary:
-        return None, "other clients", "no canary ran (--canary-rate 0): nothing proves it"
+        return None, "other clients", ("no canary verdict for this swap (--canary-rate 0, "
+                                       "or a canary shared by many swaps, as in bench "
+                                       "handoff): nothing proves it")
     return 0, "other clients (every connection kept, every byte carried)", None
 
 
