@@ -30,7 +30,10 @@ swaps used.
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -76,6 +79,7 @@ class HandoffBenchSettings:
     relays: tuple[str, ...] = ("python",)  # of rust_relay.RELAYS, in column order
     never_reader: bool = True  # every row has the never-reading publisher's full backlog
     rust_binary: Path | None = None  # None: rust_relay.default_binary()
+    keep: Path | None = None  # copy each row's working directory here (see `_keep`)
 
     def command(self, relay: str) -> tuple[str, ...]:
         """The command that starts `relay` (UsageError if the Rust binary is missing)."""
@@ -223,12 +227,16 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
     with tempfile.TemporaryDirectory(prefix="swb-") as tmp:
         bench = Bench(Path(tmp), clients, load_rate, settings.command(relay), never_reader)
         bench_backlog = bench.backlog_bytes
+        results: list[dict[str, Any]] = []
         try:
             bench.swap()  # start the second relay; not measured
-            results = [bench.swap() for _ in range(swaps)]
+            for _ in range(swaps):
+                results.append(bench.swap())
             final = bench.finish()
         finally:
             bench.close()
+            _keep(settings, Path(tmp), f"{relay}-{clients}-{'load' if load_rate else 'idle'}",
+                  results)
     committed = [r for r in results if r["decision"] == "committed"]
     server = [r["server_pause_ms"] for r in committed]
     client = [r["client_pause_ms"] for r in committed if r["client_pause_ms"] is not None]
@@ -263,10 +271,12 @@ def measure_rollbacks(clients: int, cold: bool, settings: HandoffBenchSettings,
     with tempfile.TemporaryDirectory(prefix="swb-") as tmp:
         bench = Bench(Path(tmp), clients, 0, settings.command(relay), settings.never_reader)
         swap = replace(bench.settings, deadlines=Deadlines(soaking=30.0), keep_old=not cold)
+        results: list[dict[str, Any]] = []
         try:
             times, flowing, pauses, kinds = [], [], [], set()
             for _ in range(count):
                 result = bench.swap(swap, requests=_rollback_now(bench, cold))
+                results.append(result)
                 if result["decision"] != "rolled_back":
                     continue
                 times.append(result["rollback"]["ms"])
@@ -279,10 +289,31 @@ def measure_rollbacks(clients: int, cold: bool, settings: HandoffBenchSettings,
             final = bench.finish()
         finally:
             bench.close()
+            _keep(settings, Path(tmp), f"{relay}-rollback-{'cold' if cold else 'warm'}",
+                  results)
     return {"clients": clients, "rollbacks": len(times), "kind": sorted(kinds),
             "handoff_back_ms": stats(times), "traffic_flowing_ms": stats(flowing),
             "server_pause_ms": stats(pauses),
             "canary": final["canary"]}
+
+
+def _keep(settings: HandoffBenchSettings, work: Path, name: str,
+          reports: list[dict[str, Any]]) -> None:
+    """With `settings.keep`: what a row leaves behind, copied to KEEP/NAME before its
+    working directory goes (relay logs, the journal, slot state; not its sockets) and
+    every measured swap's report, one JSON line each, as swaps.jsonl. The row runs in a
+    short temporary path all the same: a Unix socket's path is at most 107 bytes."""
+    if settings.keep is None:
+        return
+    dest = settings.keep / name
+
+    def sockets(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if stat.S_ISSOCK(Path(folder, n).lstat().st_mode)]
+
+    shutil.copytree(work, dest, ignore=sockets, symlinks=True)
+    with (dest / "swaps.jsonl").open("w") as out:
+        for report in reports:
+            out.write(json.dumps(report, default=str) + "\n")
 
 
 def stats(samples: list[float]) -> dict[str, Any]:
@@ -400,6 +431,7 @@ def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> 
             relays=list(commands), relay_commands={k: list(v) for k, v in commands.items()},
             swaps_per_config=settings.swaps, journal="on", pause_budget_ms=PAUSE_BUDGET_MS,
             never_reader=settings.never_reader,
+            kept=None if settings.keep is None else str(settings.keep),
             load_rate_asked=settings.load_rate, delivery_budget_msgs_per_s=DELIVERY_BUDGET,
             note=("every relay broadcasts to every client: background load is capped at "
                   f"{DELIVERY_BUDGET:,} deliveries/s (rate x clients) so the 2-core machine "

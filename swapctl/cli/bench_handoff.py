@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,6 +28,11 @@ from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_o
 @click.option("--no-never-reader", is_flag=True,
               help="Leave out the never-reading publisher (by default its full echo backlog "
                    "is on the relay in every row): the pause is then the connections' alone.")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep what each row leaves behind in DIR/<relay>-<clients>-<idle|load> "
+                   "(and <relay>-rollback-<warm|cold>): the relays' logs, the journal and "
+                   "every swap's report (swaps.jsonl), to look into a row that did not "
+                   "commit every swap. DIR must be new or empty.")
 @rust_relay_options("Relays measured: the Python reference relay, the Rust example relay "
                     "(sdk/rust), or both, each client count for each relay in turn.")
 def handoff_command(output: str, **o: Any) -> None:
@@ -38,11 +44,17 @@ def handoff_command(output: str, **o: Any) -> None:
     except ValueError:
         raise click.BadParameter("give client counts like 10,100,1000",
                                  param_hint="--clients") from None
+    keep = o["keep"]
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise click.BadParameter(f"{keep} is not empty: give a new or empty directory",
+                                 param_hint="--keep")
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     settings = HandoffBenchSettings(counts, o["swaps"], o["load_rate"], o["rollbacks"],
                                     loaded=not o["no_load"],
                                     relays=relays_asked(o["relay"], o["rust_relay"]),
                                     never_reader=not o["no_never_reader"],
-                                    rust_binary=o["rust_relay"])
+                                    rust_binary=o["rust_relay"], keep=keep)
     report = run_handoff_bench(settings, progress)
     if output == "json":
         emit("swapctl bench handoff", report, output)

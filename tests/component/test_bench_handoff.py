@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +33,11 @@ def assert_clean(row: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_bench_handoff_small_run_reports_every_figure() -> None:
+def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
     done = bench_handoff("--relay", "python", "--clients", "3,20", "--swaps", "3",
-                         "--rollbacks", "2", "--load-rate", "5000", "-o", "json")
+                         "--rollbacks", "2", "--load-rate", "5000", "-o", "json",
+                         "--keep", str(kept))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["benchmark"] == "handoff" and report["conditions"]["swaps_per_config"] == 3
@@ -55,6 +58,19 @@ def test_bench_handoff_small_run_reports_every_figure() -> None:
     assert warm["kind"] == ["warm handoff"] and cold["kind"] == ["cold handoff"]
     assert warm["rollbacks"] == cold["rollbacks"] == 2
     assert {g["name"] for g in report["goals"]} >= {"python relay: cost per extra connection"}
+    # --keep: each row's logs, journal and every measured swap's report
+    assert report["conditions"]["kept"] == str(kept)
+    rows = {f"python-{c}-{mode}": 3 for c in (3, 20) for mode in ("idle", "load")}
+    rows |= {"python-rollback-warm": 2, "python-rollback-cold": 2}
+    assert sorted(p.name for p in kept.iterdir()) == sorted(rows)
+    for name, swaps in rows.items():
+        lines = (kept / name / "swaps.jsonl").read_text().splitlines()
+        decisions = [json.loads(line)["decision"] for line in lines]
+        want = "committed" if "rollback" not in name else "rolled_back"
+        assert decisions == [want] * swaps, (name, decisions)
+        assert list((kept / name / "logs").glob("*.log")), name  # the relays' logs
+        assert (kept / name / "journal.jsonl").stat().st_size > 0
+        assert not [p for p in (kept / name).rglob("*.sock")]  # no sockets copied
 
 
 @pytest.mark.slow
@@ -81,6 +97,14 @@ def test_bench_handoff_measures_rust_beside_python() -> None:
     assert set(report["per_connection_cost_us"]) == {"python", "rust"}
     table = side_by_side(report)
     assert "python" in table and "rust" in table and "SCM_RIGHTS" in table
+
+
+def test_keep_refuses_a_directory_with_something_in_it(tmp_path: Path) -> None:
+    (tmp_path / "earlier").mkdir()
+    done = bench_handoff("--relay", "python", "--clients", "3", "--keep", str(tmp_path),
+                         timeout=30)
+    assert done.returncode == 2
+    assert f"{tmp_path} is not empty" in done.stderr.decode()
 
 
 def test_missing_rust_relay_is_a_usage_error() -> None:
