@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,15 @@ from swapctl.errors import SwapctlError, UsageError
 
 LISTEN_BACKLOG = 4096
 MAX_UNIX_PATH = 107
+_CRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED:
+    the one that connected, or the one that listened when it was accepted)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    pid, uid, gid = _CRED.unpack(raw)
+    return pid, uid, gid
 ATTEMPT_TIMEOUT = 0.5  # any timeout makes a full backlog fail at once (EAGAIN), not block
 
 

@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.errors import SwapctlError
-from swapctl.handoff.controller import peer_credentials
-from swapctl.unixsock import open_listener
+from swapctl.unixsock import open_listener, peer_credentials
 
 log = logging.getLogger("swapctl.daemon.api")
 Handler = Callable[[dict[str, Any]], Iterator[dict[str, Any]]]

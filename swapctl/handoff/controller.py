@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +23,9 @@ from typing import Any
 from swapctl.handoff.manifest import Assembler, Transfer, to_parts
 from swapctl.handoff.messages import PRECOPY, PROTOCOL_VERSION, Envelope, HandoffError, granted
 from swapctl.handoff.wire import Channel, close_fds
-from swapctl.unixsock import open_listener
+from swapctl.unixsock import open_listener, peer_credentials
 
-_CRED = struct.Struct("3i")
 HELLO_TIMEOUT = 5.0
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-    pid, uid, gid = _CRED.unpack(raw)
-    return pid, uid, gid
 
 
 class RelayLink:

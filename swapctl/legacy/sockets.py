@@ -43,6 +43,7 @@ from pathlib import Path
 from swapctl import sockdiag
 from swapctl.errors import SwapctlError
 from swapctl.legacy import wakeups
+from swapctl.unixsock import peer_credentials
 
 SO_ACCEPTCON = 0x00010000
 SOCK_STREAM_TYPE = 0x0001
@@ -352,14 +353,10 @@ def accepted_from(fd: int, bound: str) -> bool:
 
 
 def _peer_pid(fd: int) -> int | None:
-    """The pid the kernel gives for the peer of our Unix socket `fd` (SO_PEERCRED: the
-    process that connected, or the one that listened when it was accepted); None if
-    it has none."""
+    """The pid SO_PEERCRED gives for the peer of our Unix socket `fd`; None if none."""
     sock = socket.socket(fileno=fd)
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        return pid or None
+        return peer_credentials(sock)[0] or None
     except OSError:
         return None
     finally:
@@ -497,9 +494,6 @@ class Copies:
         blocked reading a socket that is neither a client's nor the relay's own
         socketpair (the control link of a relay built with the handoff crate): whatever
         it was woken with is not a client's message. x86_64 only."""
-        number, args = wakeups.parse_syscall_args(syscall_text)
-        if platform.machine() != "x86_64" or number not in RECEIVE_SYSCALLS_X86_64 or not args:
-            return False
         return self.receive_verdict(syscall_text) == ""
 
     def receive_verdict(self, syscall_text: str) -> str | None:

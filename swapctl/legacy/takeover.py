@@ -228,9 +228,9 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         marks.append(time.perf_counter_ns())
         texts = wakeups.thread_syscall_texts(pid)
         syscalls = {tid: sockets.parse_syscall(text) for tid, text in texts.items()}
-        outside = sorted({_outside(n, copies.receive_verdict(texts[tid]))
-                          for tid, n in syscalls.items() if not sockets.waiting(n)
-                          and not copies.parked_in_receive(texts[tid])})
+        verdicts = {tid: copies.receive_verdict(texts[tid])
+                    for tid, n in syscalls.items() if not sockets.waiting(n)}
+        outside = sorted({_outside(syscalls[tid], v) for tid, v in verdicts.items() if v != ""})
         woken = bool(asleep and not outside and wakeups.pending(pid, texts, counts))
         idle = asleep and not outside and not woken  # parked, not woken with work to do
         if not idle and not last:
