@@ -180,7 +180,8 @@ impl Conn {
             if let Some(how) = self.commands(&mut out, &mut rx, &inbound, &mut carried_in) {
                 break how;
             }
-            match hub.phase() {
+            let phase = hub.phase();
+            match phase {
                 Phase::Hold | Phase::Frozen => {
                     // neither read nor write: wait for the phase to change or a command
                     tokio::select! {
@@ -197,7 +198,7 @@ impl Conn {
                 },
                 Phase::Run | Phase::Quiesce => {}
             }
-            let reading = hub.phase() == Phase::Run;
+            let reading = phase == Phase::Run; // (a later change is seen at the next turn)
             if !carried_in.is_empty() {
                 // resumed: the carried partial frame goes to the framer before any read
                 let gate = hub.gate.read().unwrap();
