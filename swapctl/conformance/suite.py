@@ -13,15 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from swapctl.conformance import cases, handoff_cases, precopy_cases
+from swapctl.conformance import cases, extension_cases, handoff_cases
 from swapctl.conformance.cases import Case
 from swapctl.conformance.rig import CaseFailed, Rig
 from swapctl.errors import SwapctlError, UsageError
 from swapctl.handoff.messages import HandoffError
 
-# every case, in order: cases.py registers its own, then handoff_cases.py adds its
+# every case, in order: cases.py registers its own, then handoff_cases.py and
+# extension_cases.py add theirs
 ALL_CASES: tuple[Case, ...] = tuple(cases.CASES)
-assert handoff_cases.META and precopy_cases.__name__  # (imported for their cases)
+assert handoff_cases.META and extension_cases.__name__  # (imported for their cases)
 assert len({c.name for c in ALL_CASES}) == len(ALL_CASES)
 
 

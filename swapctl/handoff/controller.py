@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.handoff.manifest import Assembler, Transfer, to_parts
-from swapctl.handoff.messages import PRECOPY, PROTOCOL_VERSION, Envelope, HandoffError, granted
+from swapctl.handoff.messages import (
+    ADOPT_RESUME,
+    PRECOPY,
+    PROTOCOL_VERSION,
+    Envelope,
+    HandoffError,
+    granted,
+)
 from swapctl.handoff.wire import Channel, close_fds
 from swapctl.unixsock import open_listener, peer_credentials
 
@@ -42,6 +49,11 @@ class RelayLink:
     @property
     def precopy(self) -> bool:
         return PRECOPY in self.extensions
+
+    @property
+    def adopt_resume(self) -> bool:
+        """The relay starts reading at the end of an ADOPT that asks it to (no RESUME)."""
+        return ADOPT_RESUME in self.extensions
 
     def close(self) -> None:
         self.channel.close()
@@ -186,13 +198,15 @@ def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
 def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
               remaining: Callable[[], float],
               on_released: Callable[[Transfer], None],
-              *, precopy: int | None = None) -> Transfer:
+              *, precopy: int | None = None, resume: bool = False) -> Transfer:
     """RELEASE the old relay and forward each manifest part to the new relay as an ADOPT
     part the moment it arrives (old relay, orchestrator and new relay work in a
     pipeline); returns the orchestrator's copy of everything once the new relay adopted.
-    The new relay is not resumed here. With `precopy` (a pre-copy's generation) the
-    RELEASE asks only for the delta since then; any BACKLOG it owes is left for
-    `forward_backlog`."""
+    The new relay is not resumed here, unless `resume` (the adopt-resume extension,
+    `new.adopt_resume`): then it starts reading as soon as it holds everything and its
+    `resumed_ns` is in the returned transfer's meta. With `precopy` (a pre-copy's
+    generation) the RELEASE asks only for the delta since then; any BACKLOG it owes is
+    left for `forward_backlog`."""
     request: dict[str, Any] = {"type": "release", "flush_ms": flush_ms}
     if precopy is not None:
         request["precopy"] = precopy
@@ -205,22 +219,28 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
             env = old._reply(rid_old, remaining())
         except (HandoffError, TimeoutError, OSError) as exc:
             raise HandOverFailed("old", exc, assembler.transfer) from None
+        received_ns = time.monotonic_ns()  # (the last part's: the orchestrator has it all)
         if forward_error is None:  # forward first: our own copy is decoded while it works
             msg = {k: v for k, v in env.msg.items() if k != "re"}
+            if resume:
+                msg["resume"] = True
             try:
                 new.channel.send({**msg, "type": "adopt", "id": rid_new}, env.blob, env.fds)
             except HandoffError as exc:
                 forward_error = exc  # keep draining: the old relay's parts must all arrive
         assembler.feed(env)
+    assembler.transfer.meta["received_ns"] = received_ns
     if precopy is not None and assembler.transfer.meta.get("backlog"):
         old.backlog_due = True
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)
     try:
-        new._reply(rid_new, remaining())
+        adopted = new._reply(rid_new, remaining())
     except (HandoffError, TimeoutError, OSError) as exc:
         raise HandOverFailed("new", exc, assembler.transfer) from None
+    if resume:
+        assembler.transfer.meta["resumed_ns"] = int(adopted.msg["resumed_ns"])
     return assembler.transfer
 
 

@@ -11,7 +11,10 @@ PROTOCOL_VERSION = 1
 # Optional extensions, name -> version, offered in HELLO and granted in WELCOME (a peer
 # that does not know the key ignores it and gets the plain version-1 handoff).
 PRECOPY = "precopy"
-EXTENSIONS: dict[str, int] = {PRECOPY: 1}
+# ADOPT with "resume": true: the adopter starts reading the moment it holds everything,
+# without a RESUME round trip inside the pause (docs/handoff-protocol.md section 11)
+ADOPT_RESUME = "adopt-resume"
+EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1}
 MAX_FDS = 253  # the kernel's SCM_MAX_FD: file descriptors in one message
 
 

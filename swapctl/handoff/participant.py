@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from swapctl.handoff.manifest import DELTA_FORMAT, Assembler, Transfer, to_parts
 from swapctl.handoff.messages import (
+    ADOPT_RESUME,
     EXTENSIONS,
     PRECOPY,
     PROTOCOL_VERSION,
@@ -65,8 +66,10 @@ class PreCopyHost(Protocol):
 
 
 class Participant:
-    def __init__(self, path: Path, host: HandoffHost, token: str, release: str = "") -> None:
+    def __init__(self, path: Path, host: HandoffHost, token: str, release: str = "",
+                 *, no_reply_at: str | None = None) -> None:
         self.path = path
+        self.no_reply_at = no_reply_at  # fault: this request is served, its reply never sent
         self.host = host
         self.token = token
         self.release = release
@@ -166,7 +169,9 @@ class Participant:
             close_fds(env)
             self.channel.send({"type": "error", "re": rid, "message": str(exc)})
             return
-        if reply is not None:
+        if reply is not None and env.type == self.no_reply_at:
+            event(log, logging.WARNING, "handoff.reply_withheld", request=env.type)
+        elif reply is not None:
             reply["re"] = rid
             self.channel.send(reply)
 
@@ -231,6 +236,10 @@ class Participant:
         """Adopt each part as it arrives: the orchestrator forwards parts while the old
         relay is still sending them, so the three processes work in a pipeline."""
         assert self.channel is not None
+        if first.msg.get("resume") and (kind != "adopt" or ADOPT_RESUME not in self.extensions):
+            close_fds(first)
+            raise HandoffError("resume on adopt needs the adopt-resume extension, "
+                               "negotiated on this channel, and an adopt")
         assembler = Assembler(kind)
         part = assembler.feed(first)
         if take is None:
@@ -241,8 +250,12 @@ class Participant:
         while not assembler.done:
             take(assembler.feed(self.channel.recv(timeout=PART_TIMEOUT)), False)
         transfer = assembler.transfer
-        return {"type": "adopted" if kind == "adopt" else "preadopted",
-                "connections": len(transfer.conns), "listener": transfer.listener is not None}
+        reply: dict[str, Any] = {"type": "adopted" if kind == "adopt" else "preadopted",
+                                 "connections": len(transfer.conns),
+                                 "listener": transfer.listener is not None}
+        if kind == "adopt" and first.msg.get("resume"):
+            reply["resumed_ns"] = self.host.handoff_resume()  # (adopt-resume, checked above)
+        return reply
 
     def _send_listener(self, env: Envelope) -> None:
         """A copy of the listening socket, for an orchestrator rebuilding its fd store."""

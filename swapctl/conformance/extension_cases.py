@@ -1,7 +1,8 @@
-"""Conformance cases of the `precopy` extension (docs/handoff-protocol.md section 10).
+"""Conformance cases of the extensions (docs/handoff-protocol.md): `precopy` (section
+10) and `adopt-resume` (section 11).
 
-A relay that does not offer the extension passes with a note: swapctl gives it the
-version-1 handoff, which the other cases check.
+A relay that does not offer an extension passes its case with a note: swapctl gives it
+the version-1 handoff, which the other cases check.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 import socket
 import time
 
-from swapctl.conformance.cases import ADOPT_DEADLINE, RELEASE_DEADLINE, case
+from swapctl.conformance.cases import (
+    ADOPT_DEADLINE,
+    RELEASE_DEADLINE,
+    case,
+    close_transfer,
+    refused,
+    still_serving,
+)
 from swapctl.conformance.rig import Rig, check
 from swapctl.handoff.controller import forward_backlog, hand_over, pre_copy
-from swapctl.handoff.manifest import Transfer
-
-
-def _close(transfer: Transfer) -> None:
-    for fd in transfer.fds:
-        socket.socket(fileno=fd).close()
 
 
 @case("handoff", "Extension precopy: PRECOPY, clients opened and closed, then the freeze: "
@@ -48,8 +50,8 @@ def precopy_delta(rig: Rig) -> str:
     new.link.resume(ADOPT_DEADLINE)
     backlogged = forward_backlog(old.link, new.link, ADOPT_DEADLINE)
     old.link.close_held(2.0)
-    _close(base)
-    _close(delta)
+    close_transfer(base)
+    close_transfer(delta)
     check(len(delta.closed) == 1, f"delta closed ids {delta.closed} (expected the one that left)")
     check(sum(fd >= 0 for _, fd in delta.conns) == 1, "the client that joined after the "
           "pre-copy must travel with its fd in the delta")
@@ -58,3 +60,38 @@ def precopy_delta(rig: Rig) -> str:
     slow.expect(b"".join(msgs), "the slow client's byte stream across the freeze", timeout=30)
     joined.expect(b"".join(msgs[15_000:]), "the client that joined between pre-copy and freeze")
     return f"{len(base.conns)} pre-copied, delta {len(delta.conns)} records"
+
+
+@case("handoff", "Extension adopt-resume: an ADOPT that asks to resume starts the relay "
+                 "reading at its end (resumed_ns in `adopted`, no RESUME); asking it of a "
+                 "PREADOPT is refused")
+def adopt_resume(rig: Rig) -> str:
+    old = rig.active("a")
+    new = rig.ready("b")
+    if not new.link.adopt_resume:
+        return "extension not offered: swapctl sends RESUME after ADOPT"
+    refused(new, {"type": "preadopt", "resume": True, "part": 0, "parts": 1,
+                  "table": "conn-v1", "connections": 0}, "a PREADOPT asking to resume")
+    peers = [rig.peer() for _ in range(2)]
+    rig.wait_connections(old, 2)
+    first, second = rig.msg(1), rig.msg(2)
+    peers[0].send(first)
+    for peer in peers:
+        peer.expect(first, "broadcast before the handoff")
+    peers[1].send(second[:30])  # half a frame, read before the freeze
+    time.sleep(0.1)
+    before = time.monotonic_ns()
+    transfer = hand_over(old.link, new.link, 10.0, lambda: RELEASE_DEADLINE, lambda _: None,
+                         resume=True)
+    after = time.monotonic_ns()
+    old.link.close_held(2.0)
+    close_transfer(transfer)
+    resumed = transfer.meta.get("resumed_ns")
+    check(isinstance(resumed, int) and before <= resumed <= after,
+          f"adopted.resumed_ns {resumed} is not a CLOCK_MONOTONIC reading taken during the "
+          f"ADOPT ({before}..{after})")
+    peers[1].send(second[30:])
+    for peer in peers:
+        peer.expect(first + second, "the partial frame completed by the adopter, no RESUME sent")
+    still_serving(rig)
+    return f"adopt+resume {(after - before) / 1e6:.1f} ms"
