@@ -6,7 +6,8 @@
 //!                                               the real relays with a compiled-in path
 //! Options: --domain-byte N (relay_domain to forward, default 1), --any-domain,
 //! --threads N (runtime worker threads, default: one per core), --no-precopy (offer
-//! swapctl plain version 1 of the handoff, without the pre-copy extension).
+//! swapctl plain version 1 of the handoff, without the precopy and adopt-resume
+//! extensions).
 
 use std::process::exit;
 use std::sync::Arc;
@@ -55,7 +56,8 @@ fn options() -> Options {
 async fn run(o: Options) -> std::io::Result<()> {
     let mut relay = match &o.legacy {
         Some(path) => Handoff::bind(path)?,
-        None => match Handoff::join_with(Offer { precopy: o.precopy, max_owed_units: QUEUE, ..Offer::default() }).await? {
+        None => match Handoff::join_with(Offer { precopy: o.precopy, adopt_resume: o.precopy, max_owed_units: QUEUE,
+                                                 ..Offer::default() }).await? {
             Some(relay) => relay,
             None => usage("SWAPCTL_HANDOFF is not set: start me through swapctl, or use --legacy --socket PATH"),
         },

@@ -2,7 +2,8 @@
 //! so the data path never waits on it): HELLO/WELCOME, READY, then one request at a
 //! time: ADOPT, RELEASE, RESUME, CLOSE, PROBE, STATS, LISTENER, and, when the
 //! orchestrator granted the `precopy` extension, PRECOPY, PREADOPT, OWED and BACKLOG
-//! (precopy.rs). If the orchestrator goes away the relay keeps serving and says HELLO
+//! (precopy.rs); with `adopt-resume` granted, an ADOPT that asks for it ends with what
+//! RESUME does (no RESUME round trip inside the pause). If the orchestrator goes away the relay keeps serving and says HELLO
 //! again every 0.5 s.
 
 use std::collections::HashSet;
@@ -25,6 +26,9 @@ use crate::wire::{self, Message, MAX_FDS};
 use crate::Conn;
 
 pub const PROTOCOL_VERSION: u64 = 1;
+/// docs/handoff-protocol.md section 11: ADOPT with `resume: true` starts reading at its end.
+pub const ADOPT_RESUME: &str = "adopt-resume";
+pub const ADOPT_RESUME_VERSION: u64 = 1;
 const CONNECT_FOR: Duration = Duration::from_secs(10);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 const PART_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +43,8 @@ pub struct Settings {
     pub release: String,
     /// Offer the `precopy` extension in HELLO.
     pub precopy: bool,
+    /// Offer the `adopt-resume` extension in HELLO.
+    pub adopt_resume: bool,
     /// Pre-copy: units and bytes a connection's BACKLOG carries at most (`Options`).
     pub max_owed_units: usize,
     pub max_owed_bytes: usize,
@@ -51,6 +57,7 @@ impl Settings {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
                         socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true,
+                        adopt_resume: true,
                         max_owed_units: crate::DEFAULT_MAX_OWED_UNITS,
                         max_owed_bytes: crate::DEFAULT_MAX_OWED_BYTES })
     }
@@ -64,6 +71,8 @@ pub struct Control {
     ready_sent: AtomicBool,
     /// The orchestrator granted `precopy` on the current channel.
     pub(crate) precopy_granted: AtomicBool,
+    /// The orchestrator granted `adopt-resume` on the current channel.
+    adopt_resume_granted: AtomicBool,
     pub(crate) pre: Mutex<PreState>,
 }
 
@@ -91,6 +100,7 @@ impl Control {
         let control = Arc::new(Control { settings, hub, rt, writer: Mutex::new(None),
                                          ready_sent: AtomicBool::new(false),
                                          precopy_granted: AtomicBool::new(false),
+                                         adopt_resume_granted: AtomicBool::new(false),
                                          pre: Mutex::new(PreState::default()) });
         let deadline = Instant::now() + CONNECT_FOR;
         let sock = loop {
@@ -110,7 +120,13 @@ impl Control {
 
     fn connect(&self) -> io::Result<StdStream> {
         let sock = StdStream::connect(&self.settings.control)?;
-        let offered = if self.settings.precopy { json!({PRECOPY: PRECOPY_VERSION}) } else { json!({}) };
+        let mut offered = json!({});
+        if self.settings.precopy {
+            offered[PRECOPY] = json!(PRECOPY_VERSION);
+        }
+        if self.settings.adopt_resume {
+            offered[ADOPT_RESUME] = json!(ADOPT_RESUME_VERSION);
+        }
         let hello = json!({
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": std::process::id(),
             "token": self.settings.token, "release": self.settings.release,
@@ -127,9 +143,12 @@ impl Control {
         let granted = self.settings.precopy
             && reply.json.pointer("/extensions/precopy").and_then(Value::as_u64) == Some(PRECOPY_VERSION);
         self.precopy_granted.store(granted, Ordering::SeqCst);
+        let resume_granted = self.settings.adopt_resume
+            && reply.json.pointer("/extensions/adopt-resume").and_then(Value::as_u64) == Some(ADOPT_RESUME_VERSION);
+        self.adopt_resume_granted.store(resume_granted, Ordering::SeqCst);
         *self.writer.lock().unwrap() = Some(sock.try_clone()?);
-        log("connected", format!("control={} token={} precopy={}", self.settings.control.display(),
-                                 self.settings.token, granted));
+        log("connected", format!("control={} token={} precopy={} adopt_resume={}",
+                                 self.settings.control.display(), self.settings.token, granted, resume_granted));
         if self.ready_sent.load(Ordering::SeqCst) {
             self.send_ready();
         }
@@ -160,6 +179,7 @@ impl Control {
                 log("control_lost", e.to_string());
                 *self.writer.lock().unwrap() = None;
                 self.precopy_granted.store(false, Ordering::SeqCst);
+                self.adopt_resume_granted.store(false, Ordering::SeqCst);
                 self.control_lost();
                 sock = loop {
                     std::thread::sleep(RECONNECT_EVERY);
@@ -177,13 +197,18 @@ impl Control {
         let precopy = msg.json.get("table").and_then(Value::as_str) == Some(table::DELTA)
             || msg.json.get("precopy").map_or(false, |g| !g.is_null())
             || matches!(kind.as_str(), "precopy" | "preadopt" | "owed" | "backlog");
+        let resume = msg.json.get("resume").and_then(Value::as_bool) == Some(true);
         let reply = match kind.as_str() {
             _ if precopy && !self.precopy_granted.load(Ordering::SeqCst) => {
                 msg.close_fds();
                 Err("the precopy extension was not negotiated on this channel".into())
             }
-            "adopt" if precopy => self.adopt_delta(sock, msg),
-            "adopt" => self.adopt(sock, msg),
+            _ if resume && (kind != "adopt" || !self.adopt_resume_granted.load(Ordering::SeqCst)) => {
+                msg.close_fds();
+                Err("resume on adopt needs the adopt-resume extension, negotiated on this channel, and an adopt".into())
+            }
+            "adopt" if precopy => self.adopt_delta(sock, msg).and_then(|body| self.then_resume(body, resume)),
+            "adopt" => self.adopt(sock, msg).and_then(|body| self.then_resume(body, resume)),
             "release" if precopy => self.freeze(&msg, &id),
             "release" => self.release(&msg, &id),
             "resume" => self.resume(),
@@ -460,6 +485,18 @@ impl Control {
             self.send(&msg, &blob, &fds).map_err(|e| format!("sending {} part {}: {}", kind, index, e))?;
         }
         Ok(())
+    }
+
+    /// adopt-resume: once every part is in, what RESUME does; `resumed_ns` joins the reply.
+    fn then_resume(&self, adopted: Option<Value>, resume: bool) -> Reply {
+        match adopted {
+            Some(mut body) if resume => {
+                let resumed = self.resume()?.unwrap_or_default();
+                body["resumed_ns"] = resumed["resumed_ns"].clone();
+                Ok(Some(body))
+            }
+            other => Ok(other),
+        }
     }
 
     fn resume(&self) -> Reply {

@@ -31,7 +31,9 @@
 //! The relay offers the `precopy` extension (docs/handoff-protocol.md section 10):
 //! under an orchestrator that grants it, every descriptor moves before the pause, the
 //! pause carries only what changed, and the bytes owed to clients follow after the
-//! new relay resumed, as a memfd. `Handoff::join_with(Options { precopy: false })`
+//! new relay resumed, as a memfd. It offers `adopt-resume` too (section 11): the
+//! ADOPT that ends the pause may ask it to start reading, without a RESUME round trip.
+//! `Handoff::join_with(Options { precopy: false, adopt_resume: false, ..Options::default() })`
 //! offers plain version 1. Every broadcast must go through `Conn::serve` (the freeze
 //! finds the connections that may owe bytes by counting them).
 
@@ -73,6 +75,9 @@ pub const DEFAULT_MAX_OWED_BYTES: usize = 16 * 1024 * 1024;
 pub struct Options {
     /// Offer the `precopy` extension (section 10). Default: true.
     pub precopy: bool,
+    /// Offer the `adopt-resume` extension (section 11): an ADOPT may ask this relay to
+    /// start reading at its end, one round trip fewer inside the pause. Default: true.
+    pub adopt_resume: bool,
     /// With pre-copy, the units owed to one client that move to the next relay at most
     /// (the oldest whole units are shed past it, counted as lag drops): set it to your
     /// broadcast channel's capacity, the bound a slow consumer has on this relay.
@@ -89,7 +94,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precopy: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
+        Options { precopy: true, adopt_resume: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
     }
 }
 
@@ -123,6 +128,7 @@ impl Handoff {
             None => return Ok(None),
         };
         settings.precopy = options.precopy;
+        settings.adopt_resume = options.adopt_resume;
         settings.max_owed_units = options.max_owed_units;
         settings.max_owed_bytes = options.max_owed_bytes;
         let mut relay = Handoff::with_hub();
