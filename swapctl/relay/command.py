@@ -76,6 +76,9 @@ _profiles = click.Choice([p.value for p in Profile])
               help="Fault: never listen (with --handoff: never say ready).")
 @click.option("--crash-at", type=click.Choice(["ready", "probe", "adopt", "resume"]),
               help="Fault (handoff): exit abruptly on reaching this phase.")
+@click.option("--no-reply-at", type=click.Choice(["adopt"]),
+              help="Fault (handoff): do what this request asks (an adopt that asks to "
+                   "resume starts reading) but never answer it, as if the reply were lost.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def relay_command(**opts: Any) -> None:
@@ -98,6 +101,9 @@ def relay_command(**opts: Any) -> None:
 def _config(o: dict[str, Any]) -> RelayConfig:
     if sum((o["no_validate"], o["sink"], o["framing"] == "chunk")) > 1:
         raise click.UsageError("choose one of --framing chunk, --no-validate, --sink")
+    if o["no_reply_at"] and o["handoff_path"] is None:
+        raise click.UsageError("--no-reply-at is a handoff fault: it needs --handoff "
+                               "(or SWAPCTL_HANDOFF)")
     forwarding = Forwarding(o["framing"])
     if o["no_validate"]:
         forwarding = Forwarding.RAW
@@ -112,6 +118,7 @@ def _config(o: dict[str, Any]) -> RelayConfig:
         slow_start=o["slow_start"],
         never_ready=o["never_ready"],
         crash_at=o["crash_at"],
+        no_reply_at=o["no_reply_at"],
     )
     return RelayConfig(
         o["socket_path"],

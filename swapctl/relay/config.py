@@ -45,6 +45,7 @@ class Faults:
     slow_start: float = 0.0  # seconds to wait before listening
     never_ready: bool = False  # never listen at all (never say ready, with --handoff)
     crash_at: str | None = None  # handoff phase to die in: ready, probe, adopt, resume
+    no_reply_at: str | None = None  # handoff request served but never answered: adopt
 
     @property
     def per_frame(self) -> bool:

@@ -88,7 +88,8 @@ class Relay:
     def listen(self) -> None:
         cfg = self.config
         if cfg.handoff is not None:
-            self.participant = Participant(cfg.handoff, self.handoff, cfg.token, cfg.release)
+            self.participant = Participant(cfg.handoff, self.handoff, cfg.token, cfg.release,
+                                           no_reply_at=cfg.faults.no_reply_at)
             self.participant.connect()
             self.epoll.register(self.participant.fileno(), _IN)
         elif cfg.listen_fd is not None:

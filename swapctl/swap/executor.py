@@ -89,6 +89,7 @@ class Marks:
     reused: bool = False  # the candidate was the warm standby, not a new process
     cand_released: bool = False  # a rollback took everything back from a live candidate
     cand_kept: bool = False  # a rollback could not start the old release: the candidate serves
+    cand_may_read: bool = False  # the candidate was told to start reading (RESUME, adopt-resume)
     errors: dict[str, int] = field(default_factory=dict)
     stages: dict[str, float] | None = None  # where the pause went (strategy's own stages)
 
@@ -239,7 +240,8 @@ class SwapRun:
     def pause_stages_ms(self) -> dict[str, float] | None:
         """Where the server-side pause went: export (old relay describes its connections),
         transfer (to the orchestrator, forwarded part by part), adopt (the candidate
-        finishes registering), resume (the candidate starts reading)."""
+        finishes registering), resume (the candidate starts reading; 0 with the
+        adopt-resume extension, where it starts at the end of its adopt)."""
         if self.marks.stages is not None:
             return self.marks.stages
         m = self.marks

@@ -129,17 +129,25 @@ class HandoffActions:
         run.mark_cutover()
         run.where = Where.RELEASED  # from the release request on, the old relay may be paused
         generation = None if base is None else int(base.meta["generation"])
+        resume = run.cand.link.adopt_resume  # one round trip fewer inside the pause
+        run.marks.cand_may_read = resume
         try:
             delta = hand_over(run.old.link, run.cand.link, run.settings.flush_ms, run.timeout,
-                              lambda transfer: _released(run, transfer), precopy=generation)
-            run.marks.adopted_ns = time.monotonic_ns()
+                              lambda transfer: _released(run, transfer), precopy=generation,
+                              resume=resume)
+            run.marks.adopted_ns = int(delta.meta.get("resumed_ns") or time.monotonic_ns())
         except HandOverFailed as exc:
-            if exc.side == "old":
+            if exc.side == "old":  # (the candidate resumes only once it has every part)
+                run.marks.cand_may_read = False
                 raise Failure(f"old relay {run.old.release.name} did not release: "
                               f"{exc.cause}") from None
             raise blame(run, "adopt", exc.cause) from None
         try:
-            run.marks.resumed_ns = run.cand.link.resume(run.timeout())
+            if resume:
+                run.marks.resumed_ns = run.marks.adopted_ns
+            else:
+                run.marks.cand_may_read = True
+                run.marks.resumed_ns = run.cand.link.resume(run.timeout())
         except (SwapctlError, TimeoutError, OSError) as exc:
             raise blame(run, "resume", exc) from None
         run.where = Where.CANDIDATE
@@ -207,6 +215,7 @@ class HandoffActions:
         if run.where is Where.OLD:  # (a recovery says how the old release got them back)
             kind = run.marks.rollback_kind or "not needed (no client moved)"
         elif run.where is Where.RELEASED:
+            self._silence_candidate(run)
             run.old.link.resume(run.timeout())
             kind = "resume (candidate never confirmed)"
         else:
@@ -215,6 +224,20 @@ class HandoffActions:
         if run.service.warm is run.old:
             run.service.warm = None
         return kind
+
+    def _silence_candidate(self, run: SwapRun) -> None:
+        """A candidate told to start reading (RESUME, or an ADOPT with resume) that did
+        not confirm may be reading the clients' sockets: it is killed before the old
+        relay reads them again, so no two relays read the same stream at once."""
+        cand = run.cand
+        if cand is None or not run.marks.cand_may_read or not cand.alive():
+            return
+        cand.handle.kill()
+        _wait_exit(cand, 2.0)
+        run.evidence.notes.append(
+            f"candidate {run.release.name} was told to start reading and did not confirm: "
+            "it was killed before the old relay read again; what it may have read in "
+            "between is lost, and only a checker (the canary) can say whether anything was")
 
     def after_rollback(self, run: SwapRun) -> None:
         self._stop_candidate(run)
@@ -266,7 +289,8 @@ class HandoffActions:
             run.transfer = Transfer(base.listener, [(ConnState(s.id), fd)
                                                     for s, fd in base.conns])
             delta = hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
-                              run.service.held.append, precopy=int(base.meta["generation"]))
+                              run.service.held.append, precopy=int(base.meta["generation"]),
+                              resume=target.link.adopt_resume)
         except (Failure, HandOverFailed) as exc:
             if isinstance(exc, HandOverFailed):
                 run.service.held.append(exc.transfer)
@@ -275,7 +299,7 @@ class HandoffActions:
             target.link.close_held(run.timeout())  # let go of what it staged
             return False
         run.marks.cand_released = True
-        resumed_ns = target.link.resume(run.timeout())
+        resumed_ns = int(delta.meta.get("resumed_ns") or target.link.resume(run.timeout()))
         stopped_ns = int(delta.meta.get("stopped_reading_ns", 0))
         if stopped_ns:
             run.marks.handoff["rollback_pause_ms"] = round((resumed_ns - stopped_ns) / 1e6, 3)
@@ -317,7 +341,7 @@ class HandoffActions:
 
 def _released(run: SwapRun, transfer: Transfer) -> None:
     """The old relay described everything (inside the pause: bookkeeping only)."""
-    run.marks.manifest_ns = time.monotonic_ns()
+    run.marks.manifest_ns = int(transfer.meta.get("received_ns") or time.monotonic_ns())
     run.marks.released_ns = int(transfer.meta.get("released_ns", 0))
     run.transfer = transfer
     run.service.held.append(transfer)

@@ -162,6 +162,26 @@ def test_candidate_crash_before_it_serves_rolls_back_losing_nothing(
     assert_clean(stack.final())
 
 
+def test_candidate_that_reads_but_never_confirms_is_killed_before_the_old_relay_resumes(
+        stack: Stack) -> None:
+    """adopt-resume: the candidate starts reading at the end of its ADOPT; its `adopted`
+    is lost. The orchestrator must not let the old relay read the same sockets while the
+    candidate may: it kills the candidate first, and the report says so."""
+    client = Client(stack.public, plain_only=True)
+    result = stack.swap(release("v2", "--no-reply-at", "adopt"))
+    assert result["decision"] == "rolled_back"
+    failed = [j for j in result["journal"] if j.get("to") == "rolling_back"]
+    assert failed and failed[0]["where"] == "released"
+    assert any("killed before the old relay read again" in note
+               for note in result["evidence"]["notes"]), result["evidence"]["notes"]
+    [cand] = [h for h in stack.spawner.handles if "--no-reply-at" in h.proc.args]
+    assert cand.returncode == -9  # SIGKILL, before the old relay's RESUME
+    assert cand.log_path is not None
+    assert "handoff.reply_withheld" in cand.log_path.read_text()  # it did adopt and resume
+    client.send(trade(1))
+    assert client.recv_frames(1) == [trade(1)]  # served by v1 again
+
+
 def test_candidate_crash_during_soak_keeps_every_client(stack: Stack) -> None:
     before = Client(stack.public, plain_only=True)
     opts = settings(deadlines=Deadlines(soaking=5.0))
