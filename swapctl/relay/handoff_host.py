@@ -66,10 +66,11 @@ class Relay(Protocol):
     stats_listener: socket.socket | None
     participant: Participant | None
     conns: dict[int, Connection]
+    carrying: dict[int, Connection]
+    joined: dict[int, Connection] | None
     epoll: select.epoll
     counters: Counters
     faults: FaultInjector
-    _next_id: int
     _wake_r: socket.socket
 
     def stats(self) -> dict[str, object]: ...
@@ -91,7 +92,6 @@ class _PreCopy:
     """What the last PRECOPY sent: the delta at the freeze is computed against it."""
 
     generation: int
-    watermark: int  # every connection accepted since has an id >= this
     ids: set[int]
 
 
@@ -262,7 +262,8 @@ class RelayHandoff:
         self.generation += 1
         conns = [(ConnState(c.id, b"", b"", c.bytes_in, c.frames_in, c.frames_out,
                             c.lag_drops), c.fd) for c in relay.conns.values()]
-        self.precopied = _PreCopy(self.generation, relay._next_id, {s.id for s, _ in conns})
+        self.precopied = _PreCopy(self.generation, {s.id for s, _ in conns})
+        relay.joined = {}  # the relay notes the connections it creates from now on
         event(log, logging.INFO, "handoff.precopied", connections=len(conns),
               generation=self.generation)
         return Transfer(relay.listener.fileno(), conns, {"generation": self.generation})
@@ -284,9 +285,10 @@ class RelayHandoff:
         relay.paused = True
         self.retired, relay.epoll = relay.epoll, self._own_epoll()
         self.precopied = None
-        records, flagged, owed = _delta_records(relay.conns.values(), pre.watermark)
+        joined, relay.joined = relay.joined or {}, None
+        records, flagged, owed = _delta_records(relay.carrying, joined)
         closed: list[int] = []
-        if len(relay.conns) - sum(fd >= 0 for _, fd in records) != len(pre.ids):
+        if len(relay.conns) - len(joined) != len(pre.ids):  # (scan only when some closed)
             live = {c.id for c in relay.conns.values()}
             closed = [i for i in pre.ids if i not in live]
         self.owed = owed
@@ -461,20 +463,22 @@ class RelayHandoff:
         self.holding.clear()
 
 
-def _delta_records(conns: Any, watermark: int) -> tuple[list[tuple[ConnState, int]],
-                                                        dict[int, tuple[int, int]],
-                                                        list[Connection]]:
-    """The frozen relay's records: connections accepted since the pre-copy (with their
-    fds) and any with a partial frame read or bytes owed (owed bytes DEFERRED)."""
+def _delta_records(carrying: dict[int, Connection], joined: dict[int, Connection]
+                   ) -> tuple[list[tuple[ConnState, int]], dict[int, tuple[int, int]],
+                              list[Connection]]:
+    """The frozen relay's records: connections created since the pre-copy (`joined`,
+    with their fds) and any with a partial frame read or bytes owed (owed bytes
+    DEFERRED). Inside the pause it reads only those: the relay keeps both tables as
+    they change (`carrying` may hold connections with nothing left: filtered here), so
+    the freeze's cost follows what changed, not how many clients there are."""
     records: list[tuple[ConnState, int]] = []
     flagged: dict[int, tuple[int, int]] = {}
     owed: list[Connection] = []
-    for c in conns:
+    for c in [*joined.values(), *(c for i, c in carrying.items() if i not in joined)]:
         pending = c.carried_in
-        framer = c.framer
-        if framer is not None and framer.buffered:
-            pending += framer.pending
-        is_new = c.id >= watermark
+        if c.partial and c.framer is not None:
+            pending += c.framer.pending
+        is_new = c.id in joined
         if not (pending or c.out or is_new):
             continue
         if c.out:

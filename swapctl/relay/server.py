@@ -82,6 +82,12 @@ class Relay:
         self.blocked = False  # block policy: a consumer is over the bound, nothing is read
         self._blocked_since = 0.0
         self._closing: list[tuple[Connection, str]] = []  # read their last bytes, close
+        # What a handoff freeze must describe, kept as it changes so that the freeze
+        # reads these few connections, not every one (handoff_host.py): those that may
+        # carry state (bytes owed, a partial frame: a superset, the freeze filters) and,
+        # from a pre-copy on, those created since (None: no pre-copy to compare with).
+        self.carrying: dict[int, Connection] = {}
+        self.joined: dict[int, Connection] | None = None
 
     # ----- life cycle -------------------------------------------------------------
 
@@ -244,6 +250,8 @@ class Relay:
         self._next_id = max(self._next_id, conn_id) + 1
         conn = Connection(sock, conn_id, None)
         self.conns[conn.fd] = conn
+        if self.joined is not None:
+            self.joined[conn.id] = conn
         self.counters.connections_open += 1
         self.counters.connections_total += 1
         return conn
@@ -261,10 +269,19 @@ class Relay:
     def _register(self, conn: Connection) -> None:
         self.epoll.register(conn.fd, self._mask(conn))
         conn.registered = True
+        self._track(conn)
 
     def _update(self, conn: Connection) -> None:
+        """After `conn`'s queue went from empty to not or back (or reading changed)."""
         if conn.registered:
             self.epoll.modify(conn.fd, self._mask(conn))
+        self._track(conn)
+
+    def _track(self, conn: Connection) -> None:
+        if conn.out or conn.partial or conn.carried_in:
+            self.carrying[conn.id] = conn
+        else:
+            self.carrying.pop(conn.id, None)
 
     def _serve_stats(self) -> None:
         assert self.stats_listener is not None
@@ -359,6 +376,7 @@ class Relay:
         c.partial_bytes += held - conn.partial
         grew = held > conn.partial
         conn.partial = held
+        self._track(conn)
         if not grew or c.partial_bytes <= self.config.max_partial_total or conn.closed:
             return
         c.partial_refused += 1
@@ -601,6 +619,9 @@ class Relay:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(conn.fd)
             conn.registered = False
+        self.carrying.pop(conn.id, None)
+        if self.joined:
+            self.joined.pop(conn.id, None)
         if conn.partial:
             self.counters.partial_bytes -= conn.partial
             conn.partial = 0
