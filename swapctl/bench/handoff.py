@@ -80,6 +80,7 @@ class HandoffBenchSettings:
     never_reader: bool = True  # every row has the never-reading publisher's full backlog
     rust_binary: Path | None = None  # None: rust_relay.default_binary()
     keep: Path | None = None  # copy each row's working directory here (see `_keep`)
+    rollback_clients: int | None = None  # None: the client count nearest 100
 
     def command(self, relay: str) -> tuple[str, ...]:
         """The command that starts `relay` (UsageError if the Rust binary is missing)."""
@@ -413,7 +414,8 @@ def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> 
                 progress(f"handoff: {relay} relay, {clients} clients, load {rate} msg/s, "
                          f"{settings.swaps} swaps")
                 loaded.append(measure_swaps(clients, rate, settings, relay))
-    rb_clients = min(settings.clients, key=lambda c: abs(c - 100))
+    rb_clients = (settings.rollback_clients
+                  or min(settings.clients, key=lambda c: abs(c - 100)))
     rollback: dict[str, dict[str, Any]] = {}
     for relay in commands:
         progress(f"rollback: {relay} relay, {settings.rollbacks} warm and "

@@ -24,6 +24,9 @@ from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_o
               help="Background messages/s asked for the loaded runs (capped, see conditions).")
 @click.option("--rollbacks", type=click.IntRange(min=1), default=10, show_default=True,
               help="Warm and cold rollbacks timed.")
+@click.option("--rollback-clients", type=click.IntRange(min=1), default=None,
+              help="Clients during the timed rollbacks [default: the --clients count "
+                   "nearest 100].")
 @click.option("--no-load", is_flag=True, help="Skip the runs under background load.")
 @click.option("--no-never-reader", is_flag=True,
               help="Leave out the never-reading publisher (by default its full echo backlog "
@@ -54,7 +57,8 @@ def handoff_command(output: str, **o: Any) -> None:
                                     loaded=not o["no_load"],
                                     relays=relays_asked(o["relay"], o["rust_relay"]),
                                     never_reader=not o["no_never_reader"],
-                                    rust_binary=o["rust_relay"], keep=keep)
+                                    rust_binary=o["rust_relay"], keep=keep,
+                                    rollback_clients=o["rollback_clients"])
     report = run_handoff_bench(settings, progress)
     if output == "json":
         emit("swapctl bench handoff", report, output)

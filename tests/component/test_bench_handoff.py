@@ -36,8 +36,8 @@ def assert_clean(row: dict[str, Any]) -> None:
 def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     done = bench_handoff("--relay", "python", "--clients", "3,20", "--swaps", "3",
-                         "--rollbacks", "2", "--load-rate", "5000", "-o", "json",
-                         "--keep", str(kept))
+                         "--rollbacks", "2", "--rollback-clients", "7", "--load-rate", "5000",
+                         "-o", "json", "--keep", str(kept))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["benchmark"] == "handoff" and report["conditions"]["swaps_per_config"] == 3
@@ -57,6 +57,7 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
     warm, cold = report["rollback"]["python"]["warm"], report["rollback"]["python"]["cold"]
     assert warm["kind"] == ["warm handoff"] and cold["kind"] == ["cold handoff"]
     assert warm["rollbacks"] == cold["rollbacks"] == 2
+    assert warm["clients"] == cold["clients"] == 7  # --rollback-clients, not 3 or 20
     assert {g["name"] for g in report["goals"]} >= {"python relay: cost per extra connection"}
     # --keep: each row's logs, journal and every measured swap's report
     assert report["conditions"]["kept"] == str(kept)
