@@ -89,7 +89,13 @@ class Stack:
             swap = self.status(service)["swap"]
             if swap and swap["running"] and swap["state"] == state:
                 return dict(swap)
-            assert time.monotonic() < deadline, f"swap never reached {state}: {swap}"
+            if time.monotonic() >= deadline:
+                ended = ""
+                if swap and not swap["running"]:  # it ended first: say how, from its report
+                    report = self.wait_report(swap["swap_id"], timeout=10)
+                    ended = (f"; it ended as {report.get('decision')}: {report.get('reason')}"
+                             f"; notes {(report.get('evidence') or {}).get('notes')}")
+                raise AssertionError(f"swap never reached {state}: {swap}{ended}")
             time.sleep(0.02)
 
 
