@@ -232,8 +232,7 @@ class HandoffActions:
         cand = run.cand
         if cand is None or not run.marks.cand_may_read or not cand.alive():
             return
-        cand.handle.kill()
-        _wait_exit(cand, 2.0)
+        cand.handle.kill()  # (returns once the process is gone: every handle's contract)
         run.evidence.notes.append(
             f"candidate {run.release.name} was told to start reading and did not confirm: "
             "it was killed before the old relay read again; what it may have read in "
