@@ -443,3 +443,32 @@ def test_takeover_does_not_count_closed_probes_as_disconnects(
         code, report, truth = through_daemon(request.getfixturevalue("stack"), procs,
                                              "takeover", "--keep-closed", leavers=3)
     judge(report, code, truth, cuts=False)
+
+
+def test_a_candidate_killed_for_not_confirming_is_judged_by_the_clients(
+        stack: Stack, procs: Processes) -> None:
+    """adopt-resume with the candidate's `adopted` lost: it read, it is killed before the
+    old relay reads again. Whatever the clients lost in between, the report says that
+    count or "unknown", never less; nobody is cut (swapctld holds every socket)."""
+    s = stack
+    releases = daemon_releases(s.root)
+    releases["v2"]["command"] = [*releases["v2"]["command"], "--no-reply-at", "adopt"]
+    configs.write(s.root, services=("market_data",), soak="1s", canary_rate=float(CANARY_RATE),
+                  metrics="127.0.0.1:0",
+                  service_overrides={"releases": releases, "active": "v1"})
+    s.up()
+    clients = Clients(procs, s.root / "clients", s.root / "sockets" / "market_data.sock")
+    clients.start()
+    code, report = s.json("swap", "market_data", "--to", "v2", "--yes", timeout=40)
+    time.sleep(TRAFFIC_S)  # traffic through the old relay again
+    truth = clients.stop()
+    assert report["decision"] == "rolled_back", report.get("reason")
+    assert any("killed before the old relay read again" in n
+               for n in report["evidence"]["notes"]), report["evidence"]["notes"]
+    assert (truth.disconnects, truth.dead) == (0, 0), truth.summary()
+    assert report["disconnects"] == 0 and report["dead_consumers"] == 0, report
+    clients_lost = truth.lost + _canary(report, "lost")
+    assert report["lost"] is None or report["lost"] == clients_lost, (
+        f"report lost {report['lost']!r}, clients lost {clients_lost}: "
+        f"{report.get('figures')}; {truth.summary()}")
+    assert code != 0
