@@ -1,14 +1,15 @@
 """The private stack `swapctl bench daemon` measures, and how it is always taken down.
 
 How it works: `private_stack()` writes the embedded configuration (swapctl.demo.configs:
-three services on the reference relay) under a fresh root in /tmp (short AF_UNIX paths)
-and yields a `BenchStack`; nothing is started yet. However the block is left (return,
-error, Ctrl-C, or SIGTERM, which is turned into `Interrupted` in the main thread while
-the block runs), teardown runs with further signals ignored: `stack.up` (a daemon the
-bench killed is started again, so that it can stop what it owns), `stack.down`, then
-anything still running from the root (its unique path in a process's command line or
-environment: supervisord, swapctld, relays, canaries, load clients; never by name) is
-sent SIGTERM, then SIGKILL. The pids that had to be ended that way are recorded.
+three services on the reference relay, or on the Rust example relay) under a fresh root in
+/tmp (short AF_UNIX paths) and yields a `BenchStack`; nothing is started yet. However the
+block is left (return, error, Ctrl-C, or SIGTERM, which is turned into `Interrupted` in
+the main thread while the block runs), teardown runs with further signals ignored:
+`stack.up` (a daemon the bench killed is started again, so that it can stop what it owns),
+`stack.down`, then anything still running from the root (its unique path in a process's
+command line or environment: supervisord, swapctld, relays, canaries, load clients; never
+by name) is sent SIGTERM, then SIGKILL. The pids that had to be ended that way are
+recorded.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ class BenchStack:
 
 
 @contextlib.contextmanager
-def private_stack(service_soak: str = "2s") -> Iterator[BenchStack]:
+def private_stack(service_soak: str = "2s",
+                  rust_relay: Path | None = None) -> Iterator[BenchStack]:
+    """The stack on the reference relay, or on the Rust example relay `rust_relay`."""
     root = Path(tempfile.mkdtemp(prefix="swbdd-", dir="/tmp"))
-    config = load_config(configs.write(root, soak=service_soak))
+    config = load_config(configs.write(root, soak=service_soak, rust_relay=rust_relay))
     bench = BenchStack(root, config, stack.client_for(config, API_TIMEOUT))
     try:
         with sigterm_raises(lambda: Interrupted(

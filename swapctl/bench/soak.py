@@ -73,6 +73,11 @@ class SoakSettings:
     seed: int | None = None
     keep_state: Path | None = None  # copy the stack's state here at the end (None: on failure)
     give_up_after: int = 5  # failed steps in a row that end the run
+    rust_relay: Path | None = None  # the services' relays: this Rust binary (None: Python)
+
+    @property
+    def relay(self) -> str:
+        return "python" if self.rust_relay is None else "rust"
 
     @property
     def sample_interval(self) -> float:
@@ -117,7 +122,7 @@ def sample(root: Path, started: float) -> dict[str, Any]:
         if role is None:
             continue
         with contextlib.suppress(psutil.Error):
-            rows.append({"role": role, "pid": proc.pid,
+            rows.append({"role": role, "pid": proc.pid, "name": proc.name(),
                          "rss_mb": round(proc.memory_info().rss / 2**20, 2),
                          "fds": proc.num_fds()})
     rows.sort(key=lambda r: (r["role"], r["pid"]))
@@ -329,10 +334,11 @@ def run_soak(settings: SoakSettings,
     began = time.monotonic()
     # the service file's soak: the window a recovered swap is finished with if its own
     # was not journaled
-    with private_stack(f"{settings.fault_soak:g}s") as bench:
+    with private_stack(f"{settings.fault_soak:g}s", settings.rust_relay) as bench:
         record.root = str(bench.root)
         steps = SoakSteps(bench, settings)
-        progress(f"soak: cold start of supervisord, swapctld and 3 relays under {bench.root}")
+        progress(f"soak: cold start of supervisord, swapctld and 3 {settings.relay} relays "
+                 f"under {bench.root}")
         steps.steps.up()
         public = bench.root / "sockets" / f"{SERVICE}.sock"
         reader = NeverReader(public)
@@ -456,16 +462,21 @@ def build_report(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
 def _conditions(settings: SoakSettings, record: SoakRecord) -> dict[str, Any]:
     load = record.load
     return conditions(
-        **{**asdict(settings), "keep_state": record.kept},
+        **{**asdict(settings), "keep_state": record.kept,
+           "rust_relay": None if settings.rust_relay is None else str(settings.rust_relay)},
         sample_interval_s=settings.sample_interval, service=SERVICE,
         clients=("a publisher that never reads its echo (backlog at the relay's bound, then "
                  "200 msg/s); swapctl load: 2 publishers, a dashboard consumer (reconnects) "
                  "and a strategy consumer (stops for good on EOF)"),
         message_sizes_bytes=dict(load.conditions.message_sizes) if load is not None else None,
-        stack=("supervisord + swapctld + the reference relay as v1 and v2 of market_data, "
-               "signal, execution; under " + record.root),
+        relay=settings.relay,
+        stack=("supervisord + swapctld + " + (
+            "the reference relay" if settings.rust_relay is None
+            else f"the Rust example relay ({settings.rust_relay})")
+            + " as v1 and v2 of market_data, signal, execution; under " + record.root),
         measured=("RSS and open fds of swapctld, supervisord and each relay every "
                   "sample_interval_s (psutil); slopes: least squares over the samples of "
                   "each role's longest-lived pid, per hour; pauses from each swap's report; "
                   "lost/duplicated/reordered/disconnects from the load checker at the end"),
-        source=source_revision("swapctl/daemon", "swapctl/swap", "swapctl/relay"))
+        source=source_revision("swapctl/daemon", "swapctl/swap", "swapctl/relay",
+                               *(() if settings.rust_relay is None else ("sdk/rust",))))

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from swapctl.bench.rust_relay import ENV, rust_relay_binary
 from swapctl.bench.soak import SoakSettings, run_soak
 from swapctl.bench.soak_plot import check_plot_path, write_plot
 from swapctl.cli.bench import bench, emit, output_option, progress
@@ -40,7 +41,17 @@ D = SoakSettings()
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write memory, fds and pauses over time to FILE (.png, .svg, .pdf; needs "
                    "matplotlib: pip install 'swapctl[plot]').")
-def soak_command(output: str, plot: Path | None, **o: Any) -> None:
+@click.option("--relay", type=click.Choice(["python", "rust"]), default="python",
+              show_default=True,
+              help="The relay every service runs as v1 and v2: the Python reference relay, "
+                   "or the Rust example relay (sdk/rust; exit 2 if it is not built: build "
+                   "it with scripts/ensure-tools).")
+@click.option("--rust-relay", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help=f"The Rust example relay's binary [default: ${ENV}, else "
+                   "sdk/rust/target/release/swapctl-example-relay of this checkout]; only "
+                   "with --relay rust.")
+def soak_command(output: str, plot: Path | None, relay: str, rust_relay: Path | None,
+                 **o: Any) -> None:
     """The operators' production simulation: real clients, swaps, rollbacks and faults.
 
     Exit 1 when the load checker saw a loss, duplicate, reorder or disconnect, or a step
@@ -48,9 +59,14 @@ def soak_command(output: str, plot: Path | None, **o: Any) -> None:
     """
     if plot is not None:
         check_plot_path(plot)
+    if rust_relay is not None and relay != "rust":
+        raise click.BadParameter(f"{rust_relay} names the Rust relay's binary, but the run "
+                                 f"is on the {relay} relay: add --relay rust, or drop "
+                                 "--rust-relay", param_hint="--rust-relay")
+    binary = rust_relay_binary(rust_relay).resolve() if relay == "rust" else None
     settings = SoakSettings(minutes=o["minutes"], faults=o["faults"], rate=o["rate"],
                             every=o["every"], sample_every=o["sample_every"], seed=o["seed"],
-                            keep_state=o["keep_state"])
+                            keep_state=o["keep_state"], rust_relay=binary)
     if o["keep_state"] is not None and o["keep_state"].exists() and any(
             o["keep_state"].iterdir()):
         raise click.BadParameter(f"{o['keep_state']} is not empty: name a new or empty "

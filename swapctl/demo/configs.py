@@ -9,8 +9,9 @@ and the tests write it with `write`.
     ROOT/run/SERVICE.handoff.sock              derived by swapctld (swapctl/daemon/paths.py)
     ROOT/sockets/SERVICE.sock                  each service's public socket
 
-Each service has releases v1 and v2, both the reference relay with the handoff protocol,
-v1 active: enough for a swap, a rollback and the standard drill.
+Each service has releases v1 and v2, both the reference relay with the handoff protocol
+(or, with `rust_relay`, both the Rust example relay of sdk/rust), v1 active: enough for a
+swap, a rollback and the standard drill.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from swapctl.protocol.profiles import Profile, domain_byte, parse_domain
 
 SERVICES = ("market_data", "signal", "execution")
 DAEMON_FILE = "swapctld.yaml"
@@ -34,15 +37,23 @@ def relay_command(domain: str, *extra: str) -> list[str]:
             "--domain", domain, "--profile", "alphapulse", *extra]
 
 
+def rust_relay_command(binary: Path, domain: str) -> list[str]:
+    """The Rust example relay (handoff mode) forwarding `domain`'s header byte."""
+    byte = domain_byte(parse_domain(domain), Profile.ALPHAPULSE)
+    return [str(binary), "--domain-byte", str(byte)]
+
+
 def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
           canary_rate: float = 2000, metrics: str | None = None,
           extra_releases: dict[str, list[str]] | None = None,
-          service_overrides: dict[str, Any] | None = None) -> Path:
+          service_overrides: dict[str, Any] | None = None,
+          rust_relay: Path | None = None) -> Path:
     """Write swapctld.yaml and one SERVICE.yaml per service under ROOT/configs; returns
     that directory (the `--config-dir` to give every command). Overwrites the files it
     writes; `existing` says whether ROOT already holds a configuration. `soak`: each
     swap's soak window; `metrics`: HOST:PORT of swapctld's metrics, or none;
-    `extra_releases`: more releases (name -> extra relay arguments)."""
+    `extra_releases`: more releases (name -> extra arguments of the reference relay);
+    `rust_relay`: v1 and v2 are this Rust example relay binary, not the reference relay."""
     configs = root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     daemon = {
@@ -54,9 +65,11 @@ def write(root: Path, services: tuple[str, ...] = SERVICES, *, soak: str = "2s",
     }
     (configs / DAEMON_FILE).write_text(yaml.safe_dump(daemon, sort_keys=False))
     for name in services:
+        command = relay_command(name) if rust_relay is None else rust_relay_command(
+            rust_relay, name)
         releases: dict[str, Any] = {
-            "v1": {"command": relay_command(name), "handoff": True},
-            "v2": {"command": relay_command(name), "handoff": True},
+            "v1": {"command": command, "handoff": True},
+            "v2": {"command": command, "handoff": True},
         }
         for release, args in (extra_releases or {}).items():
             releases[release] = {"command": relay_command(name, *args), "handoff": True}

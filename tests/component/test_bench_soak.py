@@ -1,8 +1,8 @@
-"""`swapctl bench soak` for half a minute with faults: nothing lost, the JSON complete, the
-plot written, nothing left running.
+"""`swapctl bench soak` for half a minute with faults, on the reference relay and on the
+Rust example relay: nothing lost, the JSON complete, the plot written, nothing left running.
 
-The bench runs the real stack (supervisord, swapctld, reference relays) and the real
-clients under a /tmp root it names in its report; afterwards no process may mention it.
+The bench runs the real stack (supervisord, swapctld, the relays) and the real clients
+under a /tmp root it names in its report; afterwards no process may mention it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.rust import example_relay
 
 ENTRY = (sys.executable, "-m", "swapctl")
 
@@ -51,12 +53,16 @@ def _run(args: list[str], timeout: float) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_soak_half_a_minute_with_faults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", ["python", "rust"])
+def test_soak_half_a_minute_with_faults(tmp_path: Path, relay: str) -> None:
     # seed 5: swapctld is killed 1.9 s into its swap (past `starting`: a kill there leaves
     # the candidate running and later swaps find both slots busy; see the report)
     plot = tmp_path / "soak.png"
+    if relay == "rust":
+        example_relay()
     code, out, err = _run(["bench", "soak", "--minutes", "0.5", "--faults", "--every", "2.5",
-                           "--seed", "5", "-o", "json", "--plot", str(plot)], timeout=150)
+                           "--seed", "5", "--relay", relay, "-o", "json", "--plot", str(plot)],
+                          timeout=150)
     assert code == 0, err[-3000:]
     report = json.loads(out)
     assert report["benchmark"] == "soak" and report["ok"] and report["failures"] == []
@@ -82,18 +88,32 @@ def test_soak_half_a_minute_with_faults(tmp_path: Path) -> None:
     assert len(samples) >= 3
     roles = {p["role"].split(":")[0] for s in samples for p in s["processes"]}
     assert {"swapctld", "supervisord", "relay"} <= roles
+    relays = {p["name"] for s in samples for p in s["processes"] if p["role"].startswith("relay")}
+    # every relay that served was the one asked for (the Python relay runs as python3.11)
+    assert relays and all(name.startswith("swapctl-example" if relay == "rust" else "python")
+                          for name in relays), relays
     for role in ("swapctld", "supervisord", "relay"):
         trend = report["processes"][role]
         assert trend["samples"] >= 1 and trend["rss_mb_last"] > 0 and trend["fds_last"] > 0
         assert "rss_slope_mb_per_h" in trend and "fds_slope_per_h" in trend
     conditions = report["conditions"]
     assert conditions["minutes"] == 0.5 and conditions["faults"] is True
+    assert conditions["relay"] == relay
     assert conditions["sample_interval_s"] > 0 and conditions["cpu_count"]
 
     assert report["plot"] == str(plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     root = report["cleanup"]["root"]
     assert root and not Path(root).exists() and _running_from(root) == []
+
+
+def test_a_rust_binary_without_the_rust_relay_is_refused_before_the_run() -> None:
+    code, _, err = _run(["bench", "soak", "--minutes", "0.1", "--rust-relay", "/bin/true"],
+                        timeout=60)
+    assert code == 2 and "--relay rust" in err and "Traceback" not in err
+    code, _, err = _run(["bench", "soak", "--minutes", "0.1", "--relay", "rust",
+                         "--rust-relay", "/nonexistent/relay"], timeout=60)
+    assert code == 2 and "not built" in err and "Traceback" not in err
 
 
 def test_plot_refused_before_the_run_for_an_unknown_suffix(tmp_path: Path) -> None:
