@@ -81,6 +81,7 @@ class HandoffBenchSettings:
     rust_binary: Path | None = None  # None: rust_relay.default_binary()
     keep: Path | None = None  # copy each row's working directory here (see `_keep`)
     rollback_clients: int | None = None  # None: the client count nearest 100
+    pause_priority: int = SwapSettings().pause_priority  # 0: the relays' scheduling alone
 
     def command(self, relay: str) -> tuple[str, ...]:
         """The command that starts `relay` (UsageError if the Rust binary is missing)."""
@@ -162,7 +163,8 @@ class Bench:
     Whatever was started is stopped by close(), also when the constructor fails."""
 
     def __init__(self, root: Path, clients: int, load_rate: int,
-                 command: tuple[str, ...] = RELAY, never_reader: bool = True) -> None:
+                 command: tuple[str, ...] = RELAY, never_reader: bool = True, *,
+                 pause_priority: int = SwapSettings().pause_priority) -> None:
         self.stack = ExitStack()
         self.backlog_bytes: int | None = None
         try:
@@ -171,7 +173,8 @@ class Bench:
             self.stack.close()
             raise
         self.settings = SwapSettings(deadlines=Deadlines(soaking=0.0), verify_messages=1,
-                                     keep_old=True, pause_budget_ms=PAUSE_BUDGET_MS)
+                                     keep_old=True, pause_budget_ms=PAUSE_BUDGET_MS,
+                                     pause_priority=pause_priority)
         self.flip = 1
 
     def _start(self, root: Path, clients: int, load_rate: int, command: tuple[str, ...],
@@ -226,7 +229,8 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
     """One row: `settings.swaps` swaps of `relay` with `clients` idle clients."""
     swaps, never_reader = settings.swaps, settings.never_reader
     with tempfile.TemporaryDirectory(prefix="swb-") as tmp:
-        bench = Bench(Path(tmp), clients, load_rate, settings.command(relay), never_reader)
+        bench = Bench(Path(tmp), clients, load_rate, settings.command(relay), never_reader,
+                      pause_priority=settings.pause_priority)
         bench_backlog = bench.backlog_bytes
         results: list[dict[str, Any]] = []
         try:
@@ -258,6 +262,7 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
                                          for r in committed], (50,)).get("p50")
         if committed else None,
         "server_pause_ms": pause, "client_pause_ms": stats(client),
+        "realtime": _realtime(results, "realtime"),
         "pause_stages_p50_ms": _stage_medians(committed),
         "slowest_pause_stages_ms": _slowest_stages(committed),
         "canary": final["canary"], "crowd_disconnects": final["crowd"].get("disconnects"),
@@ -270,7 +275,8 @@ def measure_rollbacks(clients: int, cold: bool, settings: HandoffBenchSettings,
     """Swap, then roll back at once; cold kills the warm old release first."""
     count = settings.rollbacks
     with tempfile.TemporaryDirectory(prefix="swb-") as tmp:
-        bench = Bench(Path(tmp), clients, 0, settings.command(relay), settings.never_reader)
+        bench = Bench(Path(tmp), clients, 0, settings.command(relay), settings.never_reader,
+                      pause_priority=settings.pause_priority)
         swap = replace(bench.settings, deadlines=Deadlines(soaking=30.0), keep_old=not cold)
         results: list[dict[str, Any]] = []
         try:
@@ -295,6 +301,7 @@ def measure_rollbacks(clients: int, cold: bool, settings: HandoffBenchSettings,
     return {"clients": clients, "rollbacks": len(times), "kind": sorted(kinds),
             "handoff_back_ms": stats(times), "traffic_flowing_ms": stats(flowing),
             "server_pause_ms": stats(pauses),
+            "realtime": _realtime(results, "rollback_realtime"),
             "canary": final["canary"]}
 
 
@@ -346,6 +353,17 @@ def _rollback_now(bench: Bench, cold: bool) -> Any:
             warm.handle.kill()
         return "rollback"
     return ask
+
+
+def _realtime(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """How the pauses of `results` ran (swap/priority.py): None when pause_priority was 0."""
+    seen = [r["handoff"][key] for r in results if r["handoff"].get(key)]
+    if not seen:
+        return None
+    return {"priority": seen[0]["priority"], "pauses": len(seen),
+            "boosted": sum(1 for s in seen if s["threads"] and not s["denied"]),
+            "denied": sorted({s["denied"] for s in seen if s["denied"]}),
+            "cut_by_watchdog": sum(1 for s in seen if s["cut_by_watchdog"])}
 
 
 def _mode(results: list[dict[str, Any]]) -> str | None:
@@ -432,6 +450,7 @@ def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> 
         "conditions": conditions(
             relays=list(commands), relay_commands={k: list(v) for k, v in commands.items()},
             swaps_per_config=settings.swaps, journal="on", pause_budget_ms=PAUSE_BUDGET_MS,
+            pause_priority=settings.pause_priority,
             never_reader=settings.never_reader,
             kept=None if settings.keep is None else str(settings.keep),
             load_rate_asked=settings.load_rate, delivery_budget_msgs_per_s=DELIVERY_BUDGET,

@@ -12,6 +12,8 @@ from swapctl.bench.handoff_table import side_by_side
 from swapctl.bench.report import render_text
 from swapctl.bench.rust_relay import relays_asked
 from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_options
+from swapctl.swap.executor import SwapSettings
+from swapctl.swap.priority import MAX_PRIORITY
 
 
 @bench.command("handoff")
@@ -36,6 +38,11 @@ from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_o
                    "(and <relay>-rollback-<warm|cold>): the relays' logs, the journal and "
                    "every swap's report (swaps.jsonl), to look into a row that did not "
                    "commit every swap. DIR must be new or empty.")
+@click.option("--pause-priority", type=click.IntRange(min=0, max=MAX_PRIORITY),
+              default=SwapSettings().pause_priority, show_default=True,
+              help="SCHED_FIFO priority of both relays while each pause lasts, as a service's "
+                   "pause_priority (docs/config.md); 0 measures the pause with the relays "
+                   "left at their own scheduling. Each row says whether it was applied.")
 @rust_relay_options("Relays measured: the Python reference relay, the Rust example relay "
                     "(sdk/rust), or both, each client count for each relay in turn.")
 def handoff_command(output: str, **o: Any) -> None:
@@ -58,7 +65,8 @@ def handoff_command(output: str, **o: Any) -> None:
                                     relays=relays_asked(o["relay"], o["rust_relay"]),
                                     never_reader=not o["no_never_reader"],
                                     rust_binary=o["rust_relay"], keep=keep,
-                                    rollback_clients=o["rollback_clients"])
+                                    rollback_clients=o["rollback_clients"],
+                                    pause_priority=o["pause_priority"])
     report = run_handoff_bench(settings, progress)
     if output == "json":
         emit("swapctl bench handoff", report, output)

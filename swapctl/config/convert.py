@@ -53,7 +53,8 @@ def to_swap_settings(service: ServiceConfig) -> SwapSettings:
         defaults, deadlines=deadlines, probe_echo=service.probe.echo,
         pause_budget_ms=(service.pause_budget * 1000 if Trigger.PAUSE_BUDGET in auto
                          else math.inf),
-        error_counters=defaults.error_counters if Trigger.ERROR_COUNTERS in auto else ())
+        error_counters=defaults.error_counters if Trigger.ERROR_COUNTERS in auto else (),
+        pause_priority=service.pause_priority)
 
 
 def service_domain_byte(service: ServiceConfig) -> int:

@@ -64,6 +64,7 @@ class SwapSettings:
     probe_echo: bool = True
     keep_old: bool = False  # after commit, keep the old release warm (next swap reuses it)
     reconnect_window_s: float = 2.0  # after clients are cut: how long to wait for them
+    pause_priority: int = 10  # SCHED_FIFO of both relays during the pause (0: left alone)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from swapctl.errors import SwapctlError
@@ -41,6 +42,7 @@ from swapctl.handoff.manifest import DELTA_FORMAT, ConnState, Transfer
 from swapctl.handoff.messages import ChannelClosed
 from swapctl.swap.executor import Failure, SwapRun, Where
 from swapctl.swap.machine import State
+from swapctl.swap.priority import boost
 from swapctl.swap.probe import ProbeFailed, ProbeSettings, probe
 from swapctl.swap.service import Slot, SlotError
 
@@ -129,6 +131,20 @@ class HandoffActions:
         run.mark_cutover()
         run.where = Where.RELEASED  # from the release request on, the old relay may be paused
         generation = None if base is None else int(base.meta["generation"])
+        with pause_priority(run, "realtime", run.old, run.cand):
+            delta = self._release_into_candidate(run, generation)
+        run.where = Where.CANDIDATE
+        if base is not None:
+            run.transfer = _merged(base, delta)
+            try:
+                run.marks.handoff["backlog_connections"] = forward_backlog(
+                    run.old.link, run.cand.link, run.timeout())
+            except (SwapctlError, TimeoutError, OSError) as exc:
+                raise blame(run, "backlog", exc) from None
+
+    def _release_into_candidate(self, run: SwapRun, generation: int | None) -> Transfer:
+        """The pause: RELEASE the old relay into the candidate, which starts reading."""
+        assert run.cand is not None
         resume = run.cand.link.adopt_resume  # one round trip fewer inside the pause
         run.marks.cand_may_read = resume
         try:
@@ -150,14 +166,7 @@ class HandoffActions:
                 run.marks.resumed_ns = run.cand.link.resume(run.timeout())
         except (SwapctlError, TimeoutError, OSError) as exc:
             raise blame(run, "resume", exc) from None
-        run.where = Where.CANDIDATE
-        if base is not None:
-            run.transfer = _merged(base, delta)
-            try:
-                run.marks.handoff["backlog_connections"] = forward_backlog(
-                    run.old.link, run.cand.link, run.timeout())
-            except (SwapctlError, TimeoutError, OSError) as exc:
-                raise blame(run, "backlog", exc) from None
+        return delta
 
     def _pre_copy(self, run: SwapRun, old: RelayLink, new: RelayLink) -> Transfer | None:
         """Every fd to `new` ahead of the freeze (None: a relay does not offer it)."""
@@ -256,9 +265,10 @@ class HandoffActions:
         if (cand is not None and cand.alive() and precopy and cand.link.precopy
                 and self._hand_back_precopy(run, target)):
             return f"{kind} handoff"
-        transfer = self._release_candidate(run)
-        target.link.adopt(transfer, run.timeout())
-        target.link.resume(run.timeout())
+        with pause_priority(run, "rollback_realtime", cand, target):
+            transfer = self._release_candidate(run)
+            target.link.adopt(transfer, run.timeout())
+            target.link.resume(run.timeout())
         return f"{kind} handoff" + (
             "" if transfer.meta.get("from_candidate") else " from held sockets (candidate dead)")
 
@@ -287,9 +297,14 @@ class HandoffActions:
             assert base is not None
             run.transfer = Transfer(base.listener, [(ConnState(s.id), fd)
                                                     for s, fd in base.conns])
-            delta = hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
-                              run.service.held.append, precopy=int(base.meta["generation"]),
-                              resume=target.link.adopt_resume)
+            with pause_priority(run, "rollback_realtime", run.cand, target):
+                delta = hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
+                                  run.service.held.append,
+                                  precopy=int(base.meta["generation"]),
+                                  resume=target.link.adopt_resume)
+                run.marks.cand_released = True
+                resumed_ns = int(delta.meta.get("resumed_ns")
+                                 or target.link.resume(run.timeout()))
         except (Failure, HandOverFailed) as exc:
             if isinstance(exc, HandOverFailed):
                 run.service.held.append(exc.transfer)
@@ -297,8 +312,6 @@ class HandoffActions:
                     raise
             target.link.close_held(run.timeout())  # let go of what it staged
             return False
-        run.marks.cand_released = True
-        resumed_ns = int(delta.meta.get("resumed_ns") or target.link.resume(run.timeout()))
         stopped_ns = int(delta.meta.get("stopped_reading_ns", 0))
         if stopped_ns:
             run.marks.handoff["rollback_pause_ms"] = round((resumed_ns - stopped_ns) / 1e6, 3)
@@ -336,6 +349,23 @@ class HandoffActions:
             cand.stop(2.0)
             if run.service.active is cand:
                 run.service.active = None
+
+
+@contextlib.contextmanager
+def pause_priority(run: SwapRun, key: str, *slots: Slot | None) -> Iterator[None]:
+    """The pause's steps run real-time (swap/priority.py); the report says how, in
+    `handoff[key]`. A service with pause_priority 0 changes nothing."""
+    pids = [slot.link.pid for slot in slots if slot is not None and slot.alive()]
+    boosted = boost(pids, run.settings.pause_priority)
+    try:
+        yield
+    finally:
+        boosted.restore()
+        if boosted.priority:
+            run.marks.handoff[key] = boosted.summary()
+        if boosted.denied:
+            run.evidence.notes.append(f"the pause ran at the relays' own scheduling, not "
+                                      f"SCHED_FIFO {boosted.priority}: {boosted.denied}")
 
 
 def _released(run: SwapRun, transfer: Transfer) -> None:

@@ -52,12 +52,18 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
         assert set(slowest) == set(row["pause_stages_p50_ms"])
         # the slowest swap's stages add up to the row's longest pause (each is rounded)
         assert sum(slowest.values()) == pytest.approx(row["server_pause_ms"]["max"], abs=0.01)
+        # the default pause_priority: every pause ran real-time (the tests run as root)
+        assert row["realtime"] == {"priority": 10, "pauses": 3, "boosted": 3, "denied": [],
+                                   "cut_by_watchdog": 0}, row["realtime"]
+    assert report["conditions"]["pause_priority"] == 10
     for row in report["under_load"]:
         assert row["load"]["ok"] and row["load"]["sent"] > 0 and row["load"]["lost"] == 0
     warm, cold = report["rollback"]["python"]["warm"], report["rollback"]["python"]["cold"]
     assert warm["kind"] == ["warm handoff"] and cold["kind"] == ["cold handoff"]
     assert warm["rollbacks"] == cold["rollbacks"] == 2
     assert warm["clients"] == cold["clients"] == 7  # --rollback-clients, not 3 or 20
+    for mode in (warm, cold):  # the hand-back's pause ran real-time too
+        assert mode["realtime"]["boosted"] == 2 and mode["realtime"]["denied"] == []
     assert {g["name"] for g in report["goals"]} >= {"python relay: cost per extra connection"}
     # --keep: each row's logs, journal and every measured swap's report
     assert report["conditions"]["kept"] == str(kept)
@@ -80,13 +86,16 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
                     reason="the Rust example relay is not built (scripts/ensure-tools)")
 def test_bench_handoff_measures_rust_beside_python() -> None:
     done = bench_handoff("--relay", "both", "--clients", "5", "--swaps", "2", "--rollbacks", "1",
-                         "--no-load", "-o", "json", timeout=110)
+                         "--no-load", "--pause-priority", "0", "-o", "json", timeout=110)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["conditions"]["relays"] == ["python", "rust"]
     assert report["conditions"]["relay_commands"]["rust"] == [str(default_binary())]
     assert [(r["relay"], r["clients"]) for r in report["idle"]] == [("python", 5), ("rust", 5)]
     assert report["under_load"] == []
+    # --pause-priority 0: the relays were left at their own scheduling, and the rows say so
+    assert report["conditions"]["pause_priority"] == 0
+    assert all(row["realtime"] is None for row in report["idle"])
     rust = report["idle"][1]
     assert_clean(rust)
     assert rust["handoff_mode"] == "precopy"  # the crate speaks the pre-copy extension too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,12 +16,13 @@ import pytest
 
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.load import LoadSession
-from swapctl.swap import report
+from swapctl.swap import handoff_actions, report
 from swapctl.swap.canary import Canary, summarize
 from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.journal import Journal, read
 from swapctl.swap.machine import Deadlines
+from swapctl.swap.priority import Boost, threads_of
 from swapctl.swap.requests import state_dir_for
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SpawnError, SubprocessSpawner
@@ -115,11 +117,34 @@ def test_forty_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     assert not reasons, reasons
     assert all(r["connections"]["moved"] >= 5 for r in reports)
     assert all(r["server_pause_ms"] is not None for r in reports)  # measured every time
+    # every pause ran real-time (swap/priority.py): this thread and both relays' threads,
+    # ended by the swap, not by the watchdog; afterwards the relays run normal again
+    boosts = [r["handoff"]["realtime"] for r in reports]
+    assert all(b["threads"] >= 3 and b["denied"] is None and not b["cut_by_watchdog"]
+               for b in boosts), boosts
+    active = stack.service.active
+    assert active is not None and threads_of(active.link.pid)
+    for tid in threads_of(active.link.pid):
+        assert os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK == os.SCHED_OTHER
     assert_clean(stack.final())
     # a plain client that never reconnects saw every message, in order, once
     assert strategy.recv_frames(SWAPS + 1) == [trade(i) for i in range(1, SWAPS + 2)]
     journal = read(stack.root / "journal.jsonl")
     assert sum(1 for r in journal if r.get("to") == "committed") == SWAPS
+
+
+def test_a_pause_not_permitted_to_run_real_time_is_said_in_the_report(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(pids: list[int], priority: int) -> Boost:
+        return Boost(priority, denied="not permitted (Operation not permitted): ...")
+
+    monkeypatch.setattr(handoff_actions, "boost", denied)
+    result = stack.swap(V2)
+    assert result["decision"] == "committed"
+    assert result["handoff"]["realtime"]["denied"].startswith("not permitted")
+    assert any("not SCHED_FIFO 10: not permitted" in note
+               for note in result["evidence"]["notes"]), result["evidence"]
+    assert_clean(stack.final())
 
 
 @pytest.mark.slow

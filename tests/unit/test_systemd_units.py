@@ -145,6 +145,15 @@ def test_units_agree_with_swapctld_yaml() -> None:
     assert conf["supervisord"]["start"] == "systemd"  # never a child of swapctld
 
 
+def test_swapctld_may_raise_the_relays_for_a_pause() -> None:
+    """pause_priority (swap/priority.py) sets another process's threads SCHED_FIFO: a
+    non-root swapctld needs CAP_SYS_NICE, which NoNewPrivileges does not take away from
+    an ambient set."""
+    daemon = parse("swapctld.service")
+    assert one(daemon, "Service", "User") != "root"
+    assert "CAP_SYS_NICE" in one(daemon, "Service", "AmbientCapabilities").split()
+
+
 def test_drill_template_and_timer() -> None:
     service, timer = parse("swapctl-drill@.service"), parse("swapctl-drill@.timer")
     assert one(service, "Service", "ExecStart") == f"{PREFIX}/swapctl drill %i"
