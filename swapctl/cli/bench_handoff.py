@@ -40,9 +40,10 @@ from swapctl.swap.priority import MAX_PRIORITY
                    "commit every swap. DIR must be new or empty.")
 @click.option("--pause-priority", type=click.IntRange(min=0, max=MAX_PRIORITY),
               default=SwapSettings().pause_priority, show_default=True,
-              help="SCHED_FIFO priority of both relays while each pause lasts, as a service's "
-                   "pause_priority (docs/config.md); 0 measures the pause with the relays "
-                   "left at their own scheduling. Each row says whether it was applied.")
+              help="SCHED_FIFO priority of the adopting relay while each pause lasts, as a "
+                   "service's pause_priority (docs/config.md); 0 measures the pause with the "
+                   "relays left at their own scheduling. Each row says whether it was "
+                   "applied.")
 @rust_relay_options("Relays measured: the Python reference relay, the Rust example relay "
                     "(sdk/rust), or both, each client count for each relay in turn.")
 def handoff_command(output: str, **o: Any) -> None:

@@ -1,12 +1,12 @@
-"""The pause's CPUs: while the pause lasts, swapctl and both relays run real-time.
+"""The pause's CPUs: while the pause lasts, swapctl and the adopting relay run real-time.
 
 Why: on a machine whose cores are busy with the service's clients, each step of the pause
-(the old relay freezing, swapctl forwarding what it describes, the candidate adopting it)
-waits its turn for a CPU behind those clients, for milliseconds; measured (docs/bench.md),
-those waits were the pause's whole tail, and the Rust relay's freeze, which lets the
-broadcast in flight finish, took as long as the clients let its workers run.
+(swapctl forwarding what the old relay describes, the candidate adopting it) waits its
+turn for a CPU behind those clients, for milliseconds; measured (docs/bench.md), those
+waits were the Python pause's tail. The caller decides whose threads (handoff_actions:
+the adopter's only; raising the releasing relay starved its clients, see there).
 
-How: `boost()` gives every thread of the relays' processes (/proc/PID/task) that runs a
+How: `boost()` gives every thread of the given processes (/proc/PID/task) that runs a
 normal policy (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE) SCHED_FIFO at `priority`, and the
 calling thread (the swap's) `priority + 1`: it only forwards, and busy relay workers at
 the same level must not keep it waiting. `Boost.restore()` puts each thread back as it

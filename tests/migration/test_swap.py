@@ -117,10 +117,10 @@ def test_forty_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
     assert not reasons, reasons
     assert all(r["connections"]["moved"] >= 5 for r in reports)
     assert all(r["server_pause_ms"] is not None for r in reports)  # measured every time
-    # every pause ran real-time (swap/priority.py): this thread and both relays' threads,
+    # every pause ran real-time (swap/priority.py): this thread and the adopter's threads,
     # ended by the swap, not by the watchdog; afterwards the relays run normal again
     boosts = [r["handoff"]["realtime"] for r in reports]
-    assert all(b["threads"] >= 3 and b["denied"] is None and not b["cut_by_watchdog"]
+    assert all(b["threads"] >= 2 and b["denied"] is None and not b["cut_by_watchdog"]
                for b in boosts), boosts
     active = stack.service.active
     assert active is not None and threads_of(active.link.pid)
