@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.errors import UsageError
+from swapctl.swap.executor import SwapSettings
 
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 ORDER = ("codec", "relay", "handoff", "strategies", "diff", "daemon", "drill", "soak")
@@ -143,7 +144,17 @@ def _handoff_args(r: Report) -> list[str]:
             "--swaps", str(c["swaps_per_config"]), "--rollbacks", str(rollbacks),
             "--load-rate", str(c["load_rate_asked"])]
     args += [] if r.get("under_load") else ["--no-load"]
+    priority = c.get("pause_priority")  # (None: a report from before the setting)
+    if priority is not None and priority != SwapSettings().pause_priority:
+        args += ["--pause-priority", str(priority)]
     return args + ([] if c.get("never_reader", True) else ["--no-never-reader"])
+
+
+def _pause_priority(priority: Any) -> str:
+    if priority is None:
+        return ""
+    return (f", the adopter at SCHED_FIFO {priority} through each pause" if priority
+            else ", the relays at their own scheduling")
 
 
 def _strategies_args(r: Report) -> list[str]:
@@ -177,7 +188,8 @@ OWN_CONDITIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "handoff": lambda c: (f"{c.get('swaps_per_config')} swaps per row, journal "
                           f"{c.get('journal')}, never-reading publisher with a full echo "
                           f"backlog: {'yes' if c.get('never_reader') else 'no'}, load capped "
-                          f"at {_num(c.get('delivery_budget_msgs_per_s'))} deliveries/s"),
+                          f"at {_num(c.get('delivery_budget_msgs_per_s'))} deliveries/s"
+                          f"{_pause_priority(c.get('pause_priority'))}"),
     "strategies": lambda c: (f"message sizes {_sizes(c.get('message_sizes_bytes'))} bytes, "
                              f"{_num(c.get('connected_clients'))} clients, canary "
                              f"{_num(c.get('canary_msgs_per_s'))} msg/s"),

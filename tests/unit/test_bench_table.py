@@ -105,6 +105,22 @@ def test_each_goal_is_met_or_not_and_counted(tmp_path: Path) -> None:
     assert "| 1 of 2 |" in _row(text, "| handoff | 30 swaps per row")
 
 
+@pytest.mark.parametrize(("priority", "said", "arg"), [
+    (10, "the adopter at SCHED_FIFO 10 through each pause", ""),
+    (0, "the relays at their own scheduling", " --pause-priority 0"),
+    (None, "", ""),  # a report from before pause_priority: nothing claimed
+])
+def test_the_pause_priority_is_named_and_reproduced(
+        tmp_path: Path, priority: int | None, said: str, arg: str) -> None:
+    report = _handoff()
+    if priority is not None:
+        report["conditions"]["pause_priority"] = priority
+    text = render(load([_write(tmp_path, "handoff", report)]))
+    conditions = _row(text, "| handoff | 30 swaps per row")
+    assert "deliveries/s" + (f", {said}" if said else "") + "; 2 of 2 cores" in conditions
+    assert (f"--load-rate 5000{arg} -o json > docs/bench/handoff.json`") in text
+
+
 def test_strategies_p99_of_fewer_than_100_samples_is_the_maximum(tmp_path: Path) -> None:
     text = render(load([_write(tmp_path, "strategies", _strategies())]))
     row = _row(text, "| strategies | takeover, 10,000 msg/s (10,000 asked), 100 clients |")
