@@ -8,12 +8,14 @@ An independent consumer counts what arrives: every sequence, once, in order.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from swapctl.errors import SwapctlError
 from swapctl.protocol import Framer, Frames, split_frames
 from swapctl.relay.stats import read_stats
 from tests.clients import trade
@@ -24,8 +26,14 @@ PER_WRITE = 10  # small writes: many in flight when the publisher closes
 
 
 def _wait_open(stats: Path, n: int) -> None:
+    """Until the relay counts `n` open connections. Its stats socket is bound after the
+    public one the fixture waits for (CI once read it before it existed): until then,
+    try again."""
     deadline = time.monotonic() + 10
-    while read_stats(stats)["connections_open"] != n:
+    while True:
+        with contextlib.suppress(SwapctlError):
+            if read_stats(stats)["connections_open"] == n:
+                return
         assert time.monotonic() < deadline, f"relay never saw {n} connections"
         time.sleep(0.01)
 
