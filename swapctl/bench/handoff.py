@@ -261,6 +261,11 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         "unsent_bytes_p50": percentiles([r["handoff"].get("unsent_bytes") or 0
                                          for r in committed], (50,)).get("p50")
         if committed else None,
+        # clients owed the end of a fan-out in flight at the freeze, carried by the
+        # `tail` extension (docs/handoff-protocol.md section 12; 0 on the Python relay)
+        "tail_records_p50": percentiles([r["handoff"].get("delta_from_tail") or 0
+                                         for r in committed], (50,)).get("p50")
+        if committed else None,
         "server_pause_ms": pause, "client_pause_ms": stats(client),
         "realtime": _realtime(results, "realtime"),
         "pause_stages_p50_ms": _stage_medians(committed),

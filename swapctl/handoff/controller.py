@@ -25,6 +25,7 @@ from swapctl.handoff.messages import (
     ADOPT_RESUME,
     PRECOPY,
     PROTOCOL_VERSION,
+    TAIL,
     Envelope,
     HandoffError,
     granted,
@@ -54,6 +55,12 @@ class RelayLink:
     def adopt_resume(self) -> bool:
         """The relay starts reading at the end of an ADOPT that asks it to (no RESUME)."""
         return ADOPT_RESUME in self.extensions
+
+    @property
+    def tail(self) -> bool:
+        """The relay's pre-copy freeze may carry a fan-out in flight as a tail section
+        (and, adopting, takes one)."""
+        return TAIL in self.extensions
 
     def close(self) -> None:
         self.channel.close()
@@ -206,10 +213,13 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
     `new.adopt_resume`): then it starts reading as soon as it holds everything and its
     `resumed_ns` is in the returned transfer's meta. With `precopy` (a pre-copy's
     generation) the RELEASE asks only for the delta since then; any BACKLOG it owes is
-    left for `forward_backlog`."""
+    left for `forward_backlog`; when both relays speak the `tail` extension it asks for
+    one (the units of a fan-out in flight, once, in the delta)."""
     request: dict[str, Any] = {"type": "release", "flush_ms": flush_ms}
     if precopy is not None:
         request["precopy"] = precopy
+        if old.tail and new.tail:
+            request["tail"] = 1
     rid_old = old._send(request)
     rid_new = new._take_id()
     assembler = Assembler("manifest")

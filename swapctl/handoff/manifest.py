@@ -21,6 +21,11 @@ relay closed since the pre-copy), then the same records, where fd index 0xFFFFFF
 means "pre-copied, no fd in this message" and flag DEFERRED means the record's
 unsent_out length is owed to the client but its bytes follow out of band (backlog.py),
 not in this blob. Flag HEAD_STARTED: the relay stopped mid-frame in that client's stream.
+With the `tail` extension (section 12), flag TAIL means the record's unsent_out length
+is owed and is the last that many bytes of part 0's tail section, which ends its blob
+(the part's `tail` names its units and bytes); those bytes are not inline either.
+The orchestrator's own copy (`decode_part`) takes each such record's bytes from the
+section, so the copy it keeps for a rollback stands alone, as a record with inline bytes.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ DELTA_FORMAT = "delta-v1"
 NO_FD = 0xFFFFFFFF  # delta-v1: the connection was pre-copied; no fd travels with it
 DEFERRED = 1  # flag: the unsent_out bytes follow out of band (a `backlog` message)
 HEAD_STARTED = 2  # flag: the client's stream stopped mid-frame (never drop what is owed)
+TAIL = 4  # flag: the unsent_out bytes are the end of part 0's tail section
 _ENVELOPE_KEYS = frozenset({"type", "part", "parts", "listener", "connections", "table",
-                            "id", "re", "closed"})
+                            "id", "re", "closed", "tail"})
 
 
 class ConnState(NamedTuple):
@@ -173,13 +179,31 @@ def decode_part(env: Envelope) -> Transfer:
             raise HandoffError("closed-id list runs past the blob")
         closed = [i for (i,) in CLOSED_ID.iter_unpack(env.blob[:start])]
     owed: dict[int, tuple[int, int]] = {}
-    conns = _decode(int(msg["connections"]), env, start, owed if table == DELTA_FORMAT else None)
+    delta = table == DELTA_FORMAT
+    conns = _decode(int(msg["connections"]), env, start, owed if delta else None,
+                    _tail_section(env) if delta else None)
     return Transfer(listener, conns, meta, str(table), closed, owed)
 
 
+def _tail_section(env: Envelope) -> bytes | None:
+    """Part 0's tail section's bytes (`tail` extension): unit lengths (u32 each) then
+    the units, at the very end of the blob."""
+    tail = env.msg.get("tail")
+    if not isinstance(tail, dict):
+        return None
+    units, size = int(tail.get("units", 0)), int(tail.get("bytes", 0))
+    if units < 0 or size < 0 or 4 * units + size > len(env.blob):
+        raise HandoffError(f"a tail of {units} units and {size} bytes runs past the blob")
+    return env.blob[len(env.blob) - size:]
+
+
 def _decode(count: int, env: Envelope, start: int = 0,
-            owed: dict[int, tuple[int, int]] | None = None) -> list[tuple[ConnState, int]]:
-    """The records (and, for a delta, `owed` filled in from their flags)."""
+            owed: dict[int, tuple[int, int]] | None = None,
+            tail: bytes | None = None) -> list[tuple[ConnState, int]]:
+    """The records (and, for a delta, `owed` filled in from their flags; a TAIL
+    record's bytes taken from `tail`, the part's tail section, and made inline)."""
+    if tail is None:
+        tail = b""
     delta = owed is not None
     blob, fds = env.blob, env.fds
     end = start + count * RECORD.size
@@ -189,7 +213,7 @@ def _decode(count: int, env: Envelope, start: int = 0,
     pos = end
     for rec in RECORD.iter_unpack(blob[start:end]):
         conn_id, fd_index, n_in, n_out, flags, b_in, f_in, f_out, drops = rec
-        deferred = n_out if owed is not None and flags & DEFERRED else 0
+        deferred = n_out if owed is not None and flags & (DEFERRED | TAIL) else 0
         inline = 0 if deferred else n_out
         fd_ok = fd_index < len(fds) or (delta and fd_index == NO_FD)
         if not fd_ok or pos + n_in + inline > len(blob):
@@ -197,6 +221,11 @@ def _decode(count: int, env: Envelope, start: int = 0,
         pending = blob[pos : pos + n_in] if n_in else b""
         unsent = blob[pos + n_in : pos + n_in + inline] if inline else b""
         pos += n_in + inline
+        if delta and flags & TAIL:
+            if not 0 < n_out <= len(tail):
+                raise HandoffError(f"connection {conn_id}: owes {n_out} bytes "
+                                   f"of a tail of {len(tail)}")
+            unsent, deferred, flags = tail[len(tail) - n_out:], 0, flags & ~TAIL
         fd = -1 if fd_index == NO_FD else fds[fd_index]
         if owed is not None and flags:
             owed[conn_id] = (flags, deferred)

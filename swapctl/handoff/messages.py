@@ -14,7 +14,14 @@ PRECOPY = "precopy"
 # ADOPT with "resume": true: the adopter starts reading the moment it holds everything,
 # without a RESUME round trip inside the pause (docs/handoff-protocol.md section 11)
 ADOPT_RESUME = "adopt-resume"
-EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1}
+# A pre-copy freeze's delta carries the units of a fan-out in flight once, and each
+# client still owed some of them is a record saying how many bytes (section 12): the
+# orchestrator asks for it only when both relays speak it (the Python relay does not)
+TAIL = "tail"
+EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1, TAIL: 1}
+# what the Python reference relay offers (it writes each broadcast to every client
+# before it reads again, so its freeze never finds a fan-out in flight)
+RELAY_EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1}
 MAX_FDS = 253  # the kernel's SCM_MAX_FD: file descriptors in one message
 
 

@@ -27,9 +27,9 @@ from typing import Any, Protocol, runtime_checkable
 from swapctl.handoff.manifest import DELTA_FORMAT, Assembler, Transfer, to_parts
 from swapctl.handoff.messages import (
     ADOPT_RESUME,
-    EXTENSIONS,
     PRECOPY,
     PROTOCOL_VERSION,
+    RELAY_EXTENSIONS,
     Envelope,
     HandoffError,
     granted,
@@ -114,7 +114,7 @@ class Participant:
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": os.getpid(),
             "token": self.token, "release": self.release, "state": self.host.handoff_state(),
             "connections": self.host.stats().get("connections_open", 0),
-            "extensions": dict(EXTENSIONS) if self.precopy else {},
+            "extensions": dict(RELAY_EXTENSIONS) if self.precopy else {},
         })
         self.awaiting_welcome = True
         return True

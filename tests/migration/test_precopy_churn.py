@@ -4,10 +4,17 @@ Clients open and close between the pre-copy and the freeze (a hook right after t
 pre-copy, on the way there and on the way back) and all the time (a churning thread,
 so some land inside the freeze). Judged by the independent load checker with a
 strategy consumer, and by long-lived clients that must receive a last message.
+
+On both relays. The Rust relay also has a crowd of 300 reading clients, so that its
+freezes find a fan-out in flight and carry it by the `tail` extension (section 12 of
+docs/handoff-protocol.md): the test checks that they did and that no client of the
+crowd was cut.
 """
 
 from __future__ import annotations
 
+import selectors
+import socket
 import sys
 import threading
 import time
@@ -27,9 +34,14 @@ from swapctl.swap.machine import Deadlines
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
 from tests.clients import Client, trade
+from tests.rust import example_relay
 
-RELAY = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
-V1, V2 = Release("v1", RELAY), Release("v2", RELAY)
+PYTHON = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
+
+
+def releases(relay: str) -> tuple[Release, Release]:
+    command = PYTHON if relay == "python" else (str(example_relay()),)
+    return Release("v1", command), Release("v2", command)
 
 
 class ChurnBetween(HandoffActions):
@@ -52,6 +64,46 @@ class ChurnBetween(HandoffActions):
         return base
 
 
+class Crowd(threading.Thread):
+    """Clients that read and drop everything (a fan-out to all of them takes a while);
+    `cut` counts those that saw EOF."""
+
+    def __init__(self, public: Path, count: int) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.selector = selectors.DefaultSelector()
+        self.socks = []
+        for _ in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(public))
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
+            self.socks.append(sock)
+        self.cut = 0
+        self.received = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    self.cut += 1
+                    self.selector.unregister(sock)
+                self.received += len(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+        for sock in self.socks:
+            sock.close()
+        self.selector.close()
+
+
 class Churn(threading.Thread):
     """Connect, say one message, hang up; again and again."""
 
@@ -70,11 +122,11 @@ class Churn(threading.Thread):
             time.sleep(0.002)
 
 
-@pytest.fixture
-def service(sockdir: Path) -> Iterator[Service]:
+@pytest.fixture(params=["python", "rust"])
+def service(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[Service]:
     spawner = SubprocessSpawner(sockdir / "logs")
     svc = Service(sockdir / "md.sock", sockdir / "state", spawner)
-    svc.open(V1)
+    svc.open(releases(request.param)[0])
     try:
         yield svc
     finally:
@@ -82,9 +134,14 @@ def service(sockdir: Path) -> Iterator[Service]:
         spawner.stop_all()
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -> None:
     public = service.socket_path
+    assert service.active is not None
+    rust = service.active.release.command == releases("rust")[0].command
+    V1, V2 = releases("rust" if rust else "python")
+    crowd = Crowd(public, 300 if rust else 0)
+    crowd.start()
     actions = ChurnBetween(public)
     actions.keepers = [Client(public, plain_only=True) for _ in range(6)]
     load = LoadSession(LoadConfig(public, publishers=2, consumers=2, rate=3000,
@@ -113,6 +170,7 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -
     finally:
         churn.stop.set()
         load.close()
+        crowd.close()
     decisions = [r["decision"] for r in results]
     assert decisions == ["committed" if i % 3 != 2 else "rolled_back" for i in range(24)], \
         [r["reason"] for r in results]
@@ -122,6 +180,12 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -
     assert sum(r["handoff"].get("delta_closed", 0) for r in results) > 0
     assert sum(r["handoff"].get("delta_new", 0) for r in results) > 0
     assert churn.cycles > 100
+    from_tail = sum(r["handoff"].get("delta_from_tail", 0) for r in results)
+    if rust:  # freezes found a fan-out in flight and carried it as a tail
+        assert from_tail > 0, [r["handoff"] for r in results]
+        assert crowd.received > 0 and crowd.cut == 0
+    else:  # the reference relay does not speak `tail`
+        assert from_tail == 0
     assert verdict.ok, verdict.problems()
     assert verdict.sent > 0 and verdict.disconnects == 0
     last = trade(999_999)

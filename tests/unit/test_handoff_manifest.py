@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swapctl.handoff.manifest import RECORD, Assembler, ConnState, Transfer, to_parts
+from swapctl.handoff.manifest import (
+    DELTA_FORMAT,
+    HEAD_STARTED,
+    NO_FD,
+    RECORD,
+    TAIL,
+    Assembler,
+    ConnState,
+    Transfer,
+    to_parts,
+)
 from swapctl.handoff.messages import MAX_FDS, Envelope, HandoffError
 
 states = st.builds(ConnState, st.integers(0, 2**64 - 1), st.binary(max_size=40),
@@ -65,3 +77,38 @@ def test_unknown_table_format_is_refused() -> None:
     msg, blob, fds = to_parts(Transfer(None, []), "adopt")[0]
     with pytest.raises(HandoffError, match="table format"):
         Assembler("adopt").feed(Envelope({**msg, "table": "conn-v9"}, blob, fds))
+
+
+def _tail_delta(owed: int, head: bytes = b"") -> Envelope:
+    """A delta-v1 part 0 as the Rust relay sends it with the `tail` extension: one
+    pre-copied connection (TAIL, owed the last `owed` bytes), one with a partial frame,
+    then the section (unit lengths, units)."""
+    units = [b"unit-one|", b"unit-two|", b"three|"]
+    records = RECORD.pack(1, NO_FD, 0, owed, TAIL | HEAD_STARTED, 10, 1, 2, 0)
+    records += RECORD.pack(2, NO_FD, len(head), 0, 0, 5, 0, 0, 0)
+    section = b"".join(struct.pack("<I", len(u)) for u in units) + b"".join(units)
+    msg = {"type": "manifest", "part": 0, "parts": 1, "table": DELTA_FORMAT, "connections": 2,
+           "closed": 0, "listener": None, "tail": {"units": 3, "bytes": sum(map(len, units))},
+           "from_tail": 1}
+    return Envelope(msg, records + head + section, [])
+
+
+def test_a_tail_record_takes_the_end_of_the_tail_section_and_the_copy_stands_alone() -> None:
+    transfer = Assembler("manifest").feed(_tail_delta(owed=10, head=b"half"))
+    (first, fd1), (second, _) = transfer.conns
+    assert (first.id, fd1, first.unsent_out) == (1, -1, b"two|three|"), "the last 10, mid-unit"
+    assert second.pending_in == b"half"
+    assert transfer.owed[1] == (HEAD_STARTED, 0), "TAIL is resolved: the bytes are inline now"
+    assert "tail" not in transfer.meta and transfer.meta["from_tail"] == 1
+    # re-sent from the orchestrator's copy (a rollback): inline bytes, no section needed
+    again = round_trip(Transfer(None, transfer.conns, {}, DELTA_FORMAT, [], transfer.owed), "adopt")
+    assert again.conns[0][0].unsent_out == first.unsent_out
+
+
+def test_a_tail_record_owing_more_than_the_section_is_refused() -> None:
+    with pytest.raises(HandoffError, match="owes 25 bytes of a tail of 24"):
+        Assembler("manifest").feed(_tail_delta(owed=25))
+    env = _tail_delta(owed=3)
+    env.msg["tail"] = {"units": 3, "bytes": 500}
+    with pytest.raises(HandoffError, match="runs past the blob"):
+        Assembler("manifest").feed(env)

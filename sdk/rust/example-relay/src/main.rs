@@ -6,8 +6,9 @@
 //!                                               the real relays with a compiled-in path
 //! Options: --domain-byte N (relay_domain to forward, default 1), --any-domain,
 //! --threads N (runtime worker threads, default: one per core), --no-precopy (offer
-//! swapctl plain version 1 of the handoff, without the precopy and adopt-resume
-//! extensions).
+//! swapctl plain version 1 of the handoff, without the precopy, adopt-resume and tail
+//! extensions), --no-tail (offer precopy and adopt-resume, not tail: to measure what
+//! the tail extension saves).
 
 use std::process::exit;
 use std::sync::Arc;
@@ -22,16 +23,17 @@ struct Options {
     domain: Option<u8>,
     threads: Option<usize>,
     precopy: bool,
+    tail: bool,
 }
 
 fn usage(text: &str) -> ! {
     eprintln!("swapctl-example-relay: error: {}", text);
-    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N] [--no-precopy]");
+    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N] [--no-precopy] [--no-tail]");
     exit(2)
 }
 
 fn options() -> Options {
-    let mut o = Options { legacy: None, domain: Some(1), threads: None, precopy: true };
+    let mut o = Options { legacy: None, domain: Some(1), threads: None, precopy: true, tail: true };
     let mut legacy = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -42,6 +44,7 @@ fn options() -> Options {
             "--domain-byte" => o.domain = Some(value("--domain-byte").parse().unwrap_or_else(|_| usage("--domain-byte: use 0-255"))),
             "--any-domain" => o.domain = None,
             "--no-precopy" => o.precopy = false,
+            "--no-tail" => o.tail = false,
             "--threads" => o.threads = Some(value("--threads").parse().unwrap_or_else(|_| usage("--threads: use a count"))),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {:?}", other)),
@@ -56,7 +59,8 @@ fn options() -> Options {
 async fn run(o: Options) -> std::io::Result<()> {
     let mut relay = match &o.legacy {
         Some(path) => Handoff::bind(path)?,
-        None => match Handoff::join_with(Offer { precopy: o.precopy, adopt_resume: o.precopy, max_owed_units: QUEUE,
+        None => match Handoff::join_with(Offer { precopy: o.precopy, adopt_resume: o.precopy, tail: o.tail,
+                                                 max_owed_units: QUEUE,
                                                  ..Offer::default() }).await? {
             Some(relay) => relay,
             None => usage("SWAPCTL_HANDOFF is not set: start me through swapctl, or use --legacy --socket PATH"),

@@ -184,6 +184,8 @@ fn write_all(fd: RawFd, bufs: &[&[u8]]) -> io::Result<()> {
 pub struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
+    /// Bytes held on the heap instead (a delta's tail section): no mapping to undo.
+    heap: Option<Box<[u8]>>,
 }
 
 // The mapping is read-only and lives until dropped: sharing it across threads is safe.
@@ -196,17 +198,61 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(err("mapping the backlog memfd"));
         }
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { ptr, len, heap: None })
+    }
+
+    /// A copy of `bytes`, cut into units the same way (the `tail` extension's section).
+    pub fn copy(bytes: &[u8]) -> Mapping {
+        Mapping { ptr: std::ptr::null_mut(), len: bytes.len(), heap: Some(bytes.into()) }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+        match &self.heap {
+            Some(heap) => heap,
+            None => unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) },
+        }
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr, self.len) };
+        if self.heap.is_none() {
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// A delta's tail section (`tail` extension), shared by every record that owes its end.
+pub struct SharedTail {
+    map: Arc<Mapping>,
+    /// (offset, length) of each unit in `map`.
+    units: Vec<(usize, usize)>,
+}
+
+impl SharedTail {
+    pub fn new(lens: &[usize], bytes: &[u8]) -> SharedTail {
+        let mut offset = 0;
+        let units = lens.iter().map(|&len| {
+            offset += len;
+            (offset - len, len)
+        }).collect();
+        SharedTail { map: Arc::new(Mapping::copy(bytes)), units }
+    }
+
+    /// The units holding the last `owed` bytes, and how much of the first precedes
+    /// them (as `head_sent`: the previous relay had written that much of it).
+    pub fn last(&self, owed: usize) -> Result<(Vec<MappedUnit>, usize), String> {
+        let total = self.map.len;
+        if owed == 0 || owed > total {
+            return Err(format!("a record owes {} bytes of a tail of {}", owed, total));
+        }
+        let start = total - owed;
+        let first = self.units.partition_point(|&(offset, len)| offset + len <= start);
+        let head_sent = start - self.units[first].0;
+        let units = self.units[first..].iter()
+            .map(|&(offset, len)| MappedUnit { map: self.map.clone(), offset, len, frames: 1 })
+            .collect();
+        Ok((units, head_sent))
     }
 }
 
@@ -257,6 +303,20 @@ pub fn read_memfd(fd: RawFd, table_len: usize, data_len: usize, count: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_record_gets_the_units_that_hold_its_last_bytes() {
+        let tail = SharedTail::new(&[4, 2, 6], b"aaaabbcccccc");
+        let bytes = |units: &[MappedUnit]| units.iter().map(|u| u.as_ref().to_vec()).collect::<Vec<_>>();
+        let (units, head_sent) = tail.last(6).unwrap();
+        assert_eq!((bytes(&units), head_sent), (vec![b"cccccc".to_vec()], 0), "a whole unit");
+        let (units, head_sent) = tail.last(7).unwrap();
+        assert_eq!((bytes(&units), head_sent), (vec![b"bb".to_vec(), b"cccccc".to_vec()], 1), "mid-unit: started");
+        let (units, head_sent) = tail.last(12).unwrap();
+        assert_eq!((units.len(), head_sent), (3, 0));
+        assert!(tail.last(13).is_err(), "more than the tail holds");
+        assert!(tail.last(0).is_err(), "a tail record owes something");
+    }
 
     fn boxed(b: &[u8]) -> (Owned, u32) {
         (Box::new(b.to_vec()), 1)

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::backlog::{Entry, MappedUnit, Owned};
 use crate::framing::Inbound;
-use crate::hub::{Cmd, Counters, Decision, Export, Gone, Hub, Phase, Slot, OWES, PENDING};
+use crate::hub::{Cmd, Counters, Decision, Export, Gone, Hub, Phase, Slot, OWES, PENDING, STALE, STARTED};
 use crate::table::{Carried, DEFERRED, HEAD_STARTED};
 
 /// Bytes read at most at once (the real relays' 64 KiB buffer).
@@ -53,14 +53,16 @@ pub struct Conn {
 }
 
 enum Piece<M> {
-    Msg(M),
+    /// A unit from the broadcast channel and its number (`Tail`), or one carried from
+    /// the previous relay (number 0).
+    Msg(M, u64),
     Mapped(MappedUnit),
 }
 
 impl<M: AsRef<[u8]>> Piece<M> {
     fn bytes(&self) -> &[u8] {
         match self {
-            Piece::Msg(m) => m.as_ref(),
+            Piece::Msg(m, _) => m.as_ref(),
             Piece::Mapped(u) => u.as_ref(),
         }
     }
@@ -76,6 +78,9 @@ struct Out<M> {
     held: bool,
     /// Bytes queued and not yet written.
     bytes: u64,
+    /// The number of the unit the broadcast receiver yields next (0: not known yet;
+    /// see hub.rs on the tail).
+    next: u64,
 }
 
 impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
@@ -84,12 +89,43 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
         self.queue.push_back((piece, frames));
     }
 
+    /// A unit taken from the broadcast receiver.
+    fn take(&mut self, m: M) {
+        let seq = self.next;
+        if self.next != 0 {
+            self.next += 1;
+        }
+        self.push(Piece::Msg(m, seq), 1);
+    }
+
+    /// The receiver lagged: `n` units were dropped for this client.
+    fn skipped(&mut self, n: u64) {
+        if self.next != 0 {
+            self.next += n;
+        }
+    }
+
+    /// What the slot publishes (`Slot::written`, `Slot::head_sent`): 1 + the number of
+    /// the last unit written whole and how much of the next was, when everything still
+    /// queued came from the broadcast channel (carried units only ever lead the queue,
+    /// so a numbered first unit means all are); (0, 0) when it cannot be told.
+    fn written(&self) -> (u64, u64) {
+        if self.next == 0 || self.held {
+            return (0, 0);
+        }
+        match self.queue.front() {
+            None => (self.next, 0),
+            Some((Piece::Msg(_, seq), _)) if *seq != 0 => (*seq, self.head_sent as u64),
+            Some(_) => (0, 0),
+        }
+    }
+
     /// Bytes carried without their frame boundaries (a version-1 `unsent_out`).
     fn push_carried(&mut self, m: M) {
         if self.queue.is_empty() {
             self.pinned = true;
         }
-        self.push(Piece::Msg(m), 1);
+        self.push(Piece::Msg(m, 0), 1);
     }
 
     /// A BACKLOG's units, in front of anything queued since the resume.
@@ -138,13 +174,13 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
         let mut units: Vec<(Owned, u32)> = Vec::with_capacity(self.queue.len());
         for (i, (piece, frames)) in self.queue.iter().enumerate() {
             let unit: Owned = match piece {
-                Piece::Msg(_) if i == 0 && self.pinned && head_sent == 0 => {
+                Piece::Msg(..) if i == 0 && self.pinned && head_sent == 0 => {
                     head_sent = 1;
                     let mut bytes = vec![0u8];
                     bytes.extend_from_slice(piece.bytes());
                     Box::new(bytes)
                 }
-                Piece::Msg(m) => Box::new(m.clone()),
+                Piece::Msg(m, _) => Box::new(m.clone()),
                 Piece::Mapped(u) => Box::new(u.clone()),
             };
             units.push((unit, *frames));
@@ -170,7 +206,7 @@ impl Conn {
         let hub = self.hub.clone();
         let slot = self.slot.clone();
         let mut wake = hub.wakeups();
-        let mut out = Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: self.held, bytes: 0 };
+        let mut out = Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: self.held, bytes: 0, next: 0 };
         let carried_out = std::mem::take(&mut self.carried.unsent_out);
         if !carried_out.is_empty() {
             out.push_carried(M::from(carried_out));
@@ -208,7 +244,7 @@ impl Conn {
                 }
                 drop(gate);
             }
-            if self.write_now(&mut out, &mut rx).is_err() {
+            if self.write_now(&mut out, &mut rx, !carried_in.is_empty()).is_err() {
                 break Gone::Disconnected;
             }
             let waiting = out.queue.is_empty() && !out.held;
@@ -227,8 +263,8 @@ impl Conn {
                     }
                 }
                 msg = rx.recv(), if waiting => match msg {
-                    Ok(m) => out.push(Piece::Msg(m), 1),
-                    Err(RecvError::Lagged(n)) => self.lagged(n),
+                    Ok(m) => out.take(m),
+                    Err(RecvError::Lagged(n)) => { out.skipped(n); self.lagged(n) },
                     Err(RecvError::Closed) => break Gone::Disconnected,
                 },
                 ready = self.stream.writable(), if writing => {
@@ -247,7 +283,13 @@ impl Conn {
     where
         M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
-        for cmd in self.slot.take() {
+        let cmds = self.slot.take();
+        if !cmds.is_empty() {
+            // the queue may change: until the next write says again, the freeze asks
+            self.slot.set(STALE, true);
+            self.slot.written.store(0, Ordering::SeqCst);
+        }
+        for cmd in cmds {
             match cmd {
                 Cmd::Export => self.export_frozen(out, rx, inbound, carried_in),
                 Cmd::Owed(reply, limit, bytes) => {
@@ -313,21 +355,64 @@ impl Conn {
     fn drain<M: AsRef<[u8]> + Clone + Send + 'static>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) {
         loop {
             match rx.try_recv() {
-                Ok(m) => out.push(Piece::Msg(m), 1),
-                Err(TryRecvError::Lagged(n)) => self.lagged(n),
+                Ok(m) => out.take(m),
+                Err(TryRecvError::Lagged(n)) => { out.skipped(n); self.lagged(n) },
                 Err(_) => break,
             }
         }
     }
 
+    /// `n` units were dropped for this client (its receiver lagged, or shed from its
+    /// queue).
     fn lagged(&mut self, n: u64) {
         self.carried.counters[3] += n;
+        self.slot.counters[3].store(self.carried.counters[3], Ordering::Relaxed);
         Counters::add(&self.hub.counters.lag_drops, n);
     }
 
+    /// The per-connection counters, for a freeze that describes this connection
+    /// without waking its task.
+    fn mirror(&self) {
+        for (slot, value) in self.slot.counters.iter().zip(self.carried.counters) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// A unit while the receiver's numbering is not known: take it, or learn the
+    /// numbering (the receiver found empty under the ring's lock, which every send
+    /// holds: the next unit it yields is the ring's next). True: a unit was taken.
+    fn sync<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) -> bool
+    where
+        M: AsRef<[u8]> + Clone + Send + 'static,
+    {
+        let hub = self.hub.clone();
+        let tail = hub.tail.lock().unwrap();
+        match rx.try_recv() {
+            Ok(m) => {
+                drop(tail);
+                out.take(m);
+                true
+            }
+            Err(TryRecvError::Lagged(n)) => {
+                drop(tail);
+                out.skipped(n);
+                self.lagged(n);
+                true
+            }
+            Err(TryRecvError::Empty) => {
+                out.next = tail.last + 1;
+                false
+            }
+            Err(TryRecvError::Closed) => false,
+        }
+    }
+
     /// One read, under the gate (a release waits for it to finish). Ok(true): EOF.
-    fn read_once<I: Inbound, M: From<Vec<u8>>>(&mut self, buf: &mut [u8], inbound: &mut I,
-                                               tx: &broadcast::Sender<M>) -> io::Result<bool> {
+    fn read_once<I, M>(&mut self, buf: &mut [u8], inbound: &mut I, tx: &broadcast::Sender<M>) -> io::Result<bool>
+    where
+        I: Inbound,
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
+    {
         let hub = self.hub.clone();
         let gate = hub.gate.read().unwrap();
         if *gate != Phase::Run {
@@ -339,6 +424,7 @@ impl Conn {
                 self.carried.counters[0] += n as u64;
                 Counters::add(&hub.counters.bytes_in, n as u64);
                 self.ingest(&buf[..n], inbound, tx);
+                self.mirror();
                 drop(gate);
                 Ok(false)
             }
@@ -347,15 +433,22 @@ impl Conn {
         }
     }
 
-    /// Feed bytes to the framer and broadcast its units (under the gate).
-    fn ingest<I: Inbound, M: From<Vec<u8>>>(&mut self, data: &[u8], inbound: &mut I, tx: &broadcast::Sender<M>) {
+    /// Feed bytes to the framer and broadcast its units (under the gate), each
+    /// numbered in the ring under the ring's lock (hub.rs: the tail).
+    fn ingest<I: Inbound, M>(&mut self, data: &[u8], inbound: &mut I, tx: &broadcast::Sender<M>)
+    where
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
+    {
         let mut frames_in = 0;
-        let seq = &self.hub.sent_seq;
+        let hub = &self.hub;
         let before = inbound.skipped();
         inbound.feed(data, &mut |unit, frames| {
             frames_in += frames;
-            let _ = tx.send(M::from(unit));
-            seq.fetch_add(1, Ordering::SeqCst); // after the send: see hub.rs
+            let m = M::from(unit);
+            let mut tail = hub.tail.lock().unwrap();
+            tail.push(Box::new(m.clone()));
+            let _ = tx.send(m);
+            hub.sent_seq.store(tail.last, Ordering::SeqCst); // after the send: see hub.rs
         });
         self.carried.counters[1] += frames_in;
         Counters::add(&self.hub.counters.frames_in, frames_in);
@@ -365,13 +458,19 @@ impl Conn {
             Counters::add(&c.skipped_bytes, bytes1 - bytes0);
             Counters::add(&c.resyncs, resyncs1 - resyncs0);
         }
-        self.slot.set(PENDING, !inbound.pending().is_empty());
+        let pending = inbound.pending();
+        if !pending.is_empty() || self.slot.flags.load(Ordering::Relaxed) & PENDING != 0 {
+            *self.slot.pending.lock().unwrap() = pending.to_vec();
+        }
+        self.slot.set(PENDING, !pending.is_empty());
     }
 
     /// Write what is owed and whatever is queued, until the socket would block. Under
     /// the gate: nothing is written once a release holds it (a version-1 release
     /// writes in its `Flush` phase, a pre-copy freeze writes nothing).
-    fn write_now<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) -> io::Result<()>
+    /// Then publish on the slot what the freeze reads (hub.rs); `carrying_in`: a
+    /// carried partial frame is not fed yet, so the slot stays STALE.
+    fn write_now<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>, carrying_in: bool) -> io::Result<()>
     where
         M: AsRef<[u8]> + Clone + Send + 'static,
     {
@@ -382,6 +481,13 @@ impl Conn {
         }
         let result = self.write_locked(out, rx);
         self.slot.set(OWES, !out.queue.is_empty() || out.held);
+        self.slot.set(STARTED, out.started());
+        let (written, head_sent) = out.written();
+        self.slot.head_sent.store(head_sent, Ordering::Relaxed);
+        self.slot.owed_bytes.store(out.bytes, Ordering::Relaxed);
+        self.slot.written.store(written, Ordering::SeqCst);
+        self.slot.set(STALE, carrying_in);
+        self.mirror();
         drop(gate);
         result
     }
@@ -398,8 +504,9 @@ impl Conn {
                 // read the sequence before finding the receiver empty (see hub.rs)
                 let seq = self.hub.sent_seq.load(Ordering::SeqCst);
                 match rx.try_recv() {
-                    Ok(m) => out.push(Piece::Msg(m), 1),
-                    Err(TryRecvError::Lagged(n)) => self.lagged(n),
+                    Ok(m) => out.take(m),
+                    Err(TryRecvError::Lagged(n)) => { out.skipped(n); self.lagged(n) },
+                    Err(TryRecvError::Empty) if out.next == 0 && self.sync(out, rx) => continue,
                     Err(TryRecvError::Empty) => {
                         self.slot.drained.store(seq, Ordering::SeqCst);
                         found_empty = true;
@@ -467,7 +574,7 @@ impl Conn {
         M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
         loop {
-            if self.write_now(out, rx).is_err() {
+            if self.write_now(out, rx, !carried_in.is_empty()).is_err() {
                 return None;
             }
             if out.queue.is_empty() {
@@ -506,7 +613,7 @@ mod tests {
     use super::*;
 
     fn out() -> Out<Vec<u8>> {
-        Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: false, bytes: 0 }
+        Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: false, bytes: 0, next: 0 }
     }
 
     fn owned(units: &[(Owned, u32)]) -> Vec<Vec<u8>> {
@@ -517,7 +624,7 @@ mod tests {
     fn shed_drops_oldest_whole_units_never_a_started_one() {
         let mut o = out();
         for unit in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
-            o.push(Piece::Msg(unit.to_vec()), 1);
+            o.push(Piece::Msg(unit.to_vec(), 0), 1);
         }
         o.head_sent = 2; // the first unit is half written
         o.bytes -= 2;
@@ -526,7 +633,7 @@ mod tests {
         assert_eq!(o.bytes, 6);
         let mut whole = out();
         for unit in [b"aa", b"bb", b"cc"] {
-            whole.push(Piece::Msg(unit.to_vec()), 3);
+            whole.push(Piece::Msg(unit.to_vec(), 0), 3);
         }
         assert_eq!(whole.shed(1, u64::MAX), 6, "frames shed are counted");
         assert_eq!(whole.concat(), b"cc");
@@ -538,7 +645,7 @@ mod tests {
     fn shed_keeps_the_bytes_owed_within_the_byte_bound_too() {
         let mut o = out();
         for unit in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
-            o.push(Piece::Msg(unit.to_vec()), 2);
+            o.push(Piece::Msg(unit.to_vec(), 0), 2);
         }
         o.head_sent = 1; // started: stays whatever the bound
         o.bytes -= 1;
@@ -553,7 +660,7 @@ mod tests {
     fn carried_bytes_without_boundaries_go_out_as_a_started_unit() {
         let mut o = out();
         o.push_carried(b"tail-of-a-frame".to_vec());
-        o.push(Piece::Msg(b"next".to_vec()), 1);
+        o.push(Piece::Msg(b"next".to_vec(), 0), 1);
         assert!(o.started());
         let (head_sent, units) = o.units();
         assert_eq!(head_sent, 1, "one placeholder byte, counted as written");
@@ -573,7 +680,7 @@ mod tests {
         let (_, head_sent, units) = mapped.remove(0);
         let mut o = out();
         o.held = true;
-        o.push(Piece::Msg(b"newer".to_vec()), 1);
+        o.push(Piece::Msg(b"newer".to_vec(), 0), 1);
         o.prepend(units, head_sent);
         assert_eq!(o.concat(), b"yzuvnewer");
         assert_eq!(o.bytes, 9);

@@ -29,6 +29,8 @@ pub const PROTOCOL_VERSION: u64 = 1;
 /// docs/handoff-protocol.md section 11: ADOPT with `resume: true` starts reading at its end.
 pub const ADOPT_RESUME: &str = "adopt-resume";
 pub const ADOPT_RESUME_VERSION: u64 = 1;
+pub const TAIL: &str = "tail";
+pub const TAIL_VERSION: u64 = 1;
 const CONNECT_FOR: Duration = Duration::from_secs(10);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 const PART_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +47,8 @@ pub struct Settings {
     pub precopy: bool,
     /// Offer the `adopt-resume` extension in HELLO.
     pub adopt_resume: bool,
+    /// Offer the `tail` extension in HELLO (with `precopy` only).
+    pub tail: bool,
     /// Pre-copy: units and bytes a connection's BACKLOG carries at most (`Options`).
     pub max_owed_units: usize,
     pub max_owed_bytes: usize,
@@ -57,7 +61,7 @@ impl Settings {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
                         socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true,
-                        adopt_resume: true,
+                        adopt_resume: true, tail: true,
                         max_owed_units: crate::DEFAULT_MAX_OWED_UNITS,
                         max_owed_bytes: crate::DEFAULT_MAX_OWED_BYTES })
     }
@@ -73,6 +77,8 @@ pub struct Control {
     pub(crate) precopy_granted: AtomicBool,
     /// The orchestrator granted `adopt-resume` on the current channel.
     adopt_resume_granted: AtomicBool,
+    /// The orchestrator granted `tail` on the current channel.
+    pub(crate) tail_granted: AtomicBool,
     pub(crate) pre: Mutex<PreState>,
 }
 
@@ -101,6 +107,7 @@ impl Control {
                                          ready_sent: AtomicBool::new(false),
                                          precopy_granted: AtomicBool::new(false),
                                          adopt_resume_granted: AtomicBool::new(false),
+                                         tail_granted: AtomicBool::new(false),
                                          pre: Mutex::new(PreState::default()) });
         let deadline = Instant::now() + CONNECT_FOR;
         let sock = loop {
@@ -127,6 +134,9 @@ impl Control {
         if self.settings.adopt_resume {
             offered[ADOPT_RESUME] = json!(ADOPT_RESUME_VERSION);
         }
+        if self.settings.precopy && self.settings.tail {
+            offered[TAIL] = json!(TAIL_VERSION);
+        }
         let hello = json!({
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": std::process::id(),
             "token": self.settings.token, "release": self.settings.release,
@@ -146,9 +156,12 @@ impl Control {
         let resume_granted = self.settings.adopt_resume
             && reply.json.pointer("/extensions/adopt-resume").and_then(Value::as_u64) == Some(ADOPT_RESUME_VERSION);
         self.adopt_resume_granted.store(resume_granted, Ordering::SeqCst);
+        let tail_granted = granted && self.settings.tail
+            && reply.json.pointer("/extensions/tail").and_then(Value::as_u64) == Some(TAIL_VERSION);
+        self.tail_granted.store(tail_granted, Ordering::SeqCst);
         *self.writer.lock().unwrap() = Some(sock.try_clone()?);
-        log("connected", format!("control={} token={} precopy={} adopt_resume={}",
-                                 self.settings.control.display(), self.settings.token, granted, resume_granted));
+        log("connected", format!("control={} token={} precopy={} adopt_resume={} tail={}", self.settings.control.display(),
+                                 self.settings.token, granted, resume_granted, tail_granted));
         if self.ready_sent.load(Ordering::SeqCst) {
             self.send_ready();
         }
@@ -180,6 +193,7 @@ impl Control {
                 *self.writer.lock().unwrap() = None;
                 self.precopy_granted.store(false, Ordering::SeqCst);
                 self.adopt_resume_granted.store(false, Ordering::SeqCst);
+                self.tail_granted.store(false, Ordering::SeqCst);
                 self.control_lost();
                 sock = loop {
                     std::thread::sleep(RECONNECT_EVERY);
@@ -198,6 +212,7 @@ impl Control {
             || msg.json.get("precopy").map_or(false, |g| !g.is_null())
             || matches!(kind.as_str(), "precopy" | "preadopt" | "owed" | "backlog");
         let resume = msg.json.get("resume").and_then(Value::as_bool) == Some(true);
+        let tail = msg.json.get("tail").map_or(false, |t| !t.is_null());
         let reply = match kind.as_str() {
             _ if precopy && !self.precopy_granted.load(Ordering::SeqCst) => {
                 msg.close_fds();
@@ -206,6 +221,11 @@ impl Control {
             _ if resume && (kind != "adopt" || !self.adopt_resume_granted.load(Ordering::SeqCst)) => {
                 msg.close_fds();
                 Err("resume on adopt needs the adopt-resume extension, negotiated on this channel, and an adopt".into())
+            }
+            _ if tail && !(precopy && matches!(kind.as_str(), "release" | "adopt")
+                           && self.tail_granted.load(Ordering::SeqCst)) => {
+                msg.close_fds();
+                Err("a tail needs the tail extension, negotiated on this channel, on a pre-copy release or adopt".into())
             }
             "adopt" if precopy => self.adopt_delta(sock, msg).and_then(|body| self.then_resume(body, resume)),
             "adopt" => self.adopt(sock, msg).and_then(|body| self.then_resume(body, resume)),
@@ -428,7 +448,7 @@ impl Control {
         let records = conns.into_iter()
             .map(|(carried, fd)| (Record { carried, ..Record::default() }, Some(fd)))
             .collect();
-        self.send_parts("manifest", id, table::TABLE, &meta, listener, &[], records)?;
+        self.send_parts("manifest", id, table::TABLE, &meta, listener, &[], records, &[])?;
         Ok(None)
     }
 
@@ -436,7 +456,8 @@ impl Control {
     /// listener (fd 0), the closed ids and every record without an fd (delta-v1).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_parts(&self, kind: &str, id: &Value, format: &str, meta: &Value, listener: Option<RawFd>,
-                             closed: &[u64], records: Vec<(Record, Option<RawFd>)>) -> Result<(), String> {
+                             closed: &[u64], records: Vec<(Record, Option<RawFd>)>, trailer: &[u8])
+                             -> Result<(), String> {
         let (fdless, with_fd): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, fd)| fd.is_none());
         let first_room = MAX_FDS - usize::from(listener.is_some());
         let mut chunks: Vec<Vec<(Record, Option<RawFd>)>> = vec![fdless];
@@ -481,7 +502,10 @@ impl Control {
                 };
                 records.push(record);
             }
-            let blob = table::encode_delta(head, &records);
+            let mut blob = table::encode_delta(head, &records);
+            if index == 0 {
+                blob.extend_from_slice(trailer);
+            }
             self.send(&msg, &blob, &fds).map_err(|e| format!("sending {} part {}: {}", kind, index, e))?;
         }
         Ok(())

@@ -18,6 +18,17 @@
 //! new since the pre-copy, holding a partial frame (`PENDING`), owing bytes (`OWES`),
 //! or that may have been sent a unit since they last found their receiver empty
 //! (`drained` < `sent_seq`: every broadcast through `Conn::serve` bumps `sent_seq`).
+//!
+//! The tail (docs/handoff-protocol.md section 12): a task per connection writes each
+//! broadcast in its own time, so at 5,000 clients a freeze nearly always finds a
+//! fan-out in flight, thousands of connections a unit or two behind. Asking each of
+//! them (a task wake-up and a record built by the task) cost the pause 10-25 ms. So
+//! every unit that enters the broadcast channel is numbered and kept in a short ring
+//! (`Tail`), under one lock with the send, so the channel's order is the numbers'
+//! order. A task that knows the number of the next unit its receiver yields (`Exact`)
+//! publishes, with every write, how far it has written: the last whole unit and how
+//! much of the next one. The freeze then reads what each connection is owed straight
+//! from the slot and the ring, without waking its task.
 
 use std::collections::HashMap;
 use std::os::unix::io::RawFd;
@@ -29,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::backlog::{Entry, MappedUnit};
+use crate::backlog::{Entry, MappedUnit, Owned};
 use crate::table::Carried;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +82,10 @@ pub struct Export {
 /// Slot flags: what a connection's task last said about itself.
 pub const PENDING: u32 = 1; // its framer holds part of a frame
 pub const OWES: u32 = 2; // bytes are queued for it (or held for a backlog)
+pub const STARTED: u32 = 4; // the first unit queued is partly written
+/// What the slot says may be out of date (a command changed the queue, or a carried
+/// partial frame is not yet fed): the freeze asks the task.
+pub const STALE: u32 = 8;
 
 /// What the control thread asks of one connection's task.
 pub enum Cmd {
@@ -97,19 +112,40 @@ pub struct Slot {
     pub flags: AtomicU32,
     /// `Hub::sent_seq` as read before the task last found its receiver empty.
     pub drained: AtomicU64,
+    /// 1 + the number of the last unit written whole to the client, when everything it
+    /// is owed is broadcast units (so the ring can say what they are); 0: unknown.
+    /// Published under the gate with every write (see the module header).
+    pub written: AtomicU64,
+    /// Bytes of unit `written` (the next one) already written.
+    pub head_sent: AtomicU64,
+    /// Bytes queued for the client and not yet written (as of the last write).
+    pub owed_bytes: AtomicU64,
+    /// The framer's partial frame (with PENDING), copied under the gate at each read.
+    pub pending: Mutex<Vec<u8>>,
+    /// The task's per-connection counters (bytes_in, frames_in, frames_out,
+    /// lag_drops), mirrored under the gate for a record built without the task.
+    pub counters: [AtomicU64; 4],
     cmds: Mutex<Vec<Cmd>>,
     pub notify: Notify,
 }
 
 impl Slot {
     fn new(fd: RawFd) -> Slot {
-        Slot { fd, flags: AtomicU32::new(0), drained: AtomicU64::new(0), cmds: Mutex::new(Vec::new()),
-               notify: Notify::new() }
+        Slot { fd, flags: AtomicU32::new(STALE), drained: AtomicU64::new(0), written: AtomicU64::new(0),
+               head_sent: AtomicU64::new(0), owed_bytes: AtomicU64::new(0), pending: Mutex::new(Vec::new()),
+               counters: Default::default(), cmds: Mutex::new(Vec::new()), notify: Notify::new() }
     }
 
     pub fn send(&self, cmd: Cmd) {
         self.cmds.lock().unwrap().push(cmd);
         self.notify.notify_one();
+    }
+
+    /// Queue a command without waking the task: for a task that cannot act before the
+    /// phase changes (adopted, in `Hold`), which wakes every task anyway. Thousands of
+    /// wake-ups inside the pause would compete with the control thread for the CPU.
+    pub fn stash<const N: usize>(&self, cmds: [Cmd; N]) {
+        self.cmds.lock().unwrap().extend(cmds);
     }
 
     pub fn take(&self) -> Vec<Cmd> {
@@ -153,6 +189,68 @@ pub struct Counters {
     pub skips_counted: std::sync::atomic::AtomicBool,
 }
 
+/// The last units broadcast, numbered from 1 in the order the channel holds them
+/// (`push` is called under the ring's lock together with the channel's send).
+pub struct Tail {
+    /// The number of the newest unit (0: none yet).
+    pub last: u64,
+    /// The newest units, oldest first: `units[i]` is unit `last - len + 1 + i`.
+    pub units: std::collections::VecDeque<Owned>,
+}
+
+/// Units the ring keeps: a connection owed more than this is described by its task.
+pub const TAIL_UNITS: usize = 256;
+
+impl Tail {
+    pub fn push(&mut self, unit: Owned) {
+        if self.units.len() == TAIL_UNITS {
+            self.units.pop_front();
+        }
+        self.units.push_back(unit);
+        self.last += 1;
+    }
+
+    /// How many bytes units `after + 1 ..= last` hold, less `head_sent` bytes of the
+    /// first; None when the ring no longer holds them all.
+    pub fn owed_len(&self, after: u64, head_sent: usize) -> Option<usize> {
+        let count = self.last.checked_sub(after)? as usize;
+        if count > self.units.len() {
+            return None;
+        }
+        let total: usize = self.units.range(self.units.len() - count..).map(|u| (**u).as_ref().len()).sum();
+        total.checked_sub(head_sent)
+    }
+
+    /// Units `after + 1 ..= last` (all in the ring: see `owed_len`).
+    pub fn since(&self, after: u64) -> Vec<&[u8]> {
+        let count = ((self.last - after) as usize).min(self.units.len());
+        self.units.range(self.units.len() - count..).map(|u| (**u).as_ref()).collect()
+    }
+
+    /// The bytes of units `after + 1 ..= last`, less `head_sent` bytes of the first;
+    /// None when the ring no longer holds them all or they pass `max_bytes`.
+    pub fn owed(&self, after: u64, head_sent: usize, max_bytes: usize) -> Option<Vec<u8>> {
+        let count = self.last.checked_sub(after)? as usize;
+        if count > self.units.len() {
+            return None;
+        }
+        let units = self.units.range(self.units.len() - count..);
+        let total: usize = units.clone().map(|u| (**u).as_ref().len()).sum();
+        if total < head_sent || total - head_sent > max_bytes {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(total - head_sent);
+        let mut skip = head_sent;
+        for unit in units {
+            let unit = (**unit).as_ref();
+            let from = skip.min(unit.len());
+            skip -= from;
+            bytes.extend_from_slice(&unit[from..]);
+        }
+        Some(bytes)
+    }
+}
+
 impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -180,6 +278,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Units broadcast through `Conn::serve` so far (see the module header).
     pub sent_seq: AtomicU64,
+    /// The newest units broadcast, numbered (see the module header).
+    pub tail: Mutex<Tail>,
     /// Adopter, pre-copy: connections written nothing until their BACKLOG (id -> flags).
     pub holding: Mutex<HashMap<u64, u32>>,
     pub started: Instant,
@@ -205,6 +305,7 @@ impl Hub {
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             sent_seq: AtomicU64::new(0),
+            tail: Mutex::new(Tail { last: 0, units: std::collections::VecDeque::with_capacity(TAIL_UNITS) }),
             holding: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
@@ -326,5 +427,44 @@ impl Hub {
             Phase::Run if self.connections() > 0 => "probing",
             Phase::Run => "standby",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(units: &[&[u8]]) -> Tail {
+        let mut tail = Tail { last: 0, units: std::collections::VecDeque::new() };
+        for unit in units {
+            tail.push(Box::new(unit.to_vec()));
+        }
+        tail
+    }
+
+    #[test]
+    fn the_ring_says_what_a_connection_is_owed_from_how_far_it_wrote() {
+        let tail = ring(&[b"aaaa", b"bb", b"cccccc"]);
+        assert_eq!(tail.last, 3);
+        assert_eq!(tail.owed_len(3, 0), Some(0), "written through the last unit");
+        assert_eq!(tail.owed_len(2, 0), Some(6));
+        assert_eq!(tail.owed_len(1, 1), Some(7), "one byte of unit 2 was written");
+        assert_eq!(tail.owed(1, 1, 100), Some(b"bcccccc".to_vec()));
+        assert_eq!(tail.owed(0, 3, 100), Some(b"abbcccccc".to_vec()));
+        assert_eq!(tail.owed(0, 0, 5), None, "past the byte bound");
+        let units: Vec<Vec<u8>> = tail.since(1).into_iter().map(<[u8]>::to_vec).collect();
+        assert_eq!(units, vec![b"bb".to_vec(), b"cccccc".to_vec()]);
+    }
+
+    #[test]
+    fn a_connection_owed_more_than_the_ring_holds_is_not_described_from_it() {
+        let mut tail = ring(&[]);
+        for i in 0..TAIL_UNITS + 3 {
+            tail.push(Box::new(vec![i as u8]));
+        }
+        assert_eq!(tail.units.len(), TAIL_UNITS);
+        assert_eq!(tail.owed_len(2, 0), None, "unit 3 left the ring");
+        assert_eq!(tail.owed_len(3, 0), Some(TAIL_UNITS));
+        assert_eq!(tail.owed(3, 0, usize::MAX).map(|b| b[0]), Some(3), "unit 4 holds byte 3");
     }
 }

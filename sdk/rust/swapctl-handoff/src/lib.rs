@@ -33,7 +33,9 @@
 //! pause carries only what changed, and the bytes owed to clients follow after the
 //! new relay resumed, as a memfd. It offers `adopt-resume` too (section 11): the
 //! ADOPT that ends the pause may ask it to start reading, without a RESUME round trip.
-//! `Handoff::join_with(Options { precopy: false, adopt_resume: false, ..Options::default() })`
+//! And `tail` (section 12): a freeze that finds a fan-out in flight describes the
+//! connections still owed its units from their slots, with those units once for all.
+//! `Handoff::join_with(Options { precopy: false, adopt_resume: false, tail: false, ..Options::default() })`
 //! offers plain version 1. Every broadcast must go through `Conn::serve` (the freeze
 //! finds the connections that may owe bytes by counting them).
 
@@ -78,6 +80,10 @@ pub struct Options {
     /// Offer the `adopt-resume` extension (section 11): an ADOPT may ask this relay to
     /// start reading at its end, one round trip fewer inside the pause. Default: true.
     pub adopt_resume: bool,
+    /// Offer the `tail` extension (section 12, with pre-copy): the units of a fan-out
+    /// in flight at a freeze move once, in the delta, and each client still owed some
+    /// of them is one record that says how many bytes. Default: true.
+    pub tail: bool,
     /// With pre-copy, the units owed to one client that move to the next relay at most
     /// (the oldest whole units are shed past it, counted as lag drops): set it to your
     /// broadcast channel's capacity, the bound a slow consumer has on this relay.
@@ -94,7 +100,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precopy: true, adopt_resume: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
+        Options { precopy: true, adopt_resume: true, tail: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
     }
 }
 
@@ -129,6 +135,7 @@ impl Handoff {
         };
         settings.precopy = options.precopy;
         settings.adopt_resume = options.adopt_resume;
+        settings.tail = options.tail;
         settings.max_owed_units = options.max_owed_units;
         settings.max_owed_bytes = options.max_owed_bytes;
         let mut relay = Handoff::with_hub();

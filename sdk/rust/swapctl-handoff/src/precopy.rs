@@ -8,10 +8,13 @@
 //! - RELEASE naming that pre-copy (the freeze): the gate goes to `Quiesce` (no read or
 //!   accept; tasks write on) until the broadcasts already read are written out, then
 //!   to `Frozen` (no read, write or accept) without waking the tasks; only the connections
-//!   that changed are asked to describe themselves (hub.rs says how they are found):
-//!   new ones (id >= watermark) with their fds, ones holding a partial frame, ones
-//!   owed bytes (DEFERRED: the bytes stay where they are). Closed ids are found only
-//!   when the counts disagree. Nothing is flushed or copied.
+//!   that changed are described (hub.rs says how they are found): a connection whose
+//!   task published how far it has written, owed at most a few units still in the
+//!   ring (a fan-out in flight), is described from its slot, with those bytes inline
+//!   and without waking its task (the tail extension, section 12); the others are asked to
+//!   describe themselves: new ones (id >= watermark) with their fds, ones holding a
+//!   partial frame, ones owed more (DEFERRED: the bytes stay where they are). Closed
+//!   ids are found only when the counts disagree. Nothing is flushed.
 //! - OWED (asked once the candidate resumed): each DEFERRED connection's task hands
 //!   over its units (references, no copy) and the control thread writes them into a
 //!   memfd (backlog.rs), sent as BACKLOG. The relay keeps its own until CLOSE.
@@ -35,10 +38,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::backlog::{self, Entry};
+use crate::backlog::{self, Entry, SharedTail};
 use crate::control::{log, monotonic_ns, Control, Reply};
-use crate::hub::{Cmd, Counters, Export, Phase};
-use crate::table::{self, Carried, Record, DEFERRED, HEAD_STARTED, NO_FD};
+use crate::hub::{Cmd, Counters, Export, Phase, Slot, OWES, PENDING, STALE, STARTED};
+use crate::table::{self, Carried, Record, DEFERRED, HEAD_STARTED, NO_FD, TAIL};
 use crate::wire::Message;
 
 pub const PRECOPY: &str = "precopy";
@@ -53,6 +56,11 @@ const FAN_OUT_LOOK: Duration = Duration::from_micros(100);
 /// `wait_fanned_out`).
 const DRAIN_WAIT: Duration = Duration::from_millis(50);
 const DRAIN_STALL: Duration = Duration::from_millis(2);
+/// A connection owed at most this many bytes of the ring's units is described from
+/// its slot, the bytes inline in the delta; the freeze inlines at most TAIL_BUDGET
+/// bytes in all (the rest are asked, as DEFERRED when they owe bytes).
+const TAIL_INLINE: usize = 64 * 1024;
+const TAIL_BUDGET: usize = 8 * 1024 * 1024;
 
 /// What the last PRECOPY sent: the freeze's delta is computed against it.
 #[derive(Clone, Debug)]
@@ -77,6 +85,38 @@ impl PreState {
     pub fn resumed(&mut self) {
         self.owed.clear();
         self.staged = false;
+    }
+}
+
+/// What a frozen connection is owed, as its slot tells it.
+enum Owed {
+    Nothing,
+    /// The last so many bytes of the delta's tail section (`tail` extension).
+    Tail(usize),
+    /// These bytes, inline in the delta (the ring's units it was not written).
+    Inline(Vec<u8>),
+    /// More than the ring holds, or units it did not number: OWED sends them.
+    Deferred,
+}
+
+/// A pre-copied connection described from its slot, its task untouched: its partial
+/// frame `pending`, and what it is owed (`head_sent` bytes of the ring's first unit
+/// it is owed were written; `flags`: the slot's).
+fn from_slot(conn_id: u64, slot: &Slot, pending: Vec<u8>, owed: Owed, head_sent: usize, flags: u32) -> Export {
+    let counters = [0, 1, 2, 3].map(|i| slot.counters[i].load(Ordering::Relaxed));
+    let (unsent, flags, owed_bytes) = match owed {
+        Owed::Nothing => (Vec::new(), 0, 0),
+        Owed::Tail(n) => (Vec::new(), TAIL | if head_sent > 0 { HEAD_STARTED } else { 0 }, n as u64),
+        Owed::Inline(bytes) => (bytes, if head_sent > 0 { HEAD_STARTED } else { 0 }, 0),
+        Owed::Deferred => (Vec::new(), DEFERRED | if flags & STARTED != 0 { HEAD_STARTED } else { 0 },
+                           slot.owed_bytes.load(Ordering::Relaxed)),
+    };
+    Export {
+        carried: Carried { id: conn_id, pending_in: pending, unsent_out: unsent, counters },
+        fd: slot.fd,
+        decision: None,
+        flags,
+        owed_bytes,
     }
 }
 
@@ -123,7 +163,7 @@ impl Control {
         let count = records.len();
         let fd = listener.get_ref();
         let sent = self.send_parts("precopied", id, table::TABLE, &json!({"generation": generation}),
-                                   Some(std::os::unix::io::AsRawFd::as_raw_fd(fd)), &[], records);
+                                   Some(std::os::unix::io::AsRawFd::as_raw_fd(fd)), &[], records, &[]);
         close_fds(&dups);
         sent?;
         log("precopied", format!("connections={} generation={}", count, generation));
@@ -150,41 +190,91 @@ impl Control {
             self.refuse_if_holding()?;
             state.precopied.take().expect("checked above")
         };
-        let waited_us = self.wait_fanned_out(FAN_OUT_WAIT, FAN_OUT_WAIT);
+        let waited_us = self.wait_fanned_out(FAN_OUT_WAIT, FAN_OUT_WAIT, false);
         let stopped_ns = monotonic_ns();
         // stop reading and accepting (no wake-up: a task finds out at its next read);
         // once the gate is held no read is in flight, so `sent_seq` is final
         *self.hub.gate.write().unwrap() = Phase::Quiesce;
-        let drained_us = self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL);
+        let drained_us = self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL, true);
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
-        let (asked, closed) = {
+        let by_tail = msg.json.get("tail").map_or(false, |t| !t.is_null());
+        let (asked, closed, mut got, trailer, tail_meta) = {
             let mut gate = self.hub.gate.write().unwrap(); // waits for writes in flight
             *gate = Phase::Frozen;
             let live = self.hub.live.lock().unwrap();
+            let tail = self.hub.tail.lock().unwrap();
             let seq = self.hub.sent_seq.load(Ordering::SeqCst);
             let mut asked = HashSet::new();
-            let mut new = 0usize;
+            let mut described = Vec::new();
+            let (mut new, mut budget, mut first_owed) = (0usize, TAIL_BUDGET, u64::MAX);
             for (conn_id, slot) in live.iter() {
                 let is_new = *conn_id >= pre.watermark;
                 new += usize::from(is_new);
-                if is_new || slot.flags.load(Ordering::Relaxed) != 0 || slot.drained.load(Ordering::SeqCst) < seq {
+                let flags = slot.flags.load(Ordering::Relaxed);
+                let written = slot.written.load(Ordering::SeqCst);
+                let head_sent = slot.head_sent.load(Ordering::Relaxed) as usize;
+                // what the slot says it is owed (the module header says how): nothing,
+                // the end of the ring (by tail, or inline), or more (DEFERRED)
+                let owed = if is_new || flags & STALE != 0 {
+                    None // a new connection's fd moves now; a stale slot: ask the task
+                } else if written > tail.last {
+                    Some(Owed::Nothing) // written everything the channel holds
+                } else if written != 0 && by_tail {
+                    Some(tail.owed_len(written - 1, head_sent).filter(|n| *n <= TAIL_INLINE)
+                        .map_or(Owed::Deferred, |n| {
+                            first_owed = first_owed.min(written - 1);
+                            Owed::Tail(n)
+                        }))
+                } else if written != 0 {
+                    Some(tail.owed(written - 1, head_sent, TAIL_INLINE.min(budget)).map_or(Owed::Deferred, |bytes| {
+                        budget -= bytes.len();
+                        Owed::Inline(bytes)
+                    }))
+                } else if flags & OWES != 0 {
+                    Some(Owed::Deferred) // queued units this task did not number
+                } else if slot.drained.load(Ordering::SeqCst) < seq {
+                    None // the receiver may hold units: ask
+                } else {
+                    Some(Owed::Nothing)
+                };
+                let Some(owed) = owed else {
                     asked.insert(*conn_id);
                     slot.send(Cmd::Export);
+                    continue;
+                };
+                let pending = if flags & PENDING != 0 { slot.pending.lock().unwrap().clone() } else { Vec::new() };
+                if matches!(owed, Owed::Nothing) && pending.is_empty() {
+                    continue; // its socket is already staged, nothing to say
                 }
+                described.push(from_slot(*conn_id, slot, pending, owed, head_sent, flags));
             }
             let closed: Vec<u64> = if live.len() - new != pre.ids.len() {
                 pre.ids.iter().filter(|i| !live.contains_key(i)).copied().collect()
             } else {
                 Vec::new()
             };
-            (asked, closed)
+            // the tail section: the units of the ring from the oldest any record owes
+            let mut trailer = Vec::new();
+            let mut tail_meta = Value::Null;
+            if first_owed != u64::MAX {
+                let units = tail.since(first_owed);
+                table::encode_tail(&mut trailer, &units);
+                tail_meta = json!({"units": units.len(), "bytes": trailer.len() - 4 * units.len()});
+            }
+            (asked, closed, described, trailer, tail_meta)
         };
-        let asked_n = asked.len();
-        let got = self.collect(&mut exports, asked, Instant::now() + ASK_DEADLINE);
+        let (asked_n, from_slots) = (asked.len(), got.len());
+        let answers = self.collect(&mut exports, asked.clone(), Instant::now() + ASK_DEADLINE);
+        let mut unanswered = asked;
+        for export in answers.iter() {
+            unanswered.remove(&export.carried.id);
+        }
+        got.extend(answers);
         *self.hub.exports.lock().unwrap() = None;
-        log("freeze", format!("asked={} fan_out_wait_us={} drain_us={}", asked_n, waited_us, drained_us));
-        self.send_delta(got, &pre, closed, id, stopped_ns, generation.unwrap_or(0))
+        log("freeze", format!("asked={} from_slots={} fan_out_wait_us={} drain_us={}", asked_n, from_slots,
+                              waited_us, drained_us));
+        self.send_delta(got, &pre, closed, unanswered, id, stopped_ns, generation.unwrap_or(0), &trailer, tail_meta)
     }
 
     /// Wait, at most `limit`, for a moment when every task that owes nothing has
@@ -200,13 +290,14 @@ impl Control {
     /// message a task was sent costs less than describing it and carrying it over.
     /// Connections that owe bytes (a never-reading client) are asked anyway and are
     /// not waited for. Returns the microseconds waited.
-    fn wait_fanned_out(&self, limit: Duration, stall: Duration) -> u64 {
+    fn wait_fanned_out(&self, limit: Duration, stall: Duration, numbered: bool) -> u64 {
         let started = Instant::now();
         let (mut fewest, mut progress) = (usize::MAX, started);
         loop {
             let seq = self.hub.sent_seq.load(Ordering::SeqCst);
             let behind = self.hub.live.lock().unwrap().values()
-                .filter(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq)
+                .filter(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq
+                        && !(numbered && slot.written.load(Ordering::SeqCst) != 0))
                 .count();
             let now = Instant::now();
             if behind < fewest {
@@ -219,23 +310,29 @@ impl Control {
         }
     }
 
-    fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, id: &Value, stopped_ns: u64,
-                  generation: u64) -> Reply {
+    #[allow(clippy::too_many_arguments)]
+    fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, unanswered: HashSet<u64>,
+                  id: &Value, stopped_ns: u64,
+                  generation: u64, trailer: &[u8], tail_meta: Value) -> Reply {
         let mut records: Vec<(Record, Option<RawFd>)> = Vec::new();
         let mut owed = Vec::new();
-        let (mut unsent, mut pending) = (0u64, 0usize);
-        let mut answered = HashSet::new();
+        let (mut unsent, mut pending, mut inline, mut from_tail) = (0u64, 0usize, 0usize, 0usize);
         for export in got {
             let conn_id = export.carried.id;
-            answered.insert(conn_id);
             let is_new = conn_id >= pre.watermark;
-            if !(is_new || export.flags != 0 || !export.carried.pending_in.is_empty()) {
+            if !(is_new || export.flags != 0 || !export.carried.pending_in.is_empty()
+                 || !export.carried.unsent_out.is_empty()) {
                 continue; // asked, nothing to say: its socket is already staged
             }
             if export.flags & DEFERRED != 0 {
                 owed.push(conn_id);
-                unsent += export.owed_bytes;
             }
+            if export.flags & (DEFERRED | TAIL) != 0 {
+                unsent += export.owed_bytes;
+                from_tail += usize::from(export.flags & TAIL != 0);
+            }
+            unsent += export.carried.unsent_out.len() as u64;
+            inline += export.carried.unsent_out.len();
             pending += export.carried.pending_in.len();
             let record = Record { carried: export.carried, fd_index: NO_FD, flags: export.flags,
                                   owed: export.owed_bytes };
@@ -243,17 +340,18 @@ impl Control {
         }
         // (a pre-copied connection that ended before it answered is closed too)
         let live = self.hub.live.lock().unwrap();
-        let vanished: Vec<u64> = pre.ids.iter()
-            .filter(|i| !answered.contains(i) && !live.contains_key(i) && !closed.contains(i)).copied().collect();
+        let vanished: Vec<u64> = unanswered.into_iter()
+            .filter(|i| pre.ids.contains(i) && !live.contains_key(i) && !closed.contains(i)).collect();
         drop(live);
         closed.extend(vanished);
         let meta = json!({
             "stopped_reading_ns": stopped_ns, "released_ns": monotonic_ns(), "flushed_bytes": 0,
             "unsent_bytes": unsent, "pending_bytes": pending, "backlog": owed.len(), "generation": generation,
+            "inline_bytes": inline, "tail": tail_meta, "from_tail": from_tail,
         });
         log("frozen", format!("records={} closed={} {}", records.len(), closed.len(), meta));
         self.pre.lock().unwrap().owed = owed;
-        self.send_parts("manifest", id, table::DELTA, &meta, None, &closed, records)?;
+        self.send_parts("manifest", id, table::DELTA, &meta, None, &closed, records, trailer)?;
         Ok(None)
     }
 
@@ -351,7 +449,9 @@ impl Control {
             msg.close_fds();
             return Err(format!("expected a {} part, got table {}", table::DELTA, msg.json["table"]));
         }
-        let (closed, records) = match table::decode_delta(closed, count, &msg.blob, msg.fds.len(), true) {
+        let decoded = table::decode_delta(closed, count, &msg.blob, msg.fds.len(), true)
+            .and_then(|(closed, records)| Ok((closed, records, self.tail_section(msg)?)));
+        let (closed, records, tail) = match decoded {
             Ok(decoded) => decoded,
             Err(e) => {
                 msg.close_fds();
@@ -366,8 +466,10 @@ impl Control {
             }
         }
         let _runtime = self.rt.enter();
-        let mut result = Ok(());
-        for record in records.iter() {
+        let n = records.len();
+        let (staged, new): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| r.fd_index == NO_FD);
+        let mut result = self.carry_staged(staged, tail.as_ref());
+        for record in new {
             if result.is_err() {
                 break;
             }
@@ -378,27 +480,66 @@ impl Control {
                 unsafe { libc::close(*fd) };
             }
         }
-        result.map(|_| (records.len(), false))
+        result.map(|_| (n, false))
     }
 
-    fn take_record(&self, record: &Record, fds: &[RawFd], used: &mut [bool]) -> Result<(), String> {
-        let carried = &record.carried;
+    /// Part 0's tail section (`tail` extension), when its message names one.
+    fn tail_section(&self, msg: &Message) -> Result<Option<SharedTail>, String> {
+        let tail = match msg.json.get("tail") {
+            Some(tail) if !tail.is_null() => tail,
+            _ => return Ok(None),
+        };
+        let get = |key: &str| tail.get(key).and_then(Value::as_u64).map(|n| n as usize)
+            .ok_or_else(|| format!("the tail names no {}", key));
+        let (lens, bytes) = table::decode_tail(&msg.blob, get("units")?, get("bytes")?)?;
+        Ok(Some(SharedTail::new(&lens, bytes)))
+    }
+
+    /// The state of connections staged by the pre-copy (one look-up under one lock:
+    /// there can be thousands, inside the pause).
+    fn carry_staged(&self, records: Vec<Record>, tail: Option<&SharedTail>) -> Result<(), String> {
+        let mut holding = Vec::new();
+        let live = self.hub.live.lock().unwrap();
+        for record in records {
+            let carried = record.carried;
+            let slot = live.get(&carried.id).ok_or_else(|| format!("connection {} was never pre-copied here", carried.id))?;
+            let hold = record.flags & DEFERRED != 0;
+            if hold {
+                holding.push((carried.id, record.flags));
+            }
+            let carry = Cmd::Carry { pending_in: carried.pending_in, unsent_out: carried.unsent_out,
+                                     counters: carried.counters, hold };
+            // no wake-up: the staged task acts only once RESUME (or an ADOPT with
+            // resume) changes the phase, which wakes every task and finds this first
+            if record.flags & TAIL != 0 {
+                let tail = tail.ok_or_else(|| format!("connection {} owes a tail the delta does not carry", carried.id))?;
+                let (units, head_sent) = tail.last(record.owed as usize)
+                    .map_err(|e| format!("connection {}: {}", carried.id, e))?;
+                slot.stash([carry, Cmd::Backlog { units, head_sent }]);
+            } else {
+                slot.stash([carry]);
+            }
+        }
+        drop(live);
+        self.hub.holding.lock().unwrap().extend(holding);
+        Ok(())
+    }
+
+    /// A connection new since the pre-copy: its fd is in this part.
+    fn take_record(&self, record: Record, fds: &[RawFd], used: &mut [bool]) -> Result<(), String> {
+        let carried = record.carried;
+        if record.flags & TAIL != 0 {
+            return Err(format!("connection {} owes a tail but comes with its fd (only a pre-copied one may)", carried.id));
+        }
         let hold = record.flags & DEFERRED != 0;
         if hold {
             self.hub.holding.lock().unwrap().insert(carried.id, record.flags);
         }
-        if record.fd_index == NO_FD {
-            let slot = self.hub.slot(carried.id)
-                .ok_or_else(|| format!("connection {} was never pre-copied here", carried.id))?;
-            slot.send(Cmd::Carry { pending_in: carried.pending_in.clone(), unsent_out: carried.unsent_out.clone(),
-                                   counters: carried.counters, hold });
-            return Ok(());
-        }
         let index = record.fd_index as usize;
         used[index] = true;
         Counters::add(&self.hub.counters.adopted, 1);
-        self.add_conn(carried.clone(), fds[index], hold)
-            .map_err(|e| format!("adopting connection {}: {}", carried.id, e))
+        let id = carried.id;
+        self.add_conn(carried, fds[index], hold).map_err(|e| format!("adopting connection {}: {}", id, e))
     }
 
     /// BACKLOG: each held connection's units go in front of anything newer.

@@ -4,6 +4,8 @@
 //! extension's freeze (section 10): closed ids, then the same records where fd index
 //! `NO_FD` means "pre-copied, no fd here" and flag DEFERRED means the unsent_out
 //! length is owed but its bytes follow out of band (backlog.rs), not in this blob.
+//! With the `tail` extension (section 12) flag TAIL means the unsent_out length is
+//! owed and is the last that many bytes of the tail section, which ends part 0's blob.
 
 use std::os::unix::io::RawFd;
 
@@ -14,6 +16,31 @@ pub const NO_FD: u32 = 0xFFFF_FFFF;
 /// Record flags (delta-v1).
 pub const DEFERRED: u32 = 1;
 pub const HEAD_STARTED: u32 = 2;
+/// `tail` extension: the bytes owed are the end of the part's tail section.
+pub const TAIL: u32 = 4;
+
+/// The tail section (`tail` extension): each unit's length (u32), then the units.
+pub fn encode_tail(blob: &mut Vec<u8>, units: &[&[u8]]) {
+    for unit in units {
+        blob.extend_from_slice(&(unit.len() as u32).to_le_bytes());
+    }
+    for unit in units {
+        blob.extend_from_slice(unit);
+    }
+}
+
+/// The tail section at the end of `blob`: `units` lengths then `bytes` bytes, after
+/// the records' own bytes. Returns the units' lengths and the bytes.
+pub fn decode_tail(blob: &[u8], units: usize, bytes: usize) -> Result<(Vec<usize>, &[u8]), String> {
+    let size = units.checked_mul(4).and_then(|n| n.checked_add(bytes)).filter(|n| *n <= blob.len())
+        .ok_or_else(|| format!("a tail of {} units and {} bytes runs past the blob", units, bytes))?;
+    let start = blob.len() - size;
+    let lens: Vec<usize> = (0..units).map(|i| u32_at(blob, start + i * 4) as usize).collect();
+    if lens.iter().sum::<usize>() != bytes {
+        return Err(format!("the tail's unit lengths do not add up to its {} bytes", bytes));
+    }
+    Ok((lens, &blob[blob.len() - bytes..]))
+}
 
 /// What a connection carries from one relay to the next.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,7 +76,7 @@ pub struct Record {
 /// A delta-v1 part's blob: closed ids, records, then each record's bytes (a conn-v1
 /// blob when `closed` is empty and no record has flags).
 pub fn encode_delta(closed: &[u64], records: &[Record]) -> Vec<u8> {
-    let inline = |r: &Record| r.flags & DEFERRED == 0;
+    let inline = |r: &Record| r.flags & (DEFERRED | TAIL) == 0;
     let data: usize = records.iter()
         .map(|r| r.carried.pending_in.len() + if inline(r) { r.carried.unsent_out.len() } else { 0 })
         .sum();
@@ -112,7 +139,7 @@ pub fn decode_delta(closed: usize, count: usize, blob: &[u8], nfds: usize, delta
         let n_in = u32_at(r, 12) as usize;
         let n_out = u32_at(r, 16) as usize;
         let flags = if delta { u32_at(r, 20) } else { 0 };
-        let inline = if flags & DEFERRED != 0 { 0 } else { n_out };
+        let inline = if flags & (DEFERRED | TAIL) != 0 { 0 } else { n_out };
         let fd_ok = (index as usize) < nfds || (delta && index == NO_FD);
         if !fd_ok || pos + n_in + inline > blob.len() {
             return Err(format!("connection {}: fd index or byte lengths out of range", id));
@@ -133,6 +160,19 @@ pub fn decode_delta(closed: usize, count: usize, blob: &[u8], nfds: usize, delta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_section_ends_the_blob_and_its_records_carry_no_bytes_inline() {
+        let record = Record { carried: Carried { id: 7, ..Carried::default() }, fd_index: NO_FD, flags: TAIL, owed: 3 };
+        let mut blob = encode_delta(&[], &[record.clone()]);
+        encode_tail(&mut blob, &[b"xy", b"zzz"]);
+        let (_, records) = decode_delta(0, 1, &blob, 0, true).unwrap();
+        assert_eq!(records, vec![record]);
+        let (lens, bytes) = decode_tail(&blob, 2, 5).unwrap();
+        assert_eq!((lens, bytes), (vec![2, 3], &b"xyzzz"[..]));
+        assert!(decode_tail(&blob, 2, 4).is_err(), "lengths that do not add up");
+        assert!(decode_tail(&blob, 100, 5).is_err(), "past the blob");
+    }
 
     #[test]
     fn round_trip() {
