@@ -215,9 +215,11 @@ class ServiceConfig(_Model):
     pause_priority: int = Field(
         default=_SETTINGS.pause_priority, ge=0, le=98,
         description="SCHED_FIFO priority of the adopting relay's threads (and swapctl's, "
-                    "one above) while a handoff's pause lasts (a swap's, or a rollback's "
-                    "hand-back), at most 0.5 s, so that the pause does not wait behind the "
-                    "clients for a CPU; a thread already real-time keeps its own. The legacy "
+                    "one above; of the releasing relay, only a thread named "
+                    "swapctl-handoff, a relay's own handoff control thread) while a "
+                    "handoff's pause lasts (a swap's, or a rollback's hand-back), at most "
+                    "0.5 s, so that the pause does not wait behind the clients for a CPU; "
+                    "a thread already real-time keeps its own. The legacy "
                     "strategies (takeover, bridge, restart) leave scheduling alone. 0 leaves "
                     "the relays' scheduling alone. Needs CAP_SYS_NICE (the systemd unit "
                     "grants it); without it the report says so.",

@@ -42,7 +42,7 @@ from swapctl.handoff.manifest import DELTA_FORMAT, ConnState, Transfer
 from swapctl.handoff.messages import ChannelClosed
 from swapctl.swap.executor import Failure, SwapRun, Where
 from swapctl.swap.machine import State
-from swapctl.swap.priority import boost
+from swapctl.swap.priority import CONTROL_THREAD, boost
 from swapctl.swap.probe import ProbeFailed, ProbeSettings, probe
 from swapctl.swap.service import Slot, SlotError
 
@@ -131,7 +131,7 @@ class HandoffActions:
         run.mark_cutover()
         run.where = Where.RELEASED  # from the release request on, the old relay may be paused
         generation = None if base is None else int(base.meta["generation"])
-        with pause_priority(run, "realtime", run.cand):
+        with pause_priority(run, "realtime", run.cand, run.old):
             delta = self._release_into_candidate(run, generation)
         run.where = Where.CANDIDATE
         if base is not None:
@@ -265,7 +265,7 @@ class HandoffActions:
         if (cand is not None and cand.alive() and precopy and cand.link.precopy
                 and self._hand_back_precopy(run, target)):
             return f"{kind} handoff"
-        with pause_priority(run, "rollback_realtime", target):
+        with pause_priority(run, "rollback_realtime", target, cand):
             transfer = self._release_candidate(run)
             target.link.adopt(transfer, run.timeout())
             target.link.resume(run.timeout())
@@ -297,7 +297,7 @@ class HandoffActions:
             assert base is not None
             run.transfer = Transfer(base.listener, [(ConnState(s.id), fd)
                                                     for s, fd in base.conns])
-            with pause_priority(run, "rollback_realtime", target):
+            with pause_priority(run, "rollback_realtime", target, run.cand):
                 delta = hand_over(cand, target.link, run.settings.flush_ms, run.timeout,
                                   run.service.held.append,
                                   precopy=int(base.meta["generation"]),
@@ -352,16 +352,21 @@ class HandoffActions:
 
 
 @contextlib.contextmanager
-def pause_priority(run: SwapRun, key: str, adopter: Slot | None) -> Iterator[None]:
+def pause_priority(run: SwapRun, key: str, adopter: Slot | None,
+                   releasing: Slot | None = None) -> Iterator[None]:
     """Swapctl's thread and the adopting relay run real-time through the pause
     (swap/priority.py); the report says how, in `handoff[key]`. A service with
     pause_priority 0 changes nothing.
 
-    The releasing relay is left alone: it reads RELEASE when its own loop comes to it,
-    and raised while it still serves (the Python relay under load: up to 150 ms) it kept
-    its clients from the CPU, so the canary saw gaps of 65-117 ms where 13 was usual."""
+    Of the releasing relay, only a thread named `swapctl-handoff` is raised: a relay's
+    own control thread, which serves no client and does nothing but the freeze (the
+    Rust crate's; docs/handoff-protocol.md section 12). The rest of it is left alone: it
+    reads RELEASE when its own loop comes to it, and raised while it still serves (the
+    Python relay under load: up to 150 ms) it kept its clients from the CPU, so the
+    canary saw gaps of 65-117 ms where 13 was usual."""
     pids = [adopter.link.pid] if adopter is not None and adopter.alive() else []
-    boosted = boost(pids, run.settings.pause_priority)
+    old = [releasing.link.pid] if releasing is not None and releasing.alive() else []
+    boosted = boost(pids, run.settings.pause_priority, named=(old, CONTROL_THREAD))
     try:
         yield
     finally:

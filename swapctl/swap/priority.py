@@ -4,7 +4,8 @@ Why: on a machine whose cores are busy with the service's clients, each step of 
 (swapctl forwarding what the old relay describes, the candidate adopting it) waits its
 turn for a CPU behind those clients, for milliseconds; measured (docs/bench.md), those
 waits were the Python pause's tail. The caller decides whose threads (handoff_actions:
-the adopter's only; raising the releasing relay starved its clients, see there).
+the adopter's, and of the releasing relay only its control thread, by name: raising the
+whole releasing relay starved its clients, see there).
 
 How: `boost()` gives every thread of the given processes (/proc/PID/task) that runs a
 normal policy (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE) SCHED_FIFO at `priority`, and the
@@ -30,6 +31,9 @@ from typing import Any
 _NORMAL = frozenset({os.SCHED_OTHER, os.SCHED_BATCH, os.SCHED_IDLE})
 MAX_PRIORITY = 98  # (the caller's thread runs at priority + 1, at most 99)
 LIMIT_S = 0.5  # the longest a boost lasts, whatever happens
+# a relay's handoff control thread, by name: raised on the releasing relay too (it only
+# freezes; its clients' threads are left alone); the Rust crate names its thread so
+CONTROL_THREAD = "swapctl-handoff"
 
 
 @dataclass(slots=True)
@@ -71,9 +75,20 @@ def threads_of(pid: int) -> list[int]:
         return []
 
 
-def boost(pids: list[int], priority: int, limit_s: float = LIMIT_S) -> Boost:
+def thread_name(pid: int, tid: int) -> str:
+    """A thread's name (its comm; "" if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def boost(pids: list[int], priority: int, limit_s: float = LIMIT_S,
+          named: tuple[list[int], str] = ([], "")) -> Boost:
     """Raise the threads of `pids` to SCHED_FIFO `priority` and this thread above them,
-    for at most `limit_s` (see the module's text). `priority` 0 changes nothing."""
+    for at most `limit_s` (see the module's text); of the processes in `named[0]`, only
+    the threads named `named[1]`. `priority` 0 changes nothing."""
     result = Boost(priority)
     if priority <= 0:
         return result
@@ -81,6 +96,9 @@ def boost(pids: list[int], priority: int, limit_s: float = LIMIT_S) -> Boost:
         raise ValueError(f"priority {priority}: at most {MAX_PRIORITY}")
     targets = [(threading.get_native_id(), priority + 1)]
     targets += [(tid, priority) for pid in pids for tid in threads_of(pid)]
+    others, name = named
+    targets += [(tid, priority) for pid in others for tid in threads_of(pid)
+                if name and thread_name(pid, tid) == name]
     for tid, level in targets:
         try:
             policy = os.sched_getscheduler(tid)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from swapctl.swap.priority import boost, threads_of
+from swapctl.swap.priority import CONTROL_THREAD, boost, thread_name, threads_of
 from tests.conftest import Processes
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,6 +78,41 @@ def test_every_thread_is_raised_and_put_back_as_it_was(child: subprocess.Popen[b
     summary = boosted.summary()
     assert summary["threads"] == len(tids) and summary["cut_by_watchdog"] is False
     assert summary["held_ms"] is not None and summary["held_ms"] >= 0
+
+
+NAMED_CHILD = f"""
+import signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+def idle(name):
+    if name:
+        with open(f"/proc/self/task/{{threading.get_native_id()}}/comm", "w") as comm:
+            comm.write(name)
+    while True:
+        time.sleep(1)
+for name in ("{CONTROL_THREAD}", "worker"):
+    threading.Thread(target=idle, args=(name,), daemon=True).start()
+time.sleep(0.2)
+print("ok", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_of_a_releasing_relay_only_its_named_control_thread_is_raised(
+        procs: Processes) -> None:
+    proc = procs.start([sys.executable, "-c", NAMED_CHILD], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ok\n"
+    names = {tid: thread_name(proc.pid, tid) for tid in threads_of(proc.pid)}
+    control = [tid for tid, name in names.items() if name == CONTROL_THREAD]
+    assert len(control) == 1 and len(names) == 3, names
+    boosted = boost([], 10, named=([proc.pid], CONTROL_THREAD))
+    try:
+        assert {tid: policy(tid) for tid in names} == {
+            tid: (FIFO, 10) if tid in control else (os.SCHED_OTHER, 0) for tid in names}
+        assert boosted.summary()["threads"] == 2  # the caller and the control thread
+    finally:
+        boosted.restore()
+    assert all(policy(tid) == (os.SCHED_OTHER, 0) for tid in names)
 
 
 def test_a_thread_born_during_the_boost_is_born_normal(child: subprocess.Popen[bytes]) -> None:

@@ -31,6 +31,7 @@ from swapctl.swap import report
 from swapctl.swap.executor import SwapRun, SwapSettings
 from swapctl.swap.handoff_actions import HandoffActions
 from swapctl.swap.machine import Deadlines
+from swapctl.swap.priority import CONTROL_THREAD, thread_name, threads_of
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
 from tests.clients import Client, trade
@@ -140,6 +141,9 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -
     assert service.active is not None
     rust = service.active.release.command == releases("rust")[0].command
     V1, V2 = releases("rust" if rust else "python")
+    if rust:  # its control thread has the name the pause's boost raises (priority.py)
+        pid = service.active.link.pid
+        assert CONTROL_THREAD in {thread_name(pid, tid) for tid in threads_of(pid)}
     crowd = Crowd(public, 300 if rust else 0)
     crowd.start()
     actions = ChurnBetween(public)

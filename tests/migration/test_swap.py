@@ -135,7 +135,7 @@ def test_forty_back_and_forth_swaps_lose_nothing(stack: Stack) -> None:
 
 def test_a_pause_not_permitted_to_run_real_time_is_said_in_the_report(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    def denied(pids: list[int], priority: int) -> Boost:
+    def denied(pids: list[int], priority: int, named: tuple[list[int], str]) -> Boost:
         return Boost(priority, denied="not permitted (Operation not permitted): ...")
 
     monkeypatch.setattr(handoff_actions, "boost", denied)
