@@ -378,33 +378,15 @@ impl Conn {
         }
     }
 
-    /// A unit while the receiver's numbering is not known: take it, or learn the
-    /// numbering (the receiver found empty under the ring's lock, which every send
-    /// holds: the next unit it yields is the ring's next). True: a unit was taken.
-    fn sync<M>(&mut self, out: &mut Out<M>, rx: &mut broadcast::Receiver<M>) -> bool
+    /// Learn the number of the unit the receiver yields next: under the ring's lock,
+    /// which every send holds, the ring's newest is unit `last` and the receiver has
+    /// `len()` units still to yield (lagged ones included: it reports them as skipped).
+    fn sync<M>(&self, out: &mut Out<M>, rx: &broadcast::Receiver<M>)
     where
-        M: AsRef<[u8]> + Clone + Send + 'static,
+        M: Clone,
     {
-        let hub = self.hub.clone();
-        let tail = hub.tail.lock().unwrap();
-        match rx.try_recv() {
-            Ok(m) => {
-                drop(tail);
-                out.take(m);
-                true
-            }
-            Err(TryRecvError::Lagged(n)) => {
-                drop(tail);
-                out.skipped(n);
-                self.lagged(n);
-                true
-            }
-            Err(TryRecvError::Empty) => {
-                out.next = tail.last + 1;
-                false
-            }
-            Err(TryRecvError::Closed) => false,
-        }
+        let tail = self.hub.tail.lock().unwrap();
+        out.next = (tail.last + 1).saturating_sub(rx.len() as u64).max(1);
     }
 
     /// One read, under the gate (a release waits for it to finish). Ok(true): EOF.
@@ -496,6 +478,9 @@ impl Conn {
     where
         M: AsRef<[u8]> + Clone + Send + 'static,
     {
+        if out.next == 0 {
+            self.sync(out, rx);
+        }
         loop {
             // take what the broadcast channel holds for this client (not while held: a
             // pre-copy adopter writes nothing new before the BACKLOG's units)
@@ -506,7 +491,6 @@ impl Conn {
                 match rx.try_recv() {
                     Ok(m) => out.take(m),
                     Err(TryRecvError::Lagged(n)) => { out.skipped(n); self.lagged(n) },
-                    Err(TryRecvError::Empty) if out.next == 0 && self.sync(out, rx) => continue,
                     Err(TryRecvError::Empty) => {
                         self.slot.drained.store(seq, Ordering::SeqCst);
                         found_empty = true;
