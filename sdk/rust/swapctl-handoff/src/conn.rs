@@ -442,7 +442,9 @@ impl Conn {
         }
         let pending = inbound.pending();
         if !pending.is_empty() || self.slot.flags.load(Ordering::Relaxed) & PENDING != 0 {
-            *self.slot.pending.lock().unwrap() = pending.to_vec();
+            let mut copy = self.slot.pending.lock().unwrap(); // (its buffer is reused)
+            copy.clear();
+            copy.extend_from_slice(pending);
         }
         self.slot.set(PENDING, !pending.is_empty());
     }

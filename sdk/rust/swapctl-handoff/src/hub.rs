@@ -25,9 +25,9 @@
 //! them (a task wake-up and a record built by the task) cost the pause 10-25 ms. So
 //! every unit that enters the broadcast channel is numbered and kept in a short ring
 //! (`Tail`), under one lock with the send, so the channel's order is the numbers'
-//! order. A task that knows the number of the next unit its receiver yields (`Exact`)
-//! publishes, with every write, how far it has written: the last whole unit and how
-//! much of the next one. The freeze then reads what each connection is owed straight
+//! order. A task that knows the number of the next unit its receiver yields (it
+//! learns it at its first write) publishes, with every write, how far it has
+//! written: the last whole unit and how much of the next one. The freeze then reads what each connection is owed straight
 //! from the slot and the ring, without waking its task.
 
 use std::collections::HashMap;
@@ -230,19 +230,10 @@ impl Tail {
     /// The bytes of units `after + 1 ..= last`, less `head_sent` bytes of the first;
     /// None when the ring no longer holds them all or they pass `max_bytes`.
     pub fn owed(&self, after: u64, head_sent: usize, max_bytes: usize) -> Option<Vec<u8>> {
-        let count = self.last.checked_sub(after)? as usize;
-        if count > self.units.len() {
-            return None;
-        }
-        let units = self.units.range(self.units.len() - count..);
-        let total: usize = units.clone().map(|u| (**u).as_ref().len()).sum();
-        if total < head_sent || total - head_sent > max_bytes {
-            return None;
-        }
-        let mut bytes = Vec::with_capacity(total - head_sent);
+        let len = self.owed_len(after, head_sent).filter(|len| *len <= max_bytes)?;
+        let mut bytes = Vec::with_capacity(len);
         let mut skip = head_sent;
-        for unit in units {
-            let unit = (**unit).as_ref();
+        for unit in self.since(after) {
             let from = skip.min(unit.len());
             skip -= from;
             bytes.extend_from_slice(&unit[from..]);
