@@ -14,7 +14,6 @@ Each measurement is repeated; the best repeat is the figure, all repeats are sho
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 from swapctl.bench.cpu import CpuWindow
 from swapctl.bench.report import Goal, Report, conditions
+from swapctl.gcquiet import no_gc
 from swapctl.probes.bulk.stream import DOMAIN, MESSAGE_SIZE, SOURCE
 from swapctl.probes.traffic import Kind, MessageFactory, Mix
 from swapctl.protocol import Framer, Trade, encode_message
@@ -54,14 +54,10 @@ def _stream(count: int, checksum: bool) -> bytes:
 
 def _timed(work: Callable[[], int], expected: int) -> float:
     """Messages per second of one run of `work`, which returns how many it handled."""
-    gc.collect()
-    gc.disable()
-    try:
+    with no_gc(collect_first=True):
         start = time.perf_counter_ns()
         done = work()
         elapsed = time.perf_counter_ns() - start
-    finally:
-        gc.enable()
     if done != expected:
         raise RuntimeError(f"benchmark handled {done} messages, expected {expected}")
     return done / (elapsed / 1e9)

@@ -19,11 +19,9 @@ Timing never enters: only bytes are compared, never when they arrived.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gc
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -39,6 +37,7 @@ from swapctl.diff.align import (
 )
 from swapctl.diff.onesided import judge_rest
 from swapctl.diff.tokens import Framed, Gap, Stream, count_frames, first_difference, windows
+from swapctl.gcquiet import no_gc
 
 __all__ = ["Category", "ClientResult", "Comparison", "Difference", "Mode", "Suppressed",
            "compare", "compare_client"]
@@ -137,19 +136,8 @@ def compare_client(
     if old.raw == new.raw and old.closed_by_relay == new.closed_by_relay:
         n = count_frames(old.raw)
         return ClientResult(name, n, n, (), ()), []
-    with _no_gc():  # millions of small objects: collections would cost more than the work
+    with no_gc():  # millions of small objects: collections would cost more than the work
         return _compare_slow(name, old, new, mode, max_listed)
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _compare_slow(name: str, old: Stream, new: Stream, mode: Mode, max_listed: int

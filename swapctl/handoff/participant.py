@@ -16,6 +16,7 @@ resumed) and BACKLOG (the adopter queues them in front and resumes writing).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -39,6 +40,8 @@ from swapctl.logs import event
 
 log = logging.getLogger("swapctl.handoff")
 PART_TIMEOUT = 5.0
+_PAUSING = frozenset({"release", "adopt", "preadopt"})  # requests that start a pause
+_IN_A_PAUSE = frozenset({"released", "adopted", "paused"})  # host states inside one
 
 
 class HandoffHost(Protocol):
@@ -162,6 +165,15 @@ class Participant:
 
     def _dispatch(self, env: Envelope) -> None:
         assert self.channel is not None
+        if env.type in _PAUSING:
+            gc.disable()
+        try:
+            self._answer(env)
+        finally:
+            self._collector_after(env.type)
+
+    def _answer(self, env: Envelope) -> None:
+        assert self.channel is not None
         rid = env.msg.get("id")
         try:
             reply = self._serve(env)
@@ -198,6 +210,20 @@ class Participant:
         if kind in ("precopy", "preadopt", "backlog", "owed"):
             return self._precopy_request(env)
         raise HandoffError(f"unknown request type {kind!r}")
+
+    def _collector_after(self, kind: str) -> None:
+        """No cyclic collection while this relay is part of a pause: from the RELEASE or
+        the first ADOPT/PREADOPT part until it serves again (resumed, closed, or back to
+        standby), so none lands between freeze and resume: a full one over 5,000
+        connections takes about 5 ms. A standby relay that just staged a pre-copy (and
+        answered) is idle until the freeze: it collects then, so the collection deferred
+        is not due the moment it resumes."""
+        if self.host.handoff_state() in _IN_A_PAUSE:
+            if kind == "preadopt":
+                gc.collect()
+            gc.disable()
+        else:
+            gc.enable()
 
     def _precopy_host(self) -> PreCopyHost:
         if PRECOPY not in self.extensions or not isinstance(self.host, PreCopyHost):

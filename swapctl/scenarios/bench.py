@@ -12,7 +12,6 @@ both relays' start and stop, and the scenario alone.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from swapctl.bench.report import Goal, Report, conditions
 from swapctl.diff import Stream, compare
+from swapctl.gcquiet import no_gc
 from swapctl.protocol import Trade, encode_message
 from swapctl.protocol.profiles import Domain, Profile
 from swapctl.scenarios import builtin
@@ -57,14 +57,10 @@ def _cases(frames: list[bytes]) -> dict[str, bytes]:
 
 
 def _time(old: bytes, new: bytes) -> tuple[float, int]:
-    gc.collect()
-    gc.disable()
-    try:
+    with no_gc(collect_first=True):
         start = time.perf_counter()
         result = compare({"consumer": Stream(old)}, {"consumer": Stream(new)})
         return time.perf_counter() - start, result.frames_compared
-    finally:
-        gc.enable()
 
 
 def compare_speed(settings: DiffBenchSettings, progress: Callable[[str], None]

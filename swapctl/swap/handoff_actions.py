@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from swapctl.errors import SwapctlError
+from swapctl.gcquiet import no_gc
 from swapctl.handoff.controller import (
     HandOverFailed,
     RelayLink,
@@ -363,12 +364,15 @@ def pause_priority(run: SwapRun, key: str, adopter: Slot | None,
     Rust crate's; docs/handoff-protocol.md section 12). The rest of it is left alone: it
     reads RELEASE when its own loop comes to it, and raised while it still serves (the
     Python relay under load: up to 150 ms) it kept its clients from the CPU, so the
-    canary saw gaps of 65-117 ms where 13 was usual."""
+    canary saw gaps of 65-117 ms where 13 was usual.
+
+    Nor does swapctl run a cyclic garbage collection inside it (swapctl/gcquiet.py)."""
     pids = [adopter.link.pid] if adopter is not None and adopter.alive() else []
     old = [releasing.link.pid] if releasing is not None and releasing.alive() else []
     boosted = boost(pids, run.settings.pause_priority, named=(old, CONTROL_THREAD))
     try:
-        yield
+        with no_gc():  # swapctl's own collections wait too (the relays': participant.py)
+            yield
     finally:
         boosted.restore()
         if boosted.priority:

@@ -1,9 +1,11 @@
 """The adopt-resume extension in the generic participant, over a real socket pair: an
 ADOPT that asks to resume is refused unless the extension was granted, and when it was,
-the host resumes only after the last part, and its reading is in `adopted`."""
+the host resumes only after the last part, and its reading is in `adopted`. And the
+cyclic garbage collector stays off from an ADOPT until the relay serves again."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -23,17 +25,20 @@ class Host:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.state = "standby"
 
     def handoff_state(self) -> str:
-        return "standby"
+        return self.state
 
     def handoff_adopt(self, transfer: Transfer, first: bool) -> None:
         self.calls.append(f"adopt {len(transfer.conns)}")
+        self.state = "adopted"
         for fd in transfer.fds:
             os.close(fd)
 
     def handoff_resume(self) -> int:
         self.calls.append("resume")
+        self.state = "active"
         return 12345
 
     def stats(self) -> dict[str, Any]:
@@ -61,6 +66,7 @@ def wired() -> Iterator[tuple[Channel, Participant, Host]]:
     yield Channel(a), participant, host
     a.close()
     b.close()
+    gc.enable()
 
 
 def _send_adopt(orch: Channel, connections: int, **extra: Any) -> list[int]:
@@ -116,5 +122,36 @@ def test_plain_adopt_does_not_resume(wired: tuple[Channel, Participant, Host]) -
     reply = _reply(orch)
     assert reply.type == "adopted" and "resumed_ns" not in reply.msg
     assert host.calls == ["adopt 2"]
+    for fd in ours:
+        os.close(fd)
+
+
+def test_no_garbage_collection_from_adopt_to_resume(
+        wired: tuple[Channel, Participant, Host]) -> None:
+    """A full collection over thousands of connections takes milliseconds: it must not
+    land inside the pause, so the collector is off while the relay is adopted."""
+    orch, participant, host = wired
+    gc.enable()
+    ours = _send_adopt(orch, 2)
+    assert host.state == "standby"
+    assert participant.handle()
+    assert _reply(orch).type == "adopted"
+    assert not gc.isenabled()  # adopted, not resumed: inside the pause
+    orch.send({"type": "resume", "id": 8})
+    assert participant.handle()
+    assert _reply(orch).type == "resumed"
+    assert gc.isenabled()  # serving again
+    for fd in ours:
+        os.close(fd)
+
+
+def test_a_refused_adopt_leaves_the_collector_on(
+        wired: tuple[Channel, Participant, Host]) -> None:
+    orch, participant, host = wired
+    gc.enable()
+    ours = _send_adopt(orch, 1, resume=True)  # refused: adopt-resume was not granted
+    assert participant.handle()
+    assert _reply(orch).type == "error"
+    assert host.state == "standby" and gc.isenabled()
     for fd in ours:
         os.close(fd)
