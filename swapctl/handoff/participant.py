@@ -165,22 +165,17 @@ class Participant:
 
     def _dispatch(self, env: Envelope) -> None:
         assert self.channel is not None
+        rid = env.msg.get("id")
         if env.type in _PAUSING:
             gc.disable()
-        try:
-            self._answer(env)
-        finally:
-            self._collector_after(env.type)
-
-    def _answer(self, env: Envelope) -> None:
-        assert self.channel is not None
-        rid = env.msg.get("id")
         try:
             reply = self._serve(env)
         except HandoffError as exc:
             close_fds(env)
             self.channel.send({"type": "error", "re": rid, "message": str(exc)})
             return
+        finally:
+            self._collector_after(env.type)  # before the reply: see there
         if reply is not None and env.type == self.no_reply_at:
             event(log, logging.WARNING, "handoff.reply_withheld", request=env.type)
         elif reply is not None:
@@ -215,9 +210,10 @@ class Participant:
         """No cyclic collection while this relay is part of a pause: from the RELEASE or
         the first ADOPT/PREADOPT part until it serves again (resumed, closed, or back to
         standby), so none lands between freeze and resume: a full one over 5,000
-        connections takes about 5 ms. A standby relay that just staged a pre-copy (and
-        answered) is idle until the freeze: it collects then, so the collection deferred
-        is not due the moment it resumes."""
+        connections takes about 5 ms. A standby relay that just staged a pre-copy
+        collects before it answers, so the collection deferred is not due the moment it
+        resumes. Not after: the freeze follows the answer at once, and an ADOPT that
+        found the relay collecting waited (10 clients, pause p50 0.3 -> 0.9 ms)."""
         if self.host.handoff_state() in _IN_A_PAUSE:
             if kind == "preadopt":
                 gc.collect()
