@@ -11,8 +11,9 @@ roll back) is `TakeoverActions` in legacy/actions.py, run by the one swap engine
    idle only if every thread was asleep (state S) at a look just before the SIGSTOP,
    every thread is parked in a waiting system call, and none of them was woken with
    work it had not started (legacy/wakeups.py: a futex word changed, an eventfd written
-   since the look). The system call alone cannot tell a tokio worker woken to write a
-   frame that another thread put in the broadcast channel from a parked one: frozen
+   since the look) or ran between the look and the stop (its context switches). The
+   system call alone cannot tell a tokio worker woken to write a frame that another
+   thread put in the broadcast channel from a parked one: frozen
    there, the frame dies with the relay and every consumer misses it (about one
    takeover in ten of the tokio example relay under load did). If it was not idle (a
    thread may have been half way through a read or a write), let it run again briefly
@@ -219,6 +220,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
     wait_sleeping(pid, SLEEP_WAIT_S)  # stop it while it sleeps: then it is likely idle
     wakers = wakeups.eventfds(copies.seen)
     counts = wakeups.eventfd_counts(pid, wakers)
+    switches = wakeups.switch_counts(pid)
     asleep = all_asleep(pid)  # looked at after the counts: a wake-up since shows in them
     stopped_ns = time.monotonic_ns()
     signal_relay(pid, signal.SIGSTOP)
@@ -231,7 +233,7 @@ def _stop_once(pid: int, copies: sockets.Copies, stop_timeout: float, attempt: i
         verdicts = {tid: copies.receive_verdict(texts[tid])
                     for tid, n in syscalls.items() if not sockets.waiting(n)}
         outside = sorted({_outside(syscalls[tid], v) for tid, v in verdicts.items() if v != ""})
-        woken = bool(asleep and not outside and wakeups.pending(pid, texts, counts))
+        woken = bool(asleep and not outside and wakeups.pending(pid, texts, counts, switches))
         idle = asleep and not outside and not woken  # parked, not woken with work to do
         if not idle and not last:
             if not asleep:

@@ -20,6 +20,11 @@ ten). Two traces tell them apart from outside, cheaply, while the relay is stopp
   system call as a parked worker (timeout -1), with frames in its queue. A zero
   timeout (an int argument, or a zero timespec/timeval read from /proc/PID/mem) means
   the thread was busy.
+- context switches: a thread asleep at the look that woke, did something (read a
+  frame, handed it on) and slept again before the stop shows none of the above
+  afterwards. /proc/PID/task/TID/status counts its switches: stopping a sleeping
+  thread costs exactly one, so a thread with more since the look (or one born or
+  ended since) ran in between, and what it did may be half done. Busy: try again.
 Bytes the relay has not read yet stay in the kernel and move with the sockets: an
 epoll_wait that returned readable sockets is not work lost. The parsers are pure.
 """
@@ -129,12 +134,43 @@ def eventfd_counts(pid: int, fds: list[int]) -> dict[int, int]:
     return out
 
 
-def pending(pid: int, texts: dict[int, str], counts_before: dict[int, int]) -> list[str]:
+def parse_switches(status: str) -> int | None:
+    """A /proc status text's context switches, voluntary and not, None if it has none."""
+    counts = [int(line.split(":", 1)[1]) for line in status.splitlines()
+              if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))]
+    return sum(counts) if len(counts) == 2 else None
+
+
+def switch_counts(pid: int) -> dict[int, int]:
+    """Each thread's context switches so far (threads whose status cannot be read are
+    left out, and so count as born or ended when compared)."""
+    out: dict[int, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, ValueError):
+            count = parse_switches(Path(f"/proc/{pid}/task/{tid}/status").read_text())
+            if count is not None:
+                out[int(tid)] = count
+    return out
+
+
+def ran_since(before: dict[int, int], stopped: dict[int, int]) -> list[str]:
+    """Threads that ran between the look that read `before` and the stop that `stopped`
+    was read after: the stop itself is one switch per thread (see the module doc)."""
+    found = [f"thread {tid}: {n - before[tid] - 1} switch(es) between the look and the stop"
+             for tid, n in sorted(stopped.items()) if tid in before and n - before[tid] != 1]
+    found += [f"thread {tid}: born since the look" for tid in sorted(set(stopped) - set(before))]
+    found += [f"thread {tid}: ended since the look" for tid in sorted(set(before) - set(stopped))]
+    return found
+
+
+def pending(pid: int, texts: dict[int, str], counts_before: dict[int, int],
+            switches_before: dict[int, int] | None = None) -> list[str]:
     """What the stopped process `pid` was woken for and has not done: futex waiters
-    whose word changed, eventfds whose count grew since `counts_before` (see the module
-    doc). `texts`: each thread's syscall file, read while stopped. Empty: nothing
-    pending (a futex word or fdinfo that cannot be read is not counted)."""
-    found = []
+    whose word changed, eventfds whose count grew since `counts_before`, threads that
+    ran since `switches_before` (see the module doc). `texts`: each thread's syscall
+    file, read while stopped. Empty: nothing pending (a futex word or fdinfo that
+    cannot be read is not counted)."""
+    found = [] if switches_before is None else ran_since(switches_before, switch_counts(pid))
     try:
         mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except OSError:

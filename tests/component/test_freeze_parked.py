@@ -167,3 +167,46 @@ def test_only_a_receive_from_another_process_counts_as_parked(procs: Processes,
 
 
 PARKED_ELSEWHERE = "202 0x55ed13f3ed50 0x89 0x1 0x0 0x0 0x0 0x7f0dffffffff 0x7ffc36e94ec8"
+
+
+SLEEPER = """
+import os, sys, threading
+r, w = os.pipe()
+def loop():
+    while os.read(r, 1):
+        pass
+thread = threading.Thread(target=loop, daemon=True)
+thread.start()
+sys.stdout.write(f"{thread.native_id}\\n"); sys.stdout.flush()
+for line in sys.stdin:
+    os.write(w, b"x")  # wake the thread: it reads and sleeps again
+"""
+
+
+def test_a_thread_that_ran_between_the_look_and_the_stop_is_caught(procs: Processes) -> None:
+    """Parked before and after, in the same read: only its context switches tell that
+    it woke and did something in between (a frame read and handed on, say)."""
+    proc = procs.start([sys.executable, "-c", SLEEPER], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    tid = int(proc.stdout.readline())
+    _until(proc.pid, tid, 0)  # read, blocked
+    for woken in (False, True):
+        time.sleep(0.2)  # every thread back asleep
+        before = wakeups.switch_counts(proc.pid)
+        if woken:
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 5
+            while wakeups.switch_counts(proc.pid).get(tid) == before[tid] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.05)  # (asleep again, in the same read)
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_stopped(proc.pid, 5)
+        found = wakeups.ran_since(before, wakeups.switch_counts(proc.pid))
+        os.kill(proc.pid, signal.SIGCONT)
+        if woken:
+            assert any(f"thread {tid}:" in f for f in found), found
+        else:
+            assert found == [], found

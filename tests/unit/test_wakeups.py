@@ -59,3 +59,18 @@ def test_eventfd_count_is_read_from_fdinfo_in_hex() -> None:
     assert wakeups.parse_eventfd_count("pos:\t0\nflags:\t02\n") is None
     links = {3: "anon_inode:[eventpoll]", 4: "anon_inode:[eventfd]", 6: "socket:[1]"}
     assert wakeups.eventfds(links) == [4]
+
+
+def test_context_switches_are_read_from_the_status_file() -> None:
+    status = ("Name:\trelay\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t40\n"
+              "nonvoluntary_ctxt_switches:\t2\n")
+    assert wakeups.parse_switches(status) == 42
+    assert wakeups.parse_switches("Name:\trelay\n") is None
+
+
+def test_a_thread_ran_between_the_look_and_the_stop_if_it_switched_more_than_once() -> None:
+    before = {10: 5, 11: 7, 12: 1}
+    assert wakeups.ran_since(before, {10: 6, 11: 8, 12: 2}) == []  # the stop's switch alone
+    found = wakeups.ran_since(before, {10: 8, 11: 8, 13: 1})
+    assert found == ["thread 10: 2 switch(es) between the look and the stop",
+                     "thread 13: born since the look", "thread 12: ended since the look"]
