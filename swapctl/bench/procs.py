@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -34,6 +35,36 @@ class ChildFailed(SwapctlError):
 
 class Interrupted(SwapctlError):
     """The benchmark was told to stop (SIGTERM) and cleaned up its processes."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised wherever the bench was. A BaseException: a swap treats a
+    SwapctlError (or any Exception) as a failed swap and goes on to the next one, so
+    anything less would be caught before it ended the run."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM unwinds the bench (in the main thread): every `with`, `finally`
+    and ExitStack on the way out stops the processes it started, and the caller gets
+    `Interrupted`. SIGTERM's default action ends the bench at once and leaves its relays
+    and clients running. A second SIGTERM during the unwinding is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the unwinding finish
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        raise Interrupted("stopped by SIGTERM; every benchmark process was "
+                          "terminated") from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Child:

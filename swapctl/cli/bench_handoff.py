@@ -9,6 +9,7 @@ import click
 
 from swapctl.bench.handoff import HandoffBenchSettings, run_handoff_bench
 from swapctl.bench.handoff_table import side_by_side
+from swapctl.bench.procs import sigterm_interrupts
 from swapctl.bench.report import render_text
 from swapctl.bench.rust_relay import relays_asked
 from swapctl.cli.bench import bench, emit, output_option, progress, rust_relay_options
@@ -68,7 +69,8 @@ def handoff_command(output: str, **o: Any) -> None:
                                     rust_binary=o["rust_relay"], keep=keep,
                                     rollback_clients=o["rollback_clients"],
                                     pause_priority=o["pause_priority"])
-    report = run_handoff_bench(settings, progress)
+    with sigterm_interrupts():  # (each row's `finally` then stops its processes)
+        report = run_handoff_bench(settings, progress)
     if output == "json":
         emit("swapctl bench handoff", report, output)
     else:

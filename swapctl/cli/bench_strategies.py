@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from swapctl.bench.procs import sigterm_interrupts
 from swapctl.bench.strategies import STRATEGIES, StrategiesBenchSettings, run_strategies_bench
 from swapctl.cli.bench import bench, emit, output_option, progress
 
@@ -49,7 +50,9 @@ def strategies_command(output: str, **o: Any) -> None:
     settings = StrategiesBenchSettings(o["strategies"] or STRATEGIES,
                                        _ints(o["rates"], "--rates"), o["clients"], o["swaps"],
                                        o["canary_rate"])
-    emit("swapctl bench strategies", run_strategies_bench(settings, progress), output)
+    with sigterm_interrupts():  # (each run's `finally` then stops its processes)
+        report = run_strategies_bench(settings, progress)
+    emit("swapctl bench strategies", report, output)
 
 
 def register(group: click.Group) -> None:
