@@ -32,6 +32,22 @@ def _invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout
 
 
+def _unverified(out: str) -> object:
+    """What a failed `bench relay` run says about each run that did not verify (for the
+    assertion message: CI saw two such runs that could not be reproduced here)."""
+    try:
+        report = json.loads(out)
+    except ValueError:
+        return out[-2000:]
+    keys = ("sent", "delivered", "lost", "duplicated", "reordered", "corrupted",
+            "consumer_ended_by", "publisher_stopped_by", "lost_samples", "relay_counters",
+            "echo", "background_cpu_percent", "steal_percent")
+    return [(mode, target, {k: row[k] for k in keys if k in row})
+            for mode in ("throughput", "latency", "slow_consumer")
+            for target, row in report.get(mode, {}).items()
+            if isinstance(row, dict) and row.get("verified") is False]
+
+
 def _descendants() -> set[tuple[int, float]]:
     return {(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)}
 
@@ -113,7 +129,7 @@ def _assert_run(run: dict[str, Any], target: str) -> None:
 def test_bench_relay_json_verified() -> None:
     code, out = _invoke("relay", "--duration", "0.3", "-o", "json",
                         "--relay", "both" if RUST_BUILT else "python")
-    assert code == 0
+    assert code == 0, _unverified(out)
     report = json.loads(out)
     assert [row["target"] for row in report["summary"]] == list(TARGETS)
     assert report["verified"] is True
@@ -167,8 +183,7 @@ def test_bench_relay_reports_loss_and_exits_1() -> None:
     for mode in ("throughput", "latency"):
         relay = report[mode]["relay"]
         assert relay["verified"] is False and relay["lost"] > 0
-        raw = report[mode]["raw"]
-        assert raw["verified"] is True, raw
+        assert report[mode]["raw"]["verified"] is True, _unverified(out)
 
 
 def test_bench_relay_names_a_relay_that_fails_to_start() -> None:
