@@ -37,6 +37,9 @@ class Interrupted(SwapctlError):
     """The benchmark was told to stop (SIGTERM) and cleaned up its processes."""
 
 
+STOPPED_BY_SIGTERM = "stopped by SIGTERM; every benchmark process was terminated"
+
+
 class _Terminated(BaseException):
     """SIGTERM, raised wherever the bench was. A BaseException: a swap treats a
     SwapctlError (or any Exception) as a failed swap and goes on to the next one, so
@@ -48,7 +51,9 @@ def sigterm_interrupts() -> Iterator[None]:
     """Inside, SIGTERM unwinds the bench (in the main thread): every `with`, `finally`
     and ExitStack on the way out stops the processes it started, and the caller gets
     `Interrupted`. SIGTERM's default action ends the bench at once and leaves its relays
-    and clients running. A second SIGTERM during the unwinding is ignored."""
+    and clients running. A second SIGTERM during the unwinding is ignored. (`ProcessScope`
+    has its own handler: it owns its children and holds the signal back while one
+    starts; this is for benches whose processes belong to the swap engine's objects.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -61,8 +66,7 @@ def sigterm_interrupts() -> Iterator[None]:
     try:
         yield
     except _Terminated:
-        raise Interrupted("stopped by SIGTERM; every benchmark process was "
-                          "terminated") from None
+        raise Interrupted(STOPPED_BY_SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -134,7 +138,7 @@ class ProcessScope:
             self._interrupt()
 
     def _interrupt(self) -> None:
-        raise Interrupted("stopped by SIGTERM; every benchmark process was terminated")
+        raise Interrupted(STOPPED_BY_SIGTERM)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
