@@ -136,7 +136,8 @@ def service(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[Service]:
 
 
 @pytest.mark.timeout(240)
-def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -> None:
+def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service,
+                                                             sockdir: Path) -> None:
     public = service.socket_path
     assert service.active is not None
     rust = service.active.release.command == releases("rust")[0].command
@@ -188,6 +189,15 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service) -
     if rust:  # freezes found a fan-out in flight and carried it as a tail
         assert from_tail > 0, [r["handoff"] for r in results]
         assert crowd.received > 0 and crowd.cut == 0
+        # each freeze raised its relay's workers to the real-time priority the pause
+        # gave its control thread (sched.rs), when the pause ran real-time
+        boosted = all(r["handoff"]["realtime"]["denied"] is None for r in results)
+        freezes = [line for log in (sockdir / "logs").glob("*.log")
+                   for line in log.read_text(errors="replace").splitlines()
+                   if "swapctl-handoff: freeze " in line]
+        assert len(freezes) == 24 + 8, freezes  # each swap, and each rollback's reverse freeze
+        raised = [int(line.split("threads_raised=")[1].split()[0]) for line in freezes]
+        assert all(n > 0 for n in raised) if boosted else all(n == 0 for n in raised), freezes
     else:  # the reference relay does not speak `tail`
         assert from_tail == 0
     assert verdict.ok, verdict.problems()

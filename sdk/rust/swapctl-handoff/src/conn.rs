@@ -212,6 +212,8 @@ impl Conn {
             out.push_carried(M::from(carried_out));
         }
         let mut carried_in = std::mem::take(&mut self.carried.pending_in);
+        // input came while this task could not read (`Hub::resume` wakes it first)
+        let mut input_came = false;
         let how = loop {
             if let Some(how) = self.commands(&mut out, &mut rx, &inbound, &mut carried_in) {
                 break how;
@@ -219,10 +221,15 @@ impl Conn {
             let phase = hub.phase();
             match phase {
                 Phase::Hold | Phase::Frozen => {
-                    // neither read nor write: wait for the phase to change or a command
+                    // neither read nor write: wait for the phase to change, a command, or
+                    // input (said once: the readiness stays until a read clears it)
                     tokio::select! {
                         changed = wake.changed() => if changed.is_err() { break Gone::Disconnected },
                         _ = slot.notify.notified() => {}
+                        _ = self.stream.readable(), if !input_came => {
+                            input_came = true;
+                            hub.input_came(&slot);
+                        }
                     }
                     continue;
                 }
@@ -232,17 +239,17 @@ impl Conn {
                     Some(Decision::Close) => break Gone::HandedOver,
                     None => break Gone::Disconnected,
                 },
-                Phase::Run | Phase::Quiesce => {}
+                Phase::Run => input_came = false,
             }
-            let reading = phase == Phase::Run; // (a later change is seen at the next turn)
+            let reading = hub.reading(phase); // (a later change is seen at the next turn)
             if !carried_in.is_empty() {
                 // resumed: the carried partial frame goes to the framer before any read
-                let gate = hub.gate.read().unwrap();
-                if *gate == Phase::Run {
+                let intake = hub.intake.read().unwrap();
+                if *intake {
                     let data = std::mem::take(&mut carried_in);
                     self.ingest(&data, &mut inbound, &tx);
                 }
-                drop(gate);
+                drop(intake);
             }
             if self.write_now(&mut out, &mut rx, !carried_in.is_empty()).is_err() {
                 break Gone::Disconnected;
@@ -389,15 +396,15 @@ impl Conn {
         out.next = (tail.last + 1).saturating_sub(rx.len() as u64).max(1);
     }
 
-    /// One read, under the gate (a release waits for it to finish). Ok(true): EOF.
+    /// One read, under the intake lock (a release waits for it to finish). Ok(true): EOF.
     fn read_once<I, M>(&mut self, buf: &mut [u8], inbound: &mut I, tx: &broadcast::Sender<M>) -> io::Result<bool>
     where
         I: Inbound,
         M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
     {
         let hub = self.hub.clone();
-        let gate = hub.gate.read().unwrap();
-        if *gate != Phase::Run {
+        let intake = hub.intake.read().unwrap();
+        if !*intake {
             return Ok(false);
         }
         match self.stream.try_read(buf) {
@@ -407,7 +414,7 @@ impl Conn {
                 Counters::add(&hub.counters.bytes_in, n as u64);
                 self.ingest(&buf[..n], inbound, tx);
                 self.mirror();
-                drop(gate);
+                drop(intake);
                 Ok(false)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -460,7 +467,7 @@ impl Conn {
     {
         let hub = self.hub.clone();
         let gate = hub.gate.read().unwrap();
-        if !matches!(*gate, Phase::Run | Phase::Quiesce | Phase::Flush(_)) {
+        if !matches!(*gate, Phase::Run | Phase::Flush(_)) {
             return Ok(());
         }
         let result = self.write_locked(out, rx);

@@ -376,7 +376,8 @@ impl Control {
         *self.hub.exports.lock().unwrap() = Some(sender);
         let deadline = Instant::now() + Duration::from_secs_f64(flush_ms / 1000.0);
         let expected: HashSet<u64> = {
-            let mut gate = self.hub.gate.write().unwrap(); // waits for reads and writes in flight
+            self.hub.close_intake(); // waits for a read or accept in flight
+            let mut gate = self.hub.gate.write().unwrap(); // and for writes
             *gate = Phase::Flush(deadline);
             let live = self.hub.live.lock().unwrap().keys().copied().collect();
             live
@@ -525,12 +526,12 @@ impl Control {
 
     fn resume(&self) -> Reply {
         match self.hub.phase() {
-            Phase::Run | Phase::Quiesce | Phase::Closing => return Err(format!("nothing to resume in state {}", self.hub.state())),
-            Phase::Hold | Phase::Flush(_) | Phase::Frozen => self.hub.set_phase(Phase::Run),
+            Phase::Run | Phase::Closing => return Err(format!("nothing to resume in state {}", self.hub.state())),
+            Phase::Hold | Phase::Flush(_) | Phase::Frozen => {}
         }
+        let resumed_ns = self.hub.resume();
         self.pre.lock().unwrap().resumed();
         let parked: Vec<_> = self.hub.parked.lock().unwrap().drain().collect();
-        let resumed_ns = monotonic_ns();
         for (_, decide) in parked {
             let _ = decide.send(Decision::Resume);
         }

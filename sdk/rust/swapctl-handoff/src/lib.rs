@@ -45,6 +45,7 @@ mod control;
 pub mod framing;
 mod hub;
 mod precopy;
+mod sched;
 pub mod table;
 pub mod wire;
 
@@ -216,7 +217,7 @@ impl Handoff {
     }
 }
 
-/// One accept, under the gate: a release waits for it, and the new connection is
+/// One accept, under the intake lock: a release waits for it, and the new connection is
 /// registered before the release counts what it must export.
 async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>) -> io::Result<Option<Conn>> {
     let listener = match listener {
@@ -225,8 +226,8 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
     };
     let mut ready = listener.readable().await?;
     let accepted = {
-        let gate = hub.gate.read().unwrap();
-        if *gate != Phase::Run {
+        let intake = hub.intake.read().unwrap();
+        if !*intake {
             return Ok(None);
         }
         match listener.get_ref().accept() {

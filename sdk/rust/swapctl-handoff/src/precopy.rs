@@ -5,9 +5,9 @@
 //! - PRECOPY: the listener and a duplicate of every connection's fd go out (`precopied`
 //!   parts, conn-v1) while it keeps serving; it notes the ids sent and the next id it
 //!   will give (the watermark), under one lock, so the two agree.
-//! - RELEASE naming that pre-copy (the freeze): the gate goes to `Quiesce` (no read or
-//!   accept; tasks write on) until the broadcasts already read are written out, then
-//!   to `Frozen` (no read, write or accept) without waking the tasks; only the connections
+//! - RELEASE naming that pre-copy (the freeze): the intake closes (no read or accept;
+//!   tasks write on) until the broadcasts already read are written out, then the gate
+//!   goes to `Frozen` (no read, write or accept) without waking the tasks; only the connections
 //!   that changed are described (hub.rs says how they are found): a connection whose
 //!   task published how far it has written, owed at most a few units still in the
 //!   ring (a fan-out in flight), is described from its slot, with those bytes inline
@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use crate::backlog::{self, Entry, SharedTail};
 use crate::control::{log, monotonic_ns, Control, Reply};
 use crate::hub::{Cmd, Counters, Export, Phase, Slot, OWES, PENDING, STALE, STARTED};
+use crate::sched;
 use crate::table::{self, Carried, Record, DEFERRED, HEAD_STARTED, NO_FD, TAIL};
 use crate::wire::Message;
 
@@ -51,6 +52,10 @@ const ASK_DEADLINE: Duration = Duration::from_secs(2);
 /// written what it was sent (see `wait_fanned_out`).
 const FAN_OUT_WAIT: Duration = Duration::from_millis(20);
 const FAN_OUT_LOOK: Duration = Duration::from_micros(100);
+/// Before a freeze stops reading, wait at most this long for a moment when no read
+/// is in flight, looking this often (see `stop_reading`).
+const INTAKE_WAIT: Duration = Duration::from_millis(5);
+const INTAKE_LOOK: Duration = Duration::from_micros(20);
 /// Once reading has stopped, wait at most this long for the fan-out in flight to
 /// finish, and give up sooner if no task catches up for DRAIN_STALL (see
 /// `wait_fanned_out`).
@@ -79,6 +84,8 @@ pub struct PreState {
     owed: Vec<u64>,
     /// Adopter: pre-adopted, not resumed.
     pub staged: bool,
+    /// The relay's other threads, as the last PRECOPY found them (sched.rs).
+    threads: Vec<libc::pid_t>,
 }
 
 impl PreState {
@@ -153,8 +160,10 @@ impl Control {
             }
             self.hub.next_id()
         };
+        let threads = sched::siblings();
         let generation = {
             let mut pre = self.pre.lock().unwrap();
+            pre.threads = threads;
             pre.generation += 1;
             let ids = records.iter().map(|(r, _)| r.carried.id).collect();
             pre.precopied = Some(PreCopy { generation: pre.generation, watermark, ids });
@@ -177,7 +186,7 @@ impl Control {
             return Err(format!("cannot release in state {}: already released or not resumed", self.hub.state()));
         }
         let generation = msg.json.get("precopy").and_then(Value::as_u64);
-        let pre = {
+        let (pre, threads) = {
             let mut state = self.pre.lock().unwrap();
             match &state.precopied {
                 Some(pre) if Some(pre.generation) == generation => {}
@@ -188,13 +197,13 @@ impl Control {
                 }
             }
             self.refuse_if_holding()?;
-            state.precopied.take().expect("checked above")
+            (state.precopied.take().expect("checked above"), state.threads.clone())
         };
+        // from here the freeze waits for the workers: they run just below its priority
+        // until it has answered (sched.rs)
+        let lent = sched::lend(&threads);
         let waited_us = self.wait_fanned_out(FAN_OUT_WAIT, FAN_OUT_WAIT, false);
-        let stopped_ns = monotonic_ns();
-        // stop reading and accepting (no wake-up: a task finds out at its next read);
-        // once the gate is held no read is in flight, so `sent_seq` is final
-        *self.hub.gate.write().unwrap() = Phase::Quiesce;
+        let stopped_ns = self.stop_reading();
         let drained_us = self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL, true);
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
@@ -272,9 +281,44 @@ impl Control {
         }
         got.extend(answers);
         *self.hub.exports.lock().unwrap() = None;
-        log("freeze", format!("asked={} from_slots={} fan_out_wait_us={} drain_us={}", asked_n, from_slots,
-                              waited_us, drained_us));
-        self.send_delta(got, &pre, closed, unanswered, id, stopped_ns, generation.unwrap_or(0), &trailer, tail_meta)
+        log("freeze", format!("asked={} from_slots={} fan_out_wait_us={} drain_us={} threads_raised={}{}", asked_n,
+                              from_slots, waited_us, drained_us, lent.count(),
+                              lent.denied.as_ref().map_or(String::new(), |why| format!(" not_raised=\"{}\"", why))));
+        let sent = self.send_delta(got, &pre, closed, unanswered, id, stopped_ns, generation.unwrap_or(0), &trailer,
+                                   tail_meta);
+        drop(lent);
+        sent
+    }
+
+    /// Stop reading and accepting (no wake-up: a task finds out at its next read):
+    /// the intake closes, so once this returns no read is in flight and `sent_seq`
+    /// is final, while tasks write on what they were sent. The gate is not taken:
+    /// a write holds it, and a write can wait for the broadcast channel's lock while
+    /// a broadcast wakes thousands of receivers. Returns when reading stopped
+    /// (CLOCK_MONOTONIC ns).
+    ///
+    /// A read holds the intake while its broadcast wakes every receiver waiting on the
+    /// channel (about 1 ms at 5,000 idle clients). Waiting for it would stop every
+    /// other read from starting meanwhile (std's RwLock lets no reader in while a
+    /// writer waits): reading stops when the wait starts, not when it ends. So the
+    /// intake is first closed only at a moment no read holds it (`try_write`, which
+    /// holds nothing up), looking every INTAKE_LOOK for at most INTAKE_WAIT; then it
+    /// is waited for, and the pause counts from the start of that wait.
+    fn stop_reading(&self) -> u64 {
+        let deadline = Instant::now() + INTAKE_WAIT;
+        let stopped_ns = loop {
+            if let Ok(mut intake) = self.hub.intake.try_write() {
+                *intake = false;
+                break monotonic_ns();
+            }
+            if Instant::now() >= deadline {
+                let stopped_ns = monotonic_ns();
+                self.hub.close_intake();
+                break stopped_ns;
+            }
+            std::thread::sleep(INTAKE_LOOK);
+        };
+        stopped_ns
     }
 
     /// Wait, at most `limit`, for a moment when every task that owes nothing has
