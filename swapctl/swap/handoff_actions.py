@@ -364,7 +364,8 @@ def pause_priority(run: SwapRun, key: str, adopter: Slot | None,
     Rust crate's; docs/handoff-protocol.md section 12). The rest of it is left alone: it
     reads RELEASE when its own loop comes to it, and raised while it still serves (the
     Python relay under load: up to 150 ms) it kept its clients from the CPU, so the
-    canary saw gaps of 65-117 ms where 13 was usual.
+    canary saw gaps of 65-117 ms where 13 was usual. (The Rust crate's control thread
+    lends its priority to its own workers while it freezes, and only then: sched.rs.)
 
     Nor does swapctl run a cyclic garbage collection inside it (swapctl/gcquiet.py)."""
     pids = [adopter.link.pid] if adopter is not None and adopter.alive() else []
