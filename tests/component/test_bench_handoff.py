@@ -75,6 +75,10 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
         decisions = [json.loads(line)["decision"] for line in lines]
         want = "committed" if "rollback" not in name else "rolled_back"
         assert decisions == [want] * swaps, (name, decisions)
+        if "rollback" not in name:  # every measured swap moved the whole crowd, the first too
+            clients = int(name.split("-")[1])
+            moved = [json.loads(line)["connections"]["moved"] for line in lines]
+            assert min(moved) >= clients, (name, moved)
         assert list((kept / name / "logs").glob("*.log")), name  # the relays' logs
         assert (kept / name / "journal.jsonl").stat().st_size > 0
         assert not [p for p in (kept / name).rglob("*.sock")]  # no sockets copied
