@@ -9,6 +9,11 @@ drill rolls back). Per drill: the whole drill's wall time and the rollback withi
 (request -> swap ended with the baseline serving; and -> baseline active again; and
 swapctld's own handoff time). p50/p99 are nearest-rank over the drills that measured
 them; a drill that failed is counted and its reason listed, not hidden.
+
+SIGTERM or SIGINT stops the bench: during a drill, the runner cancels its steps and runs
+its cleanup (as for `swapctl drill`), then the bench stops instead of starting the next;
+between drills, SIGTERM unwinds it (bench/procs.py). Either way the stack comes down and
+`Interrupted` says which signal (exit 3).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import swapctl
+from swapctl.bench.procs import STOPPED_BY_SIGTERM, Interrupted, sigterm_interrupts
 from swapctl.bench.report import Goal, conditions, source_revision
 from swapctl.config.load import load_config
 from swapctl.daemon import stack
@@ -46,7 +52,7 @@ def run_drill_bench(settings: DrillBenchSettings,
                     progress: Callable[[str], None] = print) -> dict[str, Any]:
     playbook = load_playbook(settings.playbook, settings.params)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="swbd-") as tmp:
+    with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="swbd-") as tmp:
         root = Path(tmp)
         config = load_config(configs.write(root, (SERVICE,), soak="30s"))
         try:
@@ -54,7 +60,10 @@ def run_drill_bench(settings: DrillBenchSettings,
             progress(f"drill: stack up under {root}; {settings.drills} drills of "
                      f"{settings.playbook.name}")
             for number in range(1, settings.drills + 1):
-                result = Runner(playbook, config, RunOptions(SERVICE)).run()
+                runner = Runner(playbook, config, RunOptions(SERVICE))
+                result = runner.run()
+                if runner.signals:  # (the drill was cancelled and cleaned up: stop here)
+                    raise Interrupted(_stopped_by(runner.signals[0]))
                 values = result.journal.get("values", {})
                 row = {"state": result.state, "reason": result.reason,
                        "drill_seconds": (result.journal.get("result") or {}).get("seconds"),
@@ -105,6 +114,12 @@ def _report(settings: DrillBenchSettings, params: dict[str, str],
                   Goal.at_least("drills passed", float(len(passed)), float(len(rows)),
                                 "").to_dict()],
     }
+
+
+def _stopped_by(signal_name: str) -> str:
+    if signal_name == "SIGTERM":
+        return STOPPED_BY_SIGTERM
+    return f"stopped by {signal_name}; every benchmark process was terminated"
 
 
 def _kill_leftovers(root: Path) -> None:
