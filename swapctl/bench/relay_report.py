@@ -194,4 +194,6 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
             "background_cpu_percent: what other processes on the machine used meanwhile; "
             "steal_percent: time the hypervisor took",
         relay_source=source_revision("swapctl/relay", "swapctl/protocol", "sdk/rust"),
+        idle_timeout_s=s.idle_timeout,
+        relay_args=list(s.relay_args),
     )

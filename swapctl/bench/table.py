@@ -110,7 +110,7 @@ def _markers(text: str, where: str) -> tuple[int, int]:
 def conditions_text(name: str, report: Report) -> str:
     c = report["conditions"]
     load_avg = c.get("load_average_1m_5m") or [None, None]
-    rev = c.get("source") or c.get("revision") or {}
+    rev = c.get("source") or c.get("revision") or c.get("relay_source") or {}
     commit = f"commit {rev['commit']}" if rev.get("commit") else "commit not recorded"
     if rev.get("uncommitted_changes"):
         commit += " (with uncommitted changes)"
@@ -179,9 +179,31 @@ def _diff_args(r: Report) -> list[str]:
             "--scenario", str(ci.get("scenario", "ci"))]
 
 
+def _relay_args(r: Report) -> list[str]:
+    c = r["conditions"]
+    servers = c.get("servers") or {}
+    relays = [name for name in ("relay", "rust") if name in servers]
+    args = ["--duration", _plain(c["throughput"]["duration_s"]),
+            "--rate", _plain(c["latency"]["rate_msgs_per_s"]),
+            "--relay", {"relay": "python", "rust": "rust"}[relays[0]] if len(relays) == 1
+            else "both"]
+    if c.get("idle_timeout_s") is not None:
+        args += ["--idle-timeout", _plain(c["idle_timeout_s"])]
+    return args + [f"--relay-arg={a}" for a in c.get("relay_args") or []]
+
+
+def _drill_args(r: Report) -> list[str]:
+    c = r["conditions"]
+    args = ["--drills", str(c["drills"])]
+    playbook = Path(str(c.get("playbook", "")))
+    if playbook.name != "rollback-drill.yaml" or playbook.parent.name != "playbooks":
+        args += ["--playbook", str(playbook)]
+    return args + [f"--param {k}={v}" for k, v in (c.get("params") or {}).items()]
+
+
 COMMANDS: dict[str, Callable[[Report], list[str]]] = {
     "handoff": _handoff_args, "strategies": _strategies_args,
-    "codec": _codec_args, "diff": _diff_args,
+    "codec": _codec_args, "diff": _diff_args, "relay": _relay_args, "drill": _drill_args,
 }
 
 OWN_CONDITIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
@@ -198,6 +220,13 @@ OWN_CONDITIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
                         f"{c.get('repeats')}"),
     "diff": lambda c: (f"{_num(c.get('frames'))} frames of {c.get('message_bytes')} bytes "
                        f"per stream, best of {c.get('repeats')}"),
+    "relay": lambda c: (f"{c.get('message_bytes')}-byte messages, "
+                        f"{c.get('connections')}, {_num(c['throughput']['duration_s'])} s "
+                        f"per throughput window, latency at "
+                        f"{_num(c['latency']['rate_msgs_per_s'])} msg/s"),
+    "drill": lambda c: (f"{c.get('drills')} drills of {Path(str(c.get('playbook'))).name} "
+                        f"({', '.join(f'{k}={v}' for k, v in (c.get('params') or {}).items())}), "
+                        f"{c.get('relay')}, {c.get('stack')}"),
 }
 
 
@@ -297,9 +326,39 @@ def _generic_rows(r: Report) -> list[Row]:
     return rows
 
 
+def _relay_rows(r: Report) -> list[Row]:
+    rows = []
+    for target, m in (r.get("throughput") or {}).items():
+        rows.append(Row(f"throughput: {target}", f"{_num(m['messages_per_s'])} msg/s, lost "
+                        f"{_num(m.get('lost'))}, verified: {'yes' if m.get('verified') else 'no'}",
+                        f"{_num(m.get('delivered'))} messages"))
+    for target, m in (r.get("slow_consumer") or {}).items():
+        rows.append(Row(f"slow consumer, block mode: {target}",
+                        f"{_num(m['messages_per_s'])} msg/s, lost {_num(m.get('lost'))}",
+                        f"{_num(m.get('delivered'))} messages"))
+    for target, m in (r.get("latency") or {}).items():
+        rows.append(Row(f"latency: {target}", f"p50 {_num(m['p50_us'])} / p99 "
+                        f"{_num(m['p99_us'])} us at {_num(m.get('achieved_rate_msgs_per_s'))} "
+                        "msg/s", f"{_num(m.get('samples'))} samples"))
+    return rows
+
+
+def _drill_rows(r: Report) -> list[Row]:
+    drills = r.get("drills") or {}
+    rows = [Row("drills", f"{_num(drills.get('passed'))} of {_num(drills.get('run'))} passed, "
+                f"{_num(drills.get('lost_messages'))} messages lost", "")]
+    for key, label in (("drill_seconds", "whole drill"), ("rollback_seconds", "rollback"),
+                       ("rollback_serving_seconds", "rollback until the baseline serves"),
+                       ("rollback_engine_ms", "swapctld's own handoff")):
+        s = r.get(key) or {}
+        unit = "ms" if key.endswith("_ms") else "s"
+        rows.append(Row(label, _stats(s, unit), _n(s)))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[Report], list[Row]]] = {
     "handoff": _handoff_rows, "strategies": _strategies_rows,
-    "codec": _codec_rows, "diff": _diff_rows,
+    "codec": _codec_rows, "diff": _diff_rows, "relay": _relay_rows, "drill": _drill_rows,
 }
 
 

@@ -150,7 +150,41 @@ def test_a_recorded_argv_is_the_command() -> None:
     report = {"benchmark": "soak", "argv": ["--minutes", "5"], "conditions": _conditions()}
     assert command("soak", report) == ("swapctl bench soak --minutes 5 -o json > "
                                        "docs/bench/soak.json")
-    assert "not recorded" in command("drill", {"conditions": _conditions()})
+    assert "not recorded" in command("daemon", {"conditions": _conditions()})
+
+
+def test_relay_and_drill_reports_give_their_command_conditions_and_rows(tmp_path: Path) -> None:
+    relay = {"conditions": _conditions(
+        message_bytes=74, connections="1 publisher + 1 consumer",
+        servers={"relay": "python -m swapctl.relay", "raw": "rawfwd", "direct": "none"},
+        throughput={"duration_s": 1.5}, latency={"rate_msgs_per_s": 5000},
+        idle_timeout_s=3.0, relay_args=["--framing", "chunk"]),
+        "throughput": {"relay": {"messages_per_s": 1_000_000, "lost": 0, "verified": True,
+                                 "delivered": 2_000_000}},
+        "slow_consumer": {"relay": {"messages_per_s": 900_000, "lost": 0, "delivered": 1_800_000}},
+        "latency": {"relay": {"p50_us": 40.0, "p99_us": 160.0, "samples": 19000,
+                              "achieved_rate_msgs_per_s": 5000}}}
+    drill = {"conditions": _conditions(
+        drills=20, playbook=str(REPO / "playbooks" / "rollback-drill.yaml"),
+        params={"soak": "30s", "check": "1s"}, relay="reference relay", stack="supervisord"),
+        "drills": {"run": 20, "passed": 19, "lost_messages": 0},
+        "drill_seconds": {"samples": 20, "p50": 6.2, "p99": 6.4, "max": 6.4},
+        "rollback_seconds": {"samples": 20, "p50": 0.05, "p99": 0.07, "max": 0.07}}
+    assert command("relay", relay) == (
+        "swapctl bench relay --duration 1.5 --rate 5000 --relay python --idle-timeout 3 "
+        "--relay-arg=--framing --relay-arg=chunk -o json > docs/bench/relay.json")
+    assert command("drill", drill) == (
+        "swapctl bench drill --drills 20 --param soak=30s --param check=1s -o json > "
+        "docs/bench/drill.json")
+    text = render(load([_write(tmp_path, "relay", relay), _write(tmp_path, "drill", drill)]))
+    assert "| relay | throughput: relay | 1,000,000 msg/s, lost 0, verified: yes |" in text
+    assert "| relay | slow consumer, block mode: relay | 900,000 msg/s, lost 0 |" in text
+    assert "| relay | latency: relay | p50 40 / p99 160 us at 5,000 msg/s | 19,000 samples |" \
+        in text
+    assert "| drill | drills | 19 of 20 passed, 0 messages lost |" in text
+    # 20 drills: the tail is the maximum, and says so
+    assert "| drill | rollback | p50 0.05 / max 0.07 s | 20 |" in text
+    assert "20 drills of rollback-drill.yaml (soak=30s, check=1s)" in text
 
 
 def test_replace_and_read_the_block_between_the_markers() -> None:
