@@ -147,10 +147,10 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
                   "cores (the direct link has no server): they contend for CPU",
         servers={
             "relay": " ".join(["python -m swapctl.relay --socket P --stats S --log-level "
-                               "warning", *s.relay_args])
+                               "warning", *s.relay_args, *SLOW_POLICY])
                      + " (64 KiB reads; frame mode and echo unless the options say otherwise)",
-            "raw": "python -m swapctl.bench.rawfwd --socket P (64 KiB reads, echo, parses "
-                   "nothing)",
+            "raw": " ".join(["python -m swapctl.bench.rawfwd --socket P", *SLOW_POLICY])
+                   + " (64 KiB reads, echo, parses nothing)",
             **({"rust": f"{rust_relay_binary(s.rust_binary)} --legacy --socket P (tokio "
                         "multi-thread, a worker per core; 64 KiB reads, whole frames, echo; a "
                         "queue of 16,384 reads per consumer; no stats, no block mode)"}
@@ -181,7 +181,7 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
         },
         slow_consumer={
             "servers": f"the relay and the raw forwarder, both with {' '.join(SLOW_POLICY)} "
-                       "(the Rust relay has no block mode: not run)",
+                       "as in every mode (the Rust relay has no block mode: not run)",
             "publisher": "as in throughput (64 KiB writes of the prebuilt stream, echo "
                          "drained and checked)",
             "consumer": "slower than the publisher: the latency consumer, which splits "

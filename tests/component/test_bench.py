@@ -32,7 +32,7 @@ def _invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout
 
 
-def _unverified(out: str) -> object:
+def _unverified(out: str) -> str:
     """What a failed `bench relay` run says about each run that did not verify (for the
     assertion message: CI saw two such runs that could not be reproduced here)."""
     try:
@@ -42,10 +42,11 @@ def _unverified(out: str) -> object:
     keys = ("sent", "delivered", "lost", "duplicated", "reordered", "corrupted",
             "consumer_ended_by", "publisher_stopped_by", "lost_samples", "relay_counters",
             "echo", "background_cpu_percent", "steal_percent")
-    return [(mode, target, {k: row[k] for k in keys if k in row})
-            for mode in ("throughput", "latency", "slow_consumer")
-            for target, row in report.get(mode, {}).items()
-            if isinstance(row, dict) and row.get("verified") is False]
+    # (a string: pytest shortens an object in an assertion message, and cut these)
+    return json.dumps([(mode, target, {k: row[k] for k in keys if k in row})
+                       for mode in ("throughput", "latency", "slow_consumer")
+                       for target, row in report.get(mode, {}).items()
+                       if isinstance(row, dict) and row.get("verified") is False])
 
 
 def _descendants() -> set[tuple[int, float]]:
