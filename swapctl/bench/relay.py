@@ -12,7 +12,7 @@ the direct link, listening) the publisher is told to go.
   for `duration` seconds; the figure is messages delivered intact divided by the
   time from the first write to the last read.
 - Slow consumer, one target at a time (the relay and the raw forwarder, both with
-  `--on-slow-consumer block`): the throughput publisher against a consumer slower
+  `--on-slow-consumer block`, as in every mode): the throughput publisher against a consumer slower
   than it, the latency consumer, which splits and checks every message in Python.
   Both servers must hold the publisher back to the consumer's pace and lose nothing;
   the figure is again messages delivered / window, and relay / raw is like with like.
@@ -56,7 +56,7 @@ SLOW_TARGETS = ("raw", "relay")
 # and the run failed its exactness check; with a consumer that keeps up, block mode
 # never engages and the figures are drop-oldest's. (The Rust relay has no block mode:
 # its consumers' queues hold 16,384 reads.)
-SLOW_POLICY = ("--on-slow-consumer", "block")
+SERVER_POLICY = ("--on-slow-consumer", "block")
 RELAY_COUNTERS = ("reads", "frames_in", "frames_out", "bytes_out", "lag_drops_frames",
                   "lag_episodes", "skipped_bytes", "rejected_domain", "echo_shed_frames",
                   "block_episodes", "blocked_s", "slow_disconnects")
@@ -98,11 +98,11 @@ class RelayBenchSettings:
         return min(round(self.rate * self.warmup), self.count("latency") // 2)
 
 
-def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, ...] = (),
-                   policy: tuple[str, ...] = (), *,
+def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, ...] = (), *,
                    rust: Path | None = None) -> list[str] | None:
-    """The server's command line; `policy` (e.g. SLOW_POLICY) is given to relay and raw
-    (the Rust relay has none); `rust` is its binary (rust_relay_binary checks it)."""
+    """The server's command line; relay and raw run SERVER_POLICY (the Rust relay has
+    none); `rust` is its binary (rust_relay_binary checks it)."""
+    policy = SERVER_POLICY
     if target == "rust":
         return [str(rust_relay_binary(rust)), "--legacy", "--socket", str(sock)]
     if target == "relay":
@@ -182,7 +182,7 @@ def _start_target(scope: ProcessScope, workdir: Path, mode: str, name: str,
                   s: RelayBenchSettings) -> _Target:
     """The server (if any) accepting, and a consumer connected (or listening) and ready."""
     sock, stats = workdir / f"{name}-{mode}.sock", workdir / f"{name}-{mode}.stats"
-    command = server_command(name, sock, stats, s.relay_args, SLOW_POLICY, rust=s.rust_binary)
+    command = server_command(name, sock, stats, s.relay_args, rust=s.rust_binary)
     server = scope.start(name, command, talks=False) if command else None
     if server is not None:
         wait_connectable(sock, server, 15.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swapctl.bench.relay import RELAY_TARGETS, SLOW, SLOW_POLICY, RelayBenchSettings
+from swapctl.bench.relay import RELAY_TARGETS, SERVER_POLICY, SLOW, RelayBenchSettings
 from swapctl.bench.report import Goal, Report, conditions, source_revision
 from swapctl.bench.rust_relay import rust_relay_binary
 from swapctl.probes.bulk.stream import MESSAGE_SIZE
@@ -147,9 +147,9 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
                   "cores (the direct link has no server): they contend for CPU",
         servers={
             "relay": " ".join(["python -m swapctl.relay --socket P --stats S --log-level "
-                               "warning", *s.relay_args, *SLOW_POLICY])
+                               "warning", *s.relay_args, *SERVER_POLICY])
                      + " (64 KiB reads; frame mode and echo unless the options say otherwise)",
-            "raw": " ".join(["python -m swapctl.bench.rawfwd --socket P", *SLOW_POLICY])
+            "raw": " ".join(["python -m swapctl.bench.rawfwd --socket P", *SERVER_POLICY])
                    + " (64 KiB reads, echo, parses nothing)",
             **({"rust": f"{rust_relay_binary(s.rust_binary)} --legacy --socket P (tokio "
                         "multi-thread, a worker per core; 64 KiB reads, whole frames, echo; a "
@@ -180,7 +180,7 @@ def _conditions(s: RelayBenchSettings) -> dict[str, Any]:
                        "written just before the send (one host clock)",
         },
         slow_consumer={
-            "servers": f"the relay and the raw forwarder, both with {' '.join(SLOW_POLICY)} "
+            "servers": f"the relay and the raw forwarder, both with {' '.join(SERVER_POLICY)} "
                        "as in every mode (the Rust relay has no block mode: not run)",
             "publisher": "as in throughput (64 KiB writes of the prebuilt stream, echo "
                          "drained and checked)",
