@@ -244,12 +244,11 @@ impl Conn {
             let reading = hub.reading(phase); // (a later change is seen at the next turn)
             if !carried_in.is_empty() {
                 // resumed: the carried partial frame goes to the framer before any read
-                let intake = hub.intake.read().unwrap();
-                if *intake {
+                if let Some(intake) = hub.take_in() {
                     let data = std::mem::take(&mut carried_in);
                     self.ingest(&data, &mut inbound, &tx);
+                    drop(intake);
                 }
-                drop(intake);
             }
             if self.write_now(&mut out, &mut rx, !carried_in.is_empty()).is_err() {
                 break Gone::Disconnected;
@@ -403,10 +402,9 @@ impl Conn {
         M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
     {
         let hub = self.hub.clone();
-        let intake = hub.intake.read().unwrap();
-        if !*intake {
+        let Some(intake) = hub.take_in() else {
             return Ok(false);
-        }
+        };
         match self.stream.try_read(buf) {
             Ok(0) => Ok(true),
             Ok(n) => {

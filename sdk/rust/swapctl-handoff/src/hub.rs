@@ -1,7 +1,7 @@
 //! State shared by the control thread, the accept loop and every connection task.
 //!
 //! How it works: one `gate` (a std RwLock around the `Phase`) says what connection
-//! tasks may do, and the `intake` (a std RwLock around a bool, open exactly in `Run`)
+//! tasks may do, and the `intake` (a std RwLock and a flag, open exactly in `Run`)
 //! whether they may read. A task holds the intake's read lock only while it turns
 //! one read into broadcasts (synchronous code, no await), and accepts happen under it
 //! too; it holds the gate's read lock while it writes. RELEASE closes the intake
@@ -35,8 +35,8 @@
 use std::collections::HashMap;
 use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixListener as StdListener;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -249,11 +249,14 @@ impl Counters {
 
 pub struct Hub {
     pub gate: RwLock<Phase>,
-    /// Reads and accepts may start: true exactly while the phase is `Run`. Each read
-    /// and accept holds it (for reading) instead of the gate, so stopping them waits
-    /// for a read in flight only, not for the writes that hold the gate all the time
-    /// while thousands of tasks fan a broadcast out.
-    pub intake: RwLock<bool>,
+    /// Held (for reading) by each read and accept, instead of the gate, so stopping
+    /// them waits for a read in flight only, not for the writes that hold the gate all
+    /// the time while thousands of tasks fan a broadcast out (`take_in`).
+    intake: RwLock<()>,
+    /// Reads and accepts may start: true exactly while the phase is `Run`. Set false
+    /// under the intake's write lock; read without a lock where only a hint is
+    /// needed (`reading`, once per task turn).
+    intake_open: AtomicBool,
     wake_tx: watch::Sender<u64>,
     wake_rx: watch::Receiver<u64>,
     pub listener: Mutex<Option<Arc<AsyncFd<StdListener>>>>,
@@ -288,7 +291,8 @@ impl Hub {
         let (wake_tx, wake_rx) = watch::channel(0);
         Arc::new(Hub {
             gate: RwLock::new(Phase::Run),
-            intake: RwLock::new(true),
+            intake: RwLock::new(()),
+            intake_open: AtomicBool::new(true),
             wake_tx,
             wake_rx,
             listener: Mutex::new(None),
@@ -349,7 +353,7 @@ impl Hub {
 
     fn open(&self) {
         *self.gate.write().unwrap() = Phase::Run;
-        *self.intake.write().unwrap() = true;
+        self.intake_open.store(true, Ordering::Release);
     }
 
     /// A task that cannot read found input on its connection (see `resume`).
@@ -361,12 +365,31 @@ impl Hub {
     /// Tasks find out at their next turn (`reading`), without a wake-up: in `Run` they
     /// write on what they were sent (a pre-copy freeze's first step).
     pub fn close_intake(&self) {
-        *self.intake.write().unwrap() = false;
+        let _intake = self.intake.write().unwrap();
+        self.intake_open.store(false, Ordering::Release);
     }
 
-    /// A task may look for reads: `Run`, and the intake open.
+    /// `close_intake`, only if no read or accept holds the intake now (true: closed).
+    pub fn try_close_intake(&self) -> bool {
+        match self.intake.try_write() {
+            Ok(_intake) => {
+                self.intake_open.store(false, Ordering::Release);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Hold the intake for one read or accept; None when it is closed.
+    pub fn take_in(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        let intake = self.intake.read().unwrap();
+        self.intake_open.load(Ordering::Acquire).then_some(intake)
+    }
+
+    /// A task may look for reads: `Run`, and the intake open (a hint: the read itself
+    /// holds the intake and looks again).
     pub fn reading(&self, phase: Phase) -> bool {
-        phase == Phase::Run && *self.intake.read().unwrap()
+        phase == Phase::Run && self.intake_open.load(Ordering::Acquire)
     }
 
     pub fn wake(&self) {

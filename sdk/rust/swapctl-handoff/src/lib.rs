@@ -226,10 +226,9 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
     };
     let mut ready = listener.readable().await?;
     let accepted = {
-        let intake = hub.intake.read().unwrap();
-        if !*intake {
+        let Some(_intake) = hub.take_in() else {
             return Ok(None);
-        }
+        };
         match listener.get_ref().accept() {
             Ok((sock, _)) => {
                 let registered = hub.register(None, sock.as_raw_fd());

@@ -306,19 +306,17 @@ impl Control {
     /// is waited for, and the pause counts from the start of that wait.
     fn stop_reading(&self) -> u64 {
         let deadline = Instant::now() + INTAKE_WAIT;
-        let stopped_ns = loop {
-            if let Ok(mut intake) = self.hub.intake.try_write() {
-                *intake = false;
-                break monotonic_ns();
+        loop {
+            if self.hub.try_close_intake() {
+                return monotonic_ns();
             }
             if Instant::now() >= deadline {
                 let stopped_ns = monotonic_ns();
                 self.hub.close_intake();
-                break stopped_ns;
+                return stopped_ns;
             }
             std::thread::sleep(INTAKE_LOOK);
-        };
-        stopped_ns
+        }
     }
 
     /// Wait, at most `limit`, for a moment when every task that owes nothing has
