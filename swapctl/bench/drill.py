@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import swapctl
-from swapctl.bench.procs import STOPPED_BY_SIGTERM, Interrupted, sigterm_interrupts
+from swapctl.bench.procs import Interrupted, sigterm_interrupts, stopped_by
 from swapctl.bench.report import Goal, conditions, source_revision
 from swapctl.config.load import load_config
 from swapctl.daemon import stack
@@ -63,7 +63,7 @@ def run_drill_bench(settings: DrillBenchSettings,
                 runner = Runner(playbook, config, RunOptions(SERVICE))
                 result = runner.run()
                 if runner.signals:  # (the drill was cancelled and cleaned up: stop here)
-                    raise Interrupted(_stopped_by(runner.signals[0]))
+                    raise Interrupted(stopped_by(runner.signals[0]))
                 values = result.journal.get("values", {})
                 row = {"state": result.state, "reason": result.reason,
                        "drill_seconds": (result.journal.get("result") or {}).get("seconds"),
@@ -122,12 +122,6 @@ def _tail(what: str, figures: dict[str, Any]) -> tuple[str, float | None]:
     if figures.get("samples", 0) >= 100:
         return f"{what} p99", figures.get("p99")
     return f"{what} max ({figures.get('samples', 0)} drills: p99 needs 100)", figures.get("max")
-
-
-def _stopped_by(signal_name: str) -> str:
-    if signal_name == "SIGTERM":
-        return STOPPED_BY_SIGTERM
-    return f"stopped by {signal_name}; every benchmark process was terminated"
 
 
 def _kill_leftovers(root: Path) -> None:

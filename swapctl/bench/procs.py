@@ -37,7 +37,12 @@ class Interrupted(SwapctlError):
     """The benchmark was told to stop (SIGTERM) and cleaned up its processes."""
 
 
-STOPPED_BY_SIGTERM = "stopped by SIGTERM; every benchmark process was terminated"
+def stopped_by(signal_name: str) -> str:
+    """What a bench stopped by a signal says (exit 3)."""
+    return f"stopped by {signal_name}; every benchmark process was terminated"
+
+
+STOPPED_BY_SIGTERM = stopped_by("SIGTERM")
 
 
 class _Terminated(BaseException):

@@ -12,8 +12,9 @@ the direct link, listening) the publisher is told to go.
   for `duration` seconds; the figure is messages delivered intact divided by the
   time from the first write to the last read.
 - Slow consumer, one target at a time (the relay and the raw forwarder, both with
-  `--on-slow-consumer block`, as in every mode): the throughput publisher against a consumer slower
-  than it, the latency consumer, which splits and checks every message in Python.
+  `--on-slow-consumer block`, as in every mode): the throughput publisher against a
+  consumer slower than it, the latency consumer, which splits and checks every
+  message in Python.
   Both servers must hold the publisher back to the consumer's pace and lose nothing;
   the figure is again messages delivered / window, and relay / raw is like with like.
   The Rust relay has no block policy (a consumer that falls behind its queue loses
@@ -102,14 +103,14 @@ def server_command(target: str, sock: Path, stats: Path, relay_args: tuple[str, 
                    rust: Path | None = None) -> list[str] | None:
     """The server's command line; relay and raw run SERVER_POLICY (the Rust relay has
     none); `rust` is its binary (rust_relay_binary checks it)."""
-    policy = SERVER_POLICY
     if target == "rust":
         return [str(rust_relay_binary(rust)), "--legacy", "--socket", str(sock)]
     if target == "relay":
         return [sys.executable, "-P", "-m", "swapctl.relay", "--socket", str(sock),
-                "--stats", str(stats), "--log-level", "warning", *relay_args, *policy]
+                "--stats", str(stats), "--log-level", "warning", *relay_args, *SERVER_POLICY]
     if target == "raw":
-        return [sys.executable, "-P", "-m", "swapctl.bench.rawfwd", "--socket", str(sock), *policy]
+        return [sys.executable, "-P", "-m", "swapctl.bench.rawfwd", "--socket", str(sock),
+                *SERVER_POLICY]
     return None
 
 

@@ -33,8 +33,8 @@ def _invoke(*args: str) -> tuple[int, str]:
 
 
 def _unverified(out: str) -> str:
-    """What a failed `bench relay` run says about each run that did not verify (for the
-    assertion message: CI saw two such runs that could not be reproduced here)."""
+    """What a failed `bench relay` run says about each run that did not verify, for the
+    assertion message (it showed a starved consumer meeting drop-oldest: relay.py)."""
     try:
         report = json.loads(out)
     except ValueError:
