@@ -75,6 +75,7 @@ class HandoffBenchSettings:
     swaps: int = 50
     load_rate: int = 100_000
     rollbacks: int = 10
+    row_rollbacks: int = 10  # warm rollbacks at the end of every row, under its conditions
     loaded: bool = True
     relays: tuple[str, ...] = ("python",)  # of rust_relay.RELAYS, in column order
     never_reader: bool = True  # every row has the never-reading publisher's full backlog
@@ -240,6 +241,11 @@ class Bench:
             self.flip ^= 1
         return result
 
+    def rollback_settings(self, cold: bool) -> SwapSettings:
+        """A swap that stays in its soak until told to roll back (cold: the old release
+        is killed first, so the rollback starts it again)."""
+        return replace(self.settings, deadlines=Deadlines(soaking=30.0), keep_old=not cold)
+
     def finish(self) -> dict[str, Any]:
         out: dict[str, Any] = {"canary": summarize(self.canary.stop()),
                                "crowd": self.crowd.finish()}
@@ -260,15 +266,19 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
                       pause_priority=settings.pause_priority)
         bench_backlog = bench.backlog_bytes
         results: list[dict[str, Any]] = []
+        rollbacks: list[dict[str, Any]] = []
         try:
             bench.swap()  # start the second relay; not measured
             for _ in range(swaps):
                 results.append(bench.swap())
+            for _ in range(settings.row_rollbacks):  # same crowd, load and backlog
+                rollbacks.append(bench.swap(bench.rollback_settings(cold=False),
+                                            requests=_rollback_now(bench, cold=False)))
             final = bench.finish()
         finally:
             bench.close()
             _keep(settings, Path(tmp), f"{relay}-{clients}-{'load' if load_rate else 'idle'}",
-                  results)
+                  results + rollbacks)
     committed = [r for r in results if r["decision"] == "committed"]
     server = [r["server_pause_ms"] for r in committed]
     client = [r["client_pause_ms"] for r in committed if r["client_pause_ms"] is not None]
@@ -297,6 +307,7 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         "realtime": _realtime(results, "realtime"),
         "pause_stages_p50_ms": _stage_medians(committed),
         "slowest_pause_stages_ms": _slowest_stages(committed),
+        "warm_rollback": _rollback_figures(rollbacks) if rollbacks else None,
         "canary": final["canary"], "crowd_disconnects": final["crowd"].get("disconnects"),
         "load": _load_summary(final.get("load")),
     }
@@ -305,36 +316,35 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
 def measure_rollbacks(clients: int, cold: bool, settings: HandoffBenchSettings,
                       relay: str) -> dict[str, Any]:
     """Swap, then roll back at once; cold kills the warm old release first."""
-    count = settings.rollbacks
     with tempfile.TemporaryDirectory(prefix="swb-") as tmp:
         bench = Bench(Path(tmp), clients, 0, settings.command(relay), settings.never_reader,
                       pause_priority=settings.pause_priority)
-        swap = replace(bench.settings, deadlines=Deadlines(soaking=30.0), keep_old=not cold)
         results: list[dict[str, Any]] = []
         try:
-            times, flowing, pauses, kinds = [], [], [], set()
-            for _ in range(count):
-                result = bench.swap(swap, requests=_rollback_now(bench, cold))
-                results.append(result)
-                if result["decision"] != "rolled_back":
-                    continue
-                times.append(result["rollback"]["ms"])
-                pause = result["handoff"].get("rollback_pause_ms")  # (pre-copy hand-back)
-                if pause is not None:
-                    pauses.append(pause)
-                kinds.add(result["rollback"]["kind"])
-                if result["rollback"]["traffic_flowing_ms"] is not None:
-                    flowing.append(result["rollback"]["traffic_flowing_ms"])
+            for _ in range(settings.rollbacks):
+                results.append(bench.swap(bench.rollback_settings(cold),
+                                          requests=_rollback_now(bench, cold)))
             final = bench.finish()
         finally:
             bench.close()
             _keep(settings, Path(tmp), f"{relay}-rollback-{'cold' if cold else 'warm'}",
                   results)
-    return {"clients": clients, "rollbacks": len(times), "kind": sorted(kinds),
-            "handoff_back_ms": stats(times), "traffic_flowing_ms": stats(flowing),
-            "server_pause_ms": stats(pauses),
-            "realtime": _realtime(results, "rollback_realtime"),
-            "canary": final["canary"]}
+    return {"clients": clients, **_rollback_figures(results), "canary": final["canary"]}
+
+
+def _rollback_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What swaps asked to roll back at once measured: decision -> handed back, ->
+    traffic flowing again, and the hand-back's own server pause."""
+    back = [r for r in results if r["decision"] == "rolled_back"]
+    pauses = [r["handoff"]["rollback_pause_ms"] for r in back
+              if r["handoff"].get("rollback_pause_ms") is not None]  # (pre-copy hand-back)
+    flowing = [r["rollback"]["traffic_flowing_ms"] for r in back
+               if r["rollback"]["traffic_flowing_ms"] is not None]
+    return {"rollbacks": len(back), "asked": len(results),
+            "kind": sorted({r["rollback"]["kind"] for r in back}),
+            "handoff_back_ms": stats([r["rollback"]["ms"] for r in back]),
+            "traffic_flowing_ms": stats(flowing), "server_pause_ms": stats(pauses),
+            "realtime": _realtime(results, "rollback_realtime")}
 
 
 def _keep(settings: HandoffBenchSettings, work: Path, name: str,
@@ -481,7 +491,8 @@ def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> 
         "benchmark": "handoff",
         "conditions": conditions(
             relays=list(commands), relay_commands={k: list(v) for k, v in commands.items()},
-            swaps_per_config=settings.swaps, journal="on", pause_budget_ms=PAUSE_BUDGET_MS,
+            swaps_per_config=settings.swaps, row_rollbacks=settings.row_rollbacks,
+            journal="on", pause_budget_ms=PAUSE_BUDGET_MS,
             pause_priority=settings.pause_priority,
             never_reader=settings.never_reader,
             kept=None if settings.keep is None else str(settings.keep),
@@ -506,21 +517,27 @@ def _goals(relay: str, idle: list[dict[str, Any]], loaded: list[dict[str, Any]],
     def row(rows: list[dict[str, Any]], clients: int) -> dict[str, Any] | None:
         return next((r for r in rows if r["clients"] == clients), None)
 
-    def server(rows: list[dict[str, Any]], clients: int) -> float | None:
+    def pause(rows: list[dict[str, Any]], clients: int, back: bool = False) -> float | None:
+        """A row's server pause p99: its swaps', or (back) its warm rollbacks' hand-back."""
         found = row(rows, clients)
+        if found and back:
+            found = found.get("warm_rollback")
         return p99(found["server_pause_ms"]) if found else None
 
-    at_1000, at_5000 = server(loaded, 1000), server(loaded, 5000)
-    small, big = server(loaded or idle, 10), server(loaded or idle, 5000)
-    ratio = round(big / small, 2) if big is not None and small else None
+    def ratio(big: float | None, small: float | None) -> float | None:
+        return round(big / small, 2) if big is not None and small else None
+
+    rows = loaded or idle
     client_1000 = row(loaded, 1000)
     warm, cold = rollback["warm"], rollback["cold"]
     name = f"{relay} relay: "
-    return [
+    goals = [
         at_most(name + "server pause p99 at 1,000 clients under load, full echo backlog",
-                at_1000, 2, "ms"),
-        at_most(name + "server pause p99 at 5,000 clients, full echo backlog", at_5000, 5, "ms"),
-        at_most(name + "server pause p99 at 5,000 clients / at 10 clients", ratio, 2, "x"),
+                pause(loaded, 1000), 2, "ms"),
+        at_most(name + "server pause p99 at 5,000 clients, full echo backlog",
+                pause(loaded, 5000), 5, "ms"),
+        at_most(name + "server pause p99 at 5,000 clients / at 10 clients",
+                ratio(pause(rows, 5000), pause(rows, 10)), 2, "x"),
         at_most(name + "client pause p99 at 1,000 clients under load",
                 p99(client_1000["client_pause_ms"]) if client_1000 else None, 5, "ms"),
         Goal(name + "cost per extra connection", "<= 2 us", slope, "us",  # (< 0: noise)
@@ -530,3 +547,13 @@ def _goals(relay: str, idle: list[dict[str, Any]], loaded: list[dict[str, Any]],
         Goal.below(name + "cold rollback (decision -> traffic flowing)",
                    p99(cold["traffic_flowing_ms"]), 2000, "ms"),
     ]
+    if any(r.get("warm_rollback") for r in rows):  # the same figures for the hand-back
+        goals += [
+            at_most(name + "warm rollback server pause p99 at 1,000 clients under load",
+                    pause(loaded, 1000, back=True), 2, "ms"),
+            at_most(name + "warm rollback server pause p99 at 5,000 clients",
+                    pause(loaded, 5000, back=True), 5, "ms"),
+            at_most(name + "warm rollback server pause p99 at 5,000 clients / at 10 clients",
+                    ratio(pause(rows, 5000, back=True), pause(rows, 10, back=True)), 2, "x"),
+        ]
+    return goals

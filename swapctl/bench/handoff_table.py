@@ -35,12 +35,40 @@ def side_by_side(report: Mapping[str, Any]) -> str:
             load = next(iter(by_relay.values()))["load_msgs_per_s"]
             lines.append(f"{clients:>8,} {load:>8,}" + "".join(
                 f"   {_cells(by_relay.get(name))}" for name in relays))
+    lines += _rollback_lines(report, relays)
     slopes = report["per_connection_cost_us"]
     lines += ["", "cost per extra connection (slope of the idle pause p50): " + ", ".join(
         f"{name} {_fmt(slopes.get(name))} us" for name in relays)]
     if any(r["server_pause_ms"].get("p99_is_max") for r in report["idle"] + report["under_load"]):
         lines.append("* p99 is the maximum (fewer than 100 swaps)")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _rollback_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[str]:
+    """Each row's warm rollbacks: the hand-back's server pause p50/p99 (rolled back of asked)."""
+    rows = [r for section in ("idle", "under_load") for r in report[section]
+            if r.get("warm_rollback")]
+    if not rows:
+        return []
+    lines = ["", "warm rollback at the end of each row: hand-back server pause p50/p99 ms "
+                 "(rolled back of asked)",
+             f"{'':>17}" + "".join(f"{name:>22}" for name in relays)]
+    for section in ("idle", "under_load"):
+        for clients in dict.fromkeys(r["clients"] for r in report[section]):
+            by_relay = {r["relay"]: r.get("warm_rollback") for r in report[section]
+                        if r["clients"] == clients}
+            label = f"{clients:,} {'idle' if section == 'idle' else 'loaded'}"
+            lines.append(f"{label:>17}" + "".join(
+                f"{_back(by_relay.get(name)):>22}" for name in relays))
+    return lines
+
+
+def _back(back: Mapping[str, Any] | None) -> str:
+    if not back:
+        return "-"
+    pause = back["server_pause_ms"]
+    p99 = _fmt(pause.get("p99", pause.get("max"))) + ("*" if pause.get("p99_is_max") else "")
+    return f"{_fmt(pause.get('p50'))}/{p99} ({back['rollbacks']}/{back['asked']})"
 
 
 def _cells(row: Mapping[str, Any] | None) -> str:

@@ -137,13 +137,15 @@ def _handoff_args(r: Report) -> list[str]:
     c = r["conditions"]
     relays = c.get("relays") or ["python"]
     clients = list(dict.fromkeys(row["clients"] for row in r.get("idle", [])))
-    rollbacks = next((m["rollbacks"] for modes in (r.get("rollback") or {}).values()
+    rollbacks = next((m.get("asked", m["rollbacks"]) for modes in (r.get("rollback") or {}).values()
                       for m in modes.values()), None)
     args = ["--relay", "both" if len(relays) > 1 else relays[0],
             "--clients", ",".join(str(n) for n in clients),
             "--swaps", str(c["swaps_per_config"]), "--rollbacks", str(rollbacks),
             "--load-rate", str(c["load_rate_asked"])]
     args += [] if r.get("under_load") else ["--no-load"]
+    if c.get("row_rollbacks") is not None:  # (None: a report from before the option)
+        args += ["--row-rollbacks", str(c["row_rollbacks"])]
     priority = c.get("pause_priority")  # (None: a report from before the setting)
     if priority is not None and priority != SwapSettings().pause_priority:
         args += ["--pause-priority", str(priority)]
@@ -246,6 +248,11 @@ def _handoff_rows(r: Report) -> list[Row]:
         if reasons:
             left = (row.get("swaps") or 0) - (row.get("committed") or 0)
             figure += f"; {_num(left)} not committed (first: {reasons[0]})"
+        back = row.get("warm_rollback")
+        if back:
+            figure += (f"; warm rollback server pause {_stats(back['server_pause_ms'], 'ms')} "
+                       f"({_n(back['server_pause_ms'])} of {_num(back.get('asked'))} rolled "
+                       "back)")
         rows.append(Row(f"{row['relay']} relay, {_num(row['clients'])} clients, {load_text}",
                         figure, f"{_n(row['server_pause_ms'])} of {_num(row.get('swaps'))} "
                                 f"swaps committed"))

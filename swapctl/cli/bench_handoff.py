@@ -27,6 +27,9 @@ from swapctl.swap.priority import MAX_PRIORITY
               help="Background messages/s asked for the loaded runs (capped, see conditions).")
 @click.option("--rollbacks", type=click.IntRange(min=1), default=10, show_default=True,
               help="Warm and cold rollbacks timed.")
+@click.option("--row-rollbacks", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Warm rollbacks at the end of every row, under its clients, load and "
+                   "backlog: the hand-back's server pause by client count (0: none).")
 @click.option("--rollback-clients", type=click.IntRange(min=1), default=None,
               help="Clients during the timed rollbacks [default: the --clients count "
                    "nearest 100].")
@@ -68,6 +71,7 @@ def handoff_command(output: str, **o: Any) -> None:
                                     never_reader=not o["no_never_reader"],
                                     rust_binary=o["rust_relay"], keep=keep,
                                     rollback_clients=o["rollback_clients"],
+                                    row_rollbacks=o["row_rollbacks"],
                                     pause_priority=o["pause_priority"])
     with sigterm_interrupts():  # (each row's `finally` then stops its processes)
         report = run_handoff_bench(settings, progress)

@@ -37,7 +37,7 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     done = bench_handoff("--relay", "python", "--clients", "3,20", "--swaps", "3",
                          "--rollbacks", "2", "--rollback-clients", "7", "--load-rate", "5000",
-                         "-o", "json", "--keep", str(kept))
+                         "--row-rollbacks", "2", "-o", "json", "--keep", str(kept))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["benchmark"] == "handoff" and report["conditions"]["swaps_per_config"] == 3
@@ -55,6 +55,13 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
         # the default pause_priority: every pause ran real-time (the tests run as root)
         assert row["realtime"] == {"priority": 10, "pauses": 3, "boosted": 3, "denied": [],
                                    "cut_by_watchdog": 0}, row["realtime"]
+        # --row-rollbacks: each row ends with warm rollbacks under its own conditions,
+        # each hand-back's pause measured (the canary and load checks cover them too)
+        back = row["warm_rollback"]
+        assert (back["rollbacks"], back["asked"], back["kind"]) == (2, 2, ["warm handoff"])
+        assert back["server_pause_ms"]["n"] == 2 and back["server_pause_ms"]["p50"] > 0
+        assert back["realtime"]["boosted"] == 2
+    assert report["conditions"]["row_rollbacks"] == 2
     assert report["conditions"]["pause_priority"] == 10
     for row in report["under_load"]:
         assert row["load"]["ok"] and row["load"]["sent"] > 0 and row["load"]["lost"] == 0
@@ -67,17 +74,18 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
     assert {g["name"] for g in report["goals"]} >= {"python relay: cost per extra connection"}
     # --keep: each row's logs, journal and every measured swap's report
     assert report["conditions"]["kept"] == str(kept)
-    rows = {f"python-{c}-{mode}": 3 for c in (3, 20) for mode in ("idle", "load")}
-    rows |= {"python-rollback-warm": 2, "python-rollback-cold": 2}
+    rows = {f"python-{c}-{mode}": ["committed"] * 3 + ["rolled_back"] * 2
+            for c in (3, 20) for mode in ("idle", "load")}
+    rows |= {"python-rollback-warm": ["rolled_back"] * 2,
+             "python-rollback-cold": ["rolled_back"] * 2}
     assert sorted(p.name for p in kept.iterdir()) == sorted(rows)
-    for name, swaps in rows.items():
-        lines = (kept / name / "swaps.jsonl").read_text().splitlines()
-        decisions = [json.loads(line)["decision"] for line in lines]
-        want = "committed" if "rollback" not in name else "rolled_back"
-        assert decisions == [want] * swaps, (name, decisions)
+    for name, want in rows.items():
+        lines = [json.loads(line) for line in
+                 (kept / name / "swaps.jsonl").read_text().splitlines()]
+        assert [swap["decision"] for swap in lines] == want, name
         if "rollback" not in name:  # every measured swap moved the whole crowd, the first too
             clients = int(name.split("-")[1])
-            moved = [json.loads(line)["connections"]["moved"] for line in lines]
+            moved = [s["connections"]["moved"] for s in lines if s["decision"] == "committed"]
             assert min(moved) >= clients, (name, moved)
         assert list((kept / name / "logs").glob("*.log")), name  # the relays' logs
         assert (kept / name / "journal.jsonl").stat().st_size > 0
@@ -90,7 +98,8 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
                     reason="the Rust example relay is not built (scripts/ensure-tools)")
 def test_bench_handoff_measures_rust_beside_python() -> None:
     done = bench_handoff("--relay", "both", "--clients", "5", "--swaps", "2", "--rollbacks", "1",
-                         "--no-load", "--pause-priority", "0", "-o", "json", timeout=110)
+                         "--row-rollbacks", "1", "--no-load", "--pause-priority", "0",
+                         "-o", "json", timeout=110)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     report = json.loads(done.stdout)
     assert report["conditions"]["relays"] == ["python", "rust"]
@@ -102,6 +111,8 @@ def test_bench_handoff_measures_rust_beside_python() -> None:
     assert all(row["realtime"] is None for row in report["idle"])
     rust = report["idle"][1]
     assert_clean(rust)
+    assert rust["warm_rollback"]["rollbacks"] == 1  # the crate hands back by pre-copy too
+    assert rust["warm_rollback"]["server_pause_ms"]["n"] == 1
     assert rust["handoff_mode"] == "precopy"  # the crate speaks the pre-copy extension too
     assert rust["never_reader"] and rust["unsent_bytes_p50"] > 0  # its backlog was carried
     for relay in ("python", "rust"):

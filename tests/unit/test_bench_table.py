@@ -230,3 +230,17 @@ def test_swaps_not_committed_are_counted_and_explained(tmp_path: Path) -> None:
     report["idle"][0]["server_pause_ms"] = _pause(3, 0.5, 1.25)
     row = _row(render(load([_write(tmp_path, "handoff", report)])), "| handoff | python relay, 10")
     assert "; 27 not committed (first: canary behind) | 3 of 30 swaps committed |" in row
+
+
+def test_each_rows_warm_rollbacks_are_shown_and_their_count_reproduced(tmp_path: Path) -> None:
+    report = _handoff()
+    report["conditions"]["row_rollbacks"] = 100
+    report["under_load"][0]["warm_rollback"] = {
+        "rollbacks": 99, "asked": 100, "server_pause_ms": _pause(99, 0.4, 0.9)}
+    text = render(load([_write(tmp_path, "handoff", report)]))
+    loaded = _row(text, "| handoff | python relay, 10 clients, load 5,000 msg/s |")
+    # 99 samples: the tail is the maximum; one of the 100 asked did not roll back
+    assert "; warm rollback server pause p50 0.4 / max 0.9 ms (99 of 100 rolled back)" in loaded
+    assert "warm rollback server pause" not in _row(text, "| handoff | python relay, 10 "
+                                                          "clients, idle |")
+    assert "--row-rollbacks 100 -o json > docs/bench/handoff.json`" in text
