@@ -303,6 +303,8 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         "tail_records_p50": percentiles([r["handoff"].get("delta_from_tail") or 0
                                          for r in committed], (50,)).get("p50")
         if committed else None,
+        # swaps whose delta held every client for the BACKLOG (`defer-all`, section 13)
+        "held_all_swaps": sum(bool(r["handoff"].get("delta_held_all")) for r in committed),
         "server_pause_ms": pause, "client_pause_ms": stats(client),
         "realtime": _realtime(results, "realtime"),
         "pause_stages_p50_ms": _stage_medians(committed),

@@ -23,7 +23,7 @@ from swapctl.errors import SwapctlError, UsageError
 from swapctl.handoff.controller import ControlServer, RelayLink
 from swapctl.handoff.manifest import Transfer
 from swapctl.process import stop_group
-from swapctl.protocol import Framer, Frames, encode_message
+from swapctl.protocol import Framer, Frames, Rejected, Skipped, encode_message
 from swapctl.protocol.tlv import Trade, encode_tlv
 from swapctl.unixsock import open_listener
 
@@ -102,6 +102,20 @@ class Peer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def whole_frames(data: bytes) -> tuple[int, int, int]:
+    """(frames, CRC errors, garbage bytes) by the protocol's framer, checksums on; a
+    partial frame at the very end is only where the stream stopped, not an error."""
+    frames = crc = garbage = 0
+    for ev in Framer(verify_checksum=True).feed(data):
+        if isinstance(ev, Frames):
+            frames += ev.count
+        elif isinstance(ev, Rejected):
+            crc += 1
+        elif isinstance(ev, Skipped):
+            garbage += ev.length
+    return frames, crc, garbage
 
 
 def _frame_count(data: bytes) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 from swapctl.handoff.manifest import Assembler, Transfer, to_parts
 from swapctl.handoff.messages import (
     ADOPT_RESUME,
+    DEFER_ALL,
     PRECOPY,
     PROTOCOL_VERSION,
     TAIL,
@@ -61,6 +62,12 @@ class RelayLink:
         """The relay's pre-copy freeze may carry a fan-out in flight as a tail section
         (and, adopting, takes one)."""
         return TAIL in self.extensions
+
+    @property
+    def defer_all(self) -> bool:
+        """The relay's pre-copy freeze may leave what every client is owed to OWED
+        (and, adopting, holds every staged client until the BACKLOG)."""
+        return DEFER_ALL in self.extensions
 
     def close(self) -> None:
         self.channel.close()
@@ -186,20 +193,26 @@ def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
     """After a pre-copy RELEASE, once the new relay resumed: OWED asks the old relay for
     its BACKLOG (a memfd of the bytes owed to clients; written now, so not competing
     for the CPU inside the pause), which goes on to the new relay; returns how many
-    connections it covered (0 when nothing was owed)."""
+    connections it covered (0 when nothing was owed).
+
+    A BACKLOG that says `more` (`defer-all`, section 13: the clients owed the end of a
+    fan-out come first, so that every client writes again at once, and those owed a
+    large backlog after) is followed by another OWED, until one does not."""
     due, old.backlog_due = old.backlog_due, False
-    if not due:
-        return 0
-    env = old.request({"type": "owed"}, timeout)
-    if env.type != "backlog":
-        close_fds(env)
-        raise HandoffError(f"relay {old.token}: expected backlog, got {env.type}")
-    msg = {k: v for k, v in env.msg.items() if k != "re"}
-    try:
-        reply = new.request(msg, timeout, fds=env.fds)
-    finally:
-        close_fds(env)  # our copy of the memfd: the bytes now belong to the new relay
-    return int(reply.msg.get("connections", 0))
+    covered, more = 0, due
+    while more:
+        env = old.request({"type": "owed"}, timeout)
+        if env.type != "backlog":
+            close_fds(env)
+            raise HandoffError(f"relay {old.token}: expected backlog, got {env.type}")
+        msg = {k: v for k, v in env.msg.items() if k != "re"}
+        try:
+            reply = new.request(msg, timeout, fds=env.fds)
+        finally:
+            close_fds(env)  # our copy of the memfd: the bytes now belong to the new relay
+        covered += int(reply.msg.get("connections", 0))
+        more = msg.get("more") is True
+    return covered
 
 
 def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
@@ -214,12 +227,15 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
     `resumed_ns` is in the returned transfer's meta. With `precopy` (a pre-copy's
     generation) the RELEASE asks only for the delta since then; any BACKLOG it owes is
     left for `forward_backlog`; when both relays speak the `tail` extension it asks for
-    one (the units of a fan-out in flight, once, in the delta)."""
+    one (the units of a fan-out in flight, once, in the delta), and when both speak
+    `defer-all`, for no client's output at all (all of it comes in the BACKLOG)."""
     request: dict[str, Any] = {"type": "release", "flush_ms": flush_ms}
     if precopy is not None:
         request["precopy"] = precopy
         if old.tail and new.tail:
             request["tail"] = 1
+        if old.defer_all and new.defer_all:
+            request["defer_all"] = 1
     rid_old = old._send(request)
     rid_new = new._take_id()
     assembler = Assembler("manifest")

@@ -18,7 +18,12 @@ ADOPT_RESUME = "adopt-resume"
 # client still owed some of them is a record saying how many bytes (section 12): the
 # orchestrator asks for it only when both relays speak it (the Python relay does not)
 TAIL = "tail"
-EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1, TAIL: 1}
+# A pre-copy freeze describes no client's output: every staged client waits for the
+# BACKLOG, which says what each is owed, after the resume (section 13); asked only
+# when both relays speak it (the Python relay does not: its freeze finds nothing owed
+# but what its clients did not read, which it already defers)
+DEFER_ALL = "defer-all"
+EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1, TAIL: 1, DEFER_ALL: 1}
 # what the Python reference relay offers (it writes each broadcast to every client
 # before it reads again, so its freeze never finds a fan-out in flight)
 RELAY_EXTENSIONS: dict[str, int] = {PRECOPY: 1, ADOPT_RESUME: 1}

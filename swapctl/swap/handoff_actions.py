@@ -395,7 +395,9 @@ def _released(run: SwapRun, transfer: Transfer) -> None:
     if transfer.table == DELTA_FORMAT:  # the pre-copied, less the closed, plus the new
         new = sum(fd >= 0 for _, fd in transfer.conns)
         run.marks.handoff.update(delta_new=new, delta_closed=len(transfer.closed),
-                                 delta_from_tail=int(transfer.meta.get("from_tail") or 0))
+                                 delta_from_tail=int(transfer.meta.get("from_tail") or 0),
+                                 # defer-all: every client held for the BACKLOG (section 13)
+                                 delta_held_all=transfer.meta.get("hold") == "staged")
         run.marks.moved = int(run.marks.handoff.get("precopied", 0)) - len(transfer.closed) + new
     else:
         run.marks.moved = len(transfer.conns)

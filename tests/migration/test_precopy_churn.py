@@ -6,9 +6,11 @@ so some land inside the freeze). Judged by the independent load checker with a
 strategy consumer, and by long-lived clients that must receive a last message.
 
 On both relays. The Rust relay also has a crowd of 300 reading clients, so that its
-freezes find a fan-out in flight and carry it by the `tail` extension (section 12 of
-docs/handoff-protocol.md): the test checks that they did and that no client of the
-crowd was cut.
+freezes find a fan-out in flight: by default it speaks `defer-all` (section 13 of
+docs/handoff-protocol.md: every client held until the BACKLOG says what it is owed),
+and with `--no-defer-all` the `tail` extension carries the fan-out in the delta
+(section 12). The test checks that the one asked for was used and that no client of
+the crowd was cut.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ PYTHON = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
 
 
 def releases(relay: str) -> tuple[Release, Release]:
+    """`rust-tail`: the Rust relay without `defer-all`, so its freezes use `tail`."""
     command = PYTHON if relay == "python" else (str(example_relay()),)
+    if relay == "rust-tail":
+        command += ("--no-defer-all",)
     return Release("v1", command), Release("v2", command)
 
 
@@ -123,11 +128,16 @@ class Churn(threading.Thread):
             time.sleep(0.002)
 
 
-@pytest.fixture(params=["python", "rust"])
-def service(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[Service]:
+@pytest.fixture(params=["python", "rust", "rust-tail"])
+def relay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def service(relay: str, sockdir: Path) -> Iterator[Service]:
     spawner = SubprocessSpawner(sockdir / "logs")
     svc = Service(sockdir / "md.sock", sockdir / "state", spawner)
-    svc.open(releases(request.param)[0])
+    svc.open(releases(relay)[0])
     try:
         yield svc
     finally:
@@ -136,12 +146,12 @@ def service(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[Service]:
 
 
 @pytest.mark.timeout(240)
-def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service,
+def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(relay: str, service: Service,
                                                              sockdir: Path) -> None:
     public = service.socket_path
     assert service.active is not None
-    rust = service.active.release.command == releases("rust")[0].command
-    V1, V2 = releases("rust" if rust else "python")
+    rust = relay != "python"
+    V1, V2 = releases(relay)
     if rust:  # its control thread has the name the pause's boost raises (priority.py)
         pid = service.active.link.pid
         assert CONTROL_THREAD in {thread_name(pid, tid) for tid in threads_of(pid)}
@@ -186,8 +196,13 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service,
     assert sum(r["handoff"].get("delta_new", 0) for r in results) > 0
     assert churn.cycles > 100
     from_tail = sum(r["handoff"].get("delta_from_tail", 0) for r in results)
-    if rust:  # freezes found a fan-out in flight and carried it as a tail
-        assert from_tail > 0, [r["handoff"] for r in results]
+    held_all = sum(bool(r["handoff"].get("delta_held_all")) for r in results)
+    if relay == "rust":  # freezes found a fan-out in flight and left it to the BACKLOG
+        assert held_all > 0 and from_tail == 0, [r["handoff"] for r in results]
+        assert sum(r["handoff"].get("backlog_connections") or 0 for r in results) > 0
+    elif relay == "rust-tail":  # ... or carried it as a tail
+        assert from_tail > 0 and held_all == 0, [r["handoff"] for r in results]
+    if rust:
         assert crowd.received > 0 and crowd.cut == 0
         # each freeze raised its relay's workers to the real-time priority the pause
         # gave its control thread (sched.rs), when the pause ran real-time
@@ -198,8 +213,8 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(service: Service,
         assert len(freezes) == 24 + 8, freezes  # each swap, and each rollback's reverse freeze
         raised = [int(line.split("threads_raised=")[1].split()[0]) for line in freezes]
         assert all(n > 0 for n in raised) if boosted else all(n == 0 for n in raised), freezes
-    else:  # the reference relay does not speak `tail`
-        assert from_tail == 0
+    else:  # the reference relay speaks neither `tail` nor `defer-all`
+        assert from_tail == 0 and held_all == 0
     assert verdict.ok, verdict.problems()
     assert verdict.sent > 0 and verdict.disconnects == 0
     last = trade(999_999)

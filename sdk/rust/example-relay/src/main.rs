@@ -8,7 +8,8 @@
 //! --threads N (runtime worker threads, default: one per core), --no-precopy (offer
 //! swapctl plain version 1 of the handoff, without the precopy, adopt-resume and tail
 //! extensions), --no-tail (offer precopy and adopt-resume, not tail: to measure what
-//! the tail extension saves).
+//! the tail extension saves), --no-defer-all (do not offer defer-all: the freeze then
+//! describes what each client is owed inside the pause, as before it).
 
 use std::process::exit;
 use std::sync::Arc;
@@ -24,16 +25,17 @@ struct Options {
     threads: Option<usize>,
     precopy: bool,
     tail: bool,
+    defer_all: bool,
 }
 
 fn usage(text: &str) -> ! {
     eprintln!("swapctl-example-relay: error: {}", text);
-    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N] [--no-precopy] [--no-tail]");
+    eprintln!("usage: swapctl-example-relay [--legacy --socket PATH] [--domain-byte N | --any-domain] [--threads N] [--no-precopy] [--no-tail] [--no-defer-all]");
     exit(2)
 }
 
 fn options() -> Options {
-    let mut o = Options { legacy: None, domain: Some(1), threads: None, precopy: true, tail: true };
+    let mut o = Options { legacy: None, domain: Some(1), threads: None, precopy: true, tail: true, defer_all: true };
     let mut legacy = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -45,6 +47,7 @@ fn options() -> Options {
             "--any-domain" => o.domain = None,
             "--no-precopy" => o.precopy = false,
             "--no-tail" => o.tail = false,
+            "--no-defer-all" => o.defer_all = false,
             "--threads" => o.threads = Some(value("--threads").parse().unwrap_or_else(|_| usage("--threads: use a count"))),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {:?}", other)),
@@ -60,7 +63,7 @@ async fn run(o: Options) -> std::io::Result<()> {
     let mut relay = match &o.legacy {
         Some(path) => Handoff::bind(path)?,
         None => match Handoff::join_with(Offer { precopy: o.precopy, adopt_resume: o.precopy, tail: o.tail,
-                                                 max_owed_units: QUEUE,
+                                                 defer_all: o.defer_all, max_owed_units: QUEUE,
                                                  ..Offer::default() }).await? {
             Some(relay) => relay,
             None => usage("SWAPCTL_HANDOFF is not set: start me through swapctl, or use --legacy --socket PATH"),

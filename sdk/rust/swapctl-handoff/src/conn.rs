@@ -50,6 +50,8 @@ pub struct Conn {
     /// Pre-copy adopter: bytes owed to this client are on their way (BACKLOG); write
     /// nothing to it until they arrive.
     pub(crate) held: bool,
+    /// Adopted while the relay was not serving (`Hold`): `Hub::holds_staged` applies.
+    pub(crate) staged: bool,
 }
 
 enum Piece<M> {
@@ -75,7 +77,10 @@ struct Out<M> {
     /// The first unit may start mid-frame (carried by a version-1 handoff, which has
     /// no frame boundaries): it counts as started, so it is never shed.
     pinned: bool,
+    /// Bytes owed to this client are on their way (its own DEFERRED record).
     held: bool,
+    /// Every staged connection is held (`defer-all`): read from the hub each turn.
+    held_all: bool,
     /// Bytes queued and not yet written.
     bytes: u64,
     /// The number of the unit the broadcast receiver yields next (0: not known yet;
@@ -110,7 +115,7 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
     /// queued came from the broadcast channel (carried units only ever lead the queue,
     /// so a numbered first unit means all are); (0, 0) when it cannot be told.
     fn written(&self) -> (u64, u64) {
-        if self.next == 0 || self.held {
+        if self.next == 0 || self.holding() {
             return (0, 0);
         }
         match self.queue.front() {
@@ -151,6 +156,11 @@ impl<M: AsRef<[u8]> + Clone + Send + 'static> Out<M> {
             shed += frames as u64;
         }
         shed
+    }
+
+    /// Write nothing, take nothing from the receiver: owed bytes come first.
+    fn holding(&self) -> bool {
+        self.held || self.held_all
     }
 
     fn started(&self) -> bool {
@@ -206,7 +216,8 @@ impl Conn {
         let hub = self.hub.clone();
         let slot = self.slot.clone();
         let mut wake = hub.wakeups();
-        let mut out = Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: self.held, bytes: 0, next: 0 };
+        let mut out = Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: self.held, held_all: false,
+                           bytes: 0, next: 0 };
         let carried_out = std::mem::take(&mut self.carried.unsent_out);
         if !carried_out.is_empty() {
             out.push_carried(M::from(carried_out));
@@ -215,6 +226,8 @@ impl Conn {
         // input came while this task could not read (`Hub::resume` wakes it first)
         let mut input_came = false;
         let how = loop {
+            // (before the commands: see `Hub::holds_staged`)
+            out.held_all = self.staged && hub.holds_staged();
             if let Some(how) = self.commands(&mut out, &mut rx, &inbound, &mut carried_in) {
                 break how;
             }
@@ -253,8 +266,8 @@ impl Conn {
             if self.write_now(&mut out, &mut rx, !carried_in.is_empty()).is_err() {
                 break Gone::Disconnected;
             }
-            let waiting = out.queue.is_empty() && !out.held;
-            let writing = !out.queue.is_empty() && !out.held;
+            let waiting = out.queue.is_empty() && !out.holding();
+            let writing = !out.queue.is_empty() && !out.holding();
             tokio::select! {
                 _ = wake.changed() => {}
                 _ = slot.notify.notified() => {}
@@ -338,7 +351,7 @@ impl Conn {
     {
         let mut pending = carried_in.to_vec();
         pending.extend_from_slice(inbound.pending());
-        let owes = !out.queue.is_empty() || out.held || !rx.is_empty();
+        let owes = !out.queue.is_empty() || out.holding() || !rx.is_empty();
         let mut flags = if owes { DEFERRED } else { 0 };
         if out.started() {
             flags |= HEAD_STARTED;
@@ -469,7 +482,7 @@ impl Conn {
             return Ok(());
         }
         let result = self.write_locked(out, rx);
-        self.slot.set(OWES, !out.queue.is_empty() || out.held);
+        self.slot.set(OWES, !out.queue.is_empty() || out.holding());
         self.slot.set(STARTED, out.started());
         let (written, head_sent) = out.written();
         self.slot.head_sent.store(head_sent, Ordering::Relaxed);
@@ -492,7 +505,7 @@ impl Conn {
             // take what the broadcast channel holds for this client (not while held: a
             // pre-copy adopter writes nothing new before the BACKLOG's units)
             let mut found_empty = false;
-            while !out.held && out.queue.len() < WRITE_UNITS {
+            while !out.holding() && out.queue.len() < WRITE_UNITS {
                 // read the sequence before finding the receiver empty (see hub.rs)
                 let seq = self.hub.sent_seq.load(Ordering::SeqCst);
                 match rx.try_recv() {
@@ -604,7 +617,7 @@ mod tests {
     use super::*;
 
     fn out() -> Out<Vec<u8>> {
-        Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: false, bytes: 0, next: 0 }
+        Out { queue: VecDeque::new(), head_sent: 0, pinned: false, held: false, held_all: false, bytes: 0, next: 0 }
     }
 
     fn owned(units: &[(Owned, u32)]) -> Vec<Vec<u8>> {

@@ -31,6 +31,10 @@ pub const ADOPT_RESUME: &str = "adopt-resume";
 pub const ADOPT_RESUME_VERSION: u64 = 1;
 pub const TAIL: &str = "tail";
 pub const TAIL_VERSION: u64 = 1;
+/// docs/handoff-protocol.md section 13: the freeze describes no connection's output;
+/// every staged connection waits for the BACKLOG, which says what each is owed.
+pub const DEFER_ALL: &str = "defer-all";
+pub const DEFER_ALL_VERSION: u64 = 1;
 const CONNECT_FOR: Duration = Duration::from_secs(10);
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 const PART_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +53,8 @@ pub struct Settings {
     pub adopt_resume: bool,
     /// Offer the `tail` extension in HELLO (with `precopy` only).
     pub tail: bool,
+    /// Offer the `defer-all` extension in HELLO (with `precopy` only).
+    pub defer_all: bool,
     /// Pre-copy: units and bytes a connection's BACKLOG carries at most (`Options`).
     pub max_owed_units: usize,
     pub max_owed_bytes: usize,
@@ -61,7 +67,7 @@ impl Settings {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
         Some(Settings { control: control.into(), token: var("SWAPCTL_TOKEN"),
                         socket: var("SWAPCTL_SOCKET"), release: var("SWAPCTL_RELEASE"), precopy: true,
-                        adopt_resume: true, tail: true,
+                        adopt_resume: true, tail: true, defer_all: true,
                         max_owed_units: crate::DEFAULT_MAX_OWED_UNITS,
                         max_owed_bytes: crate::DEFAULT_MAX_OWED_BYTES })
     }
@@ -79,6 +85,8 @@ pub struct Control {
     adopt_resume_granted: AtomicBool,
     /// The orchestrator granted `tail` on the current channel.
     pub(crate) tail_granted: AtomicBool,
+    /// The orchestrator granted `defer-all` on the current channel.
+    pub(crate) defer_all_granted: AtomicBool,
     pub(crate) pre: Mutex<PreState>,
 }
 
@@ -108,6 +116,7 @@ impl Control {
                                          precopy_granted: AtomicBool::new(false),
                                          adopt_resume_granted: AtomicBool::new(false),
                                          tail_granted: AtomicBool::new(false),
+                                         defer_all_granted: AtomicBool::new(false),
                                          pre: Mutex::new(PreState::default()) });
         let deadline = Instant::now() + CONNECT_FOR;
         let sock = loop {
@@ -137,6 +146,9 @@ impl Control {
         if self.settings.precopy && self.settings.tail {
             offered[TAIL] = json!(TAIL_VERSION);
         }
+        if self.settings.precopy && self.settings.defer_all {
+            offered[DEFER_ALL] = json!(DEFER_ALL_VERSION);
+        }
         let hello = json!({
             "type": "hello", "versions": [PROTOCOL_VERSION], "pid": std::process::id(),
             "token": self.settings.token, "release": self.settings.release,
@@ -159,9 +171,13 @@ impl Control {
         let tail_granted = granted && self.settings.tail
             && reply.json.pointer("/extensions/tail").and_then(Value::as_u64) == Some(TAIL_VERSION);
         self.tail_granted.store(tail_granted, Ordering::SeqCst);
+        let defer_all_granted = granted && self.settings.defer_all
+            && reply.json.pointer("/extensions/defer-all").and_then(Value::as_u64) == Some(DEFER_ALL_VERSION);
+        self.defer_all_granted.store(defer_all_granted, Ordering::SeqCst);
         *self.writer.lock().unwrap() = Some(sock.try_clone()?);
-        log("connected", format!("control={} token={} precopy={} adopt_resume={} tail={}", self.settings.control.display(),
-                                 self.settings.token, granted, resume_granted, tail_granted));
+        log("connected", format!("control={} token={} precopy={} adopt_resume={} tail={} defer_all={}",
+                                 self.settings.control.display(), self.settings.token, granted, resume_granted,
+                                 tail_granted, defer_all_granted));
         if self.ready_sent.load(Ordering::SeqCst) {
             self.send_ready();
         }
@@ -194,6 +210,7 @@ impl Control {
                 self.precopy_granted.store(false, Ordering::SeqCst);
                 self.adopt_resume_granted.store(false, Ordering::SeqCst);
                 self.tail_granted.store(false, Ordering::SeqCst);
+                self.defer_all_granted.store(false, Ordering::SeqCst);
                 self.control_lost();
                 sock = loop {
                     std::thread::sleep(RECONNECT_EVERY);
@@ -213,6 +230,8 @@ impl Control {
             || matches!(kind.as_str(), "precopy" | "preadopt" | "owed" | "backlog");
         let resume = msg.json.get("resume").and_then(Value::as_bool) == Some(true);
         let tail = msg.json.get("tail").map_or(false, |t| !t.is_null());
+        let defer_all = msg.json.get("defer_all").map_or(false, |d| !d.is_null())
+            || msg.json.get("hold").map_or(false, |h| !h.is_null());
         let reply = match kind.as_str() {
             _ if precopy && !self.precopy_granted.load(Ordering::SeqCst) => {
                 msg.close_fds();
@@ -226,6 +245,12 @@ impl Control {
                            && self.tail_granted.load(Ordering::SeqCst)) => {
                 msg.close_fds();
                 Err("a tail needs the tail extension, negotiated on this channel, on a pre-copy release or adopt".into())
+            }
+            _ if defer_all && !(precopy && matches!(kind.as_str(), "release" | "adopt")
+                                && self.defer_all_granted.load(Ordering::SeqCst)) => {
+                msg.close_fds();
+                Err("defer_all (release) and hold (adopt) need the defer-all extension, negotiated on this \
+                     channel, on a pre-copy release or adopt".into())
             }
             "adopt" if precopy => self.adopt_delta(sock, msg).and_then(|body| self.then_resume(body, resume)),
             "adopt" => self.adopt(sock, msg).and_then(|body| self.then_resume(body, resume)),
@@ -346,7 +371,8 @@ impl Control {
         let stream = tokio::net::UnixStream::from_std(std_stream)?;
         let (id, slot) = self.hub.register(if carried.id == 0 { None } else { Some(carried.id) }, fd);
         carried.id = id;
-        let conn = Conn { stream, hub: self.hub.clone(), carried, slot, held };
+        let staged = self.hub.phase() == Phase::Hold; // (adopted, not yet serving)
+        let conn = Conn { stream, hub: self.hub.clone(), carried, slot, held, staged };
         if self.hub.queue(conn) {
             Ok(())
         } else {
@@ -391,6 +417,10 @@ impl Control {
 
     pub(crate) fn refuse_if_holding(&self) -> Result<(), String> {
         let holding = self.hub.holding.lock().unwrap().len();
+        if self.hub.holds_staged() {
+            return Err("every adopted client still waits for the bytes carried from the previous relay \
+                        (BACKLOG not received)".into());
+        }
         if holding > 0 {
             return Err(format!("{} clients still wait for bytes carried from the previous relay \
                                 (BACKLOG not received)", holding));

@@ -280,6 +280,10 @@ pub struct Hub {
     pub tail: Mutex<Tail>,
     /// Adopter, pre-copy: connections written nothing until their BACKLOG (id -> flags).
     pub holding: Mutex<HashMap<u64, u32>>,
+    /// Adopter, `defer-all` (docs/handoff-protocol.md section 13): every staged
+    /// connection is written nothing until the BACKLOG, which says what each is owed.
+    /// One flag, not a mark per connection: setting it costs the pause nothing.
+    hold_staged: AtomicBool,
     /// Connections that found input while they could not read (`Hold`, `Frozen`): a
     /// resume wakes them before the others (see `resume`).
     input: Mutex<Vec<Arc<Slot>>>,
@@ -310,6 +314,7 @@ impl Hub {
             sent_seq: AtomicU64::new(0),
             tail: Mutex::new(Tail { last: 0, units: std::collections::VecDeque::with_capacity(TAIL_UNITS) }),
             holding: Mutex::new(HashMap::new()),
+            hold_staged: AtomicBool::new(false),
             input: Mutex::new(Vec::new()),
             started: Instant::now(),
         })
@@ -354,6 +359,26 @@ impl Hub {
     fn open(&self) {
         *self.gate.write().unwrap() = Phase::Run;
         self.intake_open.store(true, Ordering::Release);
+    }
+
+    /// `defer-all`: hold every staged connection (before the resume that starts them).
+    pub fn hold_staged(&self) {
+        self.hold_staged.store(true, Ordering::SeqCst);
+    }
+
+    /// Staged connections are held. A task reads this before it takes its commands:
+    /// once it reads false, every BACKLOG command sent before the release is in its
+    /// mailbox, so its owed units go out before anything newer.
+    pub fn holds_staged(&self) -> bool {
+        self.hold_staged.load(Ordering::SeqCst)
+    }
+
+    /// The BACKLOG's commands are sent (or the orchestrator is gone): staged
+    /// connections write again; every task is woken to find out.
+    pub fn release_staged(&self) {
+        if self.hold_staged.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
     }
 
     /// A task that cannot read found input on its connection (see `resume`).

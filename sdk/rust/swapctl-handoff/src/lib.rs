@@ -34,8 +34,10 @@
 //! new relay resumed, as a memfd. It offers `adopt-resume` too (section 11): the
 //! ADOPT that ends the pause may ask it to start reading, without a RESUME round trip.
 //! And `tail` (section 12): a freeze that finds a fan-out in flight describes the
-//! connections still owed its units from their slots, with those units once for all.
-//! `Handoff::join_with(Options { precopy: false, adopt_resume: false, tail: false, ..Options::default() })`
+//! connections still owed its units from their slots, with those units once for all;
+//! or, preferred, `defer-all` (section 13): it describes none of them, every adopted
+//! client is held by one flag, and what each is owed comes after the resume.
+//! `Handoff::join_with(Options { precopy: false, adopt_resume: false, tail: false, defer_all: false, ..Options::default() })`
 //! offers plain version 1. Every broadcast must go through `Conn::serve` (the freeze
 //! finds the connections that may owe bytes by counting them).
 
@@ -85,6 +87,11 @@ pub struct Options {
     /// in flight at a freeze move once, in the delta, and each client still owed some
     /// of them is one record that says how many bytes. Default: true.
     pub tail: bool,
+    /// Offer the `defer-all` extension (section 13, with pre-copy): a freeze describes
+    /// no client's output (no tail, no records for what clients are owed), so the pause
+    /// does not grow with a fan-out in flight; every client waits for its owed bytes,
+    /// which move after the resume (BACKLOG). Default: true.
+    pub defer_all: bool,
     /// With pre-copy, the units owed to one client that move to the next relay at most
     /// (the oldest whole units are shed past it, counted as lag drops): set it to your
     /// broadcast channel's capacity, the bound a slow consumer has on this relay.
@@ -101,7 +108,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { precopy: true, adopt_resume: true, tail: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
+        Options { precopy: true, adopt_resume: true, tail: true, defer_all: true, max_owed_units: DEFAULT_MAX_OWED_UNITS, max_owed_bytes: DEFAULT_MAX_OWED_BYTES }
     }
 }
 
@@ -137,6 +144,7 @@ impl Handoff {
         settings.precopy = options.precopy;
         settings.adopt_resume = options.adopt_resume;
         settings.tail = options.tail;
+        settings.defer_all = options.defer_all;
         settings.max_owed_units = options.max_owed_units;
         settings.max_owed_bytes = options.max_owed_bytes;
         let mut relay = Handoff::with_hub();
@@ -248,7 +256,7 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
     let made = sock.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(sock));
     match made {
         Ok(stream) => Ok(Some(Conn { stream, hub: hub.clone(), carried: Carried { id, ..Carried::default() },
-                                     slot, held: false })),
+                                     slot, held: false, staged: false })),
         Err(e) => {
             hub.forget(id, Gone::Disconnected);
             Err(e)

@@ -82,6 +82,9 @@ pub struct PreState {
     precopied: Option<PreCopy>,
     /// Frozen relay: the DEFERRED connections, whose units OWED will ask for.
     owed: Vec<u64>,
+    /// Frozen relay, `defer-all`: the connections owed the end of a fan-out, which
+    /// the first OWED asks for (then `owed`, in a BACKLOG of its own: `more`).
+    later: Vec<u64>,
     /// Adopter: pre-adopted, not resumed.
     pub staged: bool,
     /// The relay's other threads, as the last PRECOPY found them (sched.rs).
@@ -91,6 +94,7 @@ pub struct PreState {
 impl PreState {
     pub fn resumed(&mut self) {
         self.owed.clear();
+        self.later.clear();
         self.staged = false;
     }
 }
@@ -104,6 +108,9 @@ enum Owed {
     Inline(Vec<u8>),
     /// More than the ring holds, or units it did not number: OWED sends them.
     Deferred,
+    /// `defer-all`: the end of the ring is owed, the first OWED says what; no
+    /// record unless the connection has a partial frame.
+    Later,
 }
 
 /// A pre-copied connection described from its slot, its task untouched: its partial
@@ -117,6 +124,7 @@ fn from_slot(conn_id: u64, slot: &Slot, pending: Vec<u8>, owed: Owed, head_sent:
         Owed::Inline(bytes) => (bytes, if head_sent > 0 { HEAD_STARTED } else { 0 }, 0),
         Owed::Deferred => (Vec::new(), DEFERRED | if flags & STARTED != 0 { HEAD_STARTED } else { 0 },
                            slot.owed_bytes.load(Ordering::Relaxed)),
+        Owed::Later => (Vec::new(), 0, 0),
     };
     Export {
         carried: Carried { id: conn_id, pending_in: pending, unsent_out: unsent, counters },
@@ -202,12 +210,18 @@ impl Control {
         // from here the freeze waits for the workers: they run just below its priority
         // until it has answered (sched.rs)
         let lent = sched::lend(&threads);
+        // defer-all: what clients are owed costs the pause nothing, so the end of the
+        // fan-out in flight is not waited for inside it; a quiet moment before it still
+        // is (outside the pause: every client owed nothing is written to at once)
+        let defer_all = msg.json.get("defer_all").map_or(false, |d| !d.is_null());
         let waited_us = self.wait_fanned_out(FAN_OUT_WAIT, FAN_OUT_WAIT, false);
         let stopped_ns = self.stop_reading();
-        let drained_us = self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL, true);
+        let drained_us = if defer_all { 0 } else { self.wait_fanned_out(DRAIN_WAIT, DRAIN_STALL, true) };
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
         let by_tail = msg.json.get("tail").map_or(false, |t| !t.is_null());
+        // (defer-all) connections OWED will ask, and the bytes their queues held
+        let (mut later, mut later_bytes) = (Vec::new(), 0u64);
         let (asked, closed, mut got, trailer, tail_meta) = {
             let mut gate = self.hub.gate.write().unwrap(); // waits for writes in flight
             *gate = Phase::Frozen;
@@ -229,6 +243,25 @@ impl Control {
                     None // a new connection's fd moves now; a stale slot: ask the task
                 } else if written > tail.last {
                     Some(Owed::Nothing) // written everything the channel holds
+                } else if defer_all {
+                    // the end of a fan-out (or what the receiver holds), not started: the
+                    // first OWED; a stream stopped mid-frame, more than the ring's end, or
+                    // units it did not number: a DEFERRED record (held on its own, cut if
+                    // the orchestrator is lost mid-frame), the second OWED
+                    let small = if written != 0 {
+                        head_sent == 0 && tail.owed_len(written - 1, 0).map_or(false, |n| n <= TAIL_INLINE)
+                    } else {
+                        flags & (OWES | STARTED) == 0
+                    };
+                    if written == 0 && flags & OWES == 0 && slot.drained.load(Ordering::SeqCst) >= seq {
+                        Some(Owed::Nothing)
+                    } else if small {
+                        later.push(*conn_id);
+                        later_bytes += slot.owed_bytes.load(Ordering::Relaxed);
+                        Some(Owed::Later)
+                    } else {
+                        Some(Owed::Deferred)
+                    }
                 } else if written != 0 && by_tail {
                     Some(tail.owed_len(written - 1, head_sent).filter(|n| *n <= TAIL_INLINE)
                         .map_or(Owed::Deferred, |n| {
@@ -253,8 +286,8 @@ impl Control {
                     continue;
                 };
                 let pending = if flags & PENDING != 0 { slot.pending.lock().unwrap().clone() } else { Vec::new() };
-                if matches!(owed, Owed::Nothing) && pending.is_empty() {
-                    continue; // its socket is already staged, nothing to say
+                if pending.is_empty() && matches!(owed, Owed::Nothing | Owed::Later) {
+                    continue; // its socket is already staged, nothing to say (now)
                 }
                 described.push(from_slot(*conn_id, slot, pending, owed, head_sent, flags));
             }
@@ -285,7 +318,7 @@ impl Control {
                               from_slots, waited_us, drained_us, lent.count(),
                               lent.denied.as_ref().map_or(String::new(), |why| format!(" not_raised=\"{}\"", why))));
         let sent = self.send_delta(got, &pre, closed, unanswered, id, stopped_ns, generation.unwrap_or(0), &trailer,
-                                   tail_meta);
+                                   tail_meta, (later, later_bytes));
         drop(lent);
         sent
     }
@@ -355,10 +388,13 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, unanswered: HashSet<u64>,
                   id: &Value, stopped_ns: u64,
-                  generation: u64, trailer: &[u8], tail_meta: Value) -> Reply {
+                  generation: u64, trailer: &[u8], tail_meta: Value, later: (Vec<u64>, u64)) -> Reply {
         let mut records: Vec<(Record, Option<RawFd>)> = Vec::new();
+        // (defer-all: `later`, the first OWED asks; DEFERRED records, the second)
+        let (later, later_bytes) = later;
+        let hold_all = !later.is_empty();
         let mut owed = Vec::new();
-        let (mut unsent, mut pending, mut inline, mut from_tail) = (0u64, 0usize, 0usize, 0usize);
+        let (mut unsent, mut pending, mut inline, mut from_tail) = (later_bytes, 0usize, 0usize, 0usize);
         for export in got {
             let conn_id = export.carried.id;
             let is_new = conn_id >= pre.watermark;
@@ -388,11 +424,16 @@ impl Control {
         closed.extend(vanished);
         let meta = json!({
             "stopped_reading_ns": stopped_ns, "released_ns": monotonic_ns(), "flushed_bytes": 0,
-            "unsent_bytes": unsent, "pending_bytes": pending, "backlog": owed.len(), "generation": generation,
+            "unsent_bytes": unsent, "pending_bytes": pending, "backlog": owed.len() + later.len(),
+            "generation": generation,
             "inline_bytes": inline, "tail": tail_meta, "from_tail": from_tail,
+            "hold": if hold_all { json!("staged") } else { Value::Null },
         });
         log("frozen", format!("records={} closed={} {}", records.len(), closed.len(), meta));
-        self.pre.lock().unwrap().owed = owed;
+        {
+            let mut state = self.pre.lock().unwrap();
+            (state.owed, state.later) = (owed, later);
+        }
         self.send_parts("manifest", id, table::DELTA, &meta, None, &closed, records, trailer)?;
         Ok(None)
     }
@@ -402,7 +443,15 @@ impl Control {
         if self.hub.phase() != Phase::Frozen {
             return Err(format!("owed needs a relay released after a pre-copy, this one is {}", self.hub.state()));
         }
-        let ids = std::mem::take(&mut self.pre.lock().unwrap().owed);
+        // (defer-all: the clients owed a fan-out's end first, alone, so that every client
+        // writes again without waiting for the large backlogs' copy; `more` says so)
+        let (ids, more) = {
+            let mut state = self.pre.lock().unwrap();
+            match std::mem::take(&mut state.later) {
+                later if !later.is_empty() => (later, !state.owed.is_empty()),
+                _ => (std::mem::take(&mut state.owed), false),
+            }
+        };
         let (reply, entries) = std::sync::mpsc::channel::<Entry>();
         let mut expected = 0usize;
         for conn_id in ids {
@@ -422,8 +471,11 @@ impl Control {
             }
         }
         let (table_bytes, data_bytes, memfd) = backlog::write_memfd(&got).map_err(|e| e.to_string())?;
-        let msg = json!({"type": "backlog", "re": id, "connections": got.len(),
-                         "table_bytes": table_bytes, "data_bytes": data_bytes});
+        let mut msg = json!({"type": "backlog", "re": id, "connections": got.len(),
+                             "table_bytes": table_bytes, "data_bytes": data_bytes});
+        if more {
+            msg["more"] = json!(true);
+        }
         let fds: Vec<RawFd> = memfd.into_iter().collect();
         let sent = self.send(&msg, &[], &fds);
         close_fds(&fds);
@@ -500,6 +552,9 @@ impl Control {
                 return Err(e);
             }
         };
+        if msg.json.get("hold").and_then(Value::as_str) == Some("staged") {
+            self.hub.hold_staged(); // (defer-all; dispatch checked it was negotiated)
+        }
         let fds = std::mem::take(&mut msg.fds);
         let mut used = vec![false; fds.len()];
         for conn_id in closed {
@@ -595,10 +650,12 @@ impl Control {
         msg.close_fds(); // the mapping outlives the descriptor
         let entries = entries?;
         let mut holding = std::mem::take(&mut *self.hub.holding.lock().unwrap());
+        let all = self.hub.holds_staged(); // defer-all: every staged connection waits
+        let more = msg.json.get("more").and_then(Value::as_bool) == Some(true);
         let (mut queued, mut bytes) = (0usize, 0usize);
         let n = entries.len();
         for (conn_id, head_sent, units) in entries {
-            if holding.remove(&conn_id).is_none() {
+            if holding.remove(&conn_id).is_none() && !all {
                 continue; // (gone meanwhile)
             }
             if let Some(slot) = self.hub.slot(conn_id) {
@@ -607,11 +664,17 @@ impl Control {
                 slot.send(Cmd::Backlog { units, head_sent });
             }
         }
-        for conn_id in holding.keys() {
-            if let Some(slot) = self.hub.slot(*conn_id) {
-                slot.send(Cmd::Unhold); // nothing was owed after all
+        if more {
+            // (defer-all) the DEFERRED ones stay held, each on its own, for the next
+            self.hub.holding.lock().unwrap().extend(holding);
+        } else {
+            for conn_id in holding.keys() {
+                if let Some(slot) = self.hub.slot(*conn_id) {
+                    slot.send(Cmd::Unhold); // nothing was owed after all
+                }
             }
         }
+        self.hub.release_staged(); // after the commands: see `Hub::holds_staged`
         log("backlogged", format!("connections={} bytes={}", queued, bytes));
         Ok(Some(json!({"type": "backlogged", "connections": n})))
     }
@@ -624,7 +687,7 @@ impl Control {
             return;
         }
         let holding = std::mem::take(&mut *self.hub.holding.lock().unwrap());
-        if holding.is_empty() {
+        if holding.is_empty() && !self.hub.holds_staged() {
             return;
         }
         let mut cut = 0usize;
@@ -635,6 +698,7 @@ impl Control {
                 slot.send(if torn { Cmd::Disconnect } else { Cmd::Unhold });
             }
         }
+        self.hub.release_staged(); // (defer-all: those not cut mid-frame write again)
         log("backlog_lost", format!("connections={} cut_mid_frame={}", holding.len(), cut));
     }
 }
