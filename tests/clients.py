@@ -1,8 +1,11 @@
-"""A plain blocking test client for relays: send bytes, receive whole frames."""
+"""Test clients for relays: a plain blocking one (send bytes, receive whole frames) and
+a crowd that reads everything in a thread of its own."""
 
 from __future__ import annotations
 
+import selectors
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -63,3 +66,46 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ReadingCrowd(threading.Thread):
+    """`count` clients that read everything (a fan-out to all of them takes a while),
+    each one's bytes kept in `data`; `cut` counts those that saw EOF."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.selector = selectors.DefaultSelector()
+        self.data: dict[socket.socket, bytearray] = {}
+        for _ in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
+            self.data[sock] = bytearray()
+        self.cut = 0
+
+    @property
+    def received(self) -> int:
+        return sum(len(data) for data in self.data.values())
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(timeout=0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    chunk = sock.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    self.cut += 1
+                    self.selector.unregister(sock)
+                self.data[sock] += chunk
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+        for sock in self.data:
+            sock.close()
+        self.selector.close()

@@ -9,55 +9,19 @@ up to timing, so a freeze that did not is retried with a new pair of relays.
 
 from __future__ import annotations
 
-import selectors
-import socket
 import threading
 import time
 
 import pytest
 
+from swapctl.conformance.cases import close_transfer
 from swapctl.conformance.rig import Rig, whole_frames
 from swapctl.handoff.controller import hand_over, pre_copy
+from tests.clients import ReadingCrowd
 from tests.rust import example_relay
 
 CROWD = 200
 ATTEMPTS = 40  # (each about 0.5 s; in 25 runs the longest needed 13)
-
-
-class Readers(threading.Thread):
-    """Clients that read everything, each its bytes kept."""
-
-    def __init__(self, rig: Rig, count: int) -> None:
-        super().__init__(daemon=True)
-        self.stop = threading.Event()
-        self.selector = selectors.DefaultSelector()
-        self.data: dict[socket.socket, bytearray] = {}
-        for _ in range(count):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(str(rig.public))
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ)
-            self.data[sock] = bytearray()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for key, _ in self.selector.select(timeout=0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    chunk = sock.recv(1 << 16)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    self.selector.unregister(sock)
-                self.data[sock] += chunk
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(5)
-        for sock in self.data:
-            sock.close()
-        self.selector.close()
 
 
 class Publisher(threading.Thread):
@@ -87,7 +51,7 @@ def attempt(rig: Rig, seen: list[dict[str, object]]) -> str | None:
     """One swap whose adopter loses the orchestrator; None if its freeze held no one."""
     old = rig.active("a")
     new = rig.ready("b")
-    readers = Readers(rig, CROWD)
+    readers = ReadingCrowd(rig.public, CROWD)
     readers.start()
     publisher = Publisher(rig)
     try:
@@ -98,9 +62,8 @@ def attempt(rig: Rig, seen: list[dict[str, object]]) -> str | None:
         delta = hand_over(old.link, new.link, 0.0, lambda: 5.0, lambda _: None,
                           precopy=int(base.meta["generation"]))
         new.link.resume(5.0)
-        for transfer in (base, delta):
-            for fd in transfer.fds:
-                socket.socket(fileno=fd).close()
+        close_transfer(base)
+        close_transfer(delta)
         if delta.meta.get("hold") != "staged":
             seen.append({k: delta.meta.get(k) for k in ("backlog", "unsent_bytes")}
                         | {"records": len(delta.conns)})

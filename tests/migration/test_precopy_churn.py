@@ -15,8 +15,6 @@ the crowd was cut.
 
 from __future__ import annotations
 
-import selectors
-import socket
 import sys
 import threading
 import time
@@ -36,7 +34,7 @@ from swapctl.swap.machine import Deadlines
 from swapctl.swap.priority import CONTROL_THREAD, thread_name, threads_of
 from swapctl.swap.service import Service
 from swapctl.swap.spawner import Release, SubprocessSpawner
-from tests.clients import Client, trade
+from tests.clients import Client, ReadingCrowd, trade
 from tests.rust import example_relay
 
 PYTHON = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
@@ -44,7 +42,7 @@ PYTHON = (sys.executable, "-m", "swapctl.relay", "--log-level", "warning")
 
 def releases(relay: str) -> tuple[Release, Release]:
     """`rust-tail`: the Rust relay without `defer-all`, so its freezes use `tail`."""
-    command = PYTHON if relay == "python" else (str(example_relay()),)
+    command: tuple[str, ...] = PYTHON if relay == "python" else (str(example_relay()),)
     if relay == "rust-tail":
         command += ("--no-defer-all",)
     return Release("v1", command), Release("v2", command)
@@ -68,46 +66,6 @@ class ChurnBetween(HandoffActions):
                                            for _ in range(2)]
         time.sleep(0.02)  # the old relay sees the hang-ups and accepts the newcomers
         return base
-
-
-class Crowd(threading.Thread):
-    """Clients that read and drop everything (a fan-out to all of them takes a while);
-    `cut` counts those that saw EOF."""
-
-    def __init__(self, public: Path, count: int) -> None:
-        super().__init__(daemon=True)
-        self.stop = threading.Event()
-        self.selector = selectors.DefaultSelector()
-        self.socks = []
-        for _ in range(count):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(str(public))
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ)
-            self.socks.append(sock)
-        self.cut = 0
-        self.received = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for key, _ in self.selector.select(timeout=0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    self.cut += 1
-                    self.selector.unregister(sock)
-                self.received += len(data)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(5)
-        for sock in self.socks:
-            sock.close()
-        self.selector.close()
 
 
 class Churn(threading.Thread):
@@ -155,7 +113,7 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(relay: str, service
     if rust:  # its control thread has the name the pause's boost raises (priority.py)
         pid = service.active.link.pid
         assert CONTROL_THREAD in {thread_name(pid, tid) for tid in threads_of(pid)}
-    crowd = Crowd(public, 300 if rust else 0)
+    crowd = ReadingCrowd(public, 300 if rust else 0)
     crowd.start()
     actions = ChurnBetween(public)
     actions.keepers = [Client(public, plain_only=True) for _ in range(6)]
