@@ -116,6 +116,7 @@ def test_slow_consumer_sees_no_torn_frame_across_swap_and_rollback(sockdir: Path
             if thread is not None:
                 thread.stop.set()
                 thread.join(5)
+                thread.sock.close()
         service.close()
         spawner.stop_all()
     assert pub is not None and pub.sent > 100_000
