@@ -6,8 +6,9 @@
 //! RESUME does (no RESUME round trip inside the pause). If the orchestrator goes away the relay keeps serving and says HELLO
 //! again every 0.5 s.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
 use std::path::PathBuf;
@@ -103,8 +104,40 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+thread_local! {
+    /// The lines of the request the control thread is answering (see `LogsAfter`).
+    static HELD: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
 pub(crate) fn log(event: &str, detail: String) {
-    eprintln!("swapctl-handoff: {} {}", event, detail);
+    let line = format!("swapctl-handoff: {} {}\n", event, detail);
+    HELD.with(|held| match held.borrow_mut().as_mut() {
+        Some(lines) => lines.push_str(&line),
+        None => {
+            let _ = io::stderr().write_all(line.as_bytes());
+        }
+    });
+}
+
+/// While one lives, `log` on this thread holds its lines; they are written (in one
+/// write) when it is dropped, after the request was answered. A write to stderr
+/// costs 20-35 µs on these machines (`swapctl bench handoff`, 10 and 5,000
+/// clients), and a freeze and an adopt logged three lines inside the pause.
+pub(crate) struct LogsAfter;
+
+impl LogsAfter {
+    pub(crate) fn hold() -> LogsAfter {
+        HELD.with(|held| *held.borrow_mut() = Some(String::new()));
+        LogsAfter
+    }
+}
+
+impl Drop for LogsAfter {
+    fn drop(&mut self) {
+        if let Some(lines) = HELD.with(|held| held.borrow_mut().take()).filter(|l| !l.is_empty()) {
+            let _ = io::stderr().write_all(lines.as_bytes());
+        }
+    }
 }
 
 impl Control {
@@ -223,6 +256,7 @@ impl Control {
     }
 
     fn dispatch(&self, sock: &StdStream, mut msg: Message) -> io::Result<()> {
+        let _logs = LogsAfter::hold(); // written once answered: out of the pause
         let id = msg.json.get("id").cloned().unwrap_or(Value::Null);
         let kind = msg.kind().to_string();
         let precopy = msg.json.get("table").and_then(Value::as_str) == Some(table::DELTA)
