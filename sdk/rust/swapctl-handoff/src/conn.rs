@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::backlog::{Entry, MappedUnit, Owned};
 use crate::framing::Inbound;
-use crate::hub::{Cmd, Counters, Decision, Export, Gone, Hub, Phase, Slot, OWES, PENDING, STALE, STARTED};
+use crate::hub::{Cmd, Counters, Decision, Export, Gone, Hub, Phase, Slot, HEAD, OWES, PENDING, STALE, STARTED};
 use crate::table::{Carried, DEFERRED, HEAD_STARTED};
 
 /// Bytes read at most at once (the real relays' 64 KiB buffer).
@@ -306,7 +306,7 @@ impl Conn {
         if !cmds.is_empty() {
             // the queue may change: until the next write says again, the freeze asks
             self.slot.set(STALE, true);
-            self.slot.written.store(0, Ordering::SeqCst);
+            self.slot.set_written(0);
         }
         for cmd in cmds {
             match cmd {
@@ -459,7 +459,7 @@ impl Conn {
             Counters::add(&c.resyncs, resyncs1 - resyncs0);
         }
         let pending = inbound.pending();
-        if !pending.is_empty() || self.slot.flags.load(Ordering::Relaxed) & PENDING != 0 {
+        if !pending.is_empty() || self.slot.flags() & PENDING != 0 {
             let mut copy = self.slot.pending.lock().unwrap(); // (its buffer is reused)
             copy.clear();
             copy.extend_from_slice(pending);
@@ -485,9 +485,10 @@ impl Conn {
         self.slot.set(OWES, !out.queue.is_empty() || out.holding());
         self.slot.set(STARTED, out.started());
         let (written, head_sent) = out.written();
+        self.slot.set(HEAD, head_sent != 0);
         self.slot.head_sent.store(head_sent, Ordering::Relaxed);
         self.slot.owed_bytes.store(out.bytes, Ordering::Relaxed);
-        self.slot.written.store(written, Ordering::SeqCst);
+        self.slot.set_written(written);
         self.slot.set(STALE, carrying_in);
         self.mirror();
         drop(gate);
@@ -512,7 +513,7 @@ impl Conn {
                     Ok(m) => out.take(m),
                     Err(TryRecvError::Lagged(n)) => { out.skipped(n); self.lagged(n) },
                     Err(TryRecvError::Empty) => {
-                        self.slot.drained.store(seq, Ordering::SeqCst);
+                        self.slot.set_drained(seq);
                         found_empty = true;
                         break;
                     }

@@ -15,8 +15,10 @@
 //!
 //! Pre-copy (docs/handoff-protocol.md section 10) keeps the freeze O(what changed):
 //! every live connection has a `Slot` (its fd, what its task last said about itself,
-//! a mailbox of `Cmd`s). The freeze switches the gate to `Frozen` without waking every
-//! task, reads the slots and sends commands only to the connections it must describe:
+//! a mailbox of `Cmd`s), and a cell on the board (board.rs) where its task publishes
+//! what the freeze reads of it. The freeze switches the gate to `Frozen` without
+//! waking every task, reads the board and sends commands only to the connections it
+//! must describe:
 //! new since the pre-copy, holding a partial frame (`PENDING`), owing bytes (`OWES`),
 //! or that may have been sent a unit since they last found their receiver empty
 //! (`drained` < `sent_seq`: every broadcast through `Conn::serve` bumps `sent_seq`).
@@ -29,13 +31,14 @@
 //! (`Tail`), under one lock with the send, so the channel's order is the numbers'
 //! order. A task that knows the number of the next unit its receiver yields (it
 //! learns it at its first write) publishes, with every write, how far it has
-//! written: the last whole unit and how much of the next one. The freeze then reads what each connection is owed straight
-//! from the slot and the ring, without waking its task.
+//! written: the last whole unit and how much of the next one. The freeze then reads
+//! what each connection is owed straight from the board and the ring, without waking
+//! its task.
 
 use std::collections::HashMap;
 use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixListener as StdListener;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::backlog::{Entry, MappedUnit, Owned};
+use crate::board::{Board, Seat};
 use crate::table::Carried;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,8 @@ pub const STARTED: u32 = 4; // the first unit queued is partly written
 /// What the slot says may be out of date (a command changed the queue, or a carried
 /// partial frame is not yet fed): the freeze asks the task.
 pub const STALE: u32 = 8;
+/// The next unit is partly written (`Slot::head_sent` > 0).
+pub const HEAD: u32 = 16;
 
 /// What the control thread asks of one connection's task.
 pub enum Cmd {
@@ -105,17 +111,13 @@ pub enum Cmd {
     Disconnect,
 }
 
-/// One live connection as the control thread sees it.
+/// One live connection as the control thread sees it. What the freeze reads of
+/// every connection (flags, how far it has written, when it last drained) is on the
+/// board (board.rs), read here through `flags`, `written` and `drained`.
 pub struct Slot {
     pub fd: RawFd,
-    pub flags: AtomicU32,
-    /// `Hub::sent_seq` as read before the task last found its receiver empty.
-    pub drained: AtomicU64,
-    /// 1 + the number of the last unit written whole to the client, when everything it
-    /// is owed is broadcast units (so the ring can say what they are); 0: unknown.
-    /// Published under the gate with every write (see the module header).
-    pub written: AtomicU64,
-    /// Bytes of unit `written` (the next one) already written.
+    seat: Seat,
+    /// Bytes of unit `written` (the next one) already written (`HEAD`: not 0).
     pub head_sent: AtomicU64,
     /// Bytes queued for the client and not yet written (as of the last write).
     pub owed_bytes: AtomicU64,
@@ -129,10 +131,24 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(fd: RawFd) -> Slot {
-        Slot { fd, flags: AtomicU32::new(STALE), drained: AtomicU64::new(0), written: AtomicU64::new(0),
-               head_sent: AtomicU64::new(0), owed_bytes: AtomicU64::new(0), pending: Mutex::new(Vec::new()),
+    fn new(fd: RawFd, seat: Seat) -> Slot {
+        Slot { fd, seat, head_sent: AtomicU64::new(0), owed_bytes: AtomicU64::new(0), pending: Mutex::new(Vec::new()),
                counters: Default::default(), cmds: Mutex::new(Vec::new()), notify: Notify::new() }
+    }
+
+    /// The flags the task last published (PENDING, OWES, STARTED, STALE, HEAD).
+    pub fn flags(&self) -> u32 {
+        self.seat.cell().flags.load(Ordering::Relaxed)
+    }
+
+    /// Publish how far the client was written (`Cell::written`).
+    pub fn set_written(&self, written: u64) {
+        self.seat.cell().written.store(written, Ordering::SeqCst);
+    }
+
+    /// Publish that the receiver was found empty (`Cell::drained`).
+    pub fn set_drained(&self, seq: u64) {
+        self.seat.cell().drained.store(seq, Ordering::SeqCst);
     }
 
     pub fn send(&self, cmd: Cmd) {
@@ -152,10 +168,11 @@ impl Slot {
     }
 
     pub fn set(&self, flag: u32, on: bool) {
+        let flags = &self.seat.cell().flags;
         if on {
-            self.flags.fetch_or(flag, Ordering::Relaxed);
+            flags.fetch_or(flag, Ordering::Relaxed);
         } else {
-            self.flags.fetch_and(!flag, Ordering::Relaxed);
+            flags.fetch_and(!flag, Ordering::Relaxed);
         }
     }
 }
@@ -195,16 +212,29 @@ pub struct Tail {
     pub last: u64,
     /// The newest units, oldest first: `units[i]` is unit `last - len + 1 + i`.
     pub units: std::collections::VecDeque<Owned>,
+    /// `starts[i]`: the bytes pushed before `units[i]`, so what a connection is owed
+    /// is one subtraction (the freeze asks it of every connection, frozen).
+    starts: std::collections::VecDeque<u64>,
+    /// The bytes pushed, ever.
+    pushed: u64,
 }
 
 /// Units the ring keeps: a connection owed more than this is described by its task.
 pub const TAIL_UNITS: usize = 256;
 
 impl Tail {
+    pub fn new() -> Tail {
+        Tail { last: 0, units: std::collections::VecDeque::with_capacity(TAIL_UNITS),
+               starts: std::collections::VecDeque::with_capacity(TAIL_UNITS), pushed: 0 }
+    }
+
     pub fn push(&mut self, unit: Owned) {
         if self.units.len() == TAIL_UNITS {
             self.units.pop_front();
+            self.starts.pop_front();
         }
+        self.starts.push_back(self.pushed);
+        self.pushed += (*unit).as_ref().len() as u64;
         self.units.push_back(unit);
         self.last += 1;
     }
@@ -216,8 +246,8 @@ impl Tail {
         if count > self.units.len() {
             return None;
         }
-        let total: usize = self.units.range(self.units.len() - count..).map(|u| (**u).as_ref().len()).sum();
-        total.checked_sub(head_sent)
+        let from = if count == 0 { self.pushed } else { self.starts[self.units.len() - count] };
+        ((self.pushed - from) as usize).checked_sub(head_sent)
     }
 
     /// Units `after + 1 ..= last` (all in the ring: see `owed_len`).
@@ -261,6 +291,8 @@ pub struct Hub {
     wake_rx: watch::Receiver<u64>,
     pub listener: Mutex<Option<Arc<AsyncFd<StdListener>>>>,
     pub live: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// What the freeze reads of every connection in `live` (board.rs).
+    pub board: Board,
     pub gone: Notify,
     pub exports: Mutex<Option<mpsc::UnboundedSender<Export>>>,
     pub parked: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,
@@ -301,6 +333,7 @@ impl Hub {
             wake_rx,
             listener: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
+            board: Board::default(),
             gone: Notify::new(),
             exports: Mutex::new(None),
             parked: Mutex::new(HashMap::new()),
@@ -312,7 +345,7 @@ impl Hub {
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             sent_seq: AtomicU64::new(0),
-            tail: Mutex::new(Tail { last: 0, units: std::collections::VecDeque::with_capacity(TAIL_UNITS) }),
+            tail: Mutex::new(Tail::new()),
             holding: Mutex::new(HashMap::new()),
             hold_staged: AtomicBool::new(false),
             input: Mutex::new(Vec::new()),
@@ -430,7 +463,7 @@ impl Hub {
     /// are given under the `live` lock, so a pre-copy's snapshot and its watermark
     /// (`next_id`) agree: every id below the watermark is in the snapshot or gone.
     pub fn register(&self, id: Option<u64>, fd: RawFd) -> (u64, Arc<Slot>) {
-        let slot = Arc::new(Slot::new(fd));
+        let slot = Arc::new(Slot::new(fd, self.board.seat(STALE)));
         let mut live = self.live.lock().unwrap();
         let id = match id {
             Some(id) => {
@@ -439,6 +472,7 @@ impl Hub {
             }
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
+        slot.seat.claim(id);
         live.insert(id, slot.clone());
         drop(live);
         Counters::add(&self.counters.connections_total, 1);
@@ -453,7 +487,8 @@ impl Hub {
     /// The connection ended (client gone, closed after a handoff, or unstaged). Called
     /// before its socket is dropped, so a descriptor found in `live` is still open.
     pub fn forget(&self, id: u64, how: Gone) {
-        if self.live.lock().unwrap().remove(&id).is_some() {
+        let left = self.live.lock().unwrap().remove(&id).map(|slot| slot.seat.vacate());
+        if left.is_some() {
             match how {
                 Gone::Disconnected => Counters::add(&self.counters.disconnects, 1),
                 Gone::HandedOver => Counters::add(&self.counters.handed_over, 1),
@@ -531,7 +566,7 @@ mod tests {
     use super::*;
 
     fn ring(units: &[&[u8]]) -> Tail {
-        let mut tail = Tail { last: 0, units: std::collections::VecDeque::new() };
+        let mut tail = Tail::new();
         for unit in units {
             tail.push(Box::new(unit.to_vec()));
         }
@@ -562,5 +597,18 @@ mod tests {
         assert_eq!(tail.owed_len(2, 0), None, "unit 3 left the ring");
         assert_eq!(tail.owed_len(3, 0), Some(TAIL_UNITS));
         assert_eq!(tail.owed(3, 0, usize::MAX).map(|b| b[0]), Some(3), "unit 4 holds byte 3");
+    }
+
+    #[test]
+    fn what_is_owed_is_counted_right_after_the_ring_wrapped() {
+        let mut tail = ring(&[]);
+        for i in 0..TAIL_UNITS * 2 + 5 {
+            tail.push(Box::new(vec![0u8; i % 7 + 1]));
+        }
+        for after in [tail.last - TAIL_UNITS as u64, tail.last - 100, tail.last - 1, tail.last] {
+            let counted: usize = tail.since(after).iter().map(|u| u.len()).sum();
+            assert_eq!(tail.owed_len(after, 0), Some(counted), "after unit {}", after);
+            assert_eq!(tail.owed_len(after, 1), counted.checked_sub(1));
+        }
     }
 }

@@ -42,6 +42,7 @@
 //! finds the connections that may owe bytes by counting them).
 
 pub mod backlog;
+mod board;
 mod conn;
 mod control;
 pub mod framing;

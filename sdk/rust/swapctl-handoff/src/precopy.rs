@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::backlog::{self, Entry, SharedTail};
 use crate::control::{log, monotonic_ns, Control, Reply};
-use crate::hub::{Cmd, Counters, Export, Phase, Slot, OWES, PENDING, STALE, STARTED};
+use crate::hub::{Cmd, Counters, Export, Phase, Slot, HEAD, OWES, PENDING, STALE, STARTED};
 use crate::sched;
 use crate::table::{self, Carried, Record, DEFERRED, HEAD_STARTED, NO_FD, TAIL};
 use crate::wire::Message;
@@ -116,12 +116,13 @@ enum Owed {
 /// A pre-copied connection described from its slot, its task untouched: its partial
 /// frame `pending`, and what it is owed (`head_sent` bytes of the ring's first unit
 /// it is owed were written; `flags`: the slot's).
-fn from_slot(conn_id: u64, slot: &Slot, pending: Vec<u8>, owed: Owed, head_sent: usize, flags: u32) -> Export {
+fn from_slot(conn_id: u64, slot: &Slot, pending: Vec<u8>, owed: Owed, flags: u32) -> Export {
+    let head_started = if flags & HEAD != 0 { HEAD_STARTED } else { 0 };
     let counters = [0, 1, 2, 3].map(|i| slot.counters[i].load(Ordering::Relaxed));
     let (unsent, flags, owed_bytes) = match owed {
         Owed::Nothing => (Vec::new(), 0, 0),
-        Owed::Tail(n) => (Vec::new(), TAIL | if head_sent > 0 { HEAD_STARTED } else { 0 }, n as u64),
-        Owed::Inline(bytes) => (bytes, if head_sent > 0 { HEAD_STARTED } else { 0 }, 0),
+        Owed::Tail(n) => (Vec::new(), TAIL | head_started, n as u64),
+        Owed::Inline(bytes) => (bytes, head_started, 0),
         Owed::Deferred => (Vec::new(), DEFERRED | if flags & STARTED != 0 { HEAD_STARTED } else { 0 },
                            slot.owed_bytes.load(Ordering::Relaxed)),
         Owed::Later => (Vec::new(), 0, 0),
@@ -231,12 +232,35 @@ impl Control {
             let mut asked = HashSet::new();
             let mut described = Vec::new();
             let (mut new, mut budget, mut first_owed) = (0usize, TAIL_BUDGET, u64::MAX);
-            for (conn_id, slot) in live.iter() {
-                let is_new = *conn_id >= pre.watermark;
+            // the board, not the slots (board.rs): a connection's slot is looked up
+            // only to describe it or ask it
+            later.reserve(live.len());
+            self.hub.board.each(|cell| {
+                let Some(conn_id) = cell.id() else { return };
+                let is_new = conn_id >= pre.watermark;
                 new += usize::from(is_new);
-                let flags = slot.flags.load(Ordering::Relaxed);
-                let written = slot.written.load(Ordering::SeqCst);
-                let head_sent = slot.head_sent.load(Ordering::Relaxed) as usize;
+                let flags = cell.flags.load(Ordering::Relaxed);
+                let written = cell.written.load(Ordering::SeqCst);
+                // the common cases first, in few steps (nearly every connection, so
+                // they are most of the walk): owed nothing, or (defer-all) the end of
+                // the ring
+                if !is_new && flags & (STALE | PENDING) == 0 {
+                    if written > tail.last || (written == 0 && flags & OWES == 0 && cell.drained.load(Ordering::SeqCst) >= seq) {
+                        return;
+                    }
+                    if defer_all && written != 0 && flags & HEAD == 0 {
+                        if let Some(bytes) = tail.owed_len(written - 1, 0).filter(|n| *n <= TAIL_INLINE) {
+                            later.push(conn_id);
+                            later_bytes += bytes as u64;
+                            return;
+                        }
+                    }
+                }
+                let slot = || live.get(&conn_id); // (a seated cell is in `live`)
+                let head_sent = || match slot() {
+                    Some(slot) if flags & HEAD != 0 => slot.head_sent.load(Ordering::Relaxed) as usize,
+                    _ => 0,
+                };
                 // what the slot says it is owed (the module header says how): nothing,
                 // the end of the ring (by tail, or inline), or more (DEFERRED)
                 let owed = if is_new || flags & STALE != 0 {
@@ -249,48 +273,53 @@ impl Control {
                     // units it did not number: a DEFERRED record (held on its own, cut if
                     // the orchestrator is lost mid-frame), the second OWED
                     let small = if written != 0 {
-                        head_sent == 0 && tail.owed_len(written - 1, 0).map_or(false, |n| n <= TAIL_INLINE)
+                        (flags & HEAD == 0).then(|| tail.owed_len(written - 1, 0)).flatten().filter(|n| *n <= TAIL_INLINE)
                     } else {
-                        flags & (OWES | STARTED) == 0
+                        (flags & (OWES | STARTED) == 0).then_some(0)
                     };
-                    if written == 0 && flags & OWES == 0 && slot.drained.load(Ordering::SeqCst) >= seq {
+                    if written == 0 && flags & OWES == 0 && cell.drained.load(Ordering::SeqCst) >= seq {
                         Some(Owed::Nothing)
-                    } else if small {
-                        later.push(*conn_id);
-                        later_bytes += slot.owed_bytes.load(Ordering::Relaxed);
+                    } else if let Some(bytes) = small {
+                        later.push(conn_id);
+                        later_bytes += bytes as u64;
                         Some(Owed::Later)
                     } else {
                         Some(Owed::Deferred)
                     }
                 } else if written != 0 && by_tail {
-                    Some(tail.owed_len(written - 1, head_sent).filter(|n| *n <= TAIL_INLINE)
+                    Some(tail.owed_len(written - 1, head_sent()).filter(|n| *n <= TAIL_INLINE)
                         .map_or(Owed::Deferred, |n| {
                             first_owed = first_owed.min(written - 1);
                             Owed::Tail(n)
                         }))
                 } else if written != 0 {
-                    Some(tail.owed(written - 1, head_sent, TAIL_INLINE.min(budget)).map_or(Owed::Deferred, |bytes| {
+                    Some(tail.owed(written - 1, head_sent(), TAIL_INLINE.min(budget)).map_or(Owed::Deferred, |bytes| {
                         budget -= bytes.len();
                         Owed::Inline(bytes)
                     }))
                 } else if flags & OWES != 0 {
                     Some(Owed::Deferred) // queued units this task did not number
-                } else if slot.drained.load(Ordering::SeqCst) < seq {
+                } else if cell.drained.load(Ordering::SeqCst) < seq {
                     None // the receiver may hold units: ask
                 } else {
                     Some(Owed::Nothing)
                 };
+                let quiet = matches!(owed, Some(Owed::Nothing | Owed::Later));
+                if quiet && flags & PENDING == 0 {
+                    return; // its socket is already staged, nothing to say (now)
+                }
+                let Some(slot) = slot() else { return };
                 let Some(owed) = owed else {
-                    asked.insert(*conn_id);
+                    asked.insert(conn_id);
                     slot.send(Cmd::Export);
-                    continue;
+                    return;
                 };
                 let pending = if flags & PENDING != 0 { slot.pending.lock().unwrap().clone() } else { Vec::new() };
-                if pending.is_empty() && matches!(owed, Owed::Nothing | Owed::Later) {
-                    continue; // its socket is already staged, nothing to say (now)
+                if pending.is_empty() && quiet {
+                    return;
                 }
-                described.push(from_slot(*conn_id, slot, pending, owed, head_sent, flags));
-            }
+                described.push(from_slot(conn_id, slot, pending, owed, flags));
+            });
             let closed: Vec<u64> = if live.len() - new != pre.ids.len() {
                 pre.ids.iter().filter(|i| !live.contains_key(i)).copied().collect()
             } else {
@@ -370,10 +399,15 @@ impl Control {
         let (mut fewest, mut progress) = (usize::MAX, started);
         loop {
             let seq = self.hub.sent_seq.load(Ordering::SeqCst);
-            let behind = self.hub.live.lock().unwrap().values()
-                .filter(|slot| slot.flags.load(Ordering::Relaxed) == 0 && slot.drained.load(Ordering::SeqCst) < seq
-                        && !(numbered && slot.written.load(Ordering::SeqCst) != 0))
-                .count();
+            // (the board, without the `live` lock: a count to wait on, not a list)
+            let mut behind = 0usize;
+            self.hub.board.each(|cell| {
+                if cell.id().is_some() && cell.flags.load(Ordering::Relaxed) & !HEAD == 0
+                    && cell.drained.load(Ordering::SeqCst) < seq
+                    && !(numbered && cell.written.load(Ordering::SeqCst) != 0) {
+                    behind += 1;
+                }
+            });
             let now = Instant::now();
             if behind < fewest {
                 (fewest, progress) = (behind, now);
