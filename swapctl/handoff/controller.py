@@ -35,6 +35,8 @@ from swapctl.handoff.wire import Channel, close_fds
 from swapctl.unixsock import open_listener, peer_credentials
 
 HELLO_TIMEOUT = 5.0
+# defer-all: the clients owed the ring's end, then the DEFERRED ones (forward_backlog)
+MAX_BACKLOGS = 2
 
 
 class RelayLink:
@@ -197,10 +199,16 @@ def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
 
     A BACKLOG that says `more` (`defer-all`, section 13: the clients owed the end of a
     fan-out come first, so that every client writes again at once, and those owed a
-    large backlog after) is followed by another OWED, until one does not."""
+    large backlog after) is followed by one more OWED; a second `more` breaks the
+    protocol (there are two kinds of client to cover, so two BACKLOGs at most) and
+    raises `HandoffError` rather than asking a misbehaving relay forever."""
     due, old.backlog_due = old.backlog_due, False
-    covered, more = 0, due
+    covered, more, rounds = 0, due, 0
     while more:
+        if rounds == MAX_BACKLOGS:
+            raise HandoffError(f"relay {old.token}: backlog {rounds} said `more`: the protocol "
+                               f"has {MAX_BACKLOGS} at most (docs/handoff-protocol.md, defer-all)")
+        rounds += 1
         env = old.request({"type": "owed"}, timeout)
         if env.type != "backlog":
             close_fds(env)
