@@ -124,6 +124,26 @@ def test_bench_handoff_measures_rust_beside_python() -> None:
     assert "python" in table and "rust" in table and "SCM_RIGHTS" in table
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_row_rollbacks_0_ends_no_row_with_a_rollback(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    done = bench_handoff("--relay", "python", "--clients", "3", "--swaps", "2", "--rollbacks", "1",
+                         "--row-rollbacks", "0", "--no-load", "-o", "json", "--keep", str(kept),
+                         timeout=110)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    report = json.loads(done.stdout)
+    assert report["conditions"]["row_rollbacks"] == 0
+    (row,) = report["idle"]
+    assert_clean(row)
+    assert row["warm_rollback"] is None
+    lines = (kept / "python-3-idle" / "swaps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["decision"] for line in lines] == ["committed"] * 2
+    # the timed rollbacks still run: --row-rollbacks is only the rows' own
+    assert report["rollback"]["python"]["warm"]["rollbacks"] == 1
+    assert "python" in side_by_side(report)
+
+
 def test_keep_refuses_a_directory_with_something_in_it(tmp_path: Path) -> None:
     (tmp_path / "earlier").mkdir()
     done = bench_handoff("--relay", "python", "--clients", "3", "--keep", str(tmp_path),
