@@ -482,14 +482,14 @@ impl Conn {
             return Ok(());
         }
         let result = self.write_locked(out, rx);
-        self.slot.set(OWES, !out.queue.is_empty() || out.holding());
-        self.slot.set(STARTED, out.started());
         let (written, head_sent) = out.written();
-        self.slot.set(HEAD, head_sent != 0);
+        let bit = |flag: u32, on: bool| if on { flag } else { 0 };
+        let flags = bit(OWES, !out.queue.is_empty() || out.holding()) | bit(STARTED, out.started())
+            | bit(HEAD, head_sent != 0) | bit(STALE, carrying_in);
         self.slot.head_sent.store(head_sent, Ordering::Relaxed);
         self.slot.owed_bytes.store(out.bytes, Ordering::Relaxed);
         self.slot.set_written(written);
-        self.slot.set(STALE, carrying_in);
+        self.slot.set_flags(OWES | STARTED | HEAD | STALE, flags);
         self.mirror();
         drop(gate);
         result

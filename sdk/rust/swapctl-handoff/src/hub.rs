@@ -112,8 +112,8 @@ pub enum Cmd {
 }
 
 /// One live connection as the control thread sees it. What the freeze reads of
-/// every connection (flags, how far it has written, when it last drained) is on the
-/// board (board.rs), read here through `flags`, `written` and `drained`.
+/// every connection (flags, how far it has written, when it last drained) is in its
+/// cell on the board (board.rs), which only its task writes (`set*` below).
 pub struct Slot {
     pub fd: RawFd,
     seat: Seat,
@@ -168,11 +168,18 @@ impl Slot {
     }
 
     pub fn set(&self, flag: u32, on: bool) {
+        self.set_flags(flag, if on { flag } else { 0 });
+    }
+
+    /// Publish the flags in `mask` as `bits` say, the others kept: a load, and a store
+    /// only when they change (the task is the cell's only writer, board.rs), so a
+    /// write publishing its four flags costs no locked instruction.
+    pub fn set_flags(&self, mask: u32, bits: u32) {
         let flags = &self.seat.cell().flags;
-        if on {
-            flags.fetch_or(flag, Ordering::Relaxed);
-        } else {
-            flags.fetch_and(!flag, Ordering::Relaxed);
+        let old = flags.load(Ordering::Relaxed);
+        let new = (old & !mask) | (bits & mask);
+        if new != old {
+            flags.store(new, Ordering::Relaxed);
         }
     }
 }
@@ -487,8 +494,9 @@ impl Hub {
     /// The connection ended (client gone, closed after a handoff, or unstaged). Called
     /// before its socket is dropped, so a descriptor found in `live` is still open.
     pub fn forget(&self, id: u64, how: Gone) {
-        let left = self.live.lock().unwrap().remove(&id).map(|slot| slot.seat.vacate());
-        if left.is_some() {
+        let left = self.live.lock().unwrap().remove(&id);
+        if let Some(slot) = left {
+            slot.seat.vacate();
             match how {
                 Gone::Disconnected => Counters::add(&self.counters.disconnects, 1),
                 Gone::HandedOver => Counters::add(&self.counters.handed_over, 1),

@@ -241,21 +241,6 @@ impl Control {
                 new += usize::from(is_new);
                 let flags = cell.flags.load(Ordering::Relaxed);
                 let written = cell.written.load(Ordering::SeqCst);
-                // the common cases first, in few steps (nearly every connection, so
-                // they are most of the walk): owed nothing, or (defer-all) the end of
-                // the ring
-                if !is_new && flags & (STALE | PENDING) == 0 {
-                    if written > tail.last || (written == 0 && flags & OWES == 0 && cell.drained.load(Ordering::SeqCst) >= seq) {
-                        return;
-                    }
-                    if defer_all && written != 0 && flags & HEAD == 0 {
-                        if let Some(bytes) = tail.owed_len(written - 1, 0).filter(|n| *n <= TAIL_INLINE) {
-                            later.push(conn_id);
-                            later_bytes += bytes as u64;
-                            return;
-                        }
-                    }
-                }
                 let slot = || live.get(&conn_id); // (a seated cell is in `live`)
                 let head_sent = || match slot() {
                     Some(slot) if flags & HEAD != 0 => slot.head_sent.load(Ordering::Relaxed) as usize,
