@@ -171,6 +171,11 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(relay: str, service
         assert len(freezes) == 24 + 8, freezes  # each swap, and each rollback's reverse freeze
         raised = [int(line.split("threads_raised=")[1].split()[0]) for line in freezes]
         assert all(n > 0 for n in raised) if boosted else all(n == 0 for n in raised), freezes
+        if relay == "rust":  # the clients owed a fan-out's end: told by the ring, no task woken
+            owed = [line for log in (sockdir / "logs").glob("*.log")
+                    for line in log.read_text(errors="replace").splitlines()
+                    if "swapctl-handoff: owed " in line]
+            assert sum(int(line.split("from_ring=")[1].split()[0]) for line in owed) > 0, owed
     else:  # the reference relay speaks neither `tail` nor `defer-all`
         assert from_tail == 0 and held_all == 0
     assert verdict.ok, verdict.problems()

@@ -412,7 +412,7 @@ impl Conn {
     fn read_once<I, M>(&mut self, buf: &mut [u8], inbound: &mut I, tx: &broadcast::Sender<M>) -> io::Result<bool>
     where
         I: Inbound,
-        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
         let hub = self.hub.clone();
         let Some(intake) = hub.take_in() else {
@@ -437,7 +437,7 @@ impl Conn {
     /// numbered in the ring under the ring's lock (hub.rs: the tail).
     fn ingest<I: Inbound, M>(&mut self, data: &[u8], inbound: &mut I, tx: &broadcast::Sender<M>)
     where
-        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + 'static,
+        M: AsRef<[u8]> + From<Vec<u8>> + Clone + Send + Sync + 'static,
     {
         let mut frames_in = 0;
         let hub = &self.hub;
@@ -446,7 +446,7 @@ impl Conn {
             frames_in += frames;
             let m = M::from(unit);
             let mut tail = hub.tail.lock().unwrap();
-            tail.push(Box::new(m.clone()));
+            tail.push(Arc::new(m.clone()));
             let _ = tx.send(m);
             hub.sent_seq.store(tail.last, Ordering::SeqCst); // after the send: see hub.rs
         });

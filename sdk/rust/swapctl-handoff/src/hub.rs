@@ -212,13 +212,25 @@ pub struct Counters {
     pub skips_counted: std::sync::atomic::AtomicBool,
 }
 
+/// A unit in the ring: shared with the broadcast channel's copy, never copied.
+pub type RingUnit = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A ring unit handed to a BACKLOG (`Entry`), still shared.
+struct Shared(RingUnit);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
 /// The last units broadcast, numbered from 1 in the order the channel holds them
 /// (`push` is called under the ring's lock together with the channel's send).
 pub struct Tail {
     /// The number of the newest unit (0: none yet).
     pub last: u64,
     /// The newest units, oldest first: `units[i]` is unit `last - len + 1 + i`.
-    pub units: std::collections::VecDeque<Owned>,
+    pub units: std::collections::VecDeque<RingUnit>,
     /// `starts[i]`: the bytes pushed before `units[i]`, so what a connection is owed
     /// is one subtraction (the freeze asks it of every connection, frozen).
     starts: std::collections::VecDeque<u64>,
@@ -235,7 +247,7 @@ impl Tail {
                starts: std::collections::VecDeque::with_capacity(TAIL_UNITS), pushed: 0 }
     }
 
-    pub fn push(&mut self, unit: Owned) {
+    pub fn push(&mut self, unit: RingUnit) {
         if self.units.len() == TAIL_UNITS {
             self.units.pop_front();
             self.starts.pop_front();
@@ -261,6 +273,13 @@ impl Tail {
     pub fn since(&self, after: u64) -> Vec<&[u8]> {
         let count = ((self.last - after) as usize).min(self.units.len());
         self.units.range(self.units.len() - count..).map(|u| (**u).as_ref()).collect()
+    }
+
+    /// Units `after + 1 ..= last` as a BACKLOG entry's (one frame each, as a task
+    /// counts a broadcast message), shared, not copied.
+    pub fn lend_since(&self, after: u64) -> Vec<(Owned, u32)> {
+        let count = ((self.last - after) as usize).min(self.units.len());
+        self.units.range(self.units.len() - count..).map(|u| (Box::new(Shared(u.clone())) as Owned, 1)).collect()
     }
 
     /// The bytes of units `after + 1 ..= last`, less `head_sent` bytes of the first;
@@ -576,7 +595,7 @@ mod tests {
     fn ring(units: &[&[u8]]) -> Tail {
         let mut tail = Tail::new();
         for unit in units {
-            tail.push(Box::new(unit.to_vec()));
+            tail.push(Arc::new(unit.to_vec()));
         }
         tail
     }
@@ -592,6 +611,9 @@ mod tests {
         assert_eq!(tail.owed(0, 3, 100), Some(b"abbcccccc".to_vec()));
         assert_eq!(tail.owed(0, 0, 5), None, "past the byte bound");
         let units: Vec<Vec<u8>> = tail.since(1).into_iter().map(<[u8]>::to_vec).collect();
+        let lent: Vec<(Vec<u8>, u32)> = tail.lend_since(1).iter().map(|(u, f)| ((**u).as_ref().to_vec(), *f)).collect();
+        assert_eq!(lent, vec![(b"bb".to_vec(), 1), (b"cccccc".to_vec(), 1)], "a BACKLOG's units: the same, one frame each");
+        assert!(tail.lend_since(3).is_empty());
         assert_eq!(units, vec![b"bb".to_vec(), b"cccccc".to_vec()]);
     }
 
@@ -599,7 +621,7 @@ mod tests {
     fn a_connection_owed_more_than_the_ring_holds_is_not_described_from_it() {
         let mut tail = ring(&[]);
         for i in 0..TAIL_UNITS + 3 {
-            tail.push(Box::new(vec![i as u8]));
+            tail.push(Arc::new(vec![i as u8]));
         }
         assert_eq!(tail.units.len(), TAIL_UNITS);
         assert_eq!(tail.owed_len(2, 0), None, "unit 3 left the ring");
@@ -611,7 +633,7 @@ mod tests {
     fn what_is_owed_is_counted_right_after_the_ring_wrapped() {
         let mut tail = ring(&[]);
         for i in 0..TAIL_UNITS * 2 + 5 {
-            tail.push(Box::new(vec![0u8; i % 7 + 1]));
+            tail.push(Arc::new(vec![0u8; i % 7 + 1]));
         }
         for after in [tail.last - TAIL_UNITS as u64, tail.last - 100, tail.last - 1, tail.last] {
             let counted: usize = tail.since(after).iter().map(|u| u.len()).sum();

@@ -17,7 +17,10 @@
 //!   ids are found only when the counts disagree. Nothing is flushed.
 //! - OWED (asked once the candidate resumed): each DEFERRED connection's task hands
 //!   over its units (references, no copy) and the control thread writes them into a
-//!   memfd (backlog.rs), sent as BACKLOG. The relay keeps its own until CLOSE.
+//!   memfd (backlog.rs), sent as BACKLOG. The relay keeps its own until CLOSE. With
+//!   `defer-all`, the first OWED covers the connections owed the end of a fan-out
+//!   from the ring, by how far each had written (its cell), waking none of their
+//!   tasks: at 5,000 clients that was up to 5,000 wake-ups while every client waited.
 //!
 //! Adopting relay:
 //! - PREADOPT: like ADOPT (registered, queued for `accept`, held in `Hold`), staged.
@@ -66,6 +69,9 @@ const DRAIN_STALL: Duration = Duration::from_millis(2);
 /// bytes in all (the rest are asked, as DEFERRED when they owe bytes).
 const TAIL_INLINE: usize = 64 * 1024;
 const TAIL_BUDGET: usize = 8 * 1024 * 1024;
+/// A `later` connection that has not numbered its units (it never wrote since it
+/// subscribed): the first OWED asks its task.
+const ASK_TASK: u64 = u64::MAX;
 
 /// What the last PRECOPY sent: the freeze's delta is computed against it.
 #[derive(Clone, Debug)]
@@ -83,8 +89,10 @@ pub struct PreState {
     /// Frozen relay: the DEFERRED connections, whose units OWED will ask for.
     owed: Vec<u64>,
     /// Frozen relay, `defer-all`: the connections owed the end of a fan-out, which
-    /// the first OWED asks for (then `owed`, in a BACKLOG of its own: `more`).
-    later: Vec<u64>,
+    /// the first OWED covers (then `owed`, in a BACKLOG of its own: `more`), each with
+    /// the number of the last unit it was written whole, from which the ring says
+    /// what it is owed; ASK_TASK: its task must say.
+    later: Vec<(u64, u64)>,
     /// Adopter: pre-adopted, not resumed.
     pub staged: bool,
     /// The relay's other threads, as the last PRECOPY found them (sched.rs).
@@ -265,7 +273,7 @@ impl Control {
                     if written == 0 && flags & OWES == 0 && cell.drained.load(Ordering::SeqCst) >= seq {
                         Some(Owed::Nothing)
                     } else if let Some(bytes) = small {
-                        later.push(conn_id);
+                        later.push((conn_id, if written != 0 { written - 1 } else { ASK_TASK }));
                         later_bytes += bytes as u64;
                         Some(Owed::Later)
                     } else {
@@ -407,7 +415,7 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     fn send_delta(&self, got: Vec<Export>, pre: &PreCopy, mut closed: Vec<u64>, unanswered: HashSet<u64>,
                   id: &Value, stopped_ns: u64,
-                  generation: u64, trailer: &[u8], tail_meta: Value, later: (Vec<u64>, u64)) -> Reply {
+                  generation: u64, trailer: &[u8], tail_meta: Value, later: (Vec<(u64, u64)>, u64)) -> Reply {
         let mut records: Vec<(Record, Option<RawFd>)> = Vec::new();
         // (defer-all: `later`, the first OWED asks; DEFERRED records, the second)
         let (later, later_bytes) = later;
@@ -464,24 +472,40 @@ impl Control {
         }
         // (defer-all: the clients owed a fan-out's end first, alone, so that every client
         // writes again without waiting for the large backlogs' copy; `more` says so)
+        let started = Instant::now();
         let (ids, more) = {
             let mut state = self.pre.lock().unwrap();
             match std::mem::take(&mut state.later) {
                 later if !later.is_empty() => (later, !state.owed.is_empty()),
-                _ => (std::mem::take(&mut state.owed), false),
+                _ => (state.owed.drain(..).map(|id| (id, ASK_TASK)).collect(), false),
             }
         };
-        let (reply, entries) = std::sync::mpsc::channel::<Entry>();
-        let mut expected = 0usize;
-        for conn_id in ids {
-            if let Some(slot) = self.hub.slot(conn_id) {
-                slot.send(Cmd::Owed(reply.clone(), self.settings.max_owed_units, self.settings.max_owed_bytes));
-                expected += 1;
+        // a connection whose cell said how far it was written is owed the ring's units
+        // after that (the relay is frozen: nothing was written or broadcast since), so
+        // its task is not woken; the others' tasks say what they hold
+        let (mut got, asked) = {
+            let live = self.hub.live.lock().unwrap();
+            let tail = self.hub.tail.lock().unwrap();
+            let (mut got, mut asked) = (Vec::with_capacity(ids.len()), Vec::new());
+            for (conn_id, after) in ids {
+                match live.get(&conn_id) {
+                    Some(_) if after != ASK_TASK => {
+                        got.push(Entry { id: conn_id, head_sent: 0, units: tail.lend_since(after) })
+                    }
+                    Some(slot) => asked.push(slot.clone()),
+                    None => {} // gone since the freeze
+                }
             }
+            (got, asked)
+        };
+        let from_ring = got.len();
+        let (reply, entries) = std::sync::mpsc::channel::<Entry>();
+        let expected = got.len() + asked.len();
+        for slot in asked {
+            slot.send(Cmd::Owed(reply.clone(), self.settings.max_owed_units, self.settings.max_owed_bytes));
         }
         drop(reply); // a task that ends drops its copy: the wait below ends with the last
         let deadline = Instant::now() + ASK_DEADLINE;
-        let mut got: Vec<Entry> = Vec::with_capacity(expected);
         while got.len() < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             match entries.recv_timeout(left) {
@@ -499,7 +523,8 @@ impl Control {
         let sent = self.send(&msg, &[], &fds);
         close_fds(&fds);
         sent.map_err(|e| format!("sending the backlog: {}", e))?;
-        log("owed", format!("connections={} bytes={}", got.len(), data_bytes));
+        log("owed", format!("connections={} from_ring={} bytes={} us={}", got.len(), from_ring, data_bytes,
+                            started.elapsed().as_micros()));
         Ok(None)
     }
 
@@ -660,6 +685,7 @@ impl Control {
 
     /// BACKLOG: each held connection's units go in front of anything newer.
     pub(crate) fn backlog(&self, mut msg: Message) -> Reply {
+        let started = Instant::now();
         let get = |key: &str| msg.json.get(key).and_then(Value::as_u64).unwrap_or(0) as usize;
         let (count, table_bytes, data_bytes) = (get("connections"), get("table_bytes"), get("data_bytes"));
         let entries = match msg.fds.first() {
@@ -673,14 +699,24 @@ impl Control {
         let more = msg.json.get("more").and_then(Value::as_bool) == Some(true);
         let (mut queued, mut bytes) = (0usize, 0usize);
         let n = entries.len();
-        for (conn_id, head_sent, units) in entries {
-            if holding.remove(&conn_id).is_none() && !all {
-                continue; // (gone meanwhile)
-            }
-            if let Some(slot) = self.hub.slot(conn_id) {
-                bytes += units.iter().map(|u| u.len).sum::<usize>() - head_sent;
-                queued += 1;
-                slot.send(Cmd::Backlog { units, head_sent });
+        {
+            let live = self.hub.live.lock().unwrap();
+            for (conn_id, head_sent, units) in entries {
+                if holding.remove(&conn_id).is_none() && !all {
+                    continue; // (gone meanwhile)
+                }
+                if let Some(slot) = live.get(&conn_id) {
+                    bytes += units.iter().map(|u| u.len).sum::<usize>() - head_sent;
+                    queued += 1;
+                    let cmd = Cmd::Backlog { units, head_sent };
+                    if all {
+                        // no wake-up each (thousands, from this thread, while the
+                        // clients wait): `release_staged` below wakes every task
+                        slot.stash([cmd]);
+                    } else {
+                        slot.send(cmd);
+                    }
+                }
             }
         }
         if more {
@@ -693,8 +729,10 @@ impl Control {
                 }
             }
         }
+        let queued_us = started.elapsed().as_micros();
         self.hub.release_staged(); // after the commands: see `Hub::holds_staged`
-        log("backlogged", format!("connections={} bytes={}", queued, bytes));
+        log("backlogged", format!("connections={} bytes={} queued_us={} us={}", queued, bytes, queued_us,
+                                  started.elapsed().as_micros()));
         Ok(Some(json!({"type": "backlogged", "connections": n})))
     }
 
