@@ -269,6 +269,17 @@ impl Tail {
         ((self.pushed - from) as usize).checked_sub(head_sent)
     }
 
+    /// The smallest `after` whose units `after + 1 ..= last` are all in the ring and
+    /// hold at most `max_bytes` (`last` when even the newest unit holds more).
+    pub fn nearest_within(&self, max_bytes: usize) -> u64 {
+        let oldest = self.last - self.units.len() as u64;
+        let mut after = self.last;
+        while after > oldest && self.owed_len(after - 1, 0).is_some_and(|n| n <= max_bytes) {
+            after -= 1;
+        }
+        after
+    }
+
     /// Units `after + 1 ..= last` (all in the ring: see `owed_len`).
     pub fn since(&self, after: u64) -> Vec<&[u8]> {
         let count = ((self.last - after) as usize).min(self.units.len());
@@ -614,6 +625,10 @@ mod tests {
         let lent: Vec<(Vec<u8>, u32)> = tail.lend_since(1).iter().map(|(u, f)| ((**u).as_ref().to_vec(), *f)).collect();
         assert_eq!(lent, vec![(b"bb".to_vec(), 1), (b"cccccc".to_vec(), 1)], "a BACKLOG's units: the same, one frame each");
         assert!(tail.lend_since(3).is_empty());
+        assert_eq!(tail.nearest_within(6), 2, "unit 3 alone: 6 bytes");
+        assert_eq!(tail.nearest_within(8), 1, "units 2-3: 8 bytes");
+        assert_eq!(tail.nearest_within(100), 0, "the whole ring");
+        assert_eq!(tail.nearest_within(5), 3, "not even the newest");
         assert_eq!(units, vec![b"bb".to_vec(), b"cccccc".to_vec()]);
     }
 
@@ -627,6 +642,7 @@ mod tests {
         assert_eq!(tail.owed_len(2, 0), None, "unit 3 left the ring");
         assert_eq!(tail.owed_len(3, 0), Some(TAIL_UNITS));
         assert_eq!(tail.owed(3, 0, usize::MAX).map(|b| b[0]), Some(3), "unit 4 holds byte 3");
+        assert_eq!(tail.nearest_within(usize::MAX), 3, "no further back than the ring holds");
     }
 
     #[test]
