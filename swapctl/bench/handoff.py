@@ -241,6 +241,13 @@ class Bench:
             self.flip ^= 1
         return result
 
+    def gap_without_swap(self, window_ms: float) -> float:
+        """The canary's largest gap over `window_ms` with no swap: the reference for a
+        swap's client pause (the gap its clients see anyway at this load)."""
+        self.canary.mark()
+        time.sleep(window_ms / 1000)
+        return self.canary.health().max_gap_ms
+
     def rollback_settings(self, cold: bool) -> SwapSettings:
         """A swap that stays in its soak until told to roll back (cold: the old release
         is killed first, so the rollback starts it again)."""
@@ -267,10 +274,16 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         bench_backlog = bench.backlog_bytes
         results: list[dict[str, Any]] = []
         rollbacks: list[dict[str, Any]] = []
+        windows: list[float] = []  # each swap's client pause window, ms
+        quiet: list[float] = []  # the canary's largest gap in as long with no swap
         try:
             bench.swap()  # start the second relay; not measured
             for _ in range(swaps):
                 results.append(bench.swap())
+                window = cutover_window_ms(results[-1])
+                if window is not None:  # the same clients, as long, with no swap
+                    windows.append(window)
+                    quiet.append(bench.gap_without_swap(window))
             for _ in range(settings.row_rollbacks):  # same crowd, load and backlog
                 rollbacks.append(bench.swap(bench.rollback_settings(cold=False),
                                             requests=_rollback_now(bench, cold=False)))
@@ -306,6 +319,11 @@ def measure_swaps(clients: int, load_rate: int, settings: HandoffBenchSettings,
         # swaps whose delta held every client for the BACKLOG (`defer-all`, section 13)
         "held_all_swaps": sum(bool(r["handoff"].get("delta_held_all")) for r in committed),
         "server_pause_ms": pause, "client_pause_ms": stats(client),
+        # the reference, measured in the same row: after each swap, the canary's largest
+        # gap over a window as long as that swap's, with no swap (the clients' own
+        # gaps at this load: the canary's resolution, the relay's fan-out, the CPU)
+        "client_gap_without_swap_ms": stats(quiet),
+        "client_pause_window_ms": stats(windows),
         "realtime": _realtime(results, "realtime"),
         "pause_stages_p50_ms": _stage_medians(committed),
         "slowest_pause_stages_ms": _slowest_stages(committed),
@@ -375,6 +393,17 @@ def stats(samples: list[float]) -> dict[str, Any]:
         del out["p99"]
         out["p99_is_max"] = True
     return out
+
+
+def cutover_window_ms(report: dict[str, Any]) -> float | None:
+    """How long a committed swap's client pause was measured: from just before the
+    release (after the pre-copy) to the end of its verification."""
+    if report["decision"] != "committed":
+        return None
+    phases = {p["phase"]: p["ms"] for p in report["phases"]}
+    window = (phases.get("releasing", 0.0) - (report["handoff"].get("precopy_ms") or 0.0)
+              + phases.get("adopting", 0.0) + phases.get("verifying", 0.0))
+    return round(window, 3) if window > 0 else None
 
 
 def p99(row: dict[str, Any] | None) -> float | None:

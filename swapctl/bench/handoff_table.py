@@ -35,6 +35,7 @@ def side_by_side(report: Mapping[str, Any]) -> str:
             load = next(iter(by_relay.values()))["load_msgs_per_s"]
             lines.append(f"{clients:>8,} {load:>8,}" + "".join(
                 f"   {_cells(by_relay.get(name))}" for name in relays))
+    lines += _client_lines(report, relays)
     lines += _rollback_lines(report, relays)
     slopes = report["per_connection_cost_us"]
     lines += ["", "cost per extra connection (slope of the idle pause p50): " + ", ".join(
@@ -61,6 +62,36 @@ def _rollback_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[st
             lines.append(f"{label:>17}" + "".join(
                 f"{_back(by_relay.get(name)):>22}" for name in relays))
     return lines
+
+
+def _client_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[str]:
+    """Each row's client pause beside the gap its clients see with no swap, as long."""
+    rows = [r for section in ("idle", "under_load") for r in report[section]]
+    if not any(r.get("client_gap_without_swap_ms", {}).get("n") for r in rows):
+        return []
+    lines = ["", "client pause p50/p99 ms (largest canary gap): during a swap | without one, "
+                 "as long",
+             f"{'':>17}" + "".join(f"{name:>26}" for name in relays)]
+    for section in ("idle", "under_load"):
+        for clients in dict.fromkeys(r["clients"] for r in report[section]):
+            by_relay = {r["relay"]: r for r in report[section] if r["clients"] == clients}
+            label = f"{clients:,} {'idle' if section == 'idle' else 'loaded'}"
+            lines.append(f"{label:>17}" + "".join(
+                f"{_gaps(by_relay.get(name)):>26}" for name in relays))
+    return lines
+
+
+def _gaps(row: Mapping[str, Any] | None) -> str:
+    if not row:
+        return "-"
+    return f"{_p50_p99(row['client_pause_ms'])} | {_p50_p99(row.get('client_gap_without_swap_ms'))}"
+
+
+def _p50_p99(s: Mapping[str, Any] | None) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    return (f"{_fmt(s.get('p50'))}/{_fmt(s.get('p99', s.get('max')))}"
+            + ("*" if s.get("p99_is_max") else ""))
 
 
 def _back(back: Mapping[str, Any] | None) -> str:

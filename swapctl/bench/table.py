@@ -241,8 +241,12 @@ def _handoff_rows(r: Report) -> list[Row]:
         load_text = f"load {_num(rate)} msg/s" if rate else "idle"
         canary = row.get("canary") or {}
         disconnects = (canary.get("disconnects") or 0) + (row.get("crowd_disconnects") or 0)
+        quiet = row.get("client_gap_without_swap_ms")
+        reference = (f" (without a swap, as long: {_stats(quiet, 'ms')})"
+                     if quiet and quiet.get("n") else "")
         figure = (f"server pause {_stats(row['server_pause_ms'], 'ms')}; client pause "
-                  f"{_stats(row['client_pause_ms'], 'ms')}; lost {_num(canary.get('lost'))}, "
+                  f"{_stats(row['client_pause_ms'], 'ms')}{reference}; "
+                  f"lost {_num(canary.get('lost'))}, "
                   f"disconnects {_num(disconnects)}")
         reasons = row.get("not_committed_reasons") or []  # not one per swap: count apart
         if reasons:

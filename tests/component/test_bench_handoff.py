@@ -48,6 +48,9 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
         assert row["committed"] == 3, row["not_committed_reasons"]
         assert_clean(row)
         assert set(row["pause_stages_p50_ms"]) == {"export", "transfer", "adopt", "resume"}
+        # the client pause's reference: after each swap, as long a window with no swap
+        for key in ("client_gap_without_swap_ms", "client_pause_window_ms"):
+            assert row[key]["n"] == row["committed"] and row[key]["p50"] > 0, (key, row[key])
         slowest = row["slowest_pause_stages_ms"]
         assert set(slowest) == set(row["pause_stages_p50_ms"])
         # the slowest swap's stages add up to the row's longest pause (each is rounded)
@@ -122,6 +125,7 @@ def test_bench_handoff_measures_rust_beside_python() -> None:
     assert set(report["per_connection_cost_us"]) == {"python", "rust"}
     table = side_by_side(report)
     assert "python" in table and "rust" in table and "SCM_RIGHTS" in table
+    assert "during a swap | without one" in table
 
 
 @pytest.mark.slow

@@ -96,6 +96,16 @@ def test_handoff_labels_the_tail_max_below_100_samples_and_p99_above(tmp_path: P
     loaded = _row(text, "| handoff | python relay, 10 clients, load 5,000 msg/s |")
     assert "server pause p50 0.5 / p99 1.25 ms" in loaded and "| 150 of 150 swaps" in loaded
     assert "decision -> traffic flowing p50 12 / max 20 ms | 4 rollbacks" in text
+    assert "without a swap" not in text  # a report from before the reference: nothing made up
+
+
+def test_handoff_row_puts_the_client_pause_beside_its_gap_without_a_swap(tmp_path: Path) -> None:
+    report = _handoff()
+    report["under_load"][0]["client_gap_without_swap_ms"] = _pause(150, 2.0, 6.0)
+    text = render(load([_write(tmp_path, "handoff", report)]))
+    loaded = _row(text, "| handoff | python relay, 10 clients, load 5,000 msg/s |")
+    assert ("client pause p50 3 / p99 7.5 ms (without a swap, as long: p50 2 / p99 6 ms)"
+            in loaded)
 
 
 def test_each_goal_is_met_or_not_and_counted(tmp_path: Path) -> None:
