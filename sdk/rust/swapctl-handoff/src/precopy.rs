@@ -232,7 +232,7 @@ impl Control {
         let (sender, mut exports) = mpsc::unbounded_channel::<Export>();
         *self.hub.exports.lock().unwrap() = Some(sender);
         let by_tail = msg.json.get("tail").map_or(false, |t| !t.is_null());
-        // (defer-all) connections OWED will ask, and the bytes their queues held
+        // (defer-all) the bytes the first OWED will cover (`later`'s)
         let later_bytes: u64;
         let (gated_ns, walked_ns): (u64, u64);
         let (asked, closed, mut got, trailer, tail_meta) = {
