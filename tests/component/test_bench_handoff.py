@@ -51,6 +51,9 @@ def test_bench_handoff_small_run_reports_every_figure(tmp_path: Path) -> None:
         # the client pause's reference: after each swap, as long a window with no swap
         for key in ("client_gap_without_swap_ms", "client_pause_window_ms"):
             assert row[key]["n"] == row["committed"] and row[key]["p50"] > 0, (key, row[key])
+        # what each swap added: its client pause less its reference, so never more than it
+        added = row["client_pause_added_ms"]
+        assert added["n"] == row["committed"] and added["max"] <= row["client_pause_ms"]["max"]
         slowest = row["slowest_pause_stages_ms"]
         assert set(slowest) == set(row["pause_stages_p50_ms"])
         # the slowest swap's stages add up to the row's longest pause (each is rounded)
