@@ -136,6 +136,15 @@ class StreamAuditor:
         else:
             self._frames(frame, recv_ns)
 
+    def partial_at(self) -> int | None:
+        """Where in this connection's stream a message held incomplete starts, if any."""
+        return self._framer.pending_at
+
+    def drop_partial(self) -> None:
+        """Reading stopped while the stream still flowed: the incomplete message held
+        was cut by that stop, not by the sender; `finish` does not count it truncated."""
+        self._framer = Framer()
+
     def reset_stream(self) -> None:
         """The connection ended (a reconnect may follow): a partial message is truncated."""
         for event in self._framer.feed_eof():

@@ -98,6 +98,11 @@ class Framer:
         """The incomplete message held so far (a handoff carries it to the next relay)."""
         return self._tail
 
+    @property
+    def pending_at(self) -> int | None:
+        """Where in the stream the incomplete message held starts (None: none held)."""
+        return self._offset if self._tail else None
+
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes from the stream; returns the events they completed, in order."""
         if self.closed:

@@ -27,6 +27,7 @@ from swapctl.probes.ident import make_tag
 from swapctl.probes.traffic import Kind, MessageFactory, Mix
 
 LOSS_GRACE_S = 0.5  # a message not seen this long after it was sent counts as missing
+PARTIAL_GRACE_S = 1.0  # at stop, how long a message held incomplete may take to complete
 # Real consumers see the canary too (it is broadcast like everything else), so it must
 # not look like market data: one vendor-range TLV (type 254, 16 bytes) from source 99,
 # no Trade or Quote a strategy could act on. Identity is in the sequence (bit 63 set).
@@ -230,10 +231,31 @@ class CanaryChild:
             for key, _ in self.sel.select(timeout=0.05):
                 if key.data is not None:
                     self._read(key.data)
+        self._stop_between_messages(time.monotonic() + PARTIAL_GRACE_S)
         return {"sent": self.sent, "rate": self.rate, "streams": [
             {"name": s.name, "mode": s.mode, "disconnects": s.disconnects, "dead": s.dead,
              **s.auditor.finish(sent).to_dict()}
             for s in self.streams]}
+
+    def _stop_between_messages(self, deadline: float) -> None:
+        """Other clients' traffic still flows when the canary stops, so a stream's last
+        read can end inside a message: cut by this stop, not torn by the relay. Read on
+        until each message held incomplete now is whole, then let go of whatever
+        incomplete message the flow brought since. One still incomplete at `deadline`
+        (nothing more came) stays, and `finish` counts it truncated: a relay that
+        stopped mid-message."""
+        cut = {s.name: s.auditor.partial_at() for s in self.streams
+               if not s.dead and s.sock is not None}
+        waiting = [s for s in self.streams if cut.get(s.name) is not None]
+        while waiting and time.monotonic() < deadline:
+            for key, _ in self.sel.select(timeout=0.05):
+                if key.data is not None:
+                    self._read(key.data)
+            waiting = [s for s in waiting if s.sock is not None
+                       and s.auditor.partial_at() == cut[s.name]]
+        for s in self.streams:
+            if s.name in cut and s not in waiting and s.sock is not None:
+                s.auditor.drop_partial()
 
     def _answer(self, data: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(data) + "\n")

@@ -146,6 +146,21 @@ def test_reset_stream_reports_a_truncated_message() -> None:
     assert (result.truncated, result.streams, result.lost, result.received) == (1, 2, 1, 2)
 
 
+def test_a_message_held_incomplete_is_truncated_unless_our_own_stop_cut_it() -> None:
+    m = build(0, 2)
+    other = build(0, 1, tag=make_tag(0x0777))[0]  # someone else's traffic
+    stuck = StreamAuditor(TAG)
+    stuck.feed(m[0] + m[1] + other[:20], T0)
+    assert stuck.partial_at() == len(m[0]) + len(m[1])  # where the incomplete one starts
+    assert stuck.finish({0: 2}).truncated == 1  # held at the end: the sender stopped in it
+    cut = StreamAuditor(TAG)
+    cut.feed(m[0] + m[1] + other[:20], T0)
+    cut.drop_partial()  # we stopped reading while the stream still flowed
+    result = cut.finish({0: 2})
+    assert (result.truncated, result.corrupted, result.received) == (0, 0, 2)
+    assert cut.partial_at() is None
+
+
 def test_observe_takes_single_frames() -> None:
     auditor = StreamAuditor(TAG)
     for i, msg in enumerate(build(0, 3)):
