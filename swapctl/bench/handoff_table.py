@@ -9,7 +9,7 @@ reference measured in the same run. The full report follows it in the text outpu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 GROUP = (f"{'swaps':>7} {'p50 ms':>8} {'p99 ms':>8} {'us/conn':>8} {'mode':>8} "
@@ -54,14 +54,7 @@ def _rollback_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[st
     lines = ["", "warm rollback at the end of each row: hand-back server pause p50/p99 ms "
                  "(rolled back of asked)",
              f"{'':>17}" + "".join(f"{name:>22}" for name in relays)]
-    for section in ("idle", "under_load"):
-        for clients in dict.fromkeys(r["clients"] for r in report[section]):
-            by_relay = {r["relay"]: r.get("warm_rollback") for r in report[section]
-                        if r["clients"] == clients}
-            label = f"{clients:,} {'idle' if section == 'idle' else 'loaded'}"
-            lines.append(f"{label:>17}" + "".join(
-                f"{_back(by_relay.get(name)):>22}" for name in relays))
-    return lines
+    return lines + _by_count(report, relays, 22, lambda row: _back(row.get("warm_rollback")))
 
 
 def _client_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[str]:
@@ -72,41 +65,51 @@ def _client_lines(report: Mapping[str, Any], relays: Sequence[str]) -> list[str]
     lines = ["", "client pause p50/p99 ms (largest canary gap): during a swap | without one, "
                  "as long",
              f"{'':>17}" + "".join(f"{name:>26}" for name in relays)]
+    return lines + _by_count(report, relays, 26, _gaps)
+
+
+def _by_count(report: Mapping[str, Any], relays: Sequence[str], width: int,
+              cell: Callable[[Mapping[str, Any]], str]) -> list[str]:
+    """One line per client count and section ("10 idle", "10 loaded"), a `cell` of
+    `width` per relay ("-" where a relay has no row)."""
+    lines = []
     for section in ("idle", "under_load"):
         for clients in dict.fromkeys(r["clients"] for r in report[section]):
             by_relay = {r["relay"]: r for r in report[section] if r["clients"] == clients}
             label = f"{clients:,} {'idle' if section == 'idle' else 'loaded'}"
             lines.append(f"{label:>17}" + "".join(
-                f"{_gaps(by_relay.get(name)):>26}" for name in relays))
+                f"{cell(by_relay[name]) if name in by_relay else '-':>{width}}"
+                for name in relays))
     return lines
 
 
-def _gaps(row: Mapping[str, Any] | None) -> str:
-    if not row:
-        return "-"
+def _gaps(row: Mapping[str, Any]) -> str:
     return f"{_p50_p99(row['client_pause_ms'])} | {_p50_p99(row.get('client_gap_without_swap_ms'))}"
 
 
 def _p50_p99(s: Mapping[str, Any] | None) -> str:
     if not s or not s.get("n"):
         return "-"
-    return (f"{_fmt(s.get('p50'))}/{_fmt(s.get('p99', s.get('max')))}"
-            + ("*" if s.get("p99_is_max") else ""))
+    return f"{_fmt(s.get('p50'))}/{_tail(s)}"
+
+
+def _tail(s: Mapping[str, Any]) -> str:
+    """The p99, or the maximum marked * when there were too few samples for one."""
+    return _fmt(s.get("p99", s.get("max"))) + ("*" if s.get("p99_is_max") else "")
 
 
 def _back(back: Mapping[str, Any] | None) -> str:
     if not back:
         return "-"
     pause = back["server_pause_ms"]
-    p99 = _fmt(pause.get("p99", pause.get("max"))) + ("*" if pause.get("p99_is_max") else "")
-    return f"{_fmt(pause.get('p50'))}/{p99} ({back['rollbacks']}/{back['asked']})"
+    return f"{_fmt(pause.get('p50'))}/{_tail(pause)} ({back['rollbacks']}/{back['asked']})"
 
 
 def _cells(row: Mapping[str, Any] | None) -> str:
     if row is None:
         return " " * len(GROUP)
     pause = row["server_pause_ms"]
-    p99 = _fmt(pause.get("p99", pause.get("max"))) + ("*" if pause.get("p99_is_max") else "")
+    p99 = _tail(pause)
     load = row.get("load") or {}
     lost = (row["canary"].get("lost") or 0) + (load.get("lost") or 0)
     disc = (row["canary"].get("disconnects") or 0) + (row.get("crowd_disconnects") or 0)
