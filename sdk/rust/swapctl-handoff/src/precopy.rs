@@ -253,7 +253,7 @@ impl Control {
             let mut n_later = 0usize;
             // (defer-all) a connection written whole through unit `after` >= `nearest`
             // is owed at most TAIL_INLINE bytes of the ring's end: one compare a cell
-            let nearest = tail.nearest_within(TAIL_INLINE);
+            let nearest = if defer_all { tail.nearest_within(TAIL_INLINE) } else { tail.last };
             self.hub.board.each(|cell| {
                 let Some(conn_id) = cell.id() else { return };
                 let is_new = conn_id >= pre.watermark;
@@ -343,8 +343,12 @@ impl Control {
             walked_ns = monotonic_ns();
             later.truncate(n_later);
             // what they are owed, from the bytes after each unit from `nearest` on
-            let owed_after: Vec<u64> = (nearest..=tail.last).map(|a| tail.owed_len(a, 0).unwrap_or(0) as u64).collect();
-            later_bytes = later.iter().map(|(_, after)| owed_after.get(after.wrapping_sub(nearest) as usize).unwrap_or(&0)).sum();
+            later_bytes = if later.is_empty() {
+                0
+            } else {
+                let owed_after: Vec<u64> = (nearest..=tail.last).map(|a| tail.owed_len(a, 0).unwrap_or(0) as u64).collect();
+                later.iter().map(|(_, after)| owed_after.get(after.wrapping_sub(nearest) as usize).unwrap_or(&0)).sum()
+            };
             let closed: Vec<u64> = if live.len() - new != pre.ids.len() {
                 pre.ids.iter().filter(|i| !live.contains_key(i)).copied().collect()
             } else {
