@@ -51,6 +51,7 @@ from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
 from swapctl.probes.load import LoadSession
 from swapctl.process import processes_under
+from swapctl.supervise.layout import LAUNCHER_MODULE
 
 OTHER = "signal"  # the service whose active relay is killed (no load clients there)
 FAULTS = ("swapctld", "old_relay", "active_relay", "supervisord")
@@ -102,13 +103,16 @@ class SoakRecord:
 
 
 def role_of(proc: psutil.Process) -> str | None:
-    """swapctld, supervisord or relay:PROGRAM; None for the clients."""
+    """swapctld, supervisord or relay:PROGRAM; None for the clients, and for a slot's
+    launcher caught before its exec (Python, not yet the relay: its RSS is not the relay's)."""
     with contextlib.suppress(psutil.Error):
         cmd = proc.cmdline()
         if any(part.endswith("supervisord") for part in cmd[:5]):  # python -P -m ...
             return "supervisord"
         if "swapctl" in cmd and "daemon" in cmd:
             return "swapctld"
+        if LAUNCHER_MODULE in cmd[:5]:
+            return None
         program = proc.environ().get("SUPERVISOR_PROCESS_NAME")
         if program:
             return f"relay:{program}"

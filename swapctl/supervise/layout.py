@@ -27,6 +27,7 @@ from pathlib import Path
 from swapctl.errors import UsageError
 
 SLOTS = ("blue", "green")
+LAUNCHER_MODULE = "swapctl.supervise.launcher"  # what each slot runs (then execs the release)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*\Z")
 
 
@@ -81,7 +82,7 @@ class Layout:
         return self.log_dir / f"{program}.log"
 
     def launcher_command(self, program: str) -> list[str]:
-        return [self.python, "-P", "-m", "swapctl.supervise.launcher", "--slot",
+        return [self.python, "-P", "-m", LAUNCHER_MODULE, "--slot",
                 str(self.slot_dir(program)), "--log", str(self.program_log(program)),
                 "--log-max-bytes", str(byte_size(self.log_maxbytes)),
                 "--log-backups", str(self.log_backups)]

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from swapctl.bench.soak import role_of
+from swapctl.supervise.layout import LAUNCHER_MODULE
 from tests.rust import example_relay
 
 ENTRY = (sys.executable, "-m", "swapctl")
@@ -120,3 +122,21 @@ def test_plot_refused_before_the_run_for_an_unknown_suffix(tmp_path: Path) -> No
     code, _, err = _run(["bench", "soak", "--minutes", "0.1", "--plot",
                          str(tmp_path / "soak.txt")], timeout=60)
     assert code == 2 and ".png" in err and "Traceback" not in err
+
+
+def test_a_slot_launcher_before_its_exec_is_no_relay_sample() -> None:
+    # supervisord starts a slot's launcher (Python, with SUPERVISOR_PROCESS_NAME), which
+    # execs the relay; a sample between the two is neither a relay nor the relay's RSS
+    code = "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(30)"
+    env = {**os.environ, "SUPERVISOR_PROCESS_NAME": "market_data-blue"}
+    roles = []
+    for extra in ((LAUNCHER_MODULE,), ()):
+        proc = subprocess.Popen([sys.executable, "-c", code, *extra], env=env,
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+            roles.append(role_of(psutil.Process(proc.pid)))
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert roles == [None, "relay:market_data-blue"]
