@@ -73,7 +73,7 @@ class Relay(Protocol):
     faults: FaultInjector
     _wake_r: socket.socket
 
-    def stats(self) -> dict[str, object]: ...
+    def stats(self, per_connection: bool = True) -> dict[str, object]: ...
     def fresh_epoll(self) -> None: ...
     def set_listener(self, sock: socket.socket) -> None: ...
     def new_connection(self, sock: socket.socket, conn_id: int | None = None,
@@ -117,7 +117,7 @@ class RelayHandoff:
         self.holding: dict[int, tuple[Connection, int]] = {}  # adopter: id -> (conn, flags)
 
     def stats(self) -> dict[str, Any]:
-        return self.relay.stats()
+        return self.relay.stats(per_connection=False)  # counters: see Relay.stats
 
     def handoff_state(self) -> str:
         relay = self.relay
