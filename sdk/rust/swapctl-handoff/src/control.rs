@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::hub::{Counters, Decision, Export, Hub, Phase};
+use crate::conn::Sock;
+use crate::hub::{Counters, Decision, Export, Gone, Hub, Phase};
 use crate::precopy::{PreState, PRECOPY, PRECOPY_VERSION};
 use crate::table::{self, Carried, Record, NO_FD};
 use crate::wire::{self, Message, MAX_FDS};
@@ -304,7 +305,7 @@ impl Control {
                 Err(format!("unknown request type {:?}", kind))
             }
         };
-        match reply {
+        let sent = match reply {
             Ok(Some(mut body)) => {
                 body["re"] = id;
                 self.send(&body, &[], &[])
@@ -314,7 +315,9 @@ impl Control {
                 log("refused", format!("{}: {}", kind, text));
                 self.send(&json!({"type": "error", "re": id, "message": text}), &[], &[])
             }
-        }
+        };
+        self.hub.close_retired(); // (answered: out of the pause)
+        sent
     }
 
     pub(crate) fn standby(&self) -> bool {
@@ -402,10 +405,17 @@ impl Control {
     pub(crate) fn add_conn(&self, mut carried: Carried, fd: RawFd, held: bool) -> io::Result<()> {
         let std_stream = unsafe { StdStream::from_raw_fd(fd) };
         std_stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(std_stream)?;
+        let staged = self.hub.phase() == Phase::Hold; // (adopted, not yet serving)
+        // staged: not registered with the reactor until the relay serves (conn.rs `Sock`)
+        let stream = if staged { Sock::staged(std_stream) } else { Sock::live(tokio::net::UnixStream::from_std(std_stream)?) };
         let (id, slot) = self.hub.register(if carried.id == 0 { None } else { Some(carried.id) }, fd);
         carried.id = id;
-        let staged = self.hub.phase() == Phase::Hold; // (adopted, not yet serving)
+        if staged {
+            if let Err(e) = self.hub.stage(id, fd) {
+                self.hub.forget(id, Gone::Disconnected);
+                return Err(e);
+            }
+        }
         let conn = Conn { stream, hub: self.hub.clone(), carried, slot, held, staged };
         if self.hub.queue(conn) {
             Ok(())

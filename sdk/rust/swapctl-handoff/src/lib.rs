@@ -256,7 +256,7 @@ async fn accept_one(hub: &Arc<Hub>, listener: Option<Arc<AsyncFd<StdListener>>>)
     };
     let made = sock.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(sock));
     match made {
-        Ok(stream) => Ok(Some(Conn { stream, hub: hub.clone(), carried: Carried { id, ..Carried::default() },
+        Ok(stream) => Ok(Some(Conn { stream: conn::Sock::live(stream), hub: hub.clone(), carried: Carried { id, ..Carried::default() },
                                      slot, held: false, staged: false })),
         Err(e) => {
             hub.forget(id, Gone::Disconnected);

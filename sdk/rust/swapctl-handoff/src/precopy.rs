@@ -579,6 +579,7 @@ impl Control {
         });
         *self.hub.listener.lock().unwrap() = None;
         self.hub.holding.lock().unwrap().clear();
+        self.hub.unstage_all();
         {
             let mut pre = self.pre.lock().unwrap();
             pre.precopied = None;
