@@ -49,6 +49,7 @@ class RelayLink:
         self._next_id = 1
         self.extensions = granted(hello.get("extensions"))
         self.backlog_due = False  # a pre-copy RELEASE said bytes are owed: ask OWED
+        self.backlogs = 0  # BACKLOGs asked since that RELEASE
 
     @property
     def precopy(self) -> bool:
@@ -191,7 +192,8 @@ def pre_copy(old: RelayLink, new: RelayLink, remaining: Callable[[], float]) -> 
     return assembler.transfer
 
 
-def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
+def forward_backlog(old: RelayLink, new: RelayLink, timeout: float,
+                    rounds: int = MAX_BACKLOGS) -> int:
     """After a pre-copy RELEASE, once the new relay resumed: OWED asks the old relay for
     its BACKLOG (a memfd of the bytes owed to clients; written now, so not competing
     for the CPU inside the pause), which goes on to the new relay; returns how many
@@ -199,16 +201,16 @@ def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
 
     A BACKLOG that says `more` (`defer-all`, section 13: the clients owed the end of a
     fan-out come first, so that every client writes again at once, and those owed a
-    large backlog after) is followed by one more OWED; a second `more` breaks the
-    protocol (there are two kinds of client to cover, so two BACKLOGs at most) and
-    raises `HandoffError` rather than asking a misbehaving relay forever."""
-    due, old.backlog_due = old.backlog_due, False
-    covered, more, rounds = 0, due, 0
-    while more:
-        if rounds == MAX_BACKLOGS:
-            raise HandoffError(f"relay {old.token}: backlog {rounds} said `more`: the protocol "
-                               f"has {MAX_BACKLOGS} at most (docs/handoff-protocol.md, defer-all)")
-        rounds += 1
+    large backlog after) is followed by one more OWED, in this call or, when `rounds`
+    stopped it after the first, in the next (the link remembers it is due). A second
+    `more` breaks the protocol (there are two kinds of client to cover, so two BACKLOGs
+    at most) and raises `HandoffError` rather than asking a misbehaving relay forever."""
+    covered = 0
+    for _ in range(rounds):
+        if not old.backlog_due:
+            break
+        old.backlog_due = False  # (asked: a failure below is not asked again)
+        old.backlogs += 1
         env = old.request({"type": "owed"}, timeout)
         if env.type != "backlog":
             close_fds(env)
@@ -220,6 +222,11 @@ def forward_backlog(old: RelayLink, new: RelayLink, timeout: float) -> int:
             close_fds(env)  # our copy of the memfd: the bytes now belong to the new relay
         covered += int(reply.msg.get("connections", 0))
         more = msg.get("more") is True
+        if more and old.backlogs == MAX_BACKLOGS:
+            raise HandoffError(f"relay {old.token}: backlog {old.backlogs} said `more`: the "
+                               f"protocol has {MAX_BACKLOGS} at most (docs/handoff-protocol.md, "
+                               "defer-all)")
+        old.backlog_due = more
     return covered
 
 
@@ -265,7 +272,7 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
         assembler.feed(env)
     assembler.transfer.meta["received_ns"] = received_ns
     if precopy is not None and assembler.transfer.meta.get("backlog"):
-        old.backlog_due = True
+        old.backlog_due, old.backlogs = True, 0
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)

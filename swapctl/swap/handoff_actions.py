@@ -33,6 +33,7 @@ from typing import Any
 from swapctl.errors import SwapctlError
 from swapctl.gcquiet import no_gc
 from swapctl.handoff.controller import (
+    MAX_BACKLOGS,
     HandOverFailed,
     RelayLink,
     forward_backlog,
@@ -134,14 +135,28 @@ class HandoffActions:
         generation = None if base is None else int(base.meta["generation"])
         with pause_priority(run, "realtime", run.cand, run.old):
             delta = self._release_into_candidate(run, generation)
-        run.where = Where.CANDIDATE
+            run.where = Where.CANDIDATE
+            if holds_all(delta):  # every client waits for the first BACKLOG: see there
+                self._forward_backlog(run, rounds=1)
         if base is not None:
             run.transfer = _merged(base, delta)
-            try:
-                run.marks.handoff["backlog_connections"] = forward_backlog(
-                    run.old.link, run.cand.link, run.timeout())
-            except (SwapctlError, TimeoutError, OSError) as exc:
-                raise blame(run, "backlog", exc) from None
+            self._forward_backlog(run)
+
+    def _forward_backlog(self, run: SwapRun, rounds: int = MAX_BACKLOGS) -> None:
+        """The bytes owed since the freeze, old relay -> candidate (`forward_backlog`);
+        the report counts the connections covered and, when the freeze held every
+        client for the first BACKLOG, how long after the resume it came."""
+        assert run.cand is not None
+        marks = run.marks.handoff
+        first = run.old.link.backlogs == 0
+        try:
+            covered = forward_backlog(run.old.link, run.cand.link, run.timeout(), rounds)
+        except (SwapctlError, TimeoutError, OSError) as exc:
+            raise blame(run, "backlog", exc) from None
+        marks["backlog_connections"] = marks.get("backlog_connections", 0) + covered
+        if first and marks.get("delta_held_all") and run.marks.resumed_ns:
+            marks["held_after_resume_ms"] = round(
+                (time.monotonic_ns() - run.marks.resumed_ns) / 1e6, 3)
 
     def _release_into_candidate(self, run: SwapRun, generation: int | None) -> Transfer:
         """The pause: RELEASE the old relay into the candidate, which starts reading."""
@@ -306,6 +321,8 @@ class HandoffActions:
                 run.marks.cand_released = True
                 resumed_ns = int(delta.meta.get("resumed_ns")
                                  or target.link.resume(run.timeout()))
+                if holds_all(delta):  # as in the swap (_hand_over)
+                    forward_backlog(cand, target.link, run.timeout(), rounds=1)
         except (Failure, HandOverFailed) as exc:
             if isinstance(exc, HandOverFailed):
                 run.service.held.append(exc.transfer)
@@ -367,7 +384,9 @@ def pause_priority(run: SwapRun, key: str, adopter: Slot | None,
     canary saw gaps of 65-117 ms where 13 was usual. (The Rust crate's control thread
     lends its priority to its own workers while it freezes, and only then: sched.rs.)
 
-    Nor does swapctl run a cyclic garbage collection inside it (swapctl/gcquiet.py)."""
+    Nor does swapctl run a cyclic garbage collection inside it (swapctl/gcquiet.py).
+    When the freeze holds every client for the first BACKLOG (`holds_all`), that BACKLOG
+    is forwarded inside it too."""
     pids = [adopter.link.pid] if adopter is not None and adopter.alive() else []
     old = [releasing.link.pid] if releasing is not None and releasing.alive() else []
     boosted = boost(pids, run.settings.pause_priority, named=(old, CONTROL_THREAD))
@@ -401,6 +420,18 @@ def _released(run: SwapRun, transfer: Transfer) -> None:
         run.marks.moved = int(run.marks.handoff.get("precopied", 0)) - len(transfer.closed) + new
     else:
         run.marks.moved = len(transfer.conns)
+
+
+def holds_all(delta: Transfer) -> bool:
+    """The freeze left every client owed a fan-out's end to the first BACKLOG, and the
+    candidate holds every staged client until it comes (`defer-all`,
+    docs/handoff-protocol.md section 13): that wait is part of every client's pause, so
+    the swap asks for it before it lowers the pause's priorities. After them, swapctl's
+    thread waited behind the busy clients for its CPU before it asked: from the resume
+    to the OWED request took 0.7-30 ms (1,000 clients under load) while every client
+    waited. Only the first BACKLOG: it carries the ring's end (small); the DEFERRED
+    clients' (a never-reader's 16 MiB) is written at normal priority, after."""
+    return delta.meta.get("hold") == "staged"
 
 
 def _merged(base: Transfer, delta: Transfer) -> Transfer:

@@ -158,6 +158,12 @@ def test_precopy_swaps_and_rollbacks_with_churn_lose_nothing(relay: str, service
     if relay == "rust":  # freezes found a fan-out in flight and left it to the BACKLOG
         assert held_all > 0 and from_tail == 0, [r["handoff"] for r in results]
         assert sum(r["handoff"].get("backlog_connections") or 0 for r in results) > 0
+        # and the report says how long every client was held after the resume for it
+        committed_held = [r["handoff"] for r in results
+                          if r["decision"] == "committed" and r["handoff"].get("delta_held_all")]
+        assert all(h.get("held_after_resume_ms", 0) > 0 for h in committed_held), committed_held
+        assert not [r["handoff"] for r in results if not r["handoff"].get("delta_held_all")
+                    and "held_after_resume_ms" in r["handoff"]]
     elif relay == "rust-tail":  # ... or carried it as a tail
         assert from_tail > 0 and held_all == 0, [r["handoff"] for r in results]
     if rust:

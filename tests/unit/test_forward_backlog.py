@@ -18,6 +18,7 @@ class OldRelay:
 
     def __init__(self, mores: list[bool]) -> None:
         self.token, self.backlog_due, self.mores, self.asked = "old", True, mores, 0
+        self.backlogs = 0
         self.fds: list[int] = []
 
     def request(self, msg: dict[str, Any], timeout: float) -> Envelope:
@@ -71,3 +72,15 @@ def test_nothing_is_asked_when_no_backlog_is_due() -> None:
     old.backlog_due = False
     assert forward_backlog(old, new, 1.0) == 0  # type: ignore[arg-type]
     assert old.asked == 0 and new.got == []
+
+
+def test_the_first_backlog_alone_then_the_rest_in_a_later_call() -> None:
+    # (the swap forwards the first BACKLOG, which every held client waits for, before
+    # it lowers the pause's priorities, and the DEFERRED clients' after)
+    old, new = OldRelay([True, False]), NewRelay()
+    assert forward_backlog(old, new, 1.0, rounds=1) == 3  # type: ignore[arg-type]
+    assert old.asked == 1 and old.backlog_due, "the `more` is remembered on the link"
+    assert forward_backlog(old, new, 1.0) == 3  # type: ignore[arg-type]
+    assert old.asked == 2 and not old.backlog_due
+    assert forward_backlog(old, new, 1.0) == 0  # type: ignore[arg-type]
+    assert old.asked == 2
