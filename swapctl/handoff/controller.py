@@ -271,8 +271,8 @@ def hand_over(old: RelayLink, new: RelayLink, flush_ms: float,
                 forward_error = exc  # keep draining: the old relay's parts must all arrive
         assembler.feed(env)
     assembler.transfer.meta["received_ns"] = received_ns
-    if precopy is not None and assembler.transfer.meta.get("backlog"):
-        old.backlog_due, old.backlogs = True, 0
+    if precopy is not None:  # (a count of the clients OWED will cover, if any)
+        old.backlog_due, old.backlogs = bool(assembler.transfer.meta.get("backlog")), 0
     on_released(assembler.transfer)
     if forward_error is not None:
         raise HandOverFailed("new", forward_error, assembler.transfer)

@@ -429,8 +429,9 @@ def holds_all(delta: Transfer) -> bool:
     the swap asks for it before it lowers the pause's priorities. After them, swapctl's
     thread waited behind the busy clients for its CPU before it asked: from the resume
     to the OWED request took 0.7-30 ms (1,000 clients under load) while every client
-    waited. Only the first BACKLOG: it carries the ring's end (small); the DEFERRED
-    clients' (a never-reader's 16 MiB) is written at normal priority, after."""
+    waited. Only the first BACKLOG: the ring's end, at most 64 KiB a client (at 5,000
+    clients under load up to 17 MB, 8 ms in the old relay); the DEFERRED clients' (a
+    never-reader's 16 MiB) is written at normal priority, after."""
     return delta.meta.get("hold") == "staged"
 
 
