@@ -248,14 +248,19 @@ def rollback(step: RollbackStep, ctx: RunContext) -> Details:
         return _swap_back(ctx, status)
     swap_id = current.get("swap_id")
     if not current.get("running") or swap_id not in ctx.swaps:
-        why = ""
-        if swap_id in ctx.swaps:
-            why = f": swapctld ended swap {swap_id} {current.get('decision')} (" + str(
-                _report(ctx, swap_id).get("reason")) + ")"
+        why = _ended(ctx, swap_id) if swap_id in ctx.swaps else ""
         raise StepFailed(f"no swap of this run is running to roll back{why}")
     started = time.monotonic()
     request = "rollback" if step.via == "request" else "abort"
-    ctx.client.call("request", service=ctx.service, request=request)
+    try:
+        ctx.client.call("request", service=ctx.service, request=request)
+    except ApiError as exc:
+        if exc.code != "too_late":
+            raise
+        # swapctld ended the swap (or went past rolling back) between the status and the
+        # request: its own verification rolls back a candidate that loses messages
+        raise StepFailed(f"no swap of this run is running to roll back{_ended(ctx, swap_id)}"
+                         ) from None
     ctx.decide("rollback_requested", swap_id=swap_id, via=step.via, state=current.get("state"))
     serving: float | None = None
     while True:
@@ -278,6 +283,14 @@ def rollback(step: RollbackStep, ctx: RunContext) -> Details:
         ctx.measure("rollback_serving_seconds", serving, measured="request sent -> swapctld "
                     "first said the baseline is active (client side, polled every 10 ms)")
     return details
+
+
+def _ended(ctx: RunContext, swap_id: str) -> str:
+    """": swapctld ended swap ID DECISION (REASON)", once it has ended."""
+    while (ctx.status().get("swap") or {}).get("running"):
+        ctx.sleep(POLL / 2)
+    report = _report(ctx, swap_id)
+    return f": swapctld ended swap {swap_id} {report.get('decision')} ({report.get('reason')})"
 
 
 def _rollback_figures(ctx: RunContext, seconds: float, report: dict[str, Any]) -> None:
