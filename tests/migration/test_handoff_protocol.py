@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from swapctl.handoff.controller import ControlServer, HandOverFailed, RelayLink, hand_over
+from swapctl.handoff.controller import ControlServer, HandOverFailed, hand_over
 from swapctl.handoff.manifest import Transfer
 from swapctl.handoff.messages import ChannelClosed, HandoffError
-from swapctl.swap.spawner import Release, SubprocessHandle, SubprocessSpawner
 from swapctl.unixsock import open_listener
 from tests.clients import Client, trade
-
-
-class Rig:
-    """A control socket, a listener created once, and relays started in handoff mode."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.public = root / "r.sock"
-        self.control = ControlServer(root / "ctl.sock")
-        self.listener = open_listener(self.public)
-        self.spawner = SubprocessSpawner(root / "logs")
-
-    def start(self, token: str, *args: str) -> tuple[SubprocessHandle, RelayLink]:
-        release = Release(token, (sys.executable, "-m", "swapctl.relay", *args))
-        handle = self.spawner.spawn(release, token, self.control.path, self.public)
-        link = self.control.accept(token, timeout=10, pid=handle.pid)
-        return handle, link
-
-    def activate(self, link: RelayLink) -> None:
-        link.wait_ready(5)
-        link.adopt(Transfer(self.listener.fileno(), []), 5)
-        link.resume(5)
-
-    def handoff(self, old: RelayLink, new: RelayLink) -> Transfer:
-        new.wait_ready(5)
-        transfer = old.release(flush_ms=5, timeout=5)
-        new.adopt(transfer, 5)
-        new.resume(5)
-        old.close_held(5)
-        return transfer
-
-    def close(self) -> None:
-        self.spawner.stop_all()
-        self.control.close()
-        self.listener.close()
+from tests.handoff_rig import Rig
 
 
 @pytest.fixture

@@ -20,16 +20,13 @@ from pathlib import Path
 import pytest
 
 from swapctl.handoff.controller import (
-    ControlServer,
-    RelayLink,
     forward_backlog,
     hand_over,
     pre_copy,
 )
 from swapctl.handoff.manifest import Transfer
-from swapctl.swap.spawner import Release, SubprocessSpawner
-from swapctl.unixsock import open_listener
 from tests.clients import Client, trade
+from tests.handoff_rig import Rig
 from tests.rust import example_relay
 
 CLIENTS = 20
@@ -66,30 +63,15 @@ def watched(pid: int) -> dict[int, list[int]]:
     return out
 
 
-class Pair:
-    """Two Rust example relays in handoff mode on one listener: `a` serving."""
+class Pair(Rig):
+    """Two Rust example relays in handoff mode on one listener: `a` serving, `b` ready."""
 
     def __init__(self, root: Path) -> None:
-        self.public = root / "r.sock"
-        self.control = ControlServer(root / "ctl.sock")
-        self.listener = open_listener(self.public)
-        self.spawner = SubprocessSpawner(root / "logs")
-        self.a = self.start("a")
-        self.a.wait_ready(5)
-        self.a.adopt(Transfer(self.listener.fileno(), []), 5)
-        self.a.resume(5)
-        self.b = self.start("b")
+        super().__init__(root, (str(example_relay()), "--any-domain"))
+        _, self.a = self.start("a")
+        self.activate(self.a)
+        _, self.b = self.start("b")
         self.b.wait_ready(5)
-
-    def start(self, token: str) -> RelayLink:
-        release = Release(token, (str(example_relay()), "--any-domain"))
-        handle = self.spawner.spawn(release, token, self.control.path, self.public)
-        return self.control.accept(token, timeout=10, pid=handle.pid)
-
-    def close(self) -> None:
-        self.spawner.stop_all()
-        self.control.close()
-        self.listener.close()
 
 
 @pytest.fixture
