@@ -60,7 +60,8 @@ def write_backlogs(entries: Sequence[tuple[int, int, Sequence[Unit]]]) -> tuple[
     The memfd is None when nothing is owed; the caller closes it once sent."""
     table: list[bytes] = []
     data: list[Any] = []
-    for conn_id, head_sent, units in entries:
+    for conn_id, head_sent, given in entries:
+        units = _byte_units(given)
         groups = coalesce(units)
         table.append(ENTRY.pack(conn_id, head_sent, len(groups), 0))
         table.extend(UNIT.pack(length, frames) for length, frames in groups)
@@ -80,19 +81,34 @@ def write_backlogs(entries: Sequence[tuple[int, int, Sequence[Unit]]]) -> tuple[
     return fields, fd
 
 
+def _is_bytes(unit: Any) -> bool:
+    return type(unit) is bytes or (type(unit) is memoryview and unit.itemsize == 1)
+
+
+def _byte_units(units: Sequence[Unit]) -> Sequence[Unit]:
+    """Units whose len() counts bytes: as they are when every one is bytes or a byte
+    view (as a relay's queue holds them: a cast per unit cost the old relay 6 ms at
+    11,000 units, after the resume), else each other one cast to bytes."""
+    if all(type(unit) is bytes for unit, _ in units) or all(_is_bytes(u) for u, _ in units):
+        return units
+    return [(unit if _is_bytes(unit) else memoryview(unit).cast("B"), frames)
+            for unit, frames in units]
+
+
 def _write_all(fd: int, buffers: list[Any]) -> None:
-    views = [memoryview(b).cast("B") for b in buffers if len(b)]
-    while views:
-        batch = views[:_IOV_MAX]
+    """writev every buffer (each counted in bytes by len), IOV_MAX at a time; a view
+    is made only of a buffer a short write cut."""
+    pending = list(buffers)
+    done = 0
+    while done < len(pending):
+        batch = pending[done:done + _IOV_MAX]
         written = os.writev(fd, batch)
-        done = 0
-        for view in batch:
-            if written < len(view):
-                views[done] = view[written:]
+        for buf in batch:
+            if written < len(buf):
+                pending[done] = memoryview(buf)[written:]
                 break
-            written -= len(view)
+            written -= len(buf)
             done += 1
-        del views[:done]
 
 
 def read_backlogs(fd: int, msg: dict[str, Any]) -> list[tuple[int, int, list[Unit]]]:
