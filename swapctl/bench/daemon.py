@@ -16,6 +16,10 @@ Through the control API, as `swapctl` does it:
   report exists (the restarted daemon finishes it: verification, the rest of the soak,
   commit).
 
+swapctld's memory: its RSS right before the first swap and after every swap (psutil, the
+pid op ping names), and the least-squares slope over the second half of the swaps, per
+1,000 swaps: the first swaps warm caches and the allocator up; a leak keeps growing.
+
 At the end the load checker's verdict over the whole run (lost, duplicated, reordered,
 corrupted, disconnects) and its largest gap, attributed to the step during which it ended
 (every step's wall-clock window is noted). p50/p99 are nearest-rank (report.percentiles).
@@ -35,7 +39,7 @@ import psutil
 
 from swapctl.bench.daemon_stack import BenchStack, private_stack
 from swapctl.bench.procs import Interrupted
-from swapctl.bench.report import Goal, conditions, sample_stats, source_revision
+from swapctl.bench.report import Goal, conditions, sample_stats, slope, source_revision
 from swapctl.daemon import stack
 from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
@@ -47,6 +51,9 @@ SERVICE = "market_data"
 RELEASES = ("v1", "v2")
 POLL = 0.02  # seconds between status / report polls
 STEP_TIMEOUT = 90.0  # seconds any one swap, rollback or recovery may take
+# fewer swaps say nothing of a trend (a page more or less is 4 KB a swap at 2 swaps):
+# the RSS goal is set from this many swaps on
+MEMORY_GOAL_SWAPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,7 @@ class Record:
     failures: list[str] = field(default_factory=list)
     load: LoadReport | None = None  # the checker's verdict (None: the run did not end)
     idle: dict[str, Any] | None = None  # the crowd's count of lost connections
+    rss: list[tuple[int, int, float]] = field(default_factory=list)  # swaps done, pid, MB
     root: str = ""
     killed_after_down: list[int] = field(default_factory=list)
     wall_s: float = 0.0
@@ -99,6 +107,13 @@ class Steps:
         self.record.up = {"api_answers_ms": _ms(answered - started),
                           "all_healthy_ms": _ms(time.monotonic() - started),
                           "services": len(services)}
+
+    def sample_memory(self, swaps_done: int) -> None:
+        """swapctld's RSS now (op ping names its pid: a restarted swapctld is followed)."""
+        pid = self.bench.daemon_pid()
+        with contextlib.suppress(psutil.Error):
+            rss = psutil.Process(pid).memory_info().rss
+            self.record.rss.append((swaps_done, pid, round(rss / 2**20, 3)))
 
     def swap(self) -> dict[str, Any]:
         to = self._other_release()
@@ -251,6 +266,8 @@ def _run_steps(steps: Steps, settings: DaemonBenchSettings,
         ("recovery", settings.recoveries, lambda: steps.recovery(settings.recovery_soak),
          steps.record.recoveries),
     ]
+    if settings.swaps:
+        steps.sample_memory(0)
     for kind, count, step, rows in plan:
         for number in range(1, count + 1):
             label = f"{kind} {number}"
@@ -267,6 +284,8 @@ def _run_steps(steps: Steps, settings: DaemonBenchSettings,
             finally:
                 steps.record.windows.append((label, began, time.time()))
             rows.append(row)
+            if kind == "swap":
+                steps.sample_memory(number)
             progress(f"daemon: {label}/{count}: {_describe(row)}")
 
 
@@ -319,16 +338,36 @@ def build_report(settings: DaemonBenchSettings, record: Record) -> dict[str, Any
                            "finished_past_soak_end_ms", "soak_left_at_kill_ms",
                            "kill_to_gone_ms")},
                        "clients_largest_gap_ms": _largest_gap_in(verdict, "recovery")},
+        "swapctld_memory": memory(record.rss),
         "load": verdict,
         "idle_clients": idle,
         "failures": failures,
         "cleanup": {"root": record.root, "killed_after_down": record.killed_after_down},
         "goals": [g.to_dict() for g in _goals(report_rows=(swaps, rollbacks), load=verdict,
-                                              canary_lost=canary_lost)],
+                                              canary_lost=canary_lost,
+                                              memory=memory(record.rss))],
         "wall_s": round(record.wall_s, 1),
     }
     report["ok"] = bool(verdict and verdict["ok"]) and not failures
     return report
+
+
+def memory(samples: list[tuple[int, int, float]]) -> dict[str, Any]:
+    """swapctld's RSS over the swaps (samples of one pid: the one that served most of
+    them; op ping names another only if swapctld restarted) and its trend."""
+    pids = [pid for _, pid, _ in samples]
+    pid = max(set(pids), key=pids.count) if pids else None
+    points = [(float(done), mb) for done, p, mb in samples if p == pid]
+    half = [p for p in points if p[0] >= points[-1][0] / 2] if points else []
+    per_swap, late = slope(points), slope(half)
+    return {"pid": pid, "other_pids": sorted(set(pids) - {pid}), "samples": len(points),
+            "swaps_sampled": int(points[-1][0]) if points else 0,
+            "rss_mb_first": points[0][1] if points else None,
+            "rss_mb_last": points[-1][1] if points else None,
+            "rss_mb_max": max(mb for _, mb in points) if points else None,
+            "growth_mb_per_1000_swaps": None if per_swap is None else round(per_swap * 1000, 3),
+            "second_half_growth_mb_per_1000_swaps":
+                None if late is None else round(late * 1000, 3)}
 
 
 def _count(rows: list[dict[str, Any]], decision: str) -> int:
@@ -398,7 +437,8 @@ def _largest_gap_in(verdict: dict[str, Any] | None, kind: str) -> float | None:
 
 
 def _goals(report_rows: tuple[list[dict[str, Any]], list[dict[str, Any]]],
-           load: dict[str, Any] | None, canary_lost: int) -> list[Goal]:
+           load: dict[str, Any] | None, canary_lost: int,
+           memory: dict[str, Any]) -> list[Goal]:
     swaps, rollbacks = report_rows
     pause = sample_stats([float(r["server_pause_ms"]) for r in swaps
                      if r.get("server_pause_ms") is not None]).get("p99")
@@ -412,4 +452,8 @@ def _goals(report_rows: tuple[list[dict[str, Any]], list[dict[str, Any]]],
              pause is not None and pause <= 250),
         Goal.below("load: lost + duplicated + reordered + disconnects", lost, 1, ""),
         Goal.below("canary messages lost in the swaps", float(canary_lost), 1, ""),
-    ]
+    ] + ([  # flat: a leak of 1 KB a swap, the smallest this catches, is 1 MB per 1,000
+        Goal.at_most(f"swapctld RSS growth over the second half of "
+                     f"{memory['swaps_sampled']:,} swaps, per 1,000 swaps",
+                     memory["second_half_growth_mb_per_1000_swaps"], 1, "MB"),
+    ] if memory["swaps_sampled"] >= MEMORY_GOAL_SWAPS else [])

@@ -420,11 +420,6 @@ def p99(row: dict[str, Any] | None) -> float | None:
     return None if value is None else float(value)
 
 
-def at_most(name: str, measured: float | None, target: float, unit: str) -> Goal:
-    met = measured is not None and measured <= target
-    return Goal(name, f"<= {target:g} {unit}", measured, unit, met)
-
-
 def _rollback_now(bench: Bench, cold: bool) -> Any:
     def ask() -> str:
         warm = bench.service.warm
@@ -569,17 +564,17 @@ def _goals(relay: str, idle: list[dict[str, Any]], loaded: list[dict[str, Any]],
     warm, cold = rollback["warm"], rollback["cold"]
     name = f"{relay} relay: "
     goals = [
-        at_most(name + "server pause p99 at 1,000 clients under load, full echo backlog",
+        Goal.at_most(name + "server pause p99 at 1,000 clients under load, full echo backlog",
                 pause(loaded, 1000), 2, "ms"),
-        at_most(name + "server pause p99 at 5,000 clients, full echo backlog",
+        Goal.at_most(name + "server pause p99 at 5,000 clients, full echo backlog",
                 pause(loaded, 5000), 5, "ms"),
-        at_most(name + "server pause p99 at 5,000 clients / at 10 clients",
+        Goal.at_most(name + "server pause p99 at 5,000 clients / at 10 clients",
                 ratio(pause(rows, 5000), pause(rows, 10)), 2, "x"),
-        at_most(name + "client pause p99 at 1,000 clients under load",
+        Goal.at_most(name + "client pause p99 at 1,000 clients under load",
                 p99(client_1000["client_pause_ms"]) if client_1000 else None, 5, "ms"),
         # the same, less what the clients see with no swap (the canary sends every 5 ms
         # at 1,000 clients: the figure above cannot go below that)
-        at_most(name + "client pause a swap adds, p99 at 1,000 clients under load",
+        Goal.at_most(name + "client pause a swap adds, p99 at 1,000 clients under load",
                 p99(client_1000.get("client_pause_added_ms")) if client_1000 else None, 5, "ms"),
         Goal(name + "cost per extra connection", "<= 2 us", slope, "us",  # (< 0: noise)
              slope is not None and 0 <= slope <= 2),
@@ -590,11 +585,11 @@ def _goals(relay: str, idle: list[dict[str, Any]], loaded: list[dict[str, Any]],
     ]
     if any(r.get("warm_rollback") for r in rows):  # the same figures for the hand-back
         goals += [
-            at_most(name + "warm rollback server pause p99 at 1,000 clients under load",
+            Goal.at_most(name + "warm rollback server pause p99 at 1,000 clients under load",
                     pause(loaded, 1000, back=True), 2, "ms"),
-            at_most(name + "warm rollback server pause p99 at 5,000 clients",
+            Goal.at_most(name + "warm rollback server pause p99 at 5,000 clients",
                     pause(loaded, 5000, back=True), 5, "ms"),
-            at_most(name + "warm rollback server pause p99 at 5,000 clients / at 10 clients",
+            Goal.at_most(name + "warm rollback server pause p99 at 5,000 clients / at 10 clients",
                     ratio(pause(rows, 5000, back=True), pause(rows, 10, back=True)), 2, "x"),
         ]
     return goals

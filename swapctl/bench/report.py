@@ -77,6 +77,21 @@ def sample_stats(samples: Sequence[float]) -> dict[str, Any]:
             "mean": round(sum(samples) / len(samples), 3)}
 
 
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (x, value) points, per unit of x; None under 3 points or
+    when every x is the same."""
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return None
+    return sum((x - mean_x) * (v - mean_v) for x, v in points) / var
+
+
 @dataclass(frozen=True, slots=True)
 class Goal:
     """A target a figure is held to, and whether this run met it."""
@@ -91,6 +106,11 @@ class Goal:
     def at_least(cls, name: str, measured: float | None, target: float, unit: str) -> Goal:
         met = measured is not None and measured >= target
         return cls(name, f">= {_number(target)} {unit}".strip(), measured, unit, met)
+
+    @classmethod
+    def at_most(cls, name: str, measured: float | None, target: float, unit: str) -> Goal:
+        met = measured is not None and measured <= target
+        return cls(name, f"<= {_number(target)} {unit}".strip(), measured, unit, met)
 
     @classmethod
     def below(cls, name: str, measured: float | None, target: float, unit: str) -> Goal:

@@ -45,7 +45,7 @@ from swapctl.bench.daemon import SERVICE, DaemonBenchSettings, Record, Steps, _v
 from swapctl.bench.daemon_stack import BenchStack, private_stack
 from swapctl.bench.handoff import NeverReader
 from swapctl.bench.procs import Interrupted
-from swapctl.bench.report import conditions, sample_stats, source_revision
+from swapctl.bench.report import conditions, sample_stats, slope, source_revision
 from swapctl.daemon import stack
 from swapctl.errors import SwapctlError
 from swapctl.probes.config import ConsumerMode, LoadConfig
@@ -161,16 +161,8 @@ class Sampler:
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (seconds, value) points, per hour; None under 3 points."""
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
-    return round(cov / var * 3600, 3)
+    per_second = slope(points)
+    return None if per_second is None else round(per_second * 3600, 3)
 
 
 def trends(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -203,9 +203,18 @@ def _drill_args(r: Report) -> list[str]:
     return args + [f"--param {k}={v}" for k, v in (c.get("params") or {}).items()]
 
 
+def _daemon_args(r: Report) -> list[str]:
+    c = r["conditions"]
+    args = ["--swaps", str(c["swaps"]), "--rollbacks", str(c["rollbacks"]),
+            "--recoveries", str(c["recoveries"]), "--rate", str(c["rate"])]
+    if c.get("idle_clients"):
+        args += ["--clients", str(c["idle_clients"])]
+    return [*args, "--soak", _plain(c["soak"]), "--recovery-soak", _plain(c["recovery_soak"])]
+
+
 COMMANDS: dict[str, Callable[[Report], list[str]]] = {
-    "handoff": _handoff_args, "strategies": _strategies_args,
-    "codec": _codec_args, "diff": _diff_args, "relay": _relay_args, "drill": _drill_args,
+    "handoff": _handoff_args, "strategies": _strategies_args, "codec": _codec_args,
+    "diff": _diff_args, "relay": _relay_args, "drill": _drill_args, "daemon": _daemon_args,
 }
 
 OWN_CONDITIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
@@ -226,6 +235,11 @@ OWN_CONDITIONS: dict[str, Callable[[Mapping[str, Any]], str]] = {
                         f"{c.get('connections')}, {_num(c['throughput']['duration_s'])} s "
                         f"per throughput window, latency at "
                         f"{_num(c['latency']['rate_msgs_per_s'])} msg/s"),
+    "daemon": lambda c: (f"{c.get('stack')}; load {_num(c.get('rate'))} msg/s from "
+                         f"{c.get('publishers')} publishers to {c.get('consumers')} consumers "
+                         f"({c.get('strategy_consumers')} a strategy consumer that stops for "
+                         f"good on EOF), {_num(c.get('idle_clients'))} idle clients, soak "
+                         f"{_num(c.get('soak'))} s after each swap"),
     "drill": lambda c: (f"{c.get('drills')} drills of {Path(str(c.get('playbook'))).name} "
                         f"({', '.join(f'{k}={v}' for k, v in (c.get('params') or {}).items())}), "
                         f"{c.get('relay')}, {c.get('stack')}"),
@@ -367,9 +381,49 @@ def _drill_rows(r: Report) -> list[Row]:
     return rows
 
 
+def _daemon_rows(r: Report) -> list[Row]:
+    up, swaps, back = r.get("up") or {}, r.get("swaps") or {}, r.get("rollbacks") or {}
+    rec, load = r.get("recoveries") or {}, r.get("load") or {}
+    mem = r.get("swapctld_memory") or {}
+    rows = [Row("cold start", f"API answers after {_num(up.get('api_answers_ms'))} ms, every "
+                f"service healthy after {_num(up.get('all_healthy_ms'))} ms", "1 run")]
+    if swaps.get("run"):
+        rows += [Row("swap: server pause", _stats(swaps.get("server_pause_ms") or {}, "ms"),
+                     f"{_num(swaps.get('committed'))} of {_num(swaps['run'])} committed"),
+                 Row("swap: client pause (canary)",
+                     _stats(swaps.get("client_pause_ms") or {}, "ms"),
+                     _n(swaps.get("client_pause_ms") or {})),
+                 Row("swap: op swap, wait (wall)", _stats(swaps.get("total_ms") or {}, "ms"),
+                     _n(swaps.get("total_ms") or {}))]
+    if back.get("run"):
+        rows.append(Row(f"rollback during soak ({', '.join(back.get('kind') or [])})",
+                        f"{_stats(back.get('rollback_ms') or {}, 'ms')}; traffic flowing "
+                        f"{_stats(back.get('traffic_flowing_ms') or {}, 'ms')}",
+                        f"{_num(back.get('rolled_back'))} of {_num(back['run'])} rolled back"))
+    if rec.get("run"):
+        rows.append(Row("swapctld SIGKILLed mid-swap: restart -> ready / swap finished",
+                        f"{_stats(rec.get('restart_to_ready_ms') or {}, 'ms')}; "
+                        f"{_stats(rec.get('restart_to_finished_ms') or {}, 'ms')}",
+                        f"{_num(rec.get('committed'))} of {_num(rec['run'])} committed"))
+    if mem.get("samples"):
+        rows.append(Row("swapctld RSS", f"{_num(mem.get('rss_mb_first'))} -> "
+                        f"{_num(mem.get('rss_mb_last'))} MB (max "
+                        f"{_num(mem.get('rss_mb_max'))}); second half "
+                        f"{_num(mem.get('second_half_growth_mb_per_1000_swaps'))} MB per 1,000 "
+                        "swaps", f"{_num(mem['samples'])} samples over "
+                        f"{_num(mem.get('swaps_sampled'))} swaps"))
+    if load:
+        rows.append(Row("load checker, whole run", f"lost {_num(load.get('lost'))}, duplicated "
+                        f"{_num(load.get('duplicated'))}, reordered {_num(load.get('reordered'))}, "
+                        f"disconnects {_num(load.get('disconnects'))}; largest gap "
+                        f"{_num(load.get('largest_gap_ms'))} ms",
+                        f"{_num(load.get('sent'))} messages"))
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[Report], list[Row]]] = {
-    "handoff": _handoff_rows, "strategies": _strategies_rows,
-    "codec": _codec_rows, "diff": _diff_rows, "relay": _relay_rows, "drill": _drill_rows,
+    "handoff": _handoff_rows, "strategies": _strategies_rows, "codec": _codec_rows,
+    "diff": _diff_rows, "relay": _relay_rows, "drill": _drill_rows, "daemon": _daemon_rows,
 }
 
 

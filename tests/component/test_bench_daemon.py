@@ -75,6 +75,14 @@ def test_bench_daemon_small_run_measures_every_figure_and_cleans_up() -> None:
         _measured(recoveries[key], 1)
     assert recoveries["restart_to_ready_ms"]["p50"] <= recoveries["restart_to_finished_ms"]["p50"]
 
+    # swapctld's RSS before the first swap and after each (too few swaps for the goal)
+    memory = report["swapctld_memory"]
+    assert memory["samples"] == 3 and memory["swaps_sampled"] == 2, memory
+    assert isinstance(memory["pid"], int) and memory["other_pids"] == []
+    assert 10 < memory["rss_mb_first"] <= memory["rss_mb_max"] < 1000
+    assert memory["rss_mb_last"] <= memory["rss_mb_max"]
+    assert not any(g["name"].startswith("swapctld RSS") for g in report["goals"])
+
     load = report["load"]
     assert load["ok"] and load["sent"] > 0 and load["received"] > 0
     assert (load["lost"], load["duplicated"], load["reordered"], load["disconnects"]) == \

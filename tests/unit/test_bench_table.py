@@ -160,7 +160,50 @@ def test_a_recorded_argv_is_the_command() -> None:
     report = {"benchmark": "soak", "argv": ["--minutes", "5"], "conditions": _conditions()}
     assert command("soak", report) == ("swapctl bench soak --minutes 5 -o json > "
                                        "docs/bench/soak.json")
-    assert "not recorded" in command("daemon", {"conditions": _conditions()})
+    assert "not recorded" in command("soak", {"conditions": _conditions()})
+
+
+def _daemon() -> dict[str, Any]:
+    stats = {"n": 1000, "p50": 0.8, "p99": 2.5, "max": 4.0, "mean": 0.9}
+    few = {"n": 20, "p50": 20.0, "p99": 30.0, "max": 30.0, "mean": 21.0}
+    return {
+        "benchmark": "daemon",
+        "conditions": _conditions(swaps=1000, rollbacks=20, recoveries=5, rate=5000,
+                                  idle_clients=0, soak=0.2, rollback_soak=30.0,
+                                  recovery_soak=3.0, publishers=2, consumers=2,
+                                  strategy_consumers=1, stack="supervisord + swapctld"),
+        "up": {"api_answers_ms": 900.5, "all_healthy_ms": 1200.25, "services": 3},
+        "swaps": {"run": 1000, "committed": 1000, "server_pause_ms": stats,
+                  "client_pause_ms": stats, "total_ms": stats, "canary_lost": 0},
+        "rollbacks": {"run": 20, "rolled_back": 20, "kind": ["warm handoff"],
+                      "rollback_ms": few, "traffic_flowing_ms": few},
+        "recoveries": {"run": 5, "committed": 5, "restart_to_ready_ms": few,
+                       "restart_to_finished_ms": few},
+        "swapctld_memory": {"pid": 7, "other_pids": [], "samples": 1001,
+                            "swaps_sampled": 1000, "rss_mb_first": 49.5, "rss_mb_last": 51.25,
+                            "rss_mb_max": 51.5, "growth_mb_per_1000_swaps": 1.5,
+                            "second_half_growth_mb_per_1000_swaps": 0.125},
+        "load": {"sent": 2_500_000, "lost": 0, "duplicated": 0, "reordered": 0,
+                 "disconnects": 0, "largest_gap_ms": 35.5},
+        "goals": [_goal("swapctld RSS growth", 0.125, True)]}
+
+
+def test_the_daemon_report_gives_its_command_conditions_and_rows(tmp_path: Path) -> None:
+    report = _daemon()
+    assert command("daemon", report) == (
+        "swapctl bench daemon --swaps 1000 --rollbacks 20 --recoveries 5 --rate 5000 --soak 0.2 "
+        "--recovery-soak 3 -o json > docs/bench/daemon.json")
+    text = render(load([_write(tmp_path, "daemon", report)]))
+    assert "load 5,000 msg/s from 2 publishers to 2 consumers (1 a strategy consumer" in text
+    assert "| daemon | swap: server pause | p50 0.8 / p99 2.5 ms | 1,000 of 1,000 committed |" \
+        in text
+    # 20 rollbacks: the tail is the maximum, and says so
+    assert ("| daemon | rollback during soak (warm handoff) | p50 20 / max 30 ms; traffic "
+            "flowing p50 20 / max 30 ms | 20 of 20 rolled back |") in text
+    assert ("| daemon | swapctld RSS | 49.5 -> 51.2 MB (max 51.5); second half 0.125 MB per "
+            "1,000 swaps | 1,001 samples over 1,000 swaps |") in text
+    assert ("| daemon | load checker, whole run | lost 0, duplicated 0, reordered 0, "
+            "disconnects 0; largest gap 35.5 ms | 2,500,000 messages |") in text
 
 
 def test_relay_and_drill_reports_give_their_command_conditions_and_rows(tmp_path: Path) -> None:
