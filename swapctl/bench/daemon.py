@@ -442,12 +442,16 @@ def _goals(report_rows: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     swaps, rollbacks = report_rows
     pause = sample_stats([float(r["server_pause_ms"]) for r in swaps
                      if r.get("server_pause_ms") is not None]).get("p99")
-    rollback = sample_stats([float(r["rollback_ms"]) for r in rollbacks
-                        if r.get("rollback_ms") is not None]).get("p99")
+    timed = sample_stats([float(r["rollback_ms"]) for r in rollbacks
+                          if r.get("rollback_ms") is not None])
+    # (nearest rank: under 100 samples the p99 is the maximum, and is named so)
+    tail = "p99" if timed["n"] >= 100 else f"max of {timed['n']}"
+    rollback = timed.get("p99")
     lost = None if load is None else float(load["lost"] + load["duplicated"]
                                            + load["reordered"] + load["disconnects"])
     return [
-        Goal.below("rollback during soak p99 (SRE: well under 30 s)", rollback, 30_000, "ms"),
+        Goal.below(f"rollback during soak, {tail} (SRE: well under 30 s)", rollback, 30_000,
+                   "ms"),
         Goal("server pause p99 within the pause budget", "<= 250 ms", pause, "ms",
              pause is not None and pause <= 250),
         Goal.below("load: lost + duplicated + reordered + disconnects", lost, 1, ""),

@@ -67,3 +67,15 @@ def test_slope_needs_three_points_and_spread():
     assert slope([(0, 1.0), (1, 2.0)]) is None
     assert slope([(1, 1.0), (1, 2.0), (1, 3.0)]) is None
     assert slope([(0, 1.0), (1, 3.0), (2, 5.0)]) == pytest.approx(2.0)
+
+
+def test_the_rollback_goal_names_its_tail_by_the_samples_it_had():
+    def rollbacks(n):
+        return [{"rollback_ms": 10.0 + i} for i in range(n)]
+
+    def name(n):
+        goals = _goals(([], rollbacks(n)), load=None, canary_lost=0, memory=memory([]))
+        return next(g.name for g in goals if g.name.startswith("rollback"))
+
+    assert name(20) == "rollback during soak, max of 20 (SRE: well under 30 s)"
+    assert name(100) == "rollback during soak, p99 (SRE: well under 30 s)"
