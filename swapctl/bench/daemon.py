@@ -318,6 +318,7 @@ def build_report(settings: DaemonBenchSettings, record: Record) -> dict[str, Any
         failures.append(f"{idle['lost']} idle clients were disconnected")
     verdict = _verdict(record.load, record.windows)
     canary_lost = sum(int(r["canary_lost"] or 0) for r in swaps)
+    rss = memory(record.rss)
     report = {
         "benchmark": "daemon",
         "conditions": _conditions(settings, record.load, record.root),
@@ -338,14 +339,14 @@ def build_report(settings: DaemonBenchSettings, record: Record) -> dict[str, Any
                            "finished_past_soak_end_ms", "soak_left_at_kill_ms",
                            "kill_to_gone_ms")},
                        "clients_largest_gap_ms": _largest_gap_in(verdict, "recovery")},
-        "swapctld_memory": memory(record.rss),
+        "swapctld_memory": rss,
         "load": verdict,
         "idle_clients": idle,
         "failures": failures,
         "cleanup": {"root": record.root, "killed_after_down": record.killed_after_down},
         "goals": [g.to_dict() for g in _goals(report_rows=(swaps, rollbacks), load=verdict,
                                               canary_lost=canary_lost,
-                                              memory=memory(record.rss))],
+                                              memory=rss)],
         "wall_s": round(record.wall_s, 1),
     }
     report["ok"] = bool(verdict and verdict["ok"]) and not failures

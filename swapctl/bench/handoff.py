@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from swapctl.bench.fdpass import measure_scm_rights
-from swapctl.bench.report import Goal, conditions, sample_stats, source_revision
+from swapctl.bench.report import Goal, conditions, sample_stats, slope, source_revision
 from swapctl.bench.rust_relay import rust_relay_binary
 from swapctl.probes.config import LoadConfig
 from swapctl.probes.crowd import Crowd
@@ -479,13 +479,8 @@ def per_connection_us(rows: list[dict[str, Any]]) -> float | None:
     """Slope of median server pause against clients moved (least squares), in us."""
     points = [(r["connections_moved"], r["server_pause_ms"]["p50"]) for r in rows
               if r["connections_moved"] and r["server_pause_ms"].get("p50") is not None]
-    if len(points) < 2:
-        return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    var = sum((x - mx) ** 2 for x, _ in points)
-    return round(sum((x - mx) * (y - my) for x, y in points) / var * 1000, 3) if var else None
+    ms_per_connection = slope(points, min_points=2)
+    return None if ms_per_connection is None else round(ms_per_connection * 1000, 3)
 
 
 def run_handoff_bench(settings: HandoffBenchSettings, progress: Any = print) -> dict[str, Any]:

@@ -78,10 +78,10 @@ def sample_stats(samples: Sequence[float]) -> dict[str, Any]:
 
 
 
-def slope(points: Sequence[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (x, value) points, per unit of x; None under 3 points or
-    when every x is the same."""
-    if len(points) < 3:
+def slope(points: Sequence[tuple[float, float]], min_points: int = 3) -> float | None:
+    """Least-squares slope of (x, value) points, per unit of x; None under `min_points`
+    points or when every x is the same."""
+    if len(points) < max(min_points, 2):
         return None
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
